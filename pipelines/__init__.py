@@ -1,0 +1,1 @@
+"""Pipelines (recipes) composed from the stage components."""

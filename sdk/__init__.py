@@ -1,0 +1,9 @@
+"""distilflow: DistilQwen-style reasoning distillation as Kubeflow Pipelines stages.
+
+Importing this package is cheap: it never imports torch, transformers, trl, vllm or
+deepspeed. Those load inside the stages' ``run`` functions.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

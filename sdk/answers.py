@@ -1,0 +1,95 @@
+"""Final-answer extraction and checking, shared by curate, rl and evaluate.
+
+Math answers are compared with math-verify (Hugging Face), which understands boxed answers,
+fractions, intervals and LaTeX; multiple-choice answers by their letter; anything else by a
+normalised string. Without math-verify installed, math falls back to the normalised string and
+``checker()`` says so.
+"""
+
+from __future__ import annotations
+
+import re
+
+THINK_END = "</think>"
+BOXED = "\\boxed"
+CHOICE_RE = re.compile(r"(?:answer|choice)\s*(?:is|:)?\s*\(?([A-J])\)?\b", re.IGNORECASE)
+NUMBER_RE = re.compile(r"-?\d+(?:[.,/]\d+)*")
+
+
+def strip_thinking(text: str) -> str:
+    """Drop a leading ``<think>...</think>`` block (the answer is what follows it)."""
+    if THINK_END in text:
+        return text.rsplit(THINK_END, 1)[1]
+    return text
+
+
+def last_boxed(text: str) -> str | None:
+    """Content of the last ``\\boxed{...}`` with balanced braces, or None."""
+    start = text.rfind(BOXED + "{")
+    if start < 0:
+        return None
+    i = start + len(BOXED) + 1
+    depth = 1
+    for j in range(i, len(text)):
+        if text[j] == "{":
+            depth += 1
+        elif text[j] == "}":
+            depth -= 1
+            if depth == 0:
+                return text[i:j].strip()
+    return None
+
+
+def extract_answer(text: str, domain: str | None = None) -> str | None:
+    """The final answer a response states: boxed, else a chosen letter (multiple choice), else the last number."""
+    body = strip_thinking(text)
+    boxed = last_boxed(body)
+    if boxed is not None:
+        return boxed
+    if domain == "multiple_choice":
+        found = CHOICE_RE.findall(body)
+        return found[-1].upper() if found else None
+    numbers = NUMBER_RE.findall(body)
+    return numbers[-1] if numbers else None
+
+
+def normalise(answer: str) -> str:
+    text = answer.strip().strip("$").strip()
+    text = re.sub(r"\\text\{([^}]*)\}", r"\1", text)
+    text = text.replace("\\!", "").replace(" ", "").rstrip(".").lower()
+    return text
+
+
+def math_verify_available() -> bool:
+    try:
+        import math_verify  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def is_correct(response: str, reference: str, domain: str | None = None) -> bool:
+    """Whether ``response`` (a full reply or an answer) states ``reference``."""
+    predicted = extract_answer(response, domain)
+    if predicted is None:
+        return False
+    if domain == "multiple_choice":
+        return predicted.upper() == reference.strip().upper()
+    if normalise(predicted) == normalise(reference):
+        return True
+    if not math_verify_available():
+        return False
+    from math_verify import parse, verify
+
+    gold = parse("$" + reference + "$")
+    pred = parse("$" + predicted + "$")
+    if not gold or not pred:
+        return False
+    try:
+        return bool(verify(gold, pred))
+    except Exception:  # math-verify raises on exotic inputs; an unverifiable answer is not correct
+        return False
+
+
+def checker() -> str:
+    return "math-verify" if math_verify_available() else "normalised-string"

@@ -1,0 +1,36 @@
+"""How stage outputs travel through KFP: an artifact carries its object-storage URI in metadata.
+
+``metadata["uri"]`` is the thing itself (a dataset folder, a model folder); ``metadata["stage_uri"]``
+is the stage output folder whose completion marker vouches for it. Used inside component bodies.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distilflow.outputs import require_complete
+
+
+def publish(artifact: Any, uri: str, stage_uri: str | None = None, **extra: Any) -> None:
+    """Record where a stage wrote its output on a KFP output artifact."""
+    artifact.metadata["uri"] = uri
+    artifact.metadata["stage_uri"] = stage_uri or uri
+    for key, value in extra.items():
+        artifact.metadata[key] = value
+
+
+def consume(artifact: Any, what: str = "input") -> str:
+    """The URI an upstream artifact carries, after checking its stage finished."""
+    meta = artifact.metadata or {}
+    if "uri" not in meta:
+        raise ValueError(f"{what}: upstream artifact carries no 'uri' in its metadata; was it made by distilflow?")
+    require_complete(meta.get("stage_uri", meta["uri"]), what)
+    return meta["uri"]
+
+
+def section(config: dict, stage: str) -> dict:
+    """A stage's own section of a pipeline config (an empty dict when absent)."""
+    value = (config or {}).get(stage) or {}
+    if not isinstance(value, dict):
+        raise ValueError(f"pipeline config key {stage!r} must be a mapping of {stage} settings, got {value!r}")
+    return dict(value)

@@ -1,0 +1,165 @@
+"""Configuration: one pydantic base class for every stage config.
+
+Precedence, lowest first: field defaults < YAML/JSON file < ``--set a.b=c`` overrides.
+Unknown keys are rejected; every field carries a description (a test checks it).
+Secrets never live here: configs name the environment variable that holds a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from distilflow.errors import ConfigError
+
+T = TypeVar("T", bound="BaseConfig")
+
+
+class BaseConfig(BaseModel):
+    """Base of all distilflow configs: strict keys, documented fields, YAML/JSON round trip."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+
+    @classmethod
+    def load(cls: type[T], source: str | Path | dict | None = None, overrides: list[str] | None = None) -> T:
+        """Build a config from a file or dict plus ``a.b=c`` overrides; raise ConfigError listing all problems."""
+        where = "<dict>"
+        if source is None:
+            data: dict[str, Any] = {}
+        elif isinstance(source, dict):
+            data = json.loads(json.dumps(source))
+        else:
+            where = str(source)
+            data = read_config_file(source)
+        data = deep_merge(data, parse_overrides(overrides or []))
+        return cls.from_dict(data, where=where)
+
+    @classmethod
+    def from_dict(cls: type[T], data: dict[str, Any], where: str = "<dict>") -> T:
+        """Validate ``data``; on failure raise one ConfigError that lists every bad field."""
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, cls.__name__, where)) from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+    def fingerprint(self) -> str:
+        """A stable hash of the resolved config, used to decide whether an output can be reused."""
+        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def format_validation_error(exc: ValidationError, model: str, where: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key; remove it or fix its spelling"
+        got = err.get("input")
+        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {_short(got)})"
+        lines.append(f"{where}: {model}.{loc}: {msg}{shown}")
+    return f"{len(lines)} problem(s) in config:\n  " + "\n  ".join(lines)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON mapping, naming the file on any error."""
+    from distilflow import uri as uris
+
+    try:
+        text = uris.read_text(str(path))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}{line}: not valid YAML/JSON: {getattr(exc, 'problem', exc)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of keys to values, got {type(data).__name__}")
+    return data
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ``["a.b=3", "c=[1,2]"]`` into a nested dict; values are parsed as YAML scalars/flow."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set sft.max_steps=20")
+        key, raw = item.split("=", 1)
+        if not key or any(not part for part in key.split(".")):
+            raise ConfigError(f"--set {item!r}: empty key segment in {key!r}")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is set to a value and also used as a section")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``override`` into a copy of ``base``; nested mappings merge, everything else replaces."""
+    merged = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def iter_config_classes() -> list[type[BaseConfig]]:
+    """Every config class the project ships (used by validate and by the documentation test)."""
+    from distilflow.components import STAGES, load_config_class
+    from distilflow.teacher import TeacherConfig
+
+    classes: list[type[BaseConfig]] = [TeacherConfig]
+    for stage in STAGES:
+        cls = load_config_class(stage)
+        classes.append(cls)
+    seen: list[type[BaseConfig]] = []
+    stack = list(classes)
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.append(cls)
+        for field in cls.model_fields.values():
+            for sub in _nested_models(field.annotation):
+                stack.append(sub)
+    return seen
+
+
+def _nested_models(annotation: Any) -> list[type[BaseConfig]]:
+    import typing
+
+    found = []
+    if isinstance(annotation, type) and issubclass(annotation, BaseConfig):
+        found.append(annotation)
+    for arg in typing.get_args(annotation):
+        found.extend(_nested_models(arg))
+    return found

@@ -1,0 +1,39 @@
+"""Every container image reference lives here, tagged with the package version.
+
+Images come in three families (Dockerfiles under ``containers/``): ``base`` (the SDK only),
+``train`` (torch, TRL, PEFT, DeepSpeed) and ``vllm`` (vLLM, transformers, math-verify).
+Set ``DISTILFLOW_IMAGE_REGISTRY`` at compile time to use a private registry.
+"""
+
+from __future__ import annotations
+
+import os
+
+from distilflow import __version__
+
+DEFAULT_REGISTRY = "ghcr.io/distilflow"
+
+STAGE_IMAGE_FAMILY = {
+    "validate": "base",
+    "distill": "vllm",
+    "curate": "vllm",
+    "sft": "train",
+    "dpo": "train",
+    "reward": "train",
+    "rl": "train",
+    "evaluate": "vllm",
+    "deploy": "vllm",
+}
+
+
+def image(family: str, version: str = __version__) -> str:
+    """The full image reference of an image family, e.g. ``ghcr.io/distilflow/distilflow-train:0.1.0``."""
+    if family not in set(STAGE_IMAGE_FAMILY.values()):
+        raise ValueError(f"unknown image family {family!r}; known: base, train, vllm")
+    registry = os.environ.get("DISTILFLOW_IMAGE_REGISTRY", DEFAULT_REGISTRY).rstrip("/")
+    return f"{registry}/distilflow-{family}:{version}"
+
+
+def stage_image(stage: str) -> str:
+    """The image a stage's component runs in."""
+    return image(STAGE_IMAGE_FAMILY[stage])

@@ -1,0 +1,164 @@
+"""JSONL records that flow between stages: problem -> trace -> scored -> sft / preference.
+
+Readers validate every line and report ``file:line: what is wrong``; writers are atomic.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from distilflow import uri as uris
+from distilflow.errors import RecordError
+
+MAX_REPORTED = 20
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Problem(Record):
+    """A problem to distill. Extra keys in user data are ignored (kept out of later records)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1, description="Unique id of the problem")
+    problem: str = Field(min_length=1, description="The question text")
+    answer: str | None = Field(None, description="Reference final answer, if known")
+    domain: str | None = Field(None, description="math, code, science, ...")
+
+
+class Trace(Record):
+    """One teacher answer to one problem: reasoning kept apart from the final answer text."""
+
+    id: str = Field(description="Unique trace id: <problem_id>/<teacher>/<sample>")
+    problem_id: str = Field(description="Id of the problem answered")
+    problem: str = Field(description="The question text, copied for self-contained rows")
+    reference: str | None = Field(None, description="Reference answer from the problem, if any")
+    domain: str | None = Field(None, description="Problem domain")
+    teacher: str = Field(description="Name of the teacher that wrote it")
+    sample: int = Field(ge=0, description="Sample index among the n samples of this problem")
+    reasoning: str = Field(description="The chain of thought (empty if the teacher gave none)")
+    content: str = Field(description="The answer section after the reasoning")
+    tokens: int = Field(ge=0, description="Completion tokens the teacher spent")
+    finish_reason: str = Field(description="stop, length, ...")
+
+
+class Scored(Trace):
+    """A trace with judge scores and answer verification."""
+
+    rv: float = Field(ge=0, le=9, description="Reasoning verbosity 0-9 (OmniThought)")
+    cd: float = Field(ge=0, le=9, description="Cognitive difficulty 0-9 (OmniThought)")
+    logic: float = Field(ge=0, le=1, description="Judge's probability that the reasoning is logically sound")
+    correct: bool | None = Field(description="Final answer matches the reference; null without a reference")
+    predicted: str | None = Field(None, description="Final answer extracted from the trace")
+    judge: str = Field(description="Name of the judge")
+    kept: bool = Field(description="Whether selection kept this trace for training")
+
+
+class Message(Record):
+    role: Literal["system", "user", "assistant"]
+    content: str
+    reasoning_content: str | None = None
+
+
+class SftExample(Record):
+    """A chat for supervised fine-tuning; reasoning sits in ``reasoning_content``."""
+
+    id: str = Field(description="Id of the source trace")
+    messages: list[Message] = Field(min_length=2, description="The conversation, ending with the assistant")
+    enable_thinking: bool | None = Field(None, description="Qwen3-style thinking mode for this example")
+    rv: float | None = Field(None, description="Reasoning verbosity of the trace")
+    cd: float | None = Field(None, description="Cognitive difficulty of the problem")
+
+
+class PreferencePair(Record):
+    """A DPO pair in TRL's conversational format; ``beta`` is CogPO's per-sample beta."""
+
+    id: str = Field(description="Id of the pair")
+    prompt: list[Message] = Field(min_length=1, description="Prompt messages")
+    chosen: list[Message] = Field(min_length=1, description="Preferred assistant turn")
+    rejected: list[Message] = Field(min_length=1, description="Dispreferred assistant turn")
+    beta: float | None = Field(None, gt=0, description="Per-sample beta (CogPO); null = stage default")
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "record"
+        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        parts.append(f"field {loc!r}: {msg}")
+    return "; ".join(parts)
+
+
+def iter_jsonl(uri: str, model: type[R], unique_ids: bool = True) -> Iterator[R]:
+    """Yield validated records from a JSONL file; raise RecordError listing bad lines as ``file:line``."""
+    try:
+        data = uris.read_bytes(uri)
+    except FileNotFoundError:
+        raise RecordError(f"{uri}: file not found") from None
+    errors: list[str] = []
+    seen: set[str] = set()
+    good: list[R] = []
+    for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            errors.append(f"{uri}:{lineno}: not UTF-8 (byte {exc.start}); re-encode the file as UTF-8")
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(f"{uri}:{lineno}: invalid JSON at column {exc.colno}: {exc.msg}")
+            continue
+        if not isinstance(obj, dict):
+            errors.append(f"{uri}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            continue
+        try:
+            rec = model.model_validate(obj)
+        except ValidationError as exc:
+            errors.append(f"{uri}:{lineno}: {model.__name__} {_describe(exc)}")
+            continue
+        rid = getattr(rec, "id", None)
+        if unique_ids and rid is not None:
+            if rid in seen:
+                errors.append(f"{uri}:{lineno}: duplicate id {rid!r}; ids must be unique")
+                continue
+            seen.add(rid)
+        good.append(rec)
+    if errors:
+        more = f"\n  ... and {len(errors) - MAX_REPORTED} more" if len(errors) > MAX_REPORTED else ""
+        raise RecordError(f"{len(errors)} bad line(s):\n  " + "\n  ".join(errors[:MAX_REPORTED]) + more)
+    yield from good
+
+
+def read_jsonl(uri: str, model: type[R], unique_ids: bool = True, allow_empty: bool = False) -> list[R]:
+    """Read and validate a whole JSONL file (see ``iter_jsonl``); an empty file is an error by default."""
+    rows = list(iter_jsonl(uri, model, unique_ids=unique_ids))
+    if not rows and not allow_empty:
+        raise RecordError(f"{uri}: no records; the file is empty")
+    return rows
+
+
+def dumps(records: Iterable[BaseModel | dict[str, Any]]) -> str:
+    lines = []
+    for rec in records:
+        obj = rec.model_dump(mode="json", exclude_none=False) if isinstance(rec, BaseModel) else rec
+        lines.append(json.dumps(obj, ensure_ascii=False))
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def write_jsonl(uri: str, records: Iterable[BaseModel | dict[str, Any]]) -> int:
+    """Write records atomically; return how many were written."""
+    recs = list(records)
+    uris.write_text(uri, dumps(recs))
+    return len(recs)
