@@ -9,6 +9,7 @@ normalised string. Without math-verify installed, math falls back to the normali
 from __future__ import annotations
 
 import re
+import threading
 
 THINK_END = "</think>"
 BOXED = "\\boxed"
@@ -81,12 +82,15 @@ def is_correct(response: str, reference: str, domain: str | None = None) -> bool
         return False
     from math_verify import parse, verify
 
-    gold = parse("$" + reference + "$")
-    pred = parse("$" + predicted + "$")
-    if not gold or not pred:
-        return False
+    # math-verify's timeouts use SIGALRM, which only works in the main thread; off it (a thread
+    # pool, a server handler) parse/verify raise, so they run without a timeout there.
+    timeout = 5 if threading.current_thread() is threading.main_thread() else None
     try:
-        return bool(verify(gold, pred))
+        gold = parse("$" + reference + "$", parsing_timeout=timeout)
+        pred = parse("$" + predicted + "$", parsing_timeout=timeout)
+        if not gold or not pred:
+            return False
+        return bool(verify(gold, pred, timeout_seconds=timeout))
     except Exception:  # math-verify raises on exotic inputs; an unverifiable answer is not correct
         return False
 

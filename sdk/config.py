@@ -7,6 +7,7 @@ Secrets never live here: configs name the environment variable that holds a key.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from pathlib import Path
@@ -32,12 +33,17 @@ class BaseConfig(BaseModel):
         if source is None:
             data: dict[str, Any] = {}
         elif isinstance(source, dict):
-            data = json.loads(json.dumps(source))
+            data = copy.deepcopy(source)
         else:
             where = str(source)
             data = read_config_file(source)
-        data = deep_merge(data, parse_overrides(overrides or []))
-        return cls.from_dict(data, where=where)
+        patch = parse_overrides(overrides or [])
+        data = deep_merge(data, patch)
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            # a bad value given with --set is reported against --set, not against the file
+            raise ConfigError(format_validation_error(exc, cls.__name__, where, _leaf_keys(patch))) from None
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any], where: str = "<dict>") -> T:
@@ -59,17 +65,33 @@ class BaseConfig(BaseModel):
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def format_validation_error(exc: ValidationError, model: str, where: str) -> str:
+def format_validation_error(
+    exc: ValidationError, model: str, where: str, overridden: set[str] | frozenset[str] = frozenset()
+) -> str:
+    """One line per problem: ``<where>: <Model>.<field>: <what is wrong> (got <value>)``."""
     lines = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        origin = f"--set {loc}" if _from_override(loc, overridden) else where
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key; remove it or fix its spelling"
         got = err.get("input")
         shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {_short(got)})"
-        lines.append(f"{where}: {model}.{loc}: {msg}{shown}")
+        lines.append(f"{origin}: {model}.{loc}: {msg}{shown}")
     return f"{len(lines)} problem(s) in config:\n  " + "\n  ".join(lines)
+
+
+def _from_override(loc: str, overridden: set[str] | frozenset[str]) -> bool:
+    return any(loc == key or loc.startswith(key + ".") for key in overridden)
+
+
+def _leaf_keys(tree: dict[str, Any], prefix: str = "") -> set[str]:
+    keys: set[str] = set()
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        keys |= _leaf_keys(value, dotted + ".") if isinstance(value, dict) and value else {dotted}
+    return keys
 
 
 def _short(value: Any) -> str:

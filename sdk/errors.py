@@ -19,3 +19,7 @@ class IncompleteOutputError(DistilflowError):
 
 class BackendError(DistilflowError):
     """A teacher, judge or model backend could not be used."""
+
+
+class StorageError(DistilflowError):
+    """An object store cannot be used as configured (a missing bucket, a wrong endpoint)."""

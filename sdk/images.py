@@ -26,14 +26,20 @@ STAGE_IMAGE_FAMILY = {
 }
 
 
+FAMILIES = ("base", "train", "vllm")
+"""The image families; each has ``containers/<family>/Dockerfile``."""
+
+
 def image(family: str, version: str = __version__) -> str:
     """The full image reference of an image family, e.g. ``ghcr.io/distilflow/distilflow-train:0.1.0``."""
-    if family not in set(STAGE_IMAGE_FAMILY.values()):
-        raise ValueError(f"unknown image family {family!r}; known: base, train, vllm")
+    if family not in FAMILIES:
+        raise ValueError(f"unknown image family {family!r}; known: {', '.join(FAMILIES)}")
     registry = os.environ.get("DISTILFLOW_IMAGE_REGISTRY", DEFAULT_REGISTRY).rstrip("/")
     return f"{registry}/distilflow-{family}:{version}"
 
 
 def stage_image(stage: str) -> str:
     """The image a stage's component runs in."""
+    if stage not in STAGE_IMAGE_FAMILY:
+        raise KeyError(f"no image for stage {stage!r}; stages with images: {', '.join(STAGE_IMAGE_FAMILY)}")
     return image(STAGE_IMAGE_FAMILY[stage])

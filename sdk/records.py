@@ -24,7 +24,8 @@ class Record(BaseModel):
 class Problem(Record):
     """A problem to distill. Extra keys in user data are ignored (kept out of later records)."""
 
-    model_config = ConfigDict(extra="ignore")
+    # user data: extra keys are dropped, and numeric ids/answers ("answer": 42) are read as text
+    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
 
     id: str = Field(min_length=1, description="Unique id of the problem")
     problem: str = Field(min_length=1, description="The question text")
@@ -111,7 +112,8 @@ def iter_jsonl(uri: str, model: type[R], unique_ids: bool = True) -> Iterator[R]
         if not raw.strip():
             continue
         try:
-            line = raw.decode("utf-8")
+            # a byte-order mark (editors on Windows write one) is not part of the first record
+            line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
         except UnicodeDecodeError as exc:
             errors.append(f"{uri}:{lineno}: not UTF-8 (byte {exc.start}); re-encode the file as UTF-8")
             continue

@@ -7,9 +7,11 @@ Secret, never from a config. ``oss://`` needs ``ossfs`` (extra ``oss``), ``gs://
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
+import re
 import shutil
 import tempfile
 import uuid
@@ -18,22 +20,35 @@ from typing import Annotated, Any
 
 from pydantic import AfterValidator
 
+from distilflow.errors import StorageError
+
 SCHEMES = ("file", "s3", "oss", "gs")
 
 
 def check_uri(value: str) -> str:
     """Accept a local path or a URI with a supported scheme; say which schemes exist when refusing."""
+    supported = "a local path or one of " + ", ".join(s + "://" for s in SCHEMES)
     if not isinstance(value, str) or not value.strip():
-        raise ValueError("empty URI; give a local path or one of file://, s3://, oss://, gs://")
+        raise ValueError(f"empty URI; give {supported}")
     if "://" in value:
-        scheme = value.split("://", 1)[0].lower()
+        scheme, rest = value.split("://", 1)
+        scheme = scheme.lower()
         if scheme not in SCHEMES:
-            raise ValueError(
-                f"unsupported URI scheme {scheme + '://'!r} in {value!r}; use a local path or "
-                + ", ".join(s + "://" for s in SCHEMES)
-            )
-        if scheme != "file" and not value.split("://", 1)[1].strip("/"):
+            raise ValueError(f"unsupported URI scheme {scheme + '://'!r} in {value!r}; use {supported}")
+        if scheme == "file":
+            if not rest.strip():
+                raise ValueError(f"{value!r} names no path; write file:///ABSOLUTE/PATH or a plain path")
+        elif not rest.split("/", 1)[0].strip():
+            # s3:///key has a key but an empty bucket name
             raise ValueError(f"{value!r} names no bucket; write {scheme}://BUCKET/PREFIX")
+    else:
+        # "s3:/bucket/key" would otherwise silently become a local folder named "s3:"
+        typo = re.match(r"([A-Za-z][A-Za-z0-9+.-]+):/", value)
+        if typo:
+            raise ValueError(
+                f"{value!r} looks like a URI missing a '/'; write {typo.group(1).lower()}://... "
+                f"(supported: {supported}) or ./{value} for a local path"
+            )
     return value
 
 
@@ -89,7 +104,40 @@ def join(uri: str, *parts: str) -> str:
     """Join path parts onto a URI with ``/`` (or the local separator for local paths)."""
     if is_local(uri):
         return os.path.join(local_path(uri), *parts)
-    return posixpath.join(uri.rstrip("/"), *parts)
+    # a part with a leading "/" would make posixpath.join drop the bucket and return a local path
+    return posixpath.join(uri.rstrip("/"), *(p.lstrip("/") for p in parts))
+
+
+def bucket(uri: str) -> str:
+    """The bucket of an object-storage URI (``s3://BUCKET/key``)."""
+    return uri.split("://", 1)[1].split("/", 1)[0]
+
+
+def _missing_bucket(uri: str) -> StorageError:
+    name = bucket(uri)
+    if scheme(uri) == "s3":
+        endpoint = storage_options(uri).get("client_kwargs", {}).get("endpoint_url")
+        flag = f" --endpoint-url {endpoint}" if endpoint else ""
+        where = endpoint or "the default AWS endpoint (set DISTILFLOW_S3_ENDPOINT_URL for another store)"
+        return StorageError(
+            f"{uri}: bucket {name!r} does not exist at {where}; create it "
+            f"(aws s3 mb s3://{name}{flag}) or fix the bucket name in the URI"
+        )
+    return StorageError(f"{uri}: bucket {name!r} does not exist; create it or fix the bucket name in the URI")
+
+
+def _bucket_exists(fs: Any, uri: str) -> bool:
+    try:
+        return bool(fs.exists(bucket(uri)))
+    except Exception:  # no permission to look at the bucket itself: assume it is there
+        return True
+
+
+def _not_found(fs: Any, uri: str) -> Exception:
+    """A store's bare "not found" turned into an error naming the URI, or the bucket when that is missing."""
+    if not _bucket_exists(fs, uri):
+        return _missing_bucket(uri)
+    return FileNotFoundError(f"{uri}: no such file or folder")
 
 
 def exists(uri: str) -> bool:
@@ -99,8 +147,13 @@ def exists(uri: str) -> bool:
 
 def read_bytes(uri: str) -> bytes:
     fs, path = filesystem(uri)
-    with fs.open(path, "rb") as f:
-        return f.read()
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        if is_local(uri):
+            raise
+        raise _not_found(fs, uri) from None
 
 
 def read_text(uri: str) -> str:
@@ -114,14 +167,23 @@ def write_bytes(uri: str, data: bytes) -> None:
     if is_local(uri):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            # a failed write leaves the old file as it was and no temporary file behind
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
         return
-    with fs.open(path, "wb") as f:
-        f.write(data)
+    try:
+        with fs.open(path, "wb") as f:
+            f.write(data)
+    except FileNotFoundError:
+        raise _not_found(fs, uri) from None
 
 
 def write_text(uri: str, text: str) -> None:
@@ -136,12 +198,17 @@ def remove(uri: str, recursive: bool = False) -> None:
 
 def upload_dir(local_dir: str, uri: str) -> None:
     """Copy a local folder to ``uri`` (a no-op when they are the same place)."""
+    if not os.path.isdir(local_dir):
+        raise FileNotFoundError(f"{local_dir}: no such folder to upload to {uri}")
     if is_local(uri):
         dest = local_path(uri)
         if os.path.abspath(local_dir) != dest:
             shutil.copytree(local_dir, dest, dirs_exist_ok=True)
         return
     fs, path = filesystem(uri)
+    # s3fs's recursive put creates a missing bucket; a typo in a bucket name must fail instead
+    if not _bucket_exists(fs, uri):
+        raise _missing_bucket(uri)
     fs.put(local_dir.rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
 
 
@@ -150,19 +217,31 @@ def materialize(uri: str, cache_dir: str | None = None) -> str:
     if is_local(uri):
         return local_path(uri)
     cache_root = cache_dir or os.environ.get("DISTILFLOW_CACHE", os.path.expanduser("~/.cache/distilflow"))
-    key = hashlib.sha256(uri.encode()).hexdigest()[:16]
+    # the same URI on another endpoint is another object
+    key = hashlib.sha256((uri + repr(sorted(storage_options(uri).items()))).encode()).hexdigest()[:16]
     dest = os.path.join(cache_root, "downloads", key)
     done = dest + ".complete"
     if os.path.exists(done):
-        return dest
+        # the marker holds the file name when the URI is a single file
+        name = Path(done).read_text().strip()
+        return os.path.join(dest, name) if name else dest
     fs, path = filesystem(uri)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=key + ".partial-", dir=os.path.dirname(dest))
-    if fs.isdir(path):
-        fs.get(path.rstrip("/") + "/", staging + "/", recursive=True)
-    else:
-        fs.get(path, os.path.join(staging, posixpath.basename(path)))
+    try:
+        if fs.isdir(path):
+            name = ""
+            fs.get(path.rstrip("/") + "/", staging + "/", recursive=True)
+        else:
+            name = posixpath.basename(path.rstrip("/"))
+            fs.get(path, os.path.join(staging, name))
+    except FileNotFoundError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _not_found(fs, uri) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     shutil.rmtree(dest, ignore_errors=True)
     os.replace(staging, dest)
-    Path(done).touch()
-    return dest
+    Path(done).write_text(name)
+    return os.path.join(dest, name) if name else dest

@@ -1,0 +1,33 @@
+"""The ``curate`` KFP component: a shell around ``distilflow.components.curate.run.run``."""
+
+# No `from __future__ import annotations` here: KFP reads the real annotation objects.
+from kfp import dsl
+
+from distilflow.images import stage_image
+
+
+@dsl.component(base_image=stage_image("curate"), install_kfp_package=False)
+def curate(config: dict, output_uri: str, traces: dsl.Input[dsl.Dataset], curated: dsl.Output[dsl.Dataset]):
+    """Judge, verify and select the teacher's traces; write SFT examples and preference pairs.
+
+    Args:
+        config: The whole pipeline config; this stage reads its ``curate`` section (judge, ranges, ...).
+        output_uri: Root folder or URI of the run; this stage writes under ``<output_uri>/curate``.
+        traces: The distill output (its metadata carries the distill folder's URI).
+        curated: Output dataset; its metadata carries the URI of the curate output folder.
+    """
+    from distilflow import artifacts, uri
+    from distilflow.components.curate.config import CurateConfig
+    from distilflow.components.curate.run import run
+
+    section = artifacts.section(config, "curate")
+    section["output_uri"] = uri.join(output_uri, "curate")
+    section["data_uri"] = artifacts.consume(traces, "curate input 'traces'")
+    result = run(CurateConfig.from_dict(section, where="config section 'curate'"))
+    artifacts.publish(
+        curated,
+        uri=section["output_uri"],
+        stage_uri=section["output_uri"],
+        kept=result.kept,
+        pairs=result.pairs,
+    )

@@ -1,0 +1,67 @@
+"""Configuration and result of the `dpo` stage (imports without torch)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from distilflow.config import BaseConfig
+from distilflow.uri import Uri
+
+WIRED = ("output_uri", "data_uri", "model")
+"""Fields the pipeline fills in: this stage's output folder, curate's output folder, the SFT model."""
+
+
+class DpoConfig(BaseConfig):
+    """Preference optimisation of the student (TRL ``DPOTrainer``); CogPO when pairs carry a per-sample beta."""
+
+    output_uri: Uri = Field(description="This stage's output folder; the model goes to <output_uri>/model")
+    data_uri: Uri = Field(
+        description="curate's output folder (its preference.jsonl is read; the _COMPLETE marker is required) "
+        "or a .jsonl file of PreferencePair records"
+    )
+    model: Uri = Field(description="The policy to start from, usually the sft output model folder or URI")
+    beta: float = Field(0.1, gt=0, description="DPO beta (KL strength) for pairs that carry no beta of their own")
+    per_sample_beta: bool = Field(
+        True, description="Honour a pair's own beta (CogPO); false uses `beta` for every pair"
+    )
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss: sigmoid (DPO), ipo or hinge")
+    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 trains for num_train_epochs instead")
+    num_train_epochs: float = Field(1.0, gt=0, description="Passes over the pairs when max_steps is -1")
+    learning_rate: float = Field(5e-7, gt=0, description="Peak AdamW learning rate (linear decay)")
+    per_device_train_batch_size: int = Field(1, ge=1, description="Pairs per device per micro-batch")
+    gradient_accumulation_steps: int = Field(8, ge=1, description="Micro-batches accumulated per optimizer step")
+    max_length: int = Field(
+        8192,
+        ge=16,
+        description="Longest prompt+response in tokens; pairs with a longer side are dropped and counted, never truncated",
+    )
+    lora: bool = Field(False, description="Train a LoRA adapter (the reference is the base without it) and merge it")
+    lora_r: int = Field(16, ge=1, description="LoRA rank (with lora=true)")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (with lora=true)")
+    seed: int = Field(0, description="Seed for data order, dropout and LoRA init")
+    logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps")
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> DpoConfig:
+        if self.max_steps == 0:
+            raise ValueError("max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count")
+        return self
+
+
+class DpoResult(BaseModel):
+    """What a `dpo` run produced (stored in its manifest, returned again on a rerun)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_uri: str = Field(description="Folder of the optimised model and tokenizer (Hugging Face format)")
+    first_loss: float | None = Field(description="DPO loss at the first logged step")
+    final_loss: float | None = Field(description="DPO loss at the last logged step")
+    final_reward_accuracy: float | None = Field(
+        description="Fraction of pairs in the last logged step whose implicit reward prefers the chosen answer"
+    )
+    steps: int = Field(description="Optimizer steps taken")
+    rows_used: int = Field(description="Pairs trained on")
+    rows_dropped: int = Field(description="Pairs dropped for exceeding max_length tokens")
+    per_sample_beta: bool = Field(description="Whether per-pair betas (CogPO) were applied")

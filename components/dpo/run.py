@@ -1,0 +1,183 @@
+"""The `dpo` stage: preference optimisation with TRL's ``DPOTrainer``, with CogPO's per-sample beta."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import Any
+
+from distilflow import records
+from distilflow import uri as uris
+from distilflow.components.dpo.config import DpoConfig, DpoResult
+from distilflow.errors import ConfigError
+from distilflow.outputs import StageOutput
+
+STAGE = "dpo"
+
+
+def build_rows(
+    pairs: list[records.PreferencePair], tokenizer: Any, config: DpoConfig
+) -> tuple[list[dict[str, Any]], int, bool]:
+    """Conversational rows for TRL, the number dropped for length, and whether per-pair betas are used.
+
+    A pair is dropped when prompt+chosen or prompt+rejected renders longer than ``max_length`` tokens
+    (TRL would truncate it). With per-pair betas, every row gets a ``beta`` column; pairs without one
+    take ``config.beta``.
+    """
+    from distilflow.training import preference_rows
+
+    kept, dropped = preference_rows(pairs, tokenizer, config.max_length)
+    use_beta = config.per_sample_beta and any(p.beta is not None for p, _ in kept)
+    rows = []
+    for pair, row in kept:
+        if use_beta:
+            row["beta"] = float(pair.beta if pair.beta is not None else config.beta)
+        rows.append(row)
+    return rows, dropped, use_beta
+
+
+def trainer_class() -> tuple[type, type]:
+    """``DPOTrainer`` and its collator, extended to apply a per-pair beta (CogPO).
+
+    TRL 1.16's DPO loss multiplies by the scalar ``self.beta``; every use is elementwise over the
+    batch, so a ``[batch]`` tensor of betas gives each pair its own beta. The collator carries the
+    ``beta`` column into the batch, and ``compute_loss`` swaps it in for one step. Rows without a
+    ``beta`` column train exactly as plain DPO.
+    """
+    from dataclasses import dataclass
+
+    import torch
+    from trl import DPOTrainer
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+
+    @dataclass
+    class BetaCollator(DataCollatorForPreference):
+        def torch_call(self, examples: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = super().torch_call(examples)
+            if "beta" in examples[0]:
+                batch["beta"] = torch.tensor([float(e["beta"]) for e in examples], dtype=torch.float32)
+            return batch
+
+    class CogPOTrainer(DPOTrainer):
+        def _set_signature_columns_if_needed(self) -> None:
+            super()._set_signature_columns_if_needed()
+            if "beta" not in self._signature_columns:  # else the Trainer drops the column as unused
+                self._signature_columns = [*self._signature_columns, "beta"]
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            beta = inputs.pop("beta", None)
+            if beta is None:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            default, self.beta = self.beta, beta
+            try:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            finally:
+                self.beta = default
+
+    return CogPOTrainer, BetaCollator
+
+
+def make_trainer(
+    config: DpoConfig, rows: list[dict[str, Any]], tokenizer: Any, model_path: str, ref_model: Any = None
+) -> Any:
+    """Build the trainer; the reference model is an implicit frozen copy of the start model unless given."""
+    from datasets import Dataset
+    from trl import DPOConfig
+
+    from distilflow import training
+
+    trainer_cls, collator_cls = trainer_class()
+    args = training.training_arguments(
+        DPOConfig,
+        config,
+        tempfile.mkdtemp(prefix="distilflow-dpo-"),
+        beta=config.beta,
+        loss_type=[config.loss_type],
+        max_length=config.max_length,
+        model_init_kwargs={"dtype": "float32"},
+    )
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    collator = collator_cls(pad_token_id=tokenizer.pad_token_id, max_length=config.max_length)
+    trainer = trainer_cls(
+        model=model_path,
+        ref_model=ref_model,
+        args=args,
+        data_collator=collator,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    return training.quiet_trainer(trainer, STAGE)
+
+
+def run(config: DpoConfig) -> DpoResult:
+    """Optimise the policy on preference pairs and save it with its tokenizer to ``<output_uri>/model``.
+
+    Reads ``preference.jsonl`` (``PreferencePair`` rows, conversational prompt/chosen/rejected) from
+    curate's finished output (or a JSONL file), drops and counts pairs longer than ``max_length``,
+    and trains with DPO against a frozen copy of the start model. Pairs carrying ``beta`` are
+    weighted with their own beta (CogPO) unless ``per_sample_beta`` is off.
+
+    It does not precompute reference log-probabilities, sync the reference model, or resume from a
+    mid-training checkpoint (a rerun of a finished output returns the stored result).
+    """
+    out = StageOutput(config.output_uri, STAGE)
+    stored = out.reusable(config)
+    if stored is not None:
+        print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
+        return DpoResult.model_validate(stored["result"])
+
+    from distilflow import training
+    from distilflow.models import load_tokenizer, resolve_model
+
+    data_file, _ = training.resolve_data(config.data_uri, "preference.jsonl", "dpo data")
+    pairs = records.read_jsonl(data_file, records.PreferencePair)
+    out.begin(config)
+
+    model_path = resolve_model(config.model)
+    tokenizer = load_tokenizer(model_path)
+    rows, dropped, use_beta = build_rows(pairs, tokenizer, config)
+    print(f"[{STAGE}] {len(rows)} pairs, {dropped} dropped (> {config.max_length} tokens)", flush=True)
+    if not rows:
+        raise ConfigError(
+            f"dpo: all {len(pairs)} pairs of {data_file} are longer than max_length={config.max_length} tokens; "
+            "raise dpo.max_length"
+        )
+    trainer = make_trainer(config, rows, tokenizer, model_path)
+    trainer.train()
+
+    history = trainer.state.log_history
+    first, final = training.first_last(training.logged(history, "loss"))
+    result = DpoResult(
+        model_uri=uris.join(out.uri, "model"),
+        first_loss=first,
+        final_loss=final,
+        final_reward_accuracy=training.first_last(training.logged(history, "rewards/accuracies"))[1],
+        steps=trainer.state.global_step,
+        rows_used=len(rows),
+        rows_dropped=dropped,
+        per_sample_beta=use_beta,
+    )
+    card = training.model_card(STAGE, config.model, data_file, result.model_dump(), config.to_dict())
+    training.save_trained(trainer, result.model_uri, card)
+    betas = [row["beta"] for row in rows] if use_beta else [config.beta]
+    out.finish(
+        result=result.model_dump(),
+        inputs={"data": data_file, "model": config.model},
+        outputs={"model": result.model_uri},
+        counts={"rows_read": len(pairs), "rows_used": len(rows), "rows_dropped": dropped},
+        metrics={
+            "first_loss": first,
+            "final_loss": final,
+            "final_reward_accuracy": result.final_reward_accuracy,
+            "steps": result.steps,
+            "beta_min": min(betas),
+            "beta_max": max(betas),
+        },
+    )
+    return result

@@ -1,0 +1,36 @@
+"""KFP component of the ``evaluate`` stage."""
+
+from kfp import dsl
+
+from distilflow.images import stage_image
+
+
+@dsl.component(base_image=stage_image("evaluate"), install_kfp_package=False)
+def evaluate(
+    config: dict,
+    output_uri: str,
+    model: dsl.Input[dsl.Model],
+    metrics: dsl.Output[dsl.Metrics],
+    report: dsl.Output[dsl.Markdown],
+):
+    """Accuracy (avg@k, pass@k) and mean output tokens of a model on problems with reference answers."""
+    from distilflow import artifacts
+    from distilflow import uri as uris
+    from distilflow.components.evaluate.config import EvaluateConfig
+    from distilflow.components.evaluate.run import run
+
+    cfg = EvaluateConfig.from_dict(
+        {
+            **artifacts.section(config, "evaluate"),
+            "output_uri": uris.join(output_uri, "evaluate"),
+            "model": artifacts.consume(model, "evaluate: model"),
+        },
+        where="config section 'evaluate'",
+    )
+    result = run(cfg)
+    metrics.log_metric("accuracy", result.accuracy)
+    metrics.log_metric(f"pass@{result.samples}", result.pass_at_k)
+    metrics.log_metric("mean_tokens", result.mean_tokens)
+    with open(report.path, "w", encoding="utf-8") as f:
+        f.write(uris.read_text(result.report_md))
+    artifacts.publish(report, uri=result.report_md, stage_uri=cfg.output_uri)

@@ -1,0 +1,58 @@
+"""Configuration and result of the `sft` stage (imports without torch)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from distilflow.config import BaseConfig
+from distilflow.uri import Uri
+
+WIRED = ("output_uri", "data_uri")
+"""Fields the pipeline fills in: this stage's output folder and curate's output folder."""
+
+
+class SftConfig(BaseConfig):
+    """Supervised fine-tuning of the student on curated reasoning traces (TRL ``SFTTrainer``)."""
+
+    output_uri: Uri = Field(description="This stage's output folder; the model goes to <output_uri>/model")
+    data_uri: Uri = Field(
+        description="curate's output folder (its sft.jsonl is read; the _COMPLETE marker is required) "
+        "or a .jsonl file of SftExample records"
+    )
+    model: Uri = Field(description="The student to fine-tune: a Hugging Face model folder or URI with a chat template")
+    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 trains for num_train_epochs instead")
+    num_train_epochs: float = Field(2.0, gt=0, description="Passes over the data when max_steps is -1")
+    learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate (linear decay)")
+    per_device_train_batch_size: int = Field(1, ge=1, description="Examples per device per micro-batch")
+    gradient_accumulation_steps: int = Field(8, ge=1, description="Micro-batches accumulated per optimizer step")
+    max_length: int = Field(
+        8192, ge=16, description="Longest rendered example in tokens; longer rows are dropped and counted, never truncated"
+    )
+    lora: bool = Field(False, description="Train a LoRA adapter on all linear layers and merge it before saving")
+    lora_r: int = Field(16, ge=1, description="LoRA rank (with lora=true)")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (with lora=true)")
+    assistant_only_loss: bool = Field(
+        True,
+        description="Loss on assistant tokens only; needs a chat template with {% generation %} markers",
+    )
+    seed: int = Field(0, description="Seed for weight init (LoRA), data order and dropout")
+    logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps")
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> SftConfig:
+        if self.max_steps == 0:
+            raise ValueError("max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count")
+        return self
+
+
+class SftResult(BaseModel):
+    """What an `sft` run produced (stored in its manifest, returned again on a rerun)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_uri: str = Field(description="Folder of the fine-tuned model and tokenizer (Hugging Face format)")
+    first_loss: float | None = Field(description="Training loss at the first logged step")
+    final_loss: float | None = Field(description="Training loss at the last logged step")
+    steps: int = Field(description="Optimizer steps taken")
+    rows_used: int = Field(description="Examples trained on")
+    rows_dropped: int = Field(description="Examples dropped for exceeding max_length tokens")

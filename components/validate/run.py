@@ -1,0 +1,158 @@
+"""The ``validate`` stage: every problem with a pipeline config, found before any work starts."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from distilflow import uri as uris
+from distilflow.components import load_config_class
+from distilflow.components.validate.config import ValidateConfig
+from distilflow.config import BaseConfig
+from distilflow.errors import ConfigError, DistilflowError
+from distilflow.outputs import StageOutput
+
+# Input fields whose content can be checked up front (wired inputs are produced by upstream stages).
+DATA_FIELDS = ("problems_uri",)
+MODEL_FIELDS = ("model",)
+
+
+class ValidateResult(BaseModel):
+    report_uri: str = Field(description="JSON report of what was checked")
+    checked: list[str] = Field(description="What was checked, one line each")
+    configs: dict[str, dict[str, Any]] = Field(description="The resolved config of each stage")
+
+
+def stage_config(stage: str, section: dict[str, Any], run_uri: str) -> BaseConfig:
+    """Build a stage's config from its section, filling wired fields as the pipeline would."""
+    cls = load_config_class(stage)
+    module = __import__(f"distilflow.components.{stage}.config", fromlist=["WIRED"])
+    data = dict(section)
+    for name in getattr(module, "WIRED", ("output_uri",)):
+        # Wired inputs are produced upstream; any well-formed URI stands in for them here.
+        data[name] = uris.join(run_uri, stage) if name == "output_uri" else uris.join(run_uri, f"<{name}>")
+    return cls.from_dict(data, where=f"config section {stage!r}")
+
+
+def _teachers(config: BaseModel) -> list[tuple[str, Any]]:
+    from distilflow.teacher import TeacherConfig
+
+    found = []
+    for name in type(config).model_fields:
+        value = getattr(config, name)
+        items = value if isinstance(value, list) else [value]
+        found.extend((name, v) for v in items if isinstance(v, TeacherConfig))
+    return found
+
+
+def check_model(where: str, model: str, gguf_file: str | None = None) -> None:
+    from distilflow.models import resolve_model, smollm2_dir
+
+    if model == "smollm2":
+        smollm2_dir()  # installed? (converting it needs torch, which this image lacks)
+        return
+    path = resolve_model(model, gguf_file)
+    if gguf_file or model == "smollm2" or not uris.is_local(model):
+        return
+    has_template = os.path.exists(os.path.join(path, "chat_template.jinja"))
+    tok_cfg = os.path.join(path, "tokenizer_config.json")
+    if not has_template and os.path.exists(tok_cfg):
+        with open(tok_cfg) as f:
+            has_template = bool(json.load(f).get("chat_template"))
+    if not has_template:
+        raise DistilflowError(f"{where}: model {model!r} has no tokenizer chat template (tokenizer_config.json)")
+
+
+def check_endpoint(where: str, teacher: Any, timeout_s: float) -> None:
+    import httpx
+
+    url = teacher.base_url.rstrip("/") + "/models"
+    key = os.environ.get(teacher.api_key_env)
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    try:
+        resp = httpx.get(url, headers=headers, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        raise DistilflowError(f"{where}: endpoint {url} unreachable ({type(exc).__name__}); check base_url") from None
+    if resp.status_code in (401, 403):
+        raise DistilflowError(
+            f"{where}: endpoint {url} refused the key (HTTP {resp.status_code}); set ${teacher.api_key_env}"
+        )
+    if resp.status_code != 200:
+        raise DistilflowError(f"{where}: endpoint {url} answered HTTP {resp.status_code}")
+    served = [m.get("id") for m in resp.json().get("data", [])]
+    if served and teacher.model not in served:
+        raise DistilflowError(f"{where}: endpoint serves {served}, not model {teacher.model!r}")
+
+
+def run(config: ValidateConfig) -> ValidateResult:
+    """Validate every stage section, input file, model folder and endpoint; raise listing all problems.
+
+    It does not start servers, load weights or claim accelerators.
+    """
+    out = StageOutput(config.output_uri, "validate")
+    problems: list[str] = []
+    checked: list[str] = []
+    configs: dict[str, dict[str, Any]] = {}
+    extra = sorted(set(config.pipeline_config) - set(config.stages))
+    if extra:
+        problems.append(f"config sections {extra} name no stage of this pipeline (stages: {', '.join(config.stages)})")
+    for stage in config.stages:
+        if stage == "validate":
+            continue
+        try:
+            cfg = stage_config(stage, config.pipeline_config.get(stage) or {}, config.run_uri)
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        configs[stage] = cfg.to_dict()
+        checked.append(f"{stage}: config")
+        problems.extend(_check_inputs(stage, cfg, config, checked))
+    if problems:
+        raise ConfigError(f"validate found {len(problems)} problem(s):\n- " + "\n- ".join(problems))
+    out.begin(config)
+    report_uri = out.path("report.json")
+    uris.write_text(report_uri, json.dumps({"checked": checked, "configs": configs}, indent=2))
+    result = ValidateResult(report_uri=report_uri, checked=checked, configs=configs)
+    out.finish(result=result.model_dump(), counts={"checks": len(checked)})
+    for line in checked:
+        print(f"[validate] ok: {line}", flush=True)
+    return result
+
+
+def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: list[str]) -> list[str]:
+    from distilflow.records import Problem, read_jsonl
+
+    problems = []
+    wired = getattr(__import__(f"distilflow.components.{stage}.config", fromlist=["WIRED"]), "WIRED", ())
+    for name in DATA_FIELDS:
+        value = getattr(cfg, name, None)
+        if value is None or name in wired or not config.check_data:
+            continue
+        try:
+            rows = read_jsonl(value, Problem)
+            checked.append(f"{stage}.{name}: {len(rows)} problems in {value}")
+        except (DistilflowError, OSError) as exc:
+            problems.append(f"{stage}.{name}: {exc}")
+    for name in MODEL_FIELDS:
+        value = getattr(cfg, name, None)
+        if isinstance(value, str) and name not in wired and config.check_models:
+            try:
+                check_model(f"{stage}.{name}", value)
+                checked.append(f"{stage}.{name}: {value}")
+            except (DistilflowError, OSError) as exc:
+                problems.append(f"{stage}.{name}: {exc}")
+    for name, teacher in _teachers(cfg):
+        where = f"{stage}.{name}"
+        try:
+            if teacher.backend == "transformers" and config.check_models:
+                check_model(where, teacher.model, teacher.gguf_file)
+                checked.append(f"{where}: model {teacher.model}")
+            elif teacher.backend == "openai" and config.check_endpoints:
+                check_endpoint(where, teacher, config.endpoint_timeout_s)
+                checked.append(f"{where}: endpoint {teacher.base_url}")
+        except (DistilflowError, OSError) as exc:
+            problems.append(str(exc))
+    return problems

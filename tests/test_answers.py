@@ -1,0 +1,129 @@
+"""Final-answer extraction and checking (math-verify for math, letters for multiple choice)."""
+
+from __future__ import annotations
+
+import pytest
+
+from distilflow.answers import checker, extract_answer, is_correct, last_boxed, normalise, strip_thinking
+
+# --- extraction ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (r"so the answer is \boxed{42}.", "42"),
+        (r"\boxed{\frac{1}{2}}", r"\frac{1}{2}"),
+        (r"first \boxed{1}, then \boxed{\frac{\sqrt{2}}{2}} at last", r"\frac{\sqrt{2}}{2}"),
+        (r"\boxed{ \{1, 2\} }", r"\{1, 2\}"),
+        (r"\boxed{x^{2^{3}}}", "x^{2^{3}}"),
+        ("The total is 12 apples.", "12"),
+        ("x = -3.5 or x = 7/2", "7/2"),
+        ("no number here", None),
+        (r"unbalanced \boxed{3", "3"),  # no balanced box: falls back to the last number
+    ],
+)
+def test_extract_answer(text, expected):
+    assert extract_answer(text) == expected
+
+
+def test_thinking_is_stripped_before_extraction():
+    assert strip_thinking("<think>try 5</think>The answer is 12.") == "The answer is 12."
+    assert extract_answer(r"<think>maybe \boxed{3}? or 9</think>The total is 12.") == "12"
+    assert extract_answer(r"<think>\boxed{3}</think>\boxed{4}") == "4"
+    # a thinking block with nothing after it states no answer
+    assert extract_answer(r"<think>\boxed{3}</think>") is None
+    assert strip_thinking("no tags") == "no tags"
+
+
+def test_last_boxed():
+    assert last_boxed(r"\boxed{a} \boxed{b{c}}") == "b{c}"
+    assert last_boxed("nothing") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("The answer is (C).", "C"),
+        ("answer: b", "B"),
+        ("I considered A and B. Answer: D", "D"),
+        (r"<think>the answer is A</think> The answer is B", "B"),
+        (r"\boxed{C}", "C"),
+        ("I cannot decide", None),
+    ],
+)
+def test_extract_multiple_choice_letter(text, expected):
+    assert extract_answer(text, "multiple_choice") == expected
+
+
+def test_normalise():
+    assert normalise(r" $\text{Paris}$ ") == "paris"
+    assert normalise("42.") == "42"
+    assert normalise(r"1\!000") == "1000"
+
+
+# --- checking --------------------------------------------------------------------------------
+
+
+def test_checker_is_math_verify():
+    assert checker() == "math-verify"  # installed here; without it fractions would not match decimals
+
+
+@pytest.mark.parametrize(
+    ("response", "reference"),
+    [
+        (r"\boxed{0.5}", "1/2"),
+        (r"\boxed{\frac{1}{2}}", "0.5"),
+        ("1/2", "0.5"),
+        (r"\boxed{\frac{2}{4}}", r"\frac{1}{2}"),
+        ("12", "12.0"),
+        (r"<think>hmm</think> The answer is \boxed{7}.", "7"),
+        (r"\boxed{\text{Paris}}", "paris"),
+        (r"\boxed{x = 2}", "2"),
+    ],
+)
+def test_is_correct_true(response, reference):
+    assert is_correct(response, reference) is True
+
+
+@pytest.mark.parametrize(
+    ("response", "reference"),
+    [
+        (r"\boxed{3}", "4"),
+        (r"\boxed{\frac{1}{3}}", "0.5"),
+        ("0.3333", "1/3"),
+        ("", "1"),
+        (r"<think>\boxed{7}</think>", "7"),  # the answer only inside thinking does not count
+        ("no answer at all", "7"),
+    ],
+)
+def test_is_correct_false(response, reference):
+    assert is_correct(response, reference) is False
+
+
+def test_is_correct_multiple_choice():
+    assert is_correct("The answer is (C)", "C", "multiple_choice") is True
+    assert is_correct("The answer is (C)", "c", "multiple_choice") is True
+    assert is_correct(r"\boxed{B}", "B", "multiple_choice") is True
+    assert is_correct("The answer is (C)", "D", "multiple_choice") is False
+    assert is_correct("I am not sure", "A", "multiple_choice") is False
+
+
+# --- known bugs in sdk/answers.py (owned by another engineer; reported, not fixed here) --------
+
+
+@pytest.mark.xfail(
+    strict=True, reason="answers.py bug: a bare letter response is not extracted for multiple choice"
+)
+def test_bare_letter_response_is_correct():
+    assert is_correct("B", "B", "multiple_choice") is True
+
+
+@pytest.mark.xfail(strict=True, reason="answers.py bug: unboxed LaTeX fraction falls back to its last digit")
+def test_unboxed_latex_fraction():
+    assert extract_answer(r"\frac{1}{2}") == r"\frac{1}{2}"
+
+
+@pytest.mark.xfail(strict=True, reason="answers.py bug: 'answer is a ...' (the article) is read as choice A")
+def test_article_a_is_not_a_choice():
+    assert extract_answer("The answer is a prime number", "multiple_choice") is None

@@ -1,0 +1,95 @@
+"""The CLI is thin over the SDK: commands succeed with output a user can act on, and fail with
+exit 1 and a one-line reason."""
+
+from __future__ import annotations
+
+import yaml
+from click.testing import CliRunner
+
+from distilflow.cli import main
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_pipelines_lists_quickstart():
+    res = invoke("pipelines")
+    assert res.exit_code == 0
+    assert res.output.split()[0] == "quickstart"
+
+
+def test_compile_writes_spec(tmp_path):
+    out = tmp_path / "q.yaml"
+    res = invoke("compile", "quickstart", "-o", str(out))
+    assert res.exit_code == 0, res.output
+    spec = yaml.safe_load(out.read_text())
+    assert spec["pipelineInfo"]["name"] == "quickstart"
+    assert "next:" in res.output
+
+
+def test_run_needs_local_or_host():
+    res = invoke("run", "quickstart")
+    assert res.exit_code == 1
+    assert "--local" in res.output and "--host" in res.output
+
+
+def test_unknown_pipeline_is_named():
+    res = invoke("run", "nosuch", "--local")
+    assert res.exit_code == 1
+    assert "nosuch" in res.output and "quickstart" in res.output
+
+
+def test_stage_with_missing_config_file(tmp_path):
+    res = invoke("stage", "sft", "--config", str(tmp_path / "missing.yaml"))
+    assert res.exit_code == 1
+    assert "missing.yaml" in res.output and "not found" in res.output
+
+
+def test_stage_unknown_name(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}")
+    res = invoke("stage", "nosuch", "--config", str(cfg))
+    assert res.exit_code == 1
+    assert "nosuch" in res.output and "sft" in res.output
+
+
+def test_stage_reports_bad_fields_together(tmp_path):
+    cfg = tmp_path / "sft.yaml"
+    cfg.write_text("output_uri: out\nbogus_key: 1\nlearning_rate: -1\n")
+    res = invoke("stage", "sft", "--config", str(cfg))
+    assert res.exit_code == 1
+    assert "bogus_key" in res.output and "unknown key" in res.output
+    assert "learning_rate" in res.output and str(cfg) in res.output
+
+
+def test_bad_set_syntax(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("{}")
+    res = invoke("validate", str(cfg), "--set", "no_equals_sign")
+    assert res.exit_code == 1
+    assert "KEY=VALUE" in res.output
+
+
+def test_validate_lists_every_problem(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "distill": {"problems_uri": str(tmp_path / "nope.jsonl"), "n": 0},
+                "sft": {"model": str(tmp_path / "no-model")},
+            }
+        )
+    )
+    res = invoke("validate", str(cfg))
+    assert res.exit_code == 1
+    assert "distill" in res.output and "n" in res.output
+    assert "no-model" in res.output
+
+
+def test_validate_unknown_section(tmp_path):
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text("sftt: {max_steps: 3}\n")
+    res = invoke("validate", str(cfg))
+    assert res.exit_code == 1
+    assert "sftt" in res.output and "sections are" in res.output

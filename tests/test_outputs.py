@@ -1,0 +1,216 @@
+"""Stage outputs (resolved config, manifest, completion marker) and KFP artifact helpers."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from pydantic import Field
+
+from distilflow import __version__, artifacts
+from distilflow import uri as uris
+from distilflow.config import BaseConfig
+from distilflow.errors import IncompleteOutputError
+from distilflow.outputs import (
+    MANIFEST,
+    MARKER,
+    RESOLVED_CONFIG,
+    StageOutput,
+    package_versions,
+    require_complete,
+)
+
+
+class ToyConfig(BaseConfig):
+    output_uri: str = Field("out", description="Output folder")
+    steps: int = Field(3, description="Steps")
+
+
+def record_writes(monkeypatch) -> list[str]:
+    """The URIs written through distilflow.uri, in order."""
+    written: list[str] = []
+    real = uris.write_bytes
+
+    def spy(uri: str, data: bytes) -> None:
+        written.append(uri)
+        real(uri, data)
+
+    monkeypatch.setattr(uris, "write_bytes", spy)
+    return written
+
+
+def run_stage(uri: str, config: ToyConfig, result: dict | None = None) -> dict:
+    out = StageOutput(uri, "toy")
+    out.begin(config)
+    uris.write_text(out.path("data.jsonl"), "{}\n")
+    return out.finish(
+        result=result or {"rows": 1},
+        inputs={"data_uri": "s3://b/in"},
+        outputs={"data": out.path("data.jsonl")},
+        counts={"rows": 1},
+        metrics={"accuracy": 0.5},
+    )
+
+
+def check_finished_folder(uri: str, config: ToyConfig, manifest: dict) -> None:
+    assert yaml.safe_load(uris.read_text(uris.join(uri, RESOLVED_CONFIG))) == config.to_dict()
+    on_disk = json.loads(uris.read_text(uris.join(uri, MANIFEST)))
+    assert on_disk == manifest
+    assert on_disk["stage"] == "toy"
+    assert on_disk["config_fingerprint"] == config.fingerprint()
+    assert on_disk["result"] == {"rows": 1}
+    assert on_disk["counts"] == {"rows": 1}
+    assert on_disk["metrics"] == {"accuracy": 0.5}
+    assert on_disk["inputs"] == {"data_uri": "s3://b/in"}
+    assert on_disk["outputs"] == {"data": uris.join(uri, "data.jsonl")}
+    assert on_disk["versions"]["distilflow"] == __version__
+    assert "python" in on_disk["versions"] and "kfp" in on_disk["versions"]
+    assert on_disk["started_at"] <= on_disk["finished_at"]
+    assert uris.read_text(uris.join(uri, MARKER)).strip() == on_disk["finished_at"]
+
+
+def test_begin_finish_writes_config_manifest_then_marker(tmp_path, monkeypatch):
+    uri = str(tmp_path / "toy")
+    config = ToyConfig(output_uri=uri)
+    written = record_writes(monkeypatch)
+    manifest = run_stage(uri, config)
+    names = [w.rsplit("/", 1)[-1] for w in written]
+    assert names == [RESOLVED_CONFIG, "data.jsonl", MANIFEST, MARKER]  # the marker comes last
+    check_finished_folder(uri, config, manifest)
+    assert StageOutput(uri, "toy").is_complete()
+    assert require_complete(uri) == manifest
+
+
+def test_require_complete_names_uri_and_fix(tmp_path):
+    uri = str(tmp_path / "half")
+    out = StageOutput(uri, "toy")
+    out.begin(ToyConfig())
+    assert not out.is_complete()
+    with pytest.raises(IncompleteOutputError) as info:
+        require_complete(uri, "curate data")
+    msg = str(info.value)
+    assert f"curate data {uri} has no completion marker ({MARKER})" in msg
+    assert "Rerun that stage" in msg
+    with pytest.raises(IncompleteOutputError):
+        require_complete(str(tmp_path / "never-written"))
+
+
+def test_reusable_only_for_the_same_fingerprint(tmp_path):
+    uri = str(tmp_path / "toy")
+    config = ToyConfig(output_uri=uri)
+    assert StageOutput(uri, "toy").reusable(config) is None  # nothing there yet
+    manifest = run_stage(uri, config)
+    assert StageOutput(uri, "toy").reusable(ToyConfig(output_uri=uri)) == manifest
+    assert StageOutput(uri, "toy").reusable(ToyConfig(output_uri=uri, steps=4)) is None
+
+
+def test_reusable_ignores_an_unfinished_run(tmp_path):
+    uri = str(tmp_path / "toy")
+    config = ToyConfig(output_uri=uri)
+    StageOutput(uri, "toy").begin(config)
+    assert StageOutput(uri, "toy").reusable(config) is None
+
+
+def test_begin_on_a_complete_folder_drops_the_stale_marker(tmp_path):
+    uri = str(tmp_path / "toy")
+    run_stage(uri, ToyConfig(output_uri=uri))
+    again = StageOutput(uri, "toy")
+    new_config = ToyConfig(output_uri=uri, steps=9)
+    again.begin(new_config)
+    assert not again.is_complete()
+    with pytest.raises(IncompleteOutputError):
+        require_complete(uri)
+    assert yaml.safe_load(uris.read_text(again.path(RESOLVED_CONFIG)))["steps"] == 9
+    manifest = again.finish(result={"rows": 2})
+    assert manifest["config_fingerprint"] == new_config.fingerprint()
+    assert require_complete(uri)["result"] == {"rows": 2}
+
+
+def test_trailing_slash_and_path(tmp_path):
+    out = StageOutput("s3://bucket/runs/r1/toy/", "toy")
+    assert out.uri == "s3://bucket/runs/r1/toy"
+    assert out.path("a", "b.json") == "s3://bucket/runs/r1/toy/a/b.json"
+
+
+def test_package_versions_lists_only_installed():
+    found = package_versions(("kfp", "surely-not-installed-pkg"))
+    assert set(found) == {"python", "distilflow", "kfp"}
+
+
+# --- artifacts -------------------------------------------------------------------------------
+
+
+def fake_artifact(metadata: dict | None = None):
+    return SimpleNamespace(metadata={} if metadata is None else metadata)
+
+
+def test_publish_and_consume(tmp_path):
+    stage_uri = str(tmp_path / "curate")
+    run_stage(stage_uri, ToyConfig(output_uri=stage_uri))
+    art = fake_artifact()
+    data_uri = uris.join(stage_uri, "data.jsonl")
+    artifacts.publish(art, data_uri, stage_uri=stage_uri, rows=1)
+    assert art.metadata == {"uri": data_uri, "stage_uri": stage_uri, "rows": 1}
+    assert artifacts.consume(art) == data_uri
+
+
+def test_publish_without_stage_uri_vouches_for_itself(tmp_path):
+    art = fake_artifact()
+    artifacts.publish(art, "s3://b/model")
+    assert art.metadata == {"uri": "s3://b/model", "stage_uri": "s3://b/model"}
+
+
+def test_consume_refuses_an_incomplete_stage(tmp_path):
+    stage_uri = str(tmp_path / "sft")
+    StageOutput(stage_uri, "sft").begin(ToyConfig())
+    art = fake_artifact()
+    artifacts.publish(art, uris.join(stage_uri, "model"), stage_uri=stage_uri)
+    with pytest.raises(IncompleteOutputError, match=rf"model {stage_uri} has no completion marker"):
+        artifacts.consume(art, "model")
+
+
+def test_consume_refuses_an_artifact_without_uri():
+    with pytest.raises(ValueError, match="carries no 'uri'"):
+        artifacts.consume(fake_artifact(), "data")
+    with pytest.raises(ValueError, match="carries no 'uri'"):
+        artifacts.consume(SimpleNamespace(metadata=None), "data")
+
+
+def test_section():
+    cfg = {"sft": {"max_steps": 3}, "dpo": None}
+    part = artifacts.section(cfg, "sft")
+    assert part == {"max_steps": 3}
+    part["max_steps"] = 99
+    assert cfg["sft"]["max_steps"] == 3  # a copy, not the pipeline's dict
+    assert artifacts.section(cfg, "dpo") == {}
+    assert artifacts.section(cfg, "rl") == {}
+    assert artifacts.section({}, "rl") == {}
+    with pytest.raises(ValueError, match="'sft' must be a mapping of sft settings"):
+        artifacts.section({"sft": [1, 2]}, "sft")
+
+
+# --- the same on object storage --------------------------------------------------------------
+
+
+def test_stage_output_and_artifacts_on_s3(s3_bucket):
+    uri = f"s3://{s3_bucket}/runs/r1/toy"
+    config = ToyConfig(output_uri=uri)
+    out = StageOutput(uri, "toy")
+    assert out.reusable(config) is None
+    with pytest.raises(IncompleteOutputError, match=uri):
+        require_complete(uri)
+    manifest = run_stage(uri, config)
+    check_finished_folder(uri, config, manifest)
+    assert StageOutput(uri, "toy").reusable(config) == manifest
+    assert StageOutput(uri, "toy").reusable(ToyConfig(output_uri=uri, steps=7)) is None
+
+    art = fake_artifact()
+    artifacts.publish(art, out.path("data.jsonl"), stage_uri=uri)
+    assert artifacts.consume(art) == f"{uri}/data.jsonl"
+
+    StageOutput(uri, "toy").begin(config)  # a rerun starts: the old marker goes first
+    assert not uris.exists(f"{uri}/{MARKER}")
+    with pytest.raises(IncompleteOutputError):
+        artifacts.consume(art)

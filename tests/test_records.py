@@ -1,0 +1,292 @@
+"""JSONL records: every bad line reported as ``file:line: what``, round trips, and s3:// reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distilflow.errors import RecordError
+from distilflow.records import (
+    MAX_REPORTED,
+    Message,
+    PreferencePair,
+    Problem,
+    Scored,
+    SftExample,
+    Trace,
+    dumps,
+    iter_jsonl,
+    read_jsonl,
+    write_jsonl,
+)
+
+TRACE = {
+    "id": "p1/t/0",
+    "problem_id": "p1",
+    "problem": "What is 3 + 4?",
+    "reference": "7",
+    "domain": "math",
+    "teacher": "t",
+    "sample": 0,
+    "reasoning": "3 plus 4 is 7.",
+    "content": "\\boxed{7}",
+    "tokens": 12,
+    "finish_reason": "stop",
+}
+SCORED = {
+    **TRACE,
+    "rv": 3.0,
+    "cd": 2.5,
+    "logic": 0.9,
+    "correct": True,
+    "predicted": "7",
+    "judge": "j",
+    "kept": True,
+}
+SFT = {
+    "id": "p1/t/0",
+    "messages": [
+        {"role": "user", "content": "What is 3 + 4?"},
+        {"role": "assistant", "content": "\\boxed{7}", "reasoning_content": "3 plus 4 is 7."},
+    ],
+    "enable_thinking": True,
+    "rv": 3.0,
+    "cd": 2.5,
+}
+PAIR = {
+    "id": "pair-1",
+    "prompt": [{"role": "user", "content": "What is 3 + 4?"}],
+    "chosen": [{"role": "assistant", "content": "7"}],
+    "rejected": [{"role": "assistant", "content": "8"}],
+    "beta": 0.2,
+}
+PROBLEM = {"id": "p1", "problem": "What is 3 + 4?", "answer": "7", "domain": "math"}
+
+SAMPLES = [(Problem, PROBLEM), (Trace, TRACE), (Scored, SCORED), (SftExample, SFT), (PreferencePair, PAIR)]
+
+
+def write_lines(tmp_path, lines: list[str | bytes], name: str = "data.jsonl") -> str:
+    path = tmp_path / name
+    path.write_bytes(b"".join((x if isinstance(x, bytes) else x.encode()) + b"\n" for x in lines))
+    return str(path)
+
+
+def errors_of(uri: str, model) -> list[str]:
+    with pytest.raises(RecordError) as info:
+        read_jsonl(uri, model)
+    return [line.strip() for line in str(info.value).splitlines()[1:]]
+
+
+# --- good files ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("model", "sample"), SAMPLES, ids=lambda x: getattr(x, "__name__", ""))
+def test_round_trip(tmp_path, model, sample):
+    rows = [model.model_validate(sample)]
+    second = dict(sample, id=sample["id"] + "-b")
+    rows.append(model.model_validate(second))
+    path = str(tmp_path / "rows.jsonl")
+    assert write_jsonl(path, rows) == 2
+    back = read_jsonl(path, model)
+    assert back == rows
+    assert [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()] == [
+        r.model_dump(mode="json") for r in rows
+    ]
+
+
+def test_round_trip_keeps_nulls_and_unicode(tmp_path):
+    row = Scored.model_validate(
+        {**SCORED, "correct": None, "predicted": None, "reasoning": "π ≈ 3.14 — 思考"}
+    )
+    path = str(tmp_path / "s.jsonl")
+    write_jsonl(path, [row])
+    text = (tmp_path / "s.jsonl").read_text(encoding="utf-8")
+    assert "思考" in text and '"correct": null' in text  # written as UTF-8, nulls explicit
+    assert read_jsonl(path, Scored) == [row]
+
+
+def test_blank_lines_skipped_and_crlf_accepted(tmp_path):
+    body = (json.dumps(PROBLEM) + "\r\n\n   \n" + json.dumps({**PROBLEM, "id": "p2"}) + "\n\n").encode()
+    path = tmp_path / "p.jsonl"
+    path.write_bytes(body)
+    assert [p.id for p in read_jsonl(str(path), Problem)] == ["p1", "p2"]
+
+
+def test_utf8_bom_accepted(tmp_path):
+    path = tmp_path / "bom.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf" + json.dumps(PROBLEM).encode() + b"\n")
+    assert [p.id for p in read_jsonl(str(path), Problem)] == ["p1"]
+
+
+def test_problem_ignores_extra_keys_and_reads_numbers_as_text(tmp_path):
+    path = write_lines(tmp_path, [json.dumps({"id": 1, "problem": "1+41?", "answer": 42, "source": "gsm8k"})])
+    (p,) = read_jsonl(path, Problem)
+    assert (p.id, p.answer, p.domain) == ("1", "42", None)
+    assert "source" not in p.model_dump()
+
+
+def test_write_dicts_and_empty(tmp_path):
+    path = str(tmp_path / "d.jsonl")
+    assert write_jsonl(path, [PROBLEM]) == 1
+    assert read_jsonl(path, Problem)[0].problem == PROBLEM["problem"]
+    assert dumps([]) == ""
+    assert write_jsonl(path, []) == 0
+    assert read_jsonl(path, Problem, allow_empty=True) == []
+
+
+def test_duplicate_ids_allowed_when_asked(tmp_path):
+    path = write_lines(tmp_path, [json.dumps(PROBLEM), json.dumps(PROBLEM)])
+    assert len(read_jsonl(path, Problem, unique_ids=False)) == 2
+
+
+# --- bad files -------------------------------------------------------------------------------
+
+
+def test_empty_file_is_an_error(tmp_path):
+    path = tmp_path / "empty.jsonl"
+    path.write_text("\n\n")
+    with pytest.raises(RecordError, match=rf"{path}: no records; the file is empty"):
+        read_jsonl(str(path), Problem)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(RecordError, match=r"nope\.jsonl: file not found"):
+        read_jsonl(str(tmp_path / "nope.jsonl"), Problem)
+
+
+def test_each_kind_of_bad_line_is_reported_with_file_and_line(tmp_path):
+    lines: list[str | bytes] = [
+        json.dumps(PROBLEM),  # 1 ok
+        '{"id": "p2", "problem": ',  # 2 invalid JSON
+        "[1, 2]",  # 3 not an object
+        json.dumps({"id": "p4"}),  # 4 missing field
+        json.dumps({"id": "p5", "problem": ["not", "text"]}),  # 5 wrong type
+        b'{"id": "p6", "problem": "caf\xe9"}',  # 6 latin-1 byte
+        json.dumps(PROBLEM),  # 7 duplicate id
+        "",  # 8 blank: skipped, but counted
+        json.dumps({"id": "", "problem": "x"}),  # 9 empty id
+    ]
+    path = write_lines(tmp_path, lines)
+    errs = errors_of(path, Problem)
+    assert len(errs) == 7
+    assert errs[0].startswith(f"{path}:2: invalid JSON at column")
+    assert errs[1] == f"{path}:3: expected a JSON object, got list"
+    assert errs[2] == f"{path}:4: Problem field 'problem': Field required"
+    assert errs[3].startswith(f"{path}:5: Problem field 'problem': Input should be a valid string")
+    assert errs[4].startswith(f"{path}:6: not UTF-8") and "re-encode the file as UTF-8" in errs[4]
+    assert errs[5] == f"{path}:7: duplicate id 'p1'; ids must be unique"
+    assert errs[6].startswith(f"{path}:9: Problem field 'id': String should have at least 1 character")
+
+
+def test_error_header_counts_bad_lines(tmp_path):
+    path = write_lines(tmp_path, ["nope", json.dumps(PROBLEM), "[]"])
+    with pytest.raises(RecordError) as info:
+        read_jsonl(path, Problem)
+    assert str(info.value).startswith("2 bad line(s):")
+
+
+@pytest.mark.parametrize(
+    ("model", "sample"), [s for s in SAMPLES if s[0] is not Problem], ids=lambda x: getattr(x, "__name__", "")
+)
+def test_unknown_field_rejected(tmp_path, model, sample):
+    path = write_lines(tmp_path, [json.dumps(sample), json.dumps({**sample, "id": "x2", "surprise": 1})])
+    assert errors_of(path, model) == [f"{path}:2: {model.__name__} field 'surprise': unknown field"]
+
+
+@pytest.mark.parametrize(
+    ("model", "sample", "field"),
+    [
+        (Trace, TRACE, "tokens"),
+        (Scored, SCORED, "rv"),
+        (SftExample, SFT, "messages"),
+        (PreferencePair, PAIR, "chosen"),
+    ],
+    ids=["Trace", "Scored", "SftExample", "PreferencePair"],
+)
+def test_missing_required_field(tmp_path, model, sample, field):
+    bad = {k: v for k, v in sample.items() if k != field}
+    path = write_lines(tmp_path, [json.dumps(bad)])
+    assert errors_of(path, model) == [f"{path}:1: {model.__name__} field {field!r}: Field required"]
+
+
+def test_wrong_types_and_ranges(tmp_path):
+    path = write_lines(
+        tmp_path,
+        [
+            json.dumps({**SCORED, "id": "a", "tokens": "many"}),
+            json.dumps({**SCORED, "id": "b", "rv": 12}),
+            json.dumps({**SCORED, "id": "c", "correct": "maybe"}),
+        ],
+    )
+    errs = errors_of(path, Scored)
+    assert errs[0].startswith(f"{path}:1: Scored field 'tokens': Input should be a valid integer")
+    assert errs[1].startswith(f"{path}:2: Scored field 'rv': Input should be less than or equal to 9")
+    assert errs[2].startswith(f"{path}:3: Scored field 'correct': Input should be a valid boolean")
+
+
+def test_nested_message_errors_name_the_position(tmp_path):
+    bad_role = {**SFT, "messages": [{"role": "user", "content": "q"}, {"role": "robot", "content": "a"}]}
+    path = write_lines(tmp_path, [json.dumps(bad_role), json.dumps({**PAIR, "beta": 0})])
+    with pytest.raises(RecordError) as info:
+        read_jsonl(path, SftExample)
+    assert (
+        f"{path}:1: SftExample field 'messages.1.role': Input should be 'system', 'user' or 'assistant'"
+        in str(info.value)
+    )
+    errs = errors_of(path, PreferencePair)
+    assert errs[-1].startswith(f"{path}:2: PreferencePair field 'beta': Input should be greater than 0")
+
+
+def test_several_errors_on_one_line_are_joined(tmp_path):
+    path = write_lines(tmp_path, [json.dumps({"id": "x", "problem_id": "p"})])
+    (err,) = errors_of(path, Trace)
+    assert err.startswith(f"{path}:1: Trace ")
+    for field in ("problem", "teacher", "sample", "reasoning", "content", "tokens", "finish_reason"):
+        assert f"field {field!r}: Field required" in err
+
+
+def test_more_than_max_errors_are_truncated_with_a_count(tmp_path):
+    total = MAX_REPORTED + 7
+    path = write_lines(tmp_path, ["not json"] * total)
+    with pytest.raises(RecordError) as info:
+        read_jsonl(path, Problem)
+    msg = str(info.value)
+    assert msg.startswith(f"{total} bad line(s):")
+    reported = [line for line in msg.splitlines() if line.strip().startswith(f"{path}:")]
+    assert len(reported) == MAX_REPORTED
+    assert reported[-1].strip().startswith(f"{path}:{MAX_REPORTED}:")
+    assert msg.splitlines()[-1].strip() == "... and 7 more"
+
+
+def test_iter_jsonl_raises_before_yielding_anything(tmp_path):
+    path = write_lines(tmp_path, [json.dumps(PROBLEM), "oops"])
+    it = iter_jsonl(path, Problem)
+    with pytest.raises(RecordError, match=":2: invalid JSON"):
+        next(it)
+
+
+def test_message_model():
+    m = Message(role="assistant", content="7", reasoning_content="because")
+    assert m.model_dump() == {"role": "assistant", "content": "7", "reasoning_content": "because"}
+
+
+# --- object storage --------------------------------------------------------------------------
+
+
+def test_read_and_write_s3(s3_bucket):
+    uri = f"s3://{s3_bucket}/prefix/traces.jsonl"
+    rows = [Trace.model_validate(TRACE), Trace.model_validate({**TRACE, "id": "p1/t/1", "sample": 1})]
+    assert write_jsonl(uri, rows) == 2
+    assert read_jsonl(uri, Trace) == rows
+
+
+def test_s3_errors_name_the_uri(s3_bucket):
+    from distilflow import uri as uris
+
+    uri = f"s3://{s3_bucket}/prefix/bad.jsonl"
+    uris.write_text(uri, json.dumps(TRACE) + "\n{broken\n")
+    with pytest.raises(RecordError, match=rf"{uri}:2: invalid JSON"):
+        read_jsonl(uri, Trace)
+    with pytest.raises(RecordError, match=rf"s3://{s3_bucket}/prefix/none\.jsonl: file not found"):
+        read_jsonl(f"s3://{s3_bucket}/prefix/none.jsonl", Trace)
