@@ -23,7 +23,9 @@ def consume(artifact: Any, what: str = "input") -> str:
     """The URI an upstream artifact carries, after checking its stage finished."""
     meta = artifact.metadata or {}
     if "uri" not in meta:
-        raise ValueError(f"{what}: upstream artifact carries no 'uri' in its metadata; was it made by distilflow?")
+        raise ValueError(
+            f"{what}: upstream artifact carries no 'uri' in its metadata; was it made by distilflow?"
+        )
     require_complete(meta.get("stage_uri", meta["uri"]), what)
     return meta["uri"]
 
@@ -32,5 +34,7 @@ def section(config: dict, stage: str) -> dict:
     """A stage's own section of a pipeline config (an empty dict when absent)."""
     value = (config or {}).get(stage) or {}
     if not isinstance(value, dict):
-        raise ValueError(f"pipeline config key {stage!r} must be a mapping of {stage} settings, got {value!r}")
+        raise ValueError(
+            f"pipeline config key {stage!r} must be a mapping of {stage} settings, got {value!r}"
+        )
     return dict(value)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,8 +43,24 @@ class BaseConfig(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
-            # a bad value given with --set is reported against --set, not against the file
-            raise ConfigError(format_validation_error(exc, cls.__name__, where, _leaf_keys(patch))) from None
+            error = exc
+        # "--set name=2024" or "--set name=on" parses as a number or a bool; a text field gets the text
+        raw = dict(item.split("=", 1) for item in overrides or [])
+        retyped = [
+            e["loc"] for e in error.errors() if e["type"] == "string_type" and _dotted(e["loc"]) in raw
+        ]
+        if retyped:
+            for loc in retyped:
+                node = data
+                for part in loc[:-1]:
+                    node = node[part]
+                node[loc[-1]] = raw[_dotted(loc)]
+            try:
+                return cls.model_validate(data)
+            except ValidationError as exc:
+                error = exc
+        # a bad value given with --set is reported against --set, not against the file
+        raise ConfigError(format_validation_error(error, cls.__name__, where, _leaf_keys(patch))) from None
 
     @classmethod
     def from_dict(cls: type[T], data: dict[str, Any], where: str = "<dict>") -> T:
@@ -82,6 +99,10 @@ def format_validation_error(
     return f"{len(lines)} problem(s) in config:\n  " + "\n  ".join(lines)
 
 
+def _dotted(loc: tuple[Any, ...]) -> str:
+    return ".".join(str(p) for p in loc)
+
+
 def _from_override(loc: str, overridden: set[str] | frozenset[str]) -> bool:
     return any(loc == key or loc.startswith(key + ".") for key in overridden)
 
@@ -99,6 +120,22 @@ def _short(value: Any) -> str:
     return text if len(text) <= 80 else text[:77] + "..."
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML with YAML 1.2 floats: PyYAML reads ``1e-5`` (no dot) as the string "1e-5"."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 floats (``1e-5`` is a number)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON mapping, naming the file on any error."""
     from distilflow import uri as uris
@@ -107,12 +144,21 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         text = uris.read_text(str(path))
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}{line}: not valid YAML/JSON: {getattr(exc, 'problem', exc)}") from None
+    if str(path).lower().endswith(".json"):
+        # JSON is parsed as JSON: YAML refuses tab indentation, which JSON writers use
+        try:
+            data = json.loads(text) if text.strip() else None
+        except json.JSONDecodeError as exc:
+            raise ConfigError(
+                f"{path}:{exc.lineno}: not valid JSON: {exc.msg} (column {exc.colno})"
+            ) from None
+    else:
+        try:
+            data = load_yaml(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            line = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{line}: not valid YAML/JSON: {getattr(exc, 'problem', exc)}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -130,7 +176,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if not key or any(not part for part in key.split(".")):
             raise ConfigError(f"--set {item!r}: empty key segment in {key!r}")
         try:
-            value = yaml.safe_load(raw) if raw != "" else ""
+            value = load_yaml(raw) if raw != "" else ""
         except yaml.YAMLError:
             value = raw
         node = out

@@ -26,7 +26,9 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def package_versions(names: tuple[str, ...] = ("torch", "transformers", "trl", "peft", "vllm", "kfp")) -> dict:
+def package_versions(
+    names: tuple[str, ...] = ("torch", "transformers", "trl", "peft", "vllm", "kfp"),
+) -> dict:
     """Versions of the packages that shape results (only those installed; nothing is imported)."""
     from importlib import metadata
 

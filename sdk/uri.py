@@ -140,13 +140,22 @@ def _not_found(fs: Any, uri: str) -> Exception:
     return FileNotFoundError(f"{uri}: no such file or folder")
 
 
-def exists(uri: str) -> bool:
+def _fresh(uri: str):
+    """``(fs, path)`` with the store's cached listings of ``path`` dropped: another pod may have written
+    or removed objects since this process last listed the folder (s3fs answers from its cache)."""
     fs, path = filesystem(uri)
+    if not is_local(uri):
+        fs.invalidate_cache(path)
+    return fs, path
+
+
+def exists(uri: str) -> bool:
+    fs, path = _fresh(uri)
     return fs.exists(path)
 
 
 def read_bytes(uri: str) -> bytes:
-    fs, path = filesystem(uri)
+    fs, path = _fresh(uri)  # a cached listing would also give a stale size for a rewritten object
     try:
         with fs.open(path, "rb") as f:
             return f.read()
@@ -191,7 +200,7 @@ def write_text(uri: str, text: str) -> None:
 
 
 def remove(uri: str, recursive: bool = False) -> None:
-    fs, path = filesystem(uri)
+    fs, path = _fresh(uri)
     if fs.exists(path):
         fs.rm(path, recursive=recursive)
 
@@ -225,7 +234,7 @@ def materialize(uri: str, cache_dir: str | None = None) -> str:
         # the marker holds the file name when the URI is a single file
         name = Path(done).read_text().strip()
         return os.path.join(dest, name) if name else dest
-    fs, path = filesystem(uri)
+    fs, path = _fresh(uri)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=key + ".partial-", dir=os.path.dirname(dest))
     try:

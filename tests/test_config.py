@@ -99,8 +99,24 @@ def test_malformed_yaml_names_file_and_line(tmp_path):
 
 def test_malformed_json_names_file_and_line(tmp_path):
     path = write(tmp_path, "bad.json", '{\n  "steps": 3,\n  "name": "x"\n  "mode": "fast"\n}\n')
-    with pytest.raises(ConfigError, match=rf"{path}:4: not valid YAML/JSON"):
+    with pytest.raises(ConfigError, match=rf"{path}:4: not valid JSON: Expecting ',' delimiter"):
         Toy.load(path)
+
+
+def test_tab_indented_json(tmp_path):
+    # json.dump(indent="\t") output; YAML refuses tabs, JSON does not
+    path = write(tmp_path, "tabs.json", json.dumps({"steps": 4, "optim": {"lr": 1e-5}}, indent="\t"))
+    cfg = Toy.load(path)
+    assert cfg.steps == 4 and cfg.optim.lr == 1e-5
+
+
+def test_exponent_floats_are_numbers(tmp_path):
+    # PyYAML alone reads 1e-5 (no dot) as a string; a field typed Any would keep it as text
+    class Loose(BaseConfig):
+        extra: dict = Field(default_factory=dict, description="Passed through untouched")
+
+    cfg = Loose.load(write(tmp_path, "c.yaml", "extra:\n  lr: 1e-5\n  n: 1E3\n  s: 1e\n"), ["extra.wd=2e-2"])
+    assert cfg.extra == {"lr": 1e-5, "n": 1000.0, "s": "1e", "wd": 0.02}
 
 
 # --- overrides -------------------------------------------------------------------------------
@@ -113,6 +129,17 @@ def test_overrides_nested_typed_and_lists():
     assert cfg.optim.betas == [0.1, 0.2]
     assert cfg.tags == ["a", "b"]
     assert cfg.mode == "slow"
+
+
+def test_override_of_a_text_field_keeps_the_text():
+    # YAML would read these as int, bool and float; the fields want text, so the text is kept
+    cfg = Toy.load(None, ["name=2024", "tags=[a]", "output_uri=on", "optim.lr=0.5"])
+    assert cfg.name == "2024" and cfg.output_uri == "on"
+    assert Toy.load(None, ["name=1.10"]).name == "1.10"
+    # a typed field still gets a typed value, and a bad one is still an error
+    assert Toy.load(None, ["steps=7"]).steps == 7
+    with pytest.raises(ConfigError, match=r"--set steps: Toy\.steps: Input should be a valid integer"):
+        Toy.load(None, ["steps=many", "name=yes"])
 
 
 def test_override_value_with_equals_and_empty_value():

@@ -202,6 +202,24 @@ def test_s3_write_read_exists_remove(s3_bucket):
     assert not uris.exists(target)
 
 
+def test_s3_exists_sees_writes_by_other_processes(s3_bucket):
+    """Another pod writes a completion marker after this process listed the folder."""
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=os.environ["DISTILFLOW_S3_ENDPOINT_URL"], region_name="us-east-1")
+    folder = f"s3://{s3_bucket}/run"
+    uris.write_text(f"{folder}/a.txt", "a")
+    fs, path = uris.filesystem(folder)
+    assert fs.ls(path) == [f"{s3_bucket}/run/a.txt"]  # s3fs now holds a listing of the folder
+    s3.put_object(Bucket=s3_bucket, Key="run/_COMPLETE", Body=b"done")
+    s3.delete_object(Bucket=s3_bucket, Key="run/a.txt")
+    assert uris.exists(f"{folder}/_COMPLETE")
+    assert not uris.exists(f"{folder}/a.txt")
+    fs.ls(path)  # cache the new listing, then another pod rewrites the marker with longer content
+    s3.put_object(Bucket=s3_bucket, Key="run/_COMPLETE", Body=b"done, and then some")
+    assert uris.read_text(f"{folder}/_COMPLETE") == "done, and then some"
+
+
 def test_s3_missing_key(s3_bucket):
     target = f"s3://{s3_bucket}/prefix/missing.txt"
     with pytest.raises(FileNotFoundError, match=f"{target}: no such file"):

@@ -1,0 +1,251 @@
+"""Packaging: every stage folder is shipped and registered, images follow the version, Dockerfiles agree."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    tomllib = pytest.importorskip("tomli")
+
+import distilflow
+from distilflow import images
+from distilflow.components import STAGES
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+FAMILIES = ("base", "train", "vllm")
+PIN = re.compile(r"^\s*([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*==\s*([^\s;#]+)")
+
+
+def stage_folders() -> list[str]:
+    return sorted(p.parent.name for p in (ROOT / "components").glob("*/__init__.py"))
+
+
+def pins(lines: list[str]) -> dict[str, str]:
+    """``name==version`` pins (extras dropped, names normalised) from requirement strings."""
+    found = {}
+    for line in lines:
+        m = PIN.match(line)
+        if m:
+            found[re.sub(r"[-_.]+", "-", m.group(1)).lower()] = m.group(2)
+    return found
+
+
+def pyproject_pins() -> dict[str, str]:
+    project = PYPROJECT["project"]
+    lines = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        lines.extend(extra)
+    return pins(lines)
+
+
+def requirements(family: str) -> dict[str, str]:
+    return pins((ROOT / "containers" / family / "requirements.txt").read_text().splitlines())
+
+
+def dockerfile(family: str) -> str:
+    return (ROOT / "containers" / family / "Dockerfile").read_text()
+
+
+# --- packages and the stage registry ---------------------------------------------------------
+
+
+def test_pins_parser():
+    assert pins(["transformers[serving]==5.17.0", "torch>=2.6", "Math_Verify == 0.9.0  # c"]) == {
+        "transformers": "5.17.0",
+        "math-verify": "0.9.0",
+    }
+
+
+def test_every_stage_folder_is_packaged():
+    packages = set(PYPROJECT["tool"]["setuptools"]["packages"])
+    folders = stage_folders()
+    assert "sft" in folders  # the glob really found the stages
+    missing = [
+        f"distilflow.components.{name}" for name in folders if f"distilflow.components.{name}" not in packages
+    ]
+    assert missing == [], f"add to [tool.setuptools] packages in pyproject.toml: {missing}"
+
+
+def test_every_packaged_stage_exists():
+    packages = PYPROJECT["tool"]["setuptools"]["packages"]
+    listed = [p.split(".")[-1] for p in packages if p.startswith("distilflow.components.")]
+    assert sorted(listed) == stage_folders()
+
+
+def test_every_stage_folder_is_registered():
+    assert sorted(STAGES) == stage_folders()
+    assert len(set(STAGES)) == len(STAGES)
+
+
+def test_package_dirs_map_to_the_import_root():
+    assert PYPROJECT["tool"]["setuptools"]["package-dir"] == {
+        "distilflow": "sdk",
+        "distilflow.components": "components",
+        "distilflow.pipelines": "pipelines",
+    }
+    for package in PYPROJECT["tool"]["setuptools"]["packages"]:
+        parts = package.split(".")
+        folder = (
+            {"components": "components", "pipelines": "pipelines"}.get(parts[1], "sdk")
+            if len(parts) > 1
+            else "sdk"
+        )
+        rest = parts[2:] if folder != "sdk" else parts[1:]
+        assert (ROOT / folder / Path(*rest) / "__init__.py").exists(), package
+
+
+def test_version_matches_pyproject():
+    assert distilflow.__version__ == PYPROJECT["project"]["version"]
+
+
+# --- images ----------------------------------------------------------------------------------
+
+
+def test_every_stage_has_an_image_family():
+    assert sorted(images.STAGE_IMAGE_FAMILY) == sorted(STAGES)
+    assert set(images.STAGE_IMAGE_FAMILY.values()) == set(FAMILIES)
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_stage_image_is_versioned(stage, monkeypatch):
+    monkeypatch.delenv("DISTILFLOW_IMAGE_REGISTRY", raising=False)
+    family = images.STAGE_IMAGE_FAMILY[stage]
+    assert (
+        images.stage_image(stage) == f"{images.DEFAULT_REGISTRY}/distilflow-{family}:{distilflow.__version__}"
+    )
+
+
+def test_registry_override(monkeypatch):
+    monkeypatch.setenv("DISTILFLOW_IMAGE_REGISTRY", "registry.example.com:5000/team/")
+    assert (
+        images.stage_image("sft")
+        == f"registry.example.com:5000/team/distilflow-train:{distilflow.__version__}"
+    )
+    assert images.stage_image("distill").endswith(f"/team/distilflow-vllm:{distilflow.__version__}")
+    assert images.stage_image("validate").endswith(f"/team/distilflow-base:{distilflow.__version__}")
+
+
+def test_unknown_stage_or_family():
+    with pytest.raises(KeyError, match="no image for stage 'sfft'"):
+        images.stage_image("sfft")
+    with pytest.raises(ValueError, match="unknown image family 'gpu'"):
+        images.image("gpu")
+
+
+def test_image_refs_live_only_in_the_images_module():
+    """No hard-coded distilflow image reference outside sdk/images.py (components use stage_image)."""
+    offenders = []
+    for folder in ("sdk", "components", "pipelines"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path.name == "images.py" and path.parent.name == "sdk":
+                continue
+            if re.search(r"distilflow-(base|train|vllm):", path.read_text()):
+                offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
+
+
+# --- containers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_has_a_dockerfile(stage):
+    family = images.STAGE_IMAGE_FAMILY[stage]
+    assert (ROOT / "containers" / family / "Dockerfile").is_file()
+    assert (ROOT / "containers" / family / "requirements.txt").is_file()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dockerfile_installs_the_package(family):
+    text = dockerfile(family)
+    assert re.search(r"^FROM \S+", text, re.M)
+    assert f"COPY containers/{family}/requirements.txt" in text
+    assert re.search(r"pip install[^\n]*-r /tmp/requirements\.txt", text)
+    for source in ("pyproject.toml", "sdk", "components", "pipelines"):
+        assert re.search(rf"^COPY [^\n]*\b{source}\b", text, re.M), f"{family}: COPY {source}"
+    extras = {"base": r"\.", "train": r'"\.\[train,eval\]"', "vllm": r'"\.\[eval\]"'}[family]
+    # the package is installed last, with everything already installed held as constraints
+    assert re.search(r"pip list --format=freeze > /tmp/installed\.txt", text)
+    assert re.search(rf"pip install -c /tmp/installed\.txt {extras}(\s|$)", text), family
+    # pip refuses extras in a constraints file: requirements.txt (with transformers[serving]) is never one
+    assert not re.search(r"-c /tmp/requirements\.txt", text)
+    assert re.search(r"python3? -c \"import distilflow", text)  # a smoke import at build time
+
+
+def test_base_images_are_pinned():
+    froms = {
+        family: re.findall(r"^(?:ARG BASE_IMAGE=|FROM )(\S+)", dockerfile(family), re.M)
+        for family in FAMILIES
+    }
+    assert froms["base"] == ["python:3.11-slim"]
+    train_base = froms["train"][0]
+    assert re.fullmatch(r"pytorch/pytorch:2\.\d+\.\d+-cuda12\.\d+-cudnn\d+-(devel|runtime)", train_base)
+    vllm_base = froms["vllm"][0]
+    m = re.fullmatch(r"vllm/vllm-openai:v0\.(\d+)\.\d+", vllm_base)
+    assert m and 22 <= int(m.group(1)) <= 31, f"trl 1.16 supports vllm 0.22-0.31, got {vllm_base}"
+
+
+def test_train_dockerfile_installs_deepspeed_without_building_ops():
+    text = dockerfile("train")
+    m = re.search(r"DS_BUILD_OPS=0 pip install [^\n]*--no-build-isolation[^\n]*deepspeed==(\S+)", text)
+    assert m, "deepspeed must be installed with DS_BUILD_OPS=0 and --no-build-isolation"
+    assert m.group(1) == pyproject_pins()["deepspeed"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_requirements_agree_with_pyproject(family):
+    ours = requirements(family)
+    theirs = pyproject_pins()
+    assert ours, f"containers/{family}/requirements.txt pins nothing"
+    must = {
+        "base": ["kfp", "kfp-kubernetes"],
+        "train": ["kfp", "transformers", "trl"],
+        "vllm": ["kfp", "transformers"],
+    }
+    for name in must[family]:
+        assert name in ours, f"{family} must pin {name}"
+    disagree = {
+        name: (ours[name], theirs[name]) for name in ours.keys() & theirs.keys() if ours[name] != theirs[name]
+    }
+    assert disagree == {}, f"containers/{family}/requirements.txt vs pyproject.toml: {disagree}"
+
+
+def test_every_base_dependency_is_pinned_in_every_image():
+    base_names = {
+        re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower() for dep in PYPROJECT["project"]["dependencies"]
+    }
+    for family in FAMILIES:
+        missing = base_names - requirements(family).keys()
+        assert missing == set(), f"containers/{family}/requirements.txt lacks {sorted(missing)}"
+
+
+def test_images_agree_with_each_other():
+    reqs = {family: requirements(family) for family in FAMILIES}
+    for name in set().union(*reqs.values()):
+        versions = {family: r[name] for family, r in reqs.items() if name in r}
+        assert len(set(versions.values())) == 1, f"{name} pinned differently: {versions}"
+
+
+def test_vllm_image_keeps_transformers_below_5_18():
+    major, minor = (int(x) for x in requirements("vllm")["transformers"].split(".")[:2])
+    assert (major, minor) < (5, 18)
+
+
+def test_train_image_has_every_train_and_eval_pin():
+    project = PYPROJECT["project"]["optional-dependencies"]
+    wanted = pins(project["train"] + project["eval"])
+    assert {name: requirements("train").get(name) for name in wanted} == wanted
+
+
+def test_containers_readme_documents_the_version_tag():
+    text = (ROOT / "containers" / "README.md").read_text()
+    assert "distilflow.__version__" in text
+    assert "docker build -f containers/$family/Dockerfile -t $REGISTRY/distilflow-$family:$VERSION ." in text
+    for family in FAMILIES:
+        assert f"| `{family}` |" in text, f"README table lacks the {family} family"
