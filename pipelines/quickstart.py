@@ -7,8 +7,8 @@ stage's real work end to end in minutes on CPU; it does not make a good model. P
 ``distill.teacher`` at a real endpoint and ``sft.model`` at a real student to do real work.
 """
 
-from __future__ import annotations
 
+# No `from __future__ import annotations`: KFP reads the pipeline signature's types at decoration time.
 import os
 from importlib import resources
 from typing import Any

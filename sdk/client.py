@@ -10,6 +10,7 @@ import datetime as _dt
 import json
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -108,6 +109,8 @@ def run_local(
         config = module.prepare(config, run_dir)
     if uris.is_local(output_uri):
         output_uri = run_dir
+    # Stage images are only references here; SubprocessRunner runs them in this environment on purpose.
+    warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(run_dir, "kfp"))
     try:
         module.pipeline(output_uri=output_uri, config=config)

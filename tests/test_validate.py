@@ -1,0 +1,97 @@
+"""The validate stage lists every problem with a pipeline config before any work starts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from distilflow.components.validate.config import ValidateConfig
+from distilflow.components.validate.run import run
+from distilflow.errors import ConfigError
+from distilflow.outputs import MARKER
+
+STAGES = ["validate", "distill", "curate", "sft", "evaluate", "deploy"]
+
+
+def make(tmp_path, pipeline_config, **kw) -> ValidateConfig:
+    return ValidateConfig(
+        output_uri=str(tmp_path / "run" / "validate"),
+        run_uri=str(tmp_path / "run"),
+        stages=STAGES,
+        pipeline_config=pipeline_config,
+        **kw,
+    )
+
+
+def good_config(problems_file, tiny_qwen3):
+    teacher = {"backend": "transformers", "model": tiny_qwen3}
+    return {
+        "distill": {"problems_uri": problems_file, "teacher": teacher},
+        "curate": {"judge": teacher},
+        "sft": {"model": tiny_qwen3},
+        "evaluate": {"problems_uri": problems_file},
+        "deploy": {},
+    }
+
+
+def test_valid_config_passes_and_writes_report(tmp_path, problems_file, tiny_qwen3):
+    result = run(make(tmp_path, good_config(problems_file, tiny_qwen3)))
+    assert (tmp_path / "run" / "validate" / MARKER).exists()
+    report = json.loads((tmp_path / "run" / "validate" / "report.json").read_text())
+    assert "sft" in report["configs"] and report["configs"]["sft"]["model"] == tiny_qwen3
+    assert any("4 problems" in line for line in result.checked)
+    assert any(line.startswith("distill.teacher") for line in result.checked)
+
+
+def test_all_problems_listed_together(tmp_path, problems_file, tiny_qwen3):
+    config = good_config(problems_file, tiny_qwen3)
+    config["distill"]["problems_uri"] = str(tmp_path / "missing.jsonl")
+    config["sft"]["model"] = str(tmp_path / "no-such-model")
+    config["curate"]["no_such_field"] = 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "problem": "x"}\n{"id": "b"}\n')
+    config["evaluate"]["problems_uri"] = str(bad)
+    with pytest.raises(ConfigError) as exc:
+        run(make(tmp_path, config))
+    text = str(exc.value)
+    assert "missing.jsonl" in text
+    assert "no-such-model" in text
+    assert "no_such_field" in text and "unknown key" in text
+    assert f"{bad}:2" in text and "problem" in text
+    assert "4 problem(s)" in text
+    assert not (tmp_path / "run" / "validate" / MARKER).exists()
+
+
+def test_model_without_chat_template(tmp_path, problems_file, tiny_qwen3):
+    import shutil
+
+    broken = tmp_path / "no-template"
+    shutil.copytree(tiny_qwen3, broken)
+    cfg_path = broken / "tokenizer_config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("chat_template", None)
+    cfg_path.write_text(json.dumps(cfg))
+    (broken / "chat_template.jinja").unlink(missing_ok=True)
+    config = good_config(problems_file, tiny_qwen3)
+    config["sft"]["model"] = str(broken)
+    with pytest.raises(ConfigError, match="chat template"):
+        run(make(tmp_path, config))
+
+
+def test_unreachable_endpoint_is_named(tmp_path, problems_file, tiny_qwen3):
+    from tests.conftest import free_port
+
+    config = good_config(problems_file, tiny_qwen3)
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    config["distill"]["teacher"] = {"backend": "openai", "base_url": url, "model": "teacher"}
+    with pytest.raises(ConfigError, match="unreachable") as exc:
+        run(make(tmp_path, config))
+    assert url in str(exc.value)
+
+
+def test_unknown_stage_and_section(tmp_path):
+    with pytest.raises(ValueError, match="unknown stage"):
+        ValidateConfig(output_uri="o", run_uri="r", stages=["validate", "sftt"])
+    with pytest.raises(ConfigError, match="name no stage"):
+        run(make(tmp_path, {"sftt": {}}))
