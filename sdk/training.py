@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Sequence
 from typing import Any
@@ -60,7 +61,9 @@ def message_dicts(messages: Sequence[Any]) -> list[dict[str, Any]]:
 
 def chat_length(tokenizer: Any, messages: list[dict[str, Any]], **template_kwargs: Any) -> int:
     """Number of tokens ``messages`` render to with the tokenizer's chat template (as TRL tokenizes them)."""
-    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **template_kwargs)["input_ids"]
+    ids = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, **template_kwargs)[
+        "input_ids"
+    ]
     return len(ids)
 
 
@@ -79,7 +82,10 @@ def preference_rows(
     dropped = 0
     for pair in pairs:
         prompt, chosen, rejected = (message_dicts(m) for m in (pair.prompt, pair.chosen, pair.rejected))
-        if max(chat_length(tokenizer, prompt + chosen), chat_length(tokenizer, prompt + rejected)) > max_length:
+        if (
+            max(chat_length(tokenizer, prompt + chosen), chat_length(tokenizer, prompt + rejected))
+            > max_length
+        ):
             dropped += 1
             continue
         kept.append((pair, {"prompt": prompt, "chosen": chosen, "rejected": rejected}))
@@ -103,7 +109,7 @@ def training_arguments(cls: type, config: Any, output_dir: str, **extra: Any) ->
         cls: ``trl.SFTConfig``, ``trl.DPOConfig``, ``trl.RewardConfig`` or ``trl.GRPOConfig``.
         config: The stage config; reads max_steps, num_train_epochs, learning_rate,
             per_device_train_batch_size, gradient_accumulation_steps, logging_steps and seed.
-        output_dir: A local scratch folder for the trainer.
+        output_dir: A local scratch folder for the trainer (``save_trained`` removes it).
         **extra: Stage-specific arguments (override the defaults).
     """
     gpu = on_gpu()
@@ -125,9 +131,15 @@ def training_arguments(cls: type, config: Any, output_dir: str, **extra: Any) ->
         "report_to": "none",
         "save_strategy": "no",
         "disable_tqdm": True,
+        # fp32 master weights everywhere; on a GPU bf16 comes from autocast (mixed precision), as TRL intends
+        "model_init_kwargs": {"dtype": "float32"},
     }
     kwargs.update(extra)
     return cls(**kwargs)
+
+
+LOGGED_KEYS = ("loss", "reward", "reward_std", "rewards/accuracies", "accuracy", "kl", "learning_rate")
+"""Logged values worth a line in KFP logs (TRL logs many more; they stay in ``log_history``)."""
 
 
 def progress_callback(stage: str) -> Any:
@@ -149,9 +161,6 @@ def progress_callback(stage: str) -> Any:
             print(f"{self.progress.line()} {values}", flush=True)
 
     return _ProgressCallback()
-
-
-LOGGED_KEYS = ("loss", "reward", "reward_std", "rewards/accuracies", "accuracy", "kl", "learning_rate")
 
 
 def quiet_trainer(trainer: Any, stage: str) -> Any:
@@ -230,4 +239,7 @@ def save_trained(trainer: Any, uri: str, card: str) -> str:
             if os.path.exists(path):
                 os.remove(path)
         uris.upload_dir(local, uri)
+    if not uris.is_local(uri):
+        shutil.rmtree(local, ignore_errors=True)
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)  # the trainer's scratch folder
     return uri

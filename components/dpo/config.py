@@ -22,22 +22,30 @@ class DpoConfig(BaseConfig):
         "or a .jsonl file of PreferencePair records"
     )
     model: Uri = Field(description="The policy to start from, usually the sft output model folder or URI")
-    beta: float = Field(0.1, gt=0, description="DPO beta (KL strength) for pairs that carry no beta of their own")
+    beta: float = Field(
+        0.1, gt=0, description="DPO beta (KL strength) for pairs that carry no beta of their own"
+    )
     per_sample_beta: bool = Field(
         True, description="Honour a pair's own beta (CogPO); false uses `beta` for every pair"
     )
-    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field("sigmoid", description="DPO loss: sigmoid (DPO), ipo or hinge")
+    loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
+        "sigmoid", description="DPO loss: sigmoid (DPO), ipo or hinge"
+    )
     max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 trains for num_train_epochs instead")
     num_train_epochs: float = Field(1.0, gt=0, description="Passes over the pairs when max_steps is -1")
     learning_rate: float = Field(5e-7, gt=0, description="Peak AdamW learning rate (linear decay)")
     per_device_train_batch_size: int = Field(1, ge=1, description="Pairs per device per micro-batch")
-    gradient_accumulation_steps: int = Field(8, ge=1, description="Micro-batches accumulated per optimizer step")
+    gradient_accumulation_steps: int = Field(
+        8, ge=1, description="Micro-batches accumulated per optimizer step"
+    )
     max_length: int = Field(
         8192,
         ge=16,
         description="Longest prompt+response in tokens; pairs with a longer side are dropped and counted, never truncated",
     )
-    lora: bool = Field(False, description="Train a LoRA adapter (the reference is the base without it) and merge it")
+    lora: bool = Field(
+        False, description="Train a LoRA adapter (the reference is the base without it) and merge it"
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank (with lora=true)")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (with lora=true)")
     seed: int = Field(0, description="Seed for data order, dropout and LoRA init")
@@ -46,7 +54,9 @@ class DpoConfig(BaseConfig):
     @model_validator(mode="after")
     def _check_steps(self) -> DpoConfig:
         if self.max_steps == 0:
-            raise ValueError("max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count")
+            raise ValueError(
+                "max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count"
+            )
         return self
 
 

@@ -93,7 +93,6 @@ def make_trainer(
         beta=config.beta,
         loss_type=[config.loss_type],
         max_length=config.max_length,
-        model_init_kwargs={"dtype": "float32"},
     )
     peft_config = None
     if config.lora:

@@ -42,7 +42,9 @@ def pairwise_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) ->
         for row in rows:
             scores = []
             for side in ("chosen", "rejected"):
-                ids = tokenizer.apply_chat_template(row["prompt"] + row[side], tokenize=True, return_dict=True)
+                ids = tokenizer.apply_chat_template(
+                    row["prompt"] + row[side], tokenize=True, return_dict=True
+                )
                 input_ids = torch.tensor([ids["input_ids"]], device=model.device)
                 scores.append(model(input_ids=input_ids).logits[0, 0].item())
             wins += scores[0] > scores[1]
@@ -88,7 +90,10 @@ def run(config: RewardConfig) -> RewardResult:
             "tokens; raise reward.max_length"
         )
     train_rows, held_rows = split_heldout(rows, config.heldout_fraction, config.seed)
-    print(f"[{STAGE}] {len(train_rows)} pairs to train, {len(held_rows)} held out, {dropped} dropped", flush=True)
+    print(
+        f"[{STAGE}] {len(train_rows)} pairs to train, {len(held_rows)} held out, {dropped} dropped",
+        flush=True,
+    )
 
     args = training.training_arguments(
         TrlRewardConfig,
@@ -96,7 +101,6 @@ def run(config: RewardConfig) -> RewardResult:
         tempfile.mkdtemp(prefix="distilflow-reward-"),
         max_length=config.max_length,
         center_rewards_coefficient=config.center_rewards_coefficient,
-        model_init_kwargs={"dtype": "float32"},
     )
     # A string model lets TRL load it as AutoModelForSequenceClassification(num_labels=1): a causal LM
     # folder gets a fresh scalar head, a reward folder keeps its own.
@@ -127,7 +131,12 @@ def run(config: RewardConfig) -> RewardResult:
         flush=True,
     )
     card = training.model_card(
-        STAGE, config.model, data_file, result.model_dump(), config.to_dict(), "AutoModelForSequenceClassification"
+        STAGE,
+        config.model,
+        data_file,
+        result.model_dump(),
+        config.to_dict(),
+        "AutoModelForSequenceClassification",
     )
     training.save_trained(trainer, result.model_uri, card)
     out.finish(

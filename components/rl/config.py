@@ -28,21 +28,29 @@ class RlConfig(BaseConfig):
     num_generations: int = Field(8, ge=2, description="Completions sampled per problem (the GRPO group size)")
     max_completion_length: int = Field(1024, ge=1, description="Most tokens generated per completion")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature for the completions")
-    beta: float = Field(0.0, ge=0, description="KL penalty towards the start model (0 = none, no reference model)")
+    beta: float = Field(
+        0.0, ge=0, description="KL penalty towards the start model (0 = none, no reference model)"
+    )
     max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 trains for num_train_epochs instead")
     num_train_epochs: float = Field(1.0, gt=0, description="Passes over the problems when max_steps is -1")
     learning_rate: float = Field(1e-6, gt=0, description="Peak AdamW learning rate (linear decay)")
     per_device_train_batch_size: int = Field(
-        8, ge=1, description="Completions per device per micro-batch; with the accumulation steps, a multiple of num_generations"
+        8,
+        ge=1,
+        description="Completions per device per micro-batch; with the accumulation steps, a multiple of num_generations",
     )
-    gradient_accumulation_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step")
+    gradient_accumulation_steps: int = Field(
+        1, ge=1, description="Micro-batches accumulated per optimizer step"
+    )
     seed: int = Field(0, description="Seed for sampling and data order")
     logging_steps: int = Field(1, ge=1, description="Log loss and reward every this many optimizer steps")
 
     @model_validator(mode="after")
     def _check(self) -> RlConfig:
         if self.max_steps == 0:
-            raise ValueError("max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count")
+            raise ValueError(
+                "max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count"
+            )
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
             raise ValueError(

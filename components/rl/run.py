@@ -29,11 +29,14 @@ def correctness(completions: list[Any], answer: list[str], domain: list[str | No
     ``completions``; answers are compared with ``distilflow.answers.is_correct`` (math-verify).
     """
     return [
-        float(is_correct(completion_text(c), ref, dom)) for c, ref, dom in zip(completions, answer, domain, strict=True)
+        float(is_correct(completion_text(c), ref, dom))
+        for c, ref, dom in zip(completions, answer, domain, strict=True)
     ]
 
 
-def build_rows(problems: list[records.Problem], system_prompt: str | None) -> tuple[list[dict[str, Any]], int]:
+def build_rows(
+    problems: list[records.Problem], system_prompt: str | None
+) -> tuple[list[dict[str, Any]], int]:
     """Conversational prompts with their reference answers, and how many problems had no answer."""
     rows = []
     skipped = 0
@@ -82,8 +85,6 @@ def run(config: RlConfig) -> RlResult:
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
-    # Decoder-only generation pads on the left so every completion starts right after its prompt
-    tokenizer.padding_side = "left"
     args = training.training_arguments(
         GRPOConfig,
         config,
@@ -93,7 +94,6 @@ def run(config: RlConfig) -> RlResult:
         temperature=config.temperature,
         beta=config.beta,
         use_vllm=False,
-        model_init_kwargs={"dtype": "float32"},
     )
     trainer = GRPOTrainer(
         model=model_path,
@@ -118,8 +118,6 @@ def run(config: RlConfig) -> RlResult:
         problems_used=len(rows),
         problems_skipped=skipped,
     )
-    # Save with right padding, the usual default, so a downstream trainer is not surprised
-    tokenizer.padding_side = "right"
     card = training.model_card(STAGE, config.model, problems_file, result.model_dump(), config.to_dict())
     training.save_trained(trainer, result.model_uri, card)
     out.finish(

@@ -19,16 +19,24 @@ class SftConfig(BaseConfig):
         description="curate's output folder (its sft.jsonl is read; the _COMPLETE marker is required) "
         "or a .jsonl file of SftExample records"
     )
-    model: Uri = Field(description="The student to fine-tune: a Hugging Face model folder or URI with a chat template")
+    model: Uri = Field(
+        description="The student to fine-tune: a Hugging Face model folder or URI with a chat template"
+    )
     max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 trains for num_train_epochs instead")
     num_train_epochs: float = Field(2.0, gt=0, description="Passes over the data when max_steps is -1")
     learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate (linear decay)")
     per_device_train_batch_size: int = Field(1, ge=1, description="Examples per device per micro-batch")
-    gradient_accumulation_steps: int = Field(8, ge=1, description="Micro-batches accumulated per optimizer step")
-    max_length: int = Field(
-        8192, ge=16, description="Longest rendered example in tokens; longer rows are dropped and counted, never truncated"
+    gradient_accumulation_steps: int = Field(
+        8, ge=1, description="Micro-batches accumulated per optimizer step"
     )
-    lora: bool = Field(False, description="Train a LoRA adapter on all linear layers and merge it before saving")
+    max_length: int = Field(
+        8192,
+        ge=16,
+        description="Longest rendered example in tokens; longer rows are dropped and counted, never truncated",
+    )
+    lora: bool = Field(
+        False, description="Train a LoRA adapter on all linear layers and merge it before saving"
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank (with lora=true)")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (with lora=true)")
     assistant_only_loss: bool = Field(
@@ -41,7 +49,9 @@ class SftConfig(BaseConfig):
     @model_validator(mode="after")
     def _check_steps(self) -> SftConfig:
         if self.max_steps == 0:
-            raise ValueError("max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count")
+            raise ValueError(
+                "max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count"
+            )
         return self
 
 

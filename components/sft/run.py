@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import tempfile
 from typing import Any
 
@@ -13,17 +12,17 @@ from distilflow.errors import ConfigError
 from distilflow.outputs import StageOutput
 
 STAGE = "sft"
-GENERATION_TAG = re.compile(r"{%-?\s*generation\s*-?%}")
 
 
 def build_rows(
-    examples: list[records.SftExample], tokenizer: Any, max_length: int
+    examples: list[records.SftExample], tokenizer: Any, max_length: int, chat_template: str | None = None
 ) -> tuple[list[dict[str, Any]], int]:
     """Conversational rows for TRL and how many examples were dropped for being too long.
 
     Each row renders with the student's own chat template; ``enable_thinking`` travels per row in
     ``chat_template_kwargs``, which TRL forwards to ``apply_chat_template``. Lengths are measured the
-    same way TRL tokenizes, so no kept row is truncated.
+    same way TRL tokenizes (``chat_template`` is the one TRL uses, None for the tokenizer's own), so no
+    kept row is truncated.
     """
     from distilflow.training import chat_length, message_dicts
 
@@ -33,7 +32,7 @@ def build_rows(
     for ex in examples:
         messages = message_dicts(ex.messages)
         kwargs = {"enable_thinking": ex.enable_thinking} if ex.enable_thinking is not None else {}
-        if chat_length(tokenizer, messages, **kwargs) > max_length:
+        if chat_length(tokenizer, messages, chat_template=chat_template, **kwargs) > max_length:
             dropped += 1
             continue
         row: dict[str, Any] = {"messages": messages}
@@ -44,15 +43,25 @@ def build_rows(
     return rows, dropped
 
 
-def check_template(tokenizer: Any, config: SftConfig) -> None:
-    """Fail early, with the fix, when assistant-only loss cannot work with this chat template."""
-    template = tokenizer.chat_template or ""
-    if config.assistant_only_loss and not GENERATION_TAG.search(template):
+def training_template(tokenizer: Any, config: SftConfig) -> str | None:
+    """The chat template TRL will render with: None for the student's own, or TRL's training variant.
+
+    Assistant-only loss needs ``{% generation %}`` markers. TRL swaps in a patched copy of known
+    templates (Qwen2.5, Qwen3, Llama 3, ...) that lack them; for any other template, fail early with
+    the fix instead of deep inside the trainer.
+    """
+    from trl.chat_template_utils import get_training_chat_template, has_generation_markers
+
+    if not config.assistant_only_loss or has_generation_markers(tokenizer.chat_template):
+        return None
+    try:
+        return get_training_chat_template(tokenizer)
+    except ValueError:
         raise ConfigError(
             f"sft.assistant_only_loss=true needs a chat template with {{% generation %}} markers around assistant "
-            f"turns, and the template of {config.model} has none; set sft.assistant_only_loss=false or give the "
-            "student a template that marks assistant tokens"
-        )
+            f"turns; the template of {config.model} has none and TRL has no training variant of it. Set "
+            "sft.assistant_only_loss=false or give the student a template that marks assistant tokens"
+        ) from None
 
 
 def run(config: SftConfig) -> SftResult:
@@ -93,8 +102,8 @@ def train(
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
-    check_template(tokenizer, config)
-    rows, dropped = build_rows(examples, tokenizer, config.max_length)
+    template = training_template(tokenizer, config)
+    rows, dropped = build_rows(examples, tokenizer, config.max_length, template)
     print(f"[{STAGE}] {len(rows)} examples, {dropped} dropped (> {config.max_length} tokens)", flush=True)
     if not rows:
         raise ConfigError(
@@ -117,7 +126,6 @@ def train(
         max_length=config.max_length,
         packing=False,  # padding-free packing needs flash-attention to keep sequences apart
         assistant_only_loss=config.assistant_only_loss,
-        model_init_kwargs={"dtype": "float32"},
     )
     trainer = SFTTrainer(
         model=model_path,

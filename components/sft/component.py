@@ -1,0 +1,40 @@
+"""The `sft` KFP component: a thin shell over ``distilflow.components.sft.run.run``."""
+
+# No `from __future__ import annotations` here: KFP reads the real annotation objects.
+from kfp import dsl
+
+from distilflow.images import stage_image
+
+
+@dsl.component(base_image=stage_image("sft"), install_kfp_package=False)
+def sft(
+    config: dict,
+    output_uri: str,
+    data: dsl.Input[dsl.Dataset],
+    model: dsl.Output[dsl.Model],
+    metrics: dsl.Output[dsl.Metrics],
+):
+    """Fine-tune the student on curate's sft.jsonl; publish the model folder's URI.
+
+    Args:
+        config: The whole pipeline config; this stage reads its ``sft`` section.
+        output_uri: The run's root URI; the stage writes under ``<output_uri>/sft``.
+        data: curate's output (its metadata carries the folder's URI).
+        model: The fine-tuned model (metadata ``uri`` = ``<output_uri>/sft/model``).
+        metrics: Losses, steps and row counts.
+    """
+    from distilflow import artifacts
+    from distilflow import uri as uris
+    from distilflow.components.sft.config import SftConfig
+    from distilflow.components.sft.run import run
+
+    section = artifacts.section(config, "sft")
+    section["output_uri"] = uris.join(output_uri, "sft")
+    section["data_uri"] = artifacts.consume(data, "sft data")
+    result = run(SftConfig.from_dict(section, where="pipeline config"))
+
+    artifacts.publish(model, result.model_uri, stage_uri=section["output_uri"])
+    for key in ("first_loss", "final_loss", "steps", "rows_used", "rows_dropped"):
+        value = getattr(result, key)
+        if value is not None:
+            metrics.log_metric(key, value)

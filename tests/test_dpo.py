@@ -1,0 +1,169 @@
+"""The `dpo` stage on a tiny Qwen3 model on CPU, including CogPO's per-pair beta."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+
+from distilflow import uri as uris
+from distilflow.components.dpo.config import DpoConfig
+from distilflow.errors import IncompleteOutputError
+from distilflow.outputs import MANIFEST, MARKER, StageOutput
+from distilflow.records import Message, PreferencePair, write_jsonl
+
+LONG = " ".join(["The quick brown fox jumps over the lazy dog."] * 20)
+
+
+def pairs(n: int = 8, long: int = 0, beta: bool = True) -> list[PreferencePair]:
+    """Pairs preferring a boxed answer over filler; odd pairs carry their own beta when ``beta``."""
+    rows = [
+        PreferencePair(
+            id=f"p{i}",
+            prompt=[Message(role="user", content=f"What is {i} + 1?")],
+            chosen=[
+                Message(
+                    role="assistant",
+                    content=f"The answer is \\boxed{{{i + 1}}}.",
+                    reasoning_content=f"{i} + 1 = {i + 1}",
+                )
+            ],
+            rejected=[Message(role="assistant", content="The quick brown fox.")],
+            beta=0.5 if beta and i % 2 else None,
+        )
+        for i in range(n)
+    ]
+    rows += [
+        PreferencePair(
+            id=f"long{i}",
+            prompt=[Message(role="user", content="Say it.")],
+            chosen=[Message(role="assistant", content=LONG)],
+            rejected=[Message(role="assistant", content="No.")],
+        )
+        for i in range(long)
+    ]
+    return rows
+
+
+def curate_output(root: str, rows: list[PreferencePair], complete: bool = True) -> str:
+    out = StageOutput(os.path.join(root, "curate"), "curate")
+    write_jsonl(out.path("preference.jsonl"), rows)
+    if complete:
+        out.finish(result={})
+    return out.uri
+
+
+def config(model: str, data_uri: str, output_uri: str, **overrides) -> DpoConfig:
+    base = dict(
+        output_uri=output_uri,
+        data_uri=data_uri,
+        model=model,
+        max_steps=12,
+        learning_rate=5e-3,
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=1,
+        max_length=128,
+        logging_steps=1,
+    )
+    base.update(overrides)
+    return DpoConfig(**base)
+
+
+def test_dpo_learns_preferences_saves_and_reuses(tiny_qwen3, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from distilflow.components.dpo.run import run
+
+    data = curate_output(str(tmp_path), pairs(8, long=1))
+    cfg = config(tiny_qwen3, data, str(tmp_path / "dpo"))
+    result = run(cfg)
+
+    assert result.rows_used == 8 and result.rows_dropped == 1
+    assert result.per_sample_beta is True
+    assert result.first_loss == pytest.approx(0.6931, abs=1e-3)  # policy == reference at step one
+    assert result.final_loss < 0.3, result
+    assert result.final_reward_accuracy >= 0.75
+    manifest = json.loads(uris.read_text(os.path.join(cfg.output_uri, MANIFEST)))
+    assert manifest["metrics"]["beta_min"] == 0.1 and manifest["metrics"]["beta_max"] == 0.5
+    assert os.path.exists(os.path.join(cfg.output_uri, MARKER))
+    AutoModelForCausalLM.from_pretrained(result.model_uri)
+    assert AutoTokenizer.from_pretrained(result.model_uri).chat_template
+
+    again = run(cfg)
+    assert again == result
+    assert (
+        json.loads(uris.read_text(os.path.join(cfg.output_uri, MANIFEST)))["finished_at"]
+        == manifest["finished_at"]
+    )
+
+
+def test_per_pair_beta_is_applied(tiny_qwen3, tmp_path):
+    """Batch loss with betas [b1, b2] equals the mean of each pair's loss at its own beta."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from distilflow.components.dpo.run import build_rows, make_trainer
+    from distilflow.models import load_tokenizer
+    from distilflow.tiny import build_tiny
+
+    # A reference that differs from the policy, so the DPO margin (and the effect of beta) is not zero
+    ref = AutoModelForCausalLM.from_pretrained(build_tiny(str(tmp_path / "ref"), seed=1))
+    tokenizer = load_tokenizer(tiny_qwen3)
+
+    def loss(rows: list[PreferencePair], beta: float = 0.1, per_sample: bool = True) -> float:
+        cfg = config(tiny_qwen3, "/unused.jsonl", str(tmp_path / "o"), beta=beta, per_sample_beta=per_sample)
+        table, _, _ = build_rows(rows, tokenizer, cfg)
+        trainer = make_trainer(cfg, table, tokenizer, tiny_qwen3, ref_model=ref)
+        columns = ["prompt_ids", "chosen_ids", "rejected_ids"] + (["beta"] if "beta" in table[0] else [])
+        batch = trainer.data_collator([{k: ex[k] for k in columns} for ex in trainer.train_dataset])
+        trainer.model.eval()
+        shutil.rmtree(trainer.args.output_dir, ignore_errors=True)  # never saved: drop the scratch folder
+        with torch.no_grad():
+            return trainer.compute_loss(trainer.model, batch).item()
+
+    both = pairs(2)  # p0 has no beta (takes the config beta), p1 has beta 0.5
+    mixed = loss(both, beta=0.1)
+    alone = [loss([both[0]], beta=0.1, per_sample=False), loss([both[1]], beta=0.5, per_sample=False)]
+    assert mixed == pytest.approx(sum(alone) / 2, rel=1e-4)
+    assert mixed != pytest.approx(loss(both, beta=0.1, per_sample=False), rel=1e-3)
+
+
+def test_dpo_refuses_incomplete_upstream(tiny_qwen3, tmp_path):
+    from distilflow.components.dpo.run import run
+
+    data = curate_output(str(tmp_path), pairs(2), complete=False)
+    with pytest.raises(IncompleteOutputError, match="no completion marker"):
+        run(config(tiny_qwen3, data, str(tmp_path / "dpo")))
+
+
+def test_dpo_component_wires_student_and_data(tiny_qwen3, tmp_path):
+    """The component body resolves both upstream artifacts and, on a finished output, reuses it."""
+    from kfp import dsl
+
+    from distilflow.components.dpo.component import dpo
+    from distilflow.components.dpo.run import run
+
+    data = curate_output(str(tmp_path), pairs(4, beta=False))
+    # The student artifact, as sft publishes it: the model folder plus the stage folder that vouches for it
+    sft_out = StageOutput(str(tmp_path / "sft"), "sft")
+    sft_out.finish(result={})
+    root = str(tmp_path / "run")
+    section = dict(max_steps=2, learning_rate=1e-3, per_device_train_batch_size=2, max_length=128)
+    stored = run(DpoConfig(output_uri=os.path.join(root, "dpo"), data_uri=data, model=tiny_qwen3, **section))
+    assert stored.per_sample_beta is False
+
+    student = dsl.Model(name="student", uri="x", metadata={"uri": tiny_qwen3, "stage_uri": sft_out.uri})
+    model = dsl.Model(name="model", uri=str(tmp_path / "artifact"))
+    metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
+    dpo.python_func(
+        config={"dpo": section},
+        output_uri=root,
+        data=dsl.Dataset(name="data", uri="x", metadata={"uri": data}),
+        student=student,
+        model=model,
+        metrics=metrics,
+    )
+    assert model.metadata["uri"] == stored.model_uri
+    assert metrics.metadata["steps"] == 2
