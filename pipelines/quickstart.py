@@ -7,7 +7,6 @@ stage's real work end to end in minutes on CPU; it does not make a good model. P
 ``distill.teacher`` at a real endpoint and ``sft.model`` at a real student to do real work.
 """
 
-
 # No `from __future__ import annotations`: KFP reads the pipeline signature's types at decoration time.
 import os
 from importlib import resources
@@ -53,7 +52,9 @@ def pipeline(output_uri: str, config: dict):
     evaluate_task = evaluate(config=config, output_uri=output_uri, model=sft_task.outputs["model"])
     evaluate_task.set_display_name("evaluate")
     # Serve the student and smoke-test the endpoint.
-    deploy_task = deploy(config=config, output_uri=output_uri, model=sft_task.outputs["model"]).after(evaluate_task)
+    deploy_task = deploy(config=config, output_uri=output_uri, model=sft_task.outputs["model"]).after(
+        evaluate_task
+    )
     deploy_task.set_display_name("deploy")
     for task in (validate_task, distill_task, curate_task, sft_task, evaluate_task, deploy_task):
         # Stages resume from their own complete outputs; KFP's cache would skip reruns with new data.

@@ -38,7 +38,9 @@ def pipelines_cmd() -> None:
 @click.argument("pipeline")
 @click.option("--local", "local_", is_flag=True, help="Run here under kfp.local (no cluster, no Docker).")
 @click.option("--host", default=None, help="KFP API endpoint to submit the run to instead.")
-@click.option("--config", "config_file", default=None, help="Pipeline config file (YAML/JSON), one section per stage.")
+@click.option(
+    "--config", "config_file", default=None, help="Pipeline config file (YAML/JSON), one section per stage."
+)
 @click.option("--set", "overrides", multiple=True, help="Override a config value: --set sft.max_steps=20")
 @click.option("--output-uri", default=None, help="Where the run writes (default: runs/<pipeline>-<time>).")
 @click.option("--runs-dir", default="runs", show_default=True, help="Parent folder of local runs.")

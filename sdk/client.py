@@ -1,7 +1,7 @@
 """The Python SDK: list, configure, compile and run pipelines; run one stage without KFP.
 
-    from distilflow.client import run_local
-    summary = run_local("quickstart", overrides=["sft.max_steps=10"])
+from distilflow.client import run_local
+summary = run_local("quickstart", overrides=["sft.max_steps=10"])
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ def list_pipelines() -> dict[str, str]:
     return dict(PIPELINES)
 
 
-def pipeline_config(name: str, config_file: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
+def pipeline_config(
+    name: str, config_file: str | None = None, overrides: list[str] | None = None
+) -> dict[str, Any]:
     """The pipeline's default config < ``config_file`` < ``overrides``, with sections checked against its stages."""
     from distilflow.pipelines import load_pipeline
 
@@ -103,7 +105,11 @@ def run_local(
     config = pipeline_config(name, config_file, overrides)
     output_uri = output_uri or config.pop("output_uri", None) or new_run_uri(name, runs_dir)
     config.pop("output_uri", None)
-    run_dir = uris.local_path(output_uri) if uris.is_local(output_uri) else uris.local_path(new_run_uri(name, runs_dir))
+    run_dir = (
+        uris.local_path(output_uri)
+        if uris.is_local(output_uri)
+        else uris.local_path(new_run_uri(name, runs_dir))
+    )
     os.makedirs(run_dir, exist_ok=True)
     if hasattr(module, "prepare"):
         config = module.prepare(config, run_dir)
@@ -159,8 +165,14 @@ def validate_config(name: str, config_file: str | None = None, overrides: list[s
     )
 
 
-def submit(name: str, host: str, config_file: str | None = None, overrides: list[str] | None = None,
-           output_uri: str | None = None, experiment: str = "distilflow") -> str:
+def submit(
+    name: str,
+    host: str,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+    output_uri: str | None = None,
+    experiment: str = "distilflow",
+) -> str:
     """Compile and submit a pipeline run to a KFP backend; return the run id."""
     import kfp
 
@@ -168,7 +180,9 @@ def submit(name: str, host: str, config_file: str | None = None, overrides: list
     output_uri = output_uri or config.pop("output_uri", None)
     config.pop("output_uri", None)
     if not output_uri or uris.is_local(output_uri):
-        raise ConfigError("submitting to a cluster needs output_uri in object storage, e.g. --output-uri s3://bucket/runs/r1")
+        raise ConfigError(
+            "submitting to a cluster needs output_uri in object storage, e.g. --output-uri s3://bucket/runs/r1"
+        )
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(name, os.path.join(tmp, f"{name}.yaml"))
         client = kfp.Client(host=host)

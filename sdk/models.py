@@ -92,7 +92,11 @@ def load_tokenizer(model: str, gguf_file: str | None = None, need_chat_template:
     from transformers import AutoTokenizer
 
     path = resolve_model(model, gguf_file)
-    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf_file) if gguf_file else AutoTokenizer.from_pretrained(path)
+    tok = (
+        AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
+        if gguf_file
+        else AutoTokenizer.from_pretrained(path)
+    )
     if need_chat_template and not tok.chat_template:
         raise BackendError(
             f"model {model!r}: tokenizer has no chat template; add one to tokenizer_config.json (chat_template)"
@@ -110,7 +114,9 @@ def pick_device(device: str = "auto") -> str:
     return device
 
 
-def load_causal_lm(model: str, gguf_file: str | None = None, device: str = "auto", for_training: bool = False):
+def load_causal_lm(
+    model: str, gguf_file: str | None = None, device: str = "auto", for_training: bool = False
+):
     """Return ``(model, tokenizer)``; bf16 on GPU, fp32 on CPU."""
     import torch
     from transformers import AutoModelForCausalLM

@@ -82,10 +82,17 @@ def train_tokenizer(out_dir: str, vocab_size: int = 512):
     return fast
 
 
-def build_tiny(out_dir: str, arch: str = "qwen3", kind: str = "causal", seed: int = 0, hidden: int = 64) -> str:
+def build_tiny(
+    out_dir: str, arch: str = "qwen3", kind: str = "causal", seed: int = 0, hidden: int = 64
+) -> str:
     """Write a tiny model folder (config, safetensors, tokenizer, chat template) and return its path."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, Qwen2Config, Qwen3Config
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        Qwen2Config,
+        Qwen3Config,
+    )
 
     if arch not in ("qwen2", "qwen3") or kind not in ("causal", "reward"):
         raise ValueError(f"arch must be qwen2|qwen3 and kind causal|reward, got {arch!r}/{kind!r}")

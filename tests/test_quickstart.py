@@ -20,13 +20,23 @@ STAGES = ["validate", "distill", "curate", "sft", "evaluate", "deploy"]
 
 def tiny_overrides(model: str) -> list[str]:
     teacher = f"{{backend: transformers, model: {model}, max_new_tokens: 24, batch_size: 8, seed: 0}}"
-    return [f"distill.teacher={teacher}", f"curate.judge={teacher}", "sft.max_steps=12", "sft.learning_rate=0.005"]
+    return [
+        f"distill.teacher={teacher}",
+        f"curate.judge={teacher}",
+        "sft.max_steps=12",
+        "sft.learning_rate=0.005",
+    ]
+
+
+def load(*parts: str) -> dict:
+    with open(os.path.join(*parts)) as f:
+        return json.load(f)
 
 
 def check_run(root: str) -> dict:
     for stage in STAGES:
         assert os.path.exists(os.path.join(root, stage, MARKER)), f"{stage} has no completion marker"
-    manifests = {s: json.load(open(os.path.join(root, s, "manifest.json"))) for s in STAGES}
+    manifests = {s: load(root, s, "manifest.json") for s in STAGES}
     scored = read_jsonl(os.path.join(root, "curate", "scored.jsonl"), Scored)
     assert len(scored) == 8 * 2  # 8 problems, 2 samples each
     assert all(0 <= r.rv <= 9 and 0 <= r.cd <= 9 for r in scored)
@@ -35,9 +45,9 @@ def check_run(root: str) -> dict:
     sft = manifests["sft"]["result"]
     assert sft["steps"] > 0 and sft["final_loss"] < sft["first_loss"]
     assert os.path.exists(os.path.join(root, "sft", "model", "config.json"))
-    metrics = json.load(open(os.path.join(root, "evaluate", "metrics.json")))
+    metrics = load(root, "evaluate", "metrics.json")
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["mean_tokens"] > 0
-    endpoint = json.load(open(os.path.join(root, "deploy", "endpoint.json")))
+    endpoint = load(root, "deploy", "endpoint.json")
     assert endpoint["url"].startswith("http://127.0.0.1:")
     return manifests
 

@@ -22,7 +22,9 @@ class ValidateConfig(BaseConfig):
         default_factory=dict, description="The pipeline config: one section per stage, keyed by stage name"
     )
     check_data: bool = Field(True, description="Read every input JSONL and validate each line")
-    check_models: bool = Field(True, description="Check that model folders exist with config, weights and a chat template")
+    check_models: bool = Field(
+        True, description="Check that model folders exist with config, weights and a chat template"
+    )
     check_endpoints: bool = Field(True, description="Call GET /models on every OpenAI-compatible endpoint")
     endpoint_timeout_s: float = Field(10.0, gt=0, description="Timeout for each endpoint check, in seconds")
 

@@ -63,7 +63,9 @@ def check_model(where: str, model: str, gguf_file: str | None = None) -> None:
         with open(tok_cfg) as f:
             has_template = bool(json.load(f).get("chat_template"))
     if not has_template:
-        raise DistilflowError(f"{where}: model {model!r} has no tokenizer chat template (tokenizer_config.json)")
+        raise DistilflowError(
+            f"{where}: model {model!r} has no tokenizer chat template (tokenizer_config.json)"
+        )
 
 
 def check_endpoint(where: str, teacher: Any, timeout_s: float) -> None:
@@ -75,7 +77,9 @@ def check_endpoint(where: str, teacher: Any, timeout_s: float) -> None:
     try:
         resp = httpx.get(url, headers=headers, timeout=timeout_s)
     except httpx.HTTPError as exc:
-        raise DistilflowError(f"{where}: endpoint {url} unreachable ({type(exc).__name__}); check base_url") from None
+        raise DistilflowError(
+            f"{where}: endpoint {url} unreachable ({type(exc).__name__}); check base_url"
+        ) from None
     if resp.status_code in (401, 403):
         raise DistilflowError(
             f"{where}: endpoint {url} refused the key (HTTP {resp.status_code}); set ${teacher.api_key_env}"
@@ -98,7 +102,9 @@ def run(config: ValidateConfig) -> ValidateResult:
     configs: dict[str, dict[str, Any]] = {}
     extra = sorted(set(config.pipeline_config) - set(config.stages))
     if extra:
-        problems.append(f"config sections {extra} name no stage of this pipeline (stages: {', '.join(config.stages)})")
+        problems.append(
+            f"config sections {extra} name no stage of this pipeline (stages: {', '.join(config.stages)})"
+        )
     for stage in config.stages:
         if stage == "validate":
             continue
