@@ -9,9 +9,22 @@ import pytest
 
 from distilflow.components.evaluate.config import EvaluateConfig
 from distilflow.components.evaluate.run import build_chat, run, teacher_config
-from distilflow.errors import ConfigError, RecordError
+from distilflow.errors import ConfigError, IncompleteOutputError, RecordError
 from distilflow.outputs import MANIFEST, MARKER
 from distilflow.records import Problem, write_jsonl
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(monkeypatch):
+    """One torch/OpenMP thread, here and in the subprocesses the tests start: on 2 shared cores,
+    2 spinning OpenMP threads made 8 tiny generate() calls take 24.6 s instead of 0.8 s."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    yield
+    torch.set_num_threads(before)
 
 
 def _config(tiny_qwen3: str, problems: str, out: str, **overrides) -> EvaluateConfig:
@@ -27,6 +40,11 @@ def _config(tiny_qwen3: str, problems: str, out: str, **overrides) -> EvaluateCo
         "seed": 0,
     }
     return EvaluateConfig.from_dict({**base, **overrides})
+
+
+def _read(*parts: str) -> str:
+    with open(os.path.join(*parts), encoding="utf-8") as f:
+        return f.read()
 
 
 def _rows(path: str) -> list[dict]:
@@ -51,7 +69,7 @@ def test_evaluate_writes_results_metrics_and_reports(tiny_qwen3, problems_file, 
     assert result.accuracy == pytest.approx(sum(r["correct"] for r in rows) / 8)
     assert result.mean_tokens == pytest.approx(sum(r["tokens"] for r in rows) / 8)
 
-    metrics = json.load(open(os.path.join(out, "metrics.json")))
+    metrics = json.loads(_read(out, "metrics.json"))
     assert metrics["accuracy"] == result.accuracy and metrics["pass_at_k"] == result.pass_at_k
     assert metrics["n_problems"] == 4 and metrics["n_answers"] == 8
     proto = metrics["protocol"]
@@ -60,12 +78,12 @@ def test_evaluate_writes_results_metrics_and_reports(tiny_qwen3, problems_file, 
     assert proto["checker"] == "math-verify" and len(proto["problems_sha256"]) == 64
     assert metrics["model"]["uri"] == tiny_qwen3 and len(metrics["model"]["files_sha256"]) == 16
 
-    md = open(os.path.join(out, "report.md")).read()
+    md = _read(out, "report.md")
     assert "pass@2" in md and metrics["model"]["files_sha256"] in md and "prompt_template" in md
-    html = open(os.path.join(out, "report.html")).read()
+    html = _read(out, "report.html")
     assert "<table>" in html and "pass@2" in html and "</html>" in html
 
-    manifest = json.load(open(os.path.join(out, MANIFEST)))
+    manifest = json.loads(_read(out, MANIFEST))
     assert manifest["result"]["protocol"] == proto
     assert manifest["counts"] == {"problems": 4, "answers": 8}
     assert os.path.exists(os.path.join(out, MARKER))
@@ -82,7 +100,9 @@ def test_accuracy_really_checks_answers(tiny_qwen3, tmp_path):
     from distilflow.answers import extract_answer
     from distilflow.teacher import TransformersTeacher
 
-    candidates = [Problem(id=f"q{i}", problem=f"What is {i} + {i}?", answer="0", domain="math") for i in range(8)]
+    candidates = [
+        Problem(id=f"q{i}", problem=f"What is {i} + {i}?", answer="0", domain="math") for i in range(8)
+    ]
     # batch_size=1: each problem is its own seeded generate() call, so its answer does not depend on
     # which other problems are asked; the test can ask them one by one exactly as the stage does.
     probe = _config(tiny_qwen3, "unused.jsonl", "unused", samples=1, batch_size=1, max_new_tokens=32)
@@ -150,8 +170,10 @@ def test_component_logs_metrics_and_writes_report(tiny_qwen3, problems_file, tmp
     model = dsl.Model(name="model", uri="unused", metadata={"uri": tiny_qwen3, "stage_uri": str(stage_dir)})
     metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"), metadata={})
     report = dsl.Markdown(name="report", uri=str(tmp_path / "report.md"), metadata={})
-    config = {"evaluate": {"problems_uri": problems_file, "samples": 1, "temperature": 0.0, "max_new_tokens": 8}}
-    with pytest.raises(Exception, match="completion marker"):
+    config = {
+        "evaluate": {"problems_uri": problems_file, "samples": 1, "temperature": 0.0, "max_new_tokens": 8}
+    }
+    with pytest.raises(IncompleteOutputError, match="completion marker"):
         evaluate.python_func(config, str(tmp_path / "run"), model, metrics, report)
 
     (stage_dir / MARKER).write_text("done\n")
@@ -159,7 +181,7 @@ def test_component_logs_metrics_and_writes_report(tiny_qwen3, problems_file, tmp
     evaluate.python_func(config, str(tmp_path / "run"), model, metrics, report)
     assert set(metrics.metadata) == {"accuracy", "pass@1", "mean_tokens"}
     assert metrics.metadata["mean_tokens"] > 0
-    assert "| pass@1 |" in open(report.path).read()
+    assert "| pass@1 |" in _read(report.path)
     assert report.metadata["uri"].endswith(os.path.join("run", "evaluate", "report.md"))
 
 
@@ -184,3 +206,23 @@ def test_config_rejects_greedy_with_several_samples_and_bad_template(tmp_path):
             }
         )
     assert "samples=4 with temperature=0" in str(err.value) and "{{problem}}" in str(err.value)
+
+
+def test_evaluate_reads_model_and_writes_outputs_on_s3(
+    tiny_qwen3, problems_file, s3_bucket, tmp_path, monkeypatch
+):
+    """Model and outputs in object storage (moto's S3 server): nothing is written to local disk but the cache."""
+    from distilflow import uri as uris
+
+    monkeypatch.setenv("DISTILFLOW_CACHE", str(tmp_path / "cache"))
+    model_uri = f"s3://{s3_bucket}/models/tiny"
+    uris.upload_dir(tiny_qwen3, model_uri)
+    out = f"s3://{s3_bucket}/runs/r1/evaluate"
+    result = run(_config(model_uri, problems_file, out, samples=1, temperature=0.0, max_new_tokens=8))
+
+    rows = [json.loads(line) for line in uris.read_text(result.results_uri).splitlines()]
+    assert len(rows) == 4 and result.results_uri == out + "/results.jsonl"
+    metrics = json.loads(uris.read_text(out + "/metrics.json"))
+    assert metrics["model"]["uri"] == model_uri and metrics["protocol"]["temperature"] == 0.0
+    assert "| pass@1 |" in uris.read_text(out + "/report.md")
+    assert uris.exists(out + "/" + MARKER) and not uris.exists(out + "/results.partial.jsonl")

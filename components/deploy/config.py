@@ -18,7 +18,8 @@ class DeployConfig(BaseConfig):
     output_uri: Uri = Field(description="Where endpoint.json and server.log are written (<run>/deploy)")
     model: Uri = Field(description="Model folder or URI to serve, e.g. <run>/sft/model")
     target: Literal["local"] = Field(
-        "local", description="Where the server runs: local = a subprocess on this machine (cluster targets come later)"
+        "local",
+        description="Where the server runs: local = a subprocess on this machine (cluster targets come later)",
     )
     backend: Literal["auto", "transformers", "vllm"] = Field(
         "auto",
@@ -30,7 +31,9 @@ class DeployConfig(BaseConfig):
         300, gt=0, description="Seconds to wait for the server to answer /health (vLLM on CPU takes minutes)"
     )
     smoke_prompt: str = Field(
-        "What is 2 + 3? Answer with one number.", min_length=1, description="User message of the smoke-test chat"
+        "What is 2 + 3? Answer with one number.",
+        min_length=1,
+        description="User message of the smoke-test chat",
     )
     max_tokens: int = Field(16, ge=1, description="max_tokens of the smoke-test chat completion")
     keep_running: bool = Field(

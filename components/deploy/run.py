@@ -57,7 +57,9 @@ def pick_backend(backend: str) -> str:
     """The server to start: vLLM where asked for (or, for auto, where importable), else transformers."""
     has_vllm = importlib.util.find_spec("vllm") is not None
     if backend == "vllm" and not has_vllm:
-        raise ConfigError("deploy.backend='vllm' but vllm is not installed here; use backend 'auto' or 'transformers'")
+        raise ConfigError(
+            "deploy.backend='vllm' but vllm is not installed here; use backend 'auto' or 'transformers'"
+        )
     if backend == "auto":
         return "vllm" if has_vllm else "transformers"
     return backend
@@ -192,6 +194,31 @@ def endpoint_alive(endpoint_url: str) -> bool:
         return False
 
 
+def start_server(
+    config: DeployConfig, out: StageOutput, backend: str, model_dir: str, key: str | None
+) -> tuple[subprocess.Popen, str, str, str]:
+    """Start the server in its own process group; return it, its root URL, its log and a work folder."""
+    port = config.port or free_port(config.host)
+    connect_host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
+    work_dir = tempfile.mkdtemp(prefix="distilflow-deploy-")
+    # Local outputs get the live log (it keeps growing while a kept server runs); remote ones a copy.
+    log_path = out.path(SERVER_LOG) if uris.is_local(out.uri) else os.path.join(work_dir, SERVER_LOG)
+    os.makedirs(os.path.dirname(log_path), exist_ok=True)
+    cache_dir = os.path.join(work_dir, "hf-cache")
+    os.makedirs(cache_dir)
+    cmd = server_command(backend, model_dir, config.host, port)
+    print(f"[{STAGE}] starting {backend} server: {' '.join(cmd)}", flush=True)
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_env(backend, key, cache_dir),
+            start_new_session=True,  # its own process group, so stop() reaches vLLM's workers too
+        )
+    return proc, f"http://{connect_host}:{port}", log_path, work_dir
+
+
 def run(config: DeployConfig) -> DeployResult:
     """Start the server, wait until healthy, smoke-test it, record the endpoint; stop it unless kept.
 
@@ -211,28 +238,19 @@ def run(config: DeployConfig) -> DeployResult:
     model_dir = resolve_model(config.model)
     backend = pick_backend(config.backend)
     if backend == "transformers" and "@" in model_dir:
-        raise ConfigError(f"model {model_dir!r}: `transformers serve` reads '@' as a revision; move the folder")
+        raise ConfigError(
+            f"model {model_dir!r}: `transformers serve` reads '@' as a revision; move the folder"
+        )
     key = api_key(config)
     if key and backend == "transformers":
-        print(f"[{STAGE}] warning: `transformers serve` does not check API keys; ${config.api_key_env} is only sent", flush=True)
+        print(
+            f"[{STAGE}] warning: `transformers serve` does not check API keys; ${config.api_key_env} is only sent",
+            flush=True,
+        )
     out.begin(config)
 
-    port = config.port or free_port(config.host)
-    connect_host = "127.0.0.1" if config.host in ("0.0.0.0", "::", "") else config.host
-    root_url = f"http://{connect_host}:{port}"
+    proc, root_url, log_path, work_dir = start_server(config, out, backend, model_dir, key)
     base_url = root_url + "/v1"
-    work_dir = tempfile.mkdtemp(prefix="distilflow-deploy-")
-    # Local outputs get the live log (it keeps growing while a kept server runs); remote ones a copy.
-    log_path = out.path(SERVER_LOG) if uris.is_local(out.uri) else os.path.join(work_dir, SERVER_LOG)
-    os.makedirs(os.path.dirname(log_path), exist_ok=True)
-    cmd = server_command(backend, model_dir, config.host, port)
-    print(f"[{STAGE}] starting {backend} server: {' '.join(cmd)}", flush=True)
-    cache_dir = os.path.join(work_dir, "hf-cache")
-    os.makedirs(cache_dir)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, env=server_env(backend, key, cache_dir), start_new_session=True
-        )
     try:
         ready_s = wait_ready(proc, root_url, config.startup_timeout_s)
         print(f"[{STAGE}] server ready at {base_url} after {ready_s:.1f}s (pid {proc.pid})", flush=True)
@@ -244,7 +262,9 @@ def run(config: DeployConfig) -> DeployResult:
         tail = log_tail(log_path)
         shutil.rmtree(work_dir, ignore_errors=True)
         if isinstance(exc, BackendError):
-            raise BackendError(f"deploy of {config.model}: {exc}\nServer log ({out.path(SERVER_LOG)}) tail:\n{tail}") from None
+            raise BackendError(
+                f"deploy of {config.model}: {exc}\nServer log ({out.path(SERVER_LOG)}) tail:\n{tail}"
+            ) from None
         raise
     pid: int | None = proc.pid if config.keep_running else None
     if pid is None:
@@ -311,6 +331,7 @@ def _finish(
         inputs={"model": config.model},
         outputs={"endpoint": ENDPOINT, "server_log": SERVER_LOG},
         counts={"smoke_requests": 1},
-        metrics={k: smoke[k] for k in ("latency_s", "tokens_per_s", "completion_tokens")} | {"startup_s": ready_s},
+        metrics={k: smoke[k] for k in ("latency_s", "tokens_per_s", "completion_tokens")}
+        | {"startup_s": ready_s},
     )
     return result

@@ -18,9 +18,13 @@ class EvaluateConfig(BaseConfig):
 
     output_uri: Uri = Field(description="Where results, metrics and reports are written (<run>/evaluate)")
     model: Uri = Field(description="Model folder or URI to evaluate, e.g. <run>/sft/model")
-    problems_uri: Uri = Field(description="JSONL of problems {id, problem, answer, domain?}; every one needs an answer")
+    problems_uri: Uri = Field(
+        description="JSONL of problems {id, problem, answer, domain?}; every one needs an answer"
+    )
     samples: int = Field(1, ge=1, le=1024, description="Answers sampled per problem (k of avg@k and pass@k)")
-    temperature: float = Field(0.6, ge=0, le=2, description="Sampling temperature (0 = greedy; needs samples=1)")
+    temperature: float = Field(
+        0.6, ge=0, le=2, description="Sampling temperature (0 = greedy; needs samples=1)"
+    )
     top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold")
     max_new_tokens: int = Field(2048, ge=1, description="Maximum tokens generated per answer")
     seed: int = Field(0, description="Sampling seed; each chunk of batch_size problems is seeded with it")
@@ -31,7 +35,9 @@ class EvaluateConfig(BaseConfig):
     prompt_template: str = Field(
         DEFAULT_PROMPT, description="User message; {{problem}} is replaced by the problem text"
     )
-    max_problems: int | None = Field(None, ge=1, description="Evaluate only the first N problems (null = all)")
+    max_problems: int | None = Field(
+        None, ge=1, description="Evaluate only the first N problems (null = all)"
+    )
     batch_size: int = Field(8, ge=1, description="Problems per generate() call; results are saved after each")
     device: str = Field("auto", description="auto, cpu or cuda")
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder, if the model is GGUF")

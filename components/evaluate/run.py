@@ -45,11 +45,15 @@ class EvaluateResult(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     accuracy: float = Field(description="avg@k: mean correctness over every sampled answer")
-    pass_at_k: float = Field(description="Fraction of problems with at least one correct answer among k samples")
+    pass_at_k: float = Field(
+        description="Fraction of problems with at least one correct answer among k samples"
+    )
     mean_tokens: float = Field(description="Mean output tokens per answer")
     n_problems: int = Field(description="Problems evaluated")
     samples: int = Field(description="Answers per problem (k)")
-    protocol: dict[str, Any] = Field(description="How the numbers were produced (prompt, sampling, checker, data)")
+    protocol: dict[str, Any] = Field(
+        description="How the numbers were produced (prompt, sampling, checker, data)"
+    )
     model_id: dict[str, str] = Field(description="The model's URI and a hash of its file names and sizes")
     results_uri: str = Field(description="JSONL with one row per problem and sample")
     metrics_uri: str = Field(description="metrics.json")
