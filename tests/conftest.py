@@ -10,6 +10,9 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+# Tiny models on two shared cores: one torch thread per process is many times faster than two
+# (thread contention dominates such small matrices). Subprocesses (kfp.local tasks, servers) inherit it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def free_port() -> int:
