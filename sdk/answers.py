@@ -13,8 +13,15 @@ import threading
 
 THINK_END = "</think>"
 BOXED = "\\boxed"
-CHOICE_RE = re.compile(r"(?:answer|choice)\s*(?:is|:)?\s*\(?([A-J])\)?\b", re.IGNORECASE)
+# "answer is (c)", "answer: D", "answer: b" -- but not the article in "the answer is a prime":
+# a bare lower-case letter counts only when punctuation or the end of the text follows it.
+CHOICE_RE = re.compile(
+    r"(?i:answer|choice)\s*(?i:is|:)?\s*(?:\(([A-Ja-j])\)|([A-J])\b|([a-j])(?=\s*(?:[.,;:!?)]|$)))"
+)
+# A whole reply that is just a letter: "B", "(B)", "B."
+BARE_CHOICE_RE = re.compile(r"^\s*\(?([A-Ja-j])\)?\s*\.?\s*$")
 NUMBER_RE = re.compile(r"-?\d+(?:[.,/]\d+)*")
+FRAC_RE = re.compile(r"-?\\[dt]?frac\{[^{}]*\}\{[^{}]*\}")
 
 
 def strip_thinking(text: str) -> str:
@@ -48,10 +55,17 @@ def extract_answer(text: str, domain: str | None = None) -> str | None:
     if boxed is not None:
         return boxed
     if domain == "multiple_choice":
+        bare = BARE_CHOICE_RE.match(body)
+        if bare:
+            return bare.group(1).upper()
         found = CHOICE_RE.findall(body)
-        return found[-1].upper() if found else None
-    numbers = NUMBER_RE.findall(body)
-    return numbers[-1] if numbers else None
+        return "".join(found[-1]).upper() if found else None
+    numbers = list(NUMBER_RE.finditer(body))
+    fractions = list(FRAC_RE.finditer(body))
+    # An unboxed LaTeX fraction is one answer, not its last digit: take it when it ends last.
+    if fractions and (not numbers or fractions[-1].end() >= numbers[-1].end()):
+        return fractions[-1].group(0)
+    return numbers[-1].group(0) if numbers else None
 
 
 def normalise(answer: str) -> str:

@@ -253,7 +253,24 @@ class TransformersTeacher:
         )
         tok = self.tokenizer
         # Special tokens to drop from decoded text; <think> tags stay even where a tokenizer marks them special.
-        self._strip = [t for t in tok.all_special_tokens if t not in (THINK_OPEN, THINK_CLOSE)]
+        special = set(tok.all_special_tokens) | {
+            t.content for t in tok.added_tokens_decoder.values() if t.special
+        }
+        self._strip = sorted(special - {THINK_OPEN, THINK_CLOSE}, key=len, reverse=True)
+
+    def _stop_ids(self) -> set[int]:
+        """Tokens that end an answer: the tokenizer's EOS and pad, and every EOS the generation
+        config names (chat models end a turn with e.g. ``<|im_end|>`` while EOS is ``<|endoftext|>``)."""
+        tok = self.tokenizer
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        eos = eos if isinstance(eos, list) else [eos]
+        ids = {tok.eos_token_id, tok.pad_token_id, *eos}
+        # ChatML models (Qwen, SmolLM) end a turn with <|im_end|>; some exports (SmolLM2's GGUF)
+        # name another token as EOS, and the answer would run on into the next turn.
+        im_end = tok.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != tok.unk_token_id:
+            ids.add(im_end)
+        return ids - {None}
 
     def _encode(self, chats: list[list[dict]], **template_kwargs: Any):
         tok = self.tokenizer
@@ -277,21 +294,25 @@ class TransformersTeacher:
             if c.temperature > 0
             else {"do_sample": False}
         )
-        stop_ids = {tok.eos_token_id, tok.pad_token_id} - {None}
+        stop_ids = self._stop_ids()
+        # Greedy decoding gives n equal answers and transformers refuses num_return_sequences > 1
+        # without sampling: decode once and repeat it.
+        per_prompt = n if c.temperature > 0 else 1
         for start in range(0, len(chats), c.batch_size):
             batch = self._encode(chats[start : start + c.batch_size])
             with torch.no_grad():
                 out = self.model.generate(
                     **batch,
                     max_new_tokens=c.max_new_tokens,
-                    num_return_sequences=n,
+                    num_return_sequences=per_prompt,
                     pad_token_id=tok.pad_token_id,
+                    eos_token_id=sorted(stop_ids),
                     **sampling,
                 )
             gen = out[:, batch["input_ids"].shape[1] :]
-            for i in range(0, gen.shape[0], n):
+            for i in range(0, gen.shape[0], per_prompt):
                 row = []
-                for seq in gen[i : i + n].tolist():
+                for seq in gen[i : i + per_prompt].tolist() * (n // per_prompt):
                     length = next((j for j, t in enumerate(seq) if t in stop_ids), len(seq))
                     finish = "stop" if length < len(seq) else "length"
                     text = tok.decode(seq[:length], skip_special_tokens=False)

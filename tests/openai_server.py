@@ -50,7 +50,9 @@ class TinyOpenAIServer:
 
             def _authorised(self) -> bool:
                 header = self.headers.get("Authorization", "")
-                server.requests.append({"path": self.path, "authorization": header})
+                # Handlers run concurrently: keep this request's own entry, not requests[-1].
+                self.entry = {"path": self.path, "authorization": header}
+                server.requests.append(self.entry)
                 if server.api_key and header != f"Bearer {server.api_key}":
                     self._send(
                         401, {"error": {"message": "invalid API key", "type": "invalid_request_error"}}
@@ -75,7 +77,7 @@ class TinyOpenAIServer:
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
-                server.requests[-1]["body"] = body
+                self.entry["body"] = body
                 if body.get("model") != server.served_name:
                     self._send(404, {"error": {"message": f"model {body.get('model')!r} is not served"}})
                     return

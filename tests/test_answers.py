@@ -109,21 +109,20 @@ def test_is_correct_multiple_choice():
     assert is_correct("I am not sure", "A", "multiple_choice") is False
 
 
-# --- known bugs in sdk/answers.py (owned by another engineer; reported, not fixed here) --------
+# --- formerly known bugs in sdk/answers.py (fixed; kept as regression tests) -------------------
 
 
-@pytest.mark.xfail(
-    strict=True, reason="answers.py bug: a bare letter response is not extracted for multiple choice"
-)
 def test_bare_letter_response_is_correct():
     assert is_correct("B", "B", "multiple_choice") is True
+    assert is_correct("(b).", "B", "multiple_choice") is True
 
 
-@pytest.mark.xfail(strict=True, reason="answers.py bug: unboxed LaTeX fraction falls back to its last digit")
 def test_unboxed_latex_fraction():
     assert extract_answer(r"\frac{1}{2}") == r"\frac{1}{2}"
+    assert extract_answer(r"so x = \dfrac{3}{4}") == r"\dfrac{3}{4}"
+    assert extract_answer(r"x = \frac{3}{4} for 5 apples") == "5"  # a number after it still wins
 
 
-@pytest.mark.xfail(strict=True, reason="answers.py bug: 'answer is a ...' (the article) is read as choice A")
 def test_article_a_is_not_a_choice():
     assert extract_answer("The answer is a prime number", "multiple_choice") is None
+    assert extract_answer("The answer is a.", "multiple_choice") == "A"
