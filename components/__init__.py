@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import importlib
 
-STAGES: tuple[str, ...] = ("validate", "distill", "curate", "sft", "dpo", "reward", "rl", "evaluate", "deploy")
+STAGES: tuple[str, ...] = (
+    "validate",
+    "distill",
+    "curate",
+    "sft",
+    "dpo",
+    "reward",
+    "rl",
+    "evaluate",
+    "deploy",
+)
 
 CONFIG_CLASSES = {
     "validate": "ValidateConfig",

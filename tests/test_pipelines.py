@@ -75,7 +75,9 @@ def test_shipped_example_configs_load(tmp_path):
     from distilflow.config import read_config_file
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    files = glob.glob(os.path.join(root, "examples", "*.yaml")) + glob.glob(os.path.join(root, "pipelines", "*.yaml"))
+    files = glob.glob(os.path.join(root, "examples", "*.yaml")) + glob.glob(
+        os.path.join(root, "pipelines", "*.yaml")
+    )
     assert len(files) >= 4
     for path in files:
         data = read_config_file(path)
