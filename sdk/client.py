@@ -89,6 +89,40 @@ def new_run_uri(name: str, runs_dir: str = "runs") -> str:
     return uris.join(runs_dir, f"{name}-{stamp}")
 
 
+def _keep_executor_args_intact() -> None:
+    """Work around kfp 2.17's SubprocessRunner rewriting 'python3' inside executor arguments.
+
+    ``replace_python_executable`` substitutes ``sys.executable`` for every 'python3' in the whole
+    command line, including the executor input JSON, so a path such as
+    ``.../lib/python3.11/site-packages/...`` or ``runs/python3-test`` reaches the component
+    corrupted (kubeflow/pipelines PR #14459, open). Keep the substitution in the bootstrap
+    commands only.
+    """
+    from kfp.local import subprocess_task_handler as handler
+
+    original = handler.replace_python_executable
+    if getattr(original, "_distilflow_patched", False):
+        return
+
+    def replace(full_command: list[str], new_executable: str) -> list[str]:
+        replaced = original(full_command, new_executable)
+        boundary = next(
+            (
+                i
+                for i, el in enumerate(full_command)
+                if '"$program_path/ephemeral_component.py"' in el and '"$@"' in el
+            ),
+            None,
+        )
+        if boundary is None:
+            return replaced
+        # The component source and every executor argument after it stay exactly as compiled.
+        return replaced[: boundary + 1] + list(full_command[boundary + 1 :])
+
+    replace._distilflow_patched = True  # type: ignore[attr-defined]
+    handler.replace_python_executable = replace
+
+
 def run_local(
     name: str,
     config_file: str | None = None,
@@ -117,6 +151,7 @@ def run_local(
         output_uri = run_dir
     # Stage images are only references here; SubprocessRunner runs them in this environment on purpose.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
+    _keep_executor_args_intact()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(run_dir, "kfp"))
     try:
         module.pipeline(output_uri=output_uri, config=config)
