@@ -93,3 +93,23 @@ def test_validate_unknown_section(tmp_path):
     res = invoke("validate", str(cfg))
     assert res.exit_code == 1
     assert "sftt" in res.output and "sections are" in res.output
+
+
+def test_stage_runs_one_stage_without_kfp(tmp_path, problems_file, tiny_qwen3):
+    from distilflow.records import Trace, read_jsonl
+
+    cfg = tmp_path / "distill.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "output_uri": str(tmp_path / "out"),
+                "problems_uri": problems_file,
+                "teacher": {"backend": "transformers", "model": tiny_qwen3, "max_new_tokens": 8},
+            }
+        )
+    )
+    res = invoke("stage", "distill", "--config", str(cfg), "--set", "n=2")
+    assert res.exit_code == 0, res.output
+    traces = read_jsonl(str(tmp_path / "out" / "traces.jsonl"), Trace)
+    assert len(traces) == 4 * 2
+    assert (tmp_path / "out" / "_COMPLETE").exists()
