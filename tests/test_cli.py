@@ -3,6 +3,8 @@ exit 1 and a one-line reason."""
 
 from __future__ import annotations
 
+import json
+
 import yaml
 from click.testing import CliRunner
 
@@ -113,3 +115,42 @@ def test_stage_runs_one_stage_without_kfp(tmp_path, problems_file, tiny_qwen3):
     traces = read_jsonl(str(tmp_path / "out" / "traces.jsonl"), Trace)
     assert len(traces) == 4 * 2
     assert (tmp_path / "out" / "_COMPLETE").exists()
+
+
+def test_run_host_submits_to_kfp_api(monkeypatch):
+    """`run --host` compiles the pipeline and creates a run through kfp.Client's real REST calls."""
+    from tests.kfp_api_server import KfpApiServer
+
+    secret = "sk-submit-secret-42"
+    monkeypatch.setenv("TEACHER_KEY", secret)
+    with KfpApiServer() as server:
+        res = invoke(
+            "run",
+            "quickstart",
+            "--host",
+            server.url,
+            "--output-uri",
+            "s3://bucket/runs/r1",
+            "--set",
+            "distill.teacher.api_key_env=TEACHER_KEY",
+        )
+    assert res.exit_code == 0, res.output
+    assert "submitted run run-" in res.output
+    runs = [
+        body
+        for method, path, body in server.requests
+        if method == "POST" and path.startswith("/apis/v2beta1/runs")
+    ]
+    assert len(runs) == 1
+    run = runs[0]
+    params = run["runtime_config"]["parameters"]
+    assert params["output_uri"] == "s3://bucket/runs/r1"
+    assert params["config"]["distill"]["teacher"]["api_key_env"] == "TEACHER_KEY"
+    assert run["pipeline_spec"]["pipelineInfo"]["name"] == "quickstart"
+    assert secret not in json.dumps(server.requests)
+
+
+def test_run_host_refuses_local_output_uri():
+    res = invoke("run", "quickstart", "--host", "http://127.0.0.1:9", "--output-uri", "runs/x")
+    assert res.exit_code == 1
+    assert "object storage" in res.output
