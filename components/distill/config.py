@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distilflow.config import BaseConfig
 from distilflow.teacher import TeacherConfig
@@ -27,8 +27,17 @@ class DistillConfig(BaseConfig):
         description="Folder or URI this stage writes traces.jsonl, manifest and marker to"
     )
     problems_uri: Uri = Field(description="JSONL of problems: {id, problem, answer?, domain?} per line")
-    teacher: TeacherConfig = Field(
-        description="The model that writes the chains of thought, and how it samples"
+    teacher: TeacherConfig | None = Field(
+        None, description="The model that writes the chains of thought, and how it samples (or use teachers)"
+    )
+    teachers: list[TeacherConfig] | None = Field(
+        None,
+        description="Several teachers instead of one: each (problem, sample) goes to one of them, drawn by a "
+        "hash of the problem id and sample index in proportion to shares (stable across reruns); each "
+        "trace records its teacher",
+    )
+    shares: list[float] | None = Field(
+        None, description="Relative share of rows per entry of teachers (None: equal shares)"
     )
     n: int = Field(1, ge=1, description="Samples (traces) per problem")
     prompt: Literal["thought_solution", "native"] = Field(
@@ -41,5 +50,57 @@ class DistillConfig(BaseConfig):
     batch_size: int = Field(
         16,
         ge=1,
-        description="Problems per teacher call; each finished batch is saved, so a crash loses at most one",
+        description="Problems per generate() call of an in-process (transformers) teacher; each finished "
+        "batch is saved. Endpoint teachers keep teacher.concurrency requests in flight instead",
     )
+    cache_uri: Uri | None = Field(
+        None,
+        description="Folder or URI of the content-addressed teacher cache (None: <output_uri>/cache). Point "
+        "several runs or pipelines at one shared cache so that none re-sends a request another answered",
+    )
+    shard_size: int = Field(
+        256, ge=1, description="Traces per output shard; a shard is written once full (or after flush_s)"
+    )
+    flush_s: float = Field(
+        30.0, gt=0, description="Longest time answered traces wait before they are written as a shard"
+    )
+    num_shards: int = Field(
+        1, ge=1, description="Split the problems into this many contiguous shards (a fan-out writes one each)"
+    )
+    shard_index: int = Field(0, ge=0, description="The shard this run answers, 0 <= shard_index < num_shards")
+    min_success_ratio: float = Field(
+        0.95,
+        ge=0,
+        le=1,
+        description="Fail the stage when fewer than this fraction of (problem, sample) requests succeed "
+        "after retries (it stops as soon as the ratio can no longer be met); failed rows go to failures.jsonl",
+    )
+
+    @model_validator(mode="after")
+    def _check_teachers(self) -> DistillConfig:
+        if (self.teacher is None) == (self.teachers is None):
+            raise ValueError(
+                "give exactly one of teacher (one model) or teachers (a list with optional shares)"
+            )
+        if self.teachers is not None:
+            if not self.teachers:
+                raise ValueError("teachers is empty; list at least one teacher")
+            names = [t.display_name for t in self.teachers]
+            if len(set(names)) != len(names):
+                raise ValueError(
+                    f"teachers have the same name {names}; set teachers[i].name to tell them apart"
+                )
+            if self.shares is not None and (len(self.shares) != len(self.teachers) or min(self.shares) <= 0):
+                raise ValueError(
+                    f"shares={self.shares} must hold one positive number per teacher ({len(self.teachers)})"
+                )
+        elif self.shares is not None:
+            raise ValueError(f"shares={self.shares} needs teachers (a list), not teacher")
+        if self.shard_index >= self.num_shards:
+            raise ValueError(f"shard_index={self.shard_index} must be below num_shards={self.num_shards}")
+        return self
+
+    @property
+    def teacher_list(self) -> list[TeacherConfig]:
+        """The teachers, one or several."""
+        return [self.teacher] if self.teacher is not None else list(self.teachers or [])

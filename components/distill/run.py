@@ -1,44 +1,85 @@
 """The ``distill`` stage: a teacher writes chains of thought for every problem.
 
-Reads ``problems_uri`` (records.Problem), asks the teacher ``n`` times per problem and writes
-``<output_uri>/traces.jsonl`` (records.Trace: reasoning kept apart from the answer section).
-Finished batches are appended to ``traces.partial.jsonl``, so a rerun after a crash asks only
-for the problems not yet answered. It does not score, filter or deduplicate traces (``curate``
-does), and it keeps no cache of individual calls beyond that part file.
+Reads ``problems_uri`` (records.Problem) and asks the teacher ``n`` times per problem. An endpoint
+teacher keeps ``teacher.concurrency`` requests in flight (budgets, timeouts, retries: see
+``distilflow.endpoint``); an in-process teacher answers ``batch_size`` problems per call.
+
+Nothing is paid for twice. Every answer goes to a content-addressed cache (``distilflow.cache``,
+default ``<output_uri>/cache``) the moment it arrives, and answered traces are written as numbered
+shards under ``parts/<generation key>/`` as they complete. After a crash or a kill at any point, a
+rerun with the same config takes the shards' rows as done, takes answers the cache holds without a
+request, and sends only what was never answered (at most the requests in flight at the kill are
+sent again). The result is ``traces.jsonl`` (records.Trace, one per (problem, sample), in problem
+order), ``failures.jsonl`` (rows that failed after retries), a Markdown/HTML report and metrics.
+
+It does not score, filter or deduplicate traces (``curate`` does).
 """
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import hashlib
+import html
 import json
+import math
 import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field
 
 from distilflow import uri as uris
+from distilflow.cache import TeacherCache, cache_key
 from distilflow.components.distill.config import PROMPT_TEMPLATES, DistillConfig
 from distilflow.errors import BackendError, RecordError
 from distilflow.outputs import StageOutput
 from distilflow.progress import Progress
-from distilflow.records import Problem, Trace, dumps, read_jsonl, write_jsonl
+from distilflow.records import Problem, Trace, read_jsonl, write_jsonl
+from distilflow.teacher import request_body
 
 TRACES = "traces.jsonl"
-PARTIAL = "traces.partial.jsonl"
-PARTIAL_META = "traces.partial.json"
+FAILURES = "failures.jsonl"
+PARTS = "parts"
+REPORT_MD = "report.md"
+REPORT_HTML = "report.html"
 
 
 class DistillResult(BaseModel):
     """What a distill run produced (also stored in its manifest)."""
 
     traces_uri: str = Field(description="JSONL of records.Trace")
-    problems: int = Field(description="Problems answered")
-    traces: int = Field(description="Traces written (problems x n)")
-    tokens: int = Field(description="Completion tokens the teacher spent on all traces")
+    problems: int = Field(description="Problems asked")
+    traces: int = Field(description="Traces written (problems x n, less failed rows)")
+    tokens: int = Field(description="Completion tokens of all traces written")
     finish_reasons: dict[str, int] = Field(description="How many traces ended with each finish reason")
-    teacher: str = Field(description="Name of the teacher recorded in the traces")
+    teacher: str = Field(description="Name of the teacher recorded in the traces (comma-separated: several)")
+    by_teacher: dict[str, int] = Field({}, description="Traces written by each teacher")
+    generation_key: str = Field(
+        "", description="Hash of the settings that shape the traces (teachers, prompt, n)"
+    )
+    shard_index: int = Field(0, description="The shard of the problems this output holds")
+    num_shards: int = Field(1, description="How many shards the problems were split into")
     prompt_template: str | None = Field(description="Versioned prompt template used (None: native)")
-    resumed: int = Field(0, description="Problems taken from the part file of an interrupted run")
+    resumed: int = Field(0, description="Traces taken from the shards of an interrupted run")
+    requests: int = Field(0, description="Requests sent in this run (HTTP attempts, retries included)")
+    cache_hits: int = Field(0, description="Answers taken from the teacher cache without a request")
+    failed: int = Field(0, description="(problem, sample) rows that failed after retries")
+    failures_by_kind: dict[str, int] = Field({}, description="Failed rows by the kind of their last error")
+    errors_by_kind: dict[str, int] = Field({}, description="Failed attempts (retried or not) by kind")
+    prompt_tokens: int = Field(0, description="Prompt tokens of the requests answered in this run")
+    completion_tokens: int = Field(0, description="Completion tokens of the requests answered in this run")
+    tokens_per_s: float = Field(0.0, description="Completion tokens per second of generation in this run")
+    requests_per_s: float = Field(0.0, description="Answered requests per second of generation in this run")
+    mean_latency_s: float = Field(0.0, description="Mean latency of a successful request")
+    wall_s: float = Field(0.0, description="Seconds spent generating in this run")
+    failures_uri: str | None = Field(
+        None, description="JSONL of failed rows {problem_id, sample, kind, error}"
+    )
+    report_md: str | None = Field(None, description="Markdown report")
+    report_html: str | None = Field(None, description="HTML report")
 
 
 def system_prompt(config: DistillConfig) -> str | None:
@@ -56,69 +97,279 @@ def build_chat(problem: Problem, system: str | None) -> list[dict]:
 
 def generation_key(config: DistillConfig) -> str:
     """Hash of what shapes the traces (teacher, sampling, prompt, n), not of how fast they come:
-    a part file is only resumed by a run that would have written the same rows."""
-    teacher = config.teacher.model_dump(
-        mode="json",
-        include={"backend", "model", "name", "base_url", "gguf_file", "max_new_tokens", "temperature"}
-        | {"top_p", "seed", "chat_template_kwargs"},
-    )
-    blob = json.dumps(
-        {"teacher": teacher, "prompt": PROMPT_TEMPLATES[config.prompt], "n": config.n}, sort_keys=True
-    )
+    shards are only resumed by a run that would have written the same rows."""
+    include = {"backend", "model", "name", "gguf_file", "max_new_tokens", "temperature"}
+    include |= {"top_p", "seed", "chat_template_kwargs"}
+    teachers = [t.model_dump(mode="json", include=include) for t in config.teacher_list]
+    spec = {"teachers": teachers, "prompt": PROMPT_TEMPLATES[config.prompt], "n": config.n}
+    if config.teachers is not None:
+        spec["shares"] = config.shares
+    else:  # keys of one-teacher runs stay as they were
+        spec = {"teacher": teachers[0], "prompt": spec["prompt"], "n": config.n}
+    blob = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def load_partial(out: StageOutput, key: str, n: int) -> dict[str, list[Trace]]:
-    """Traces of an interrupted run with the same generation key, by problem id.
+@dataclass
+class Job:
+    """One (problem, sample) to answer."""
 
-    A torn last line (the crash hit mid-append) is dropped and the file rewritten without it.
+    problem: Problem
+    sample: int
+    request: dict[str, Any]
+    key: str
+    teacher: int = 0  # index into config.teacher_list
+
+
+def route(problem_id: str, sample: int, shares: list[float]) -> int:
+    """The teacher of a (problem, sample): a hash-uniform draw over the cumulative shares, so the
+    same row always goes to the same teacher, whatever the order or the shard it is answered in."""
+    digest = hashlib.sha256(f"{problem_id}\0{sample}".encode()).hexdigest()
+    u = int(digest[:15], 16) / 16**15 * sum(shares)
+    for i, share in enumerate(shares):
+        u -= share
+        if u < 0:
+            return i
+    return len(shares) - 1
+
+
+def shard_of(problems: list[Problem], index: int, count: int) -> list[Problem]:
+    """Contiguous shard ``index`` of ``count``: concatenating the shards in order gives ``problems``."""
+    size = math.ceil(len(problems) / count)
+    return problems[index * size : (index + 1) * size]
+
+
+class Shards:
+    """Answered traces, written as numbered shards ``part-NNNNN.jsonl``, each once and atomically."""
+
+    def __init__(self, out: StageOutput, key: str, shard_size: int, flush_s: float):
+        self.root, self.dir = out.path(PARTS), out.path(PARTS, key)
+        self.key, self.shard_size, self.flush_s = key, shard_size, flush_s
+        self.rows: dict[tuple[str, int], Trace] = {}
+        self.buffer: list[Trace] = []
+        self.next_index, self.last = 0, time.monotonic()
+
+    def _ls(self, uri: str, pattern: str) -> list[str]:
+        fs, path = uris.filesystem(uri)
+        if not uris.is_local(uri):
+            fs.invalidate_cache(path)
+        return sorted(os.path.basename(p.rstrip("/")) for p in fs.glob(f"{path.rstrip('/')}/{pattern}"))
+
+    def load(self) -> int:
+        """Take the rows of earlier shards with this generation key; drop shards of other settings."""
+        for name in self._ls(self.root, "*"):
+            if name != self.key:
+                print(
+                    f"[distill] {PARTS}/{name}: shards of other teacher/prompt settings; removing", flush=True
+                )
+                uris.remove(uris.join(self.root, name), recursive=True)
+        for name in self._ls(self.dir, "*.tmp-*"):  # a write killed before its rename
+            uris.remove(uris.join(self.dir, name))
+        for name in self._ls(self.dir, "part-*.jsonl"):
+            self.next_index = max(self.next_index, int(name[5:10]) + 1)
+            try:
+                traces = read_jsonl(uris.join(self.dir, name), Trace, allow_empty=True)
+            except RecordError as exc:  # cannot happen with atomic writes; redo its rows from the cache
+                print(f"[distill] ignoring unreadable shard {name}: {exc}", flush=True)
+                continue
+            for t in traces:
+                self.rows.setdefault((t.problem_id, t.sample), t)
+        return len(self.rows)
+
+    def add(self, trace: Trace) -> list[Trace] | None:
+        """Record a trace; return the rows to write when a shard is due."""
+        self.rows[(trace.problem_id, trace.sample)] = trace
+        self.buffer.append(trace)
+        if len(self.buffer) >= self.shard_size or time.monotonic() - self.last >= self.flush_s:
+            return self.take()
+        return None
+
+    def take(self) -> list[Trace] | None:
+        rows, self.buffer, self.last = self.buffer, [], time.monotonic()
+        return rows or None
+
+    def write(self, rows: list[Trace] | None) -> None:
+        if rows:
+            index, self.next_index = self.next_index, self.next_index + 1
+            write_jsonl(uris.join(self.dir, f"part-{index:05d}.jsonl"), rows)
+
+
+class Budget:
+    """``min_success_ratio`` over all rows: trips as soon as the failures make it unreachable."""
+
+    def __init__(self, ratio: float, total: int):
+        self.ratio, self.total = ratio, total
+        self.allowed = total - math.ceil(round(ratio * total, 9))
+        self.failures: list[dict[str, Any]] = []
+
+    @property
+    def tripped(self) -> bool:
+        return len(self.failures) > self.allowed
+
+
+def trace_of(job: Job, completion: Any, teacher: str) -> Trace:
+    p = job.problem
+    return Trace(
+        id=f"{p.id}/{teacher}/{job.sample}",
+        problem_id=p.id,
+        problem=p.problem,
+        reference=p.answer,
+        domain=p.domain,
+        teacher=teacher,
+        sample=job.sample,
+        reasoning=completion.reasoning,
+        content=completion.content,
+        tokens=completion.tokens,
+        finish_reason=completion.finish_reason,
+    )
+
+
+async def ask_endpoint(
+    config: DistillConfig,
+    teacher: Any,
+    jobs: list[Job],
+    cache: TeacherCache,
+    shards: Shards,
+    budget: Budget,
+    progress: Progress,
+) -> None:
+    """Answer ``jobs`` keeping ``teacher.config.concurrency`` requests in flight.
+
+    A request holds one of ``concurrency`` slots from the moment it is sent until its answer is in
+    the cache, so a kill at any point loses at most ``concurrency`` sent-but-unsaved requests. Twice
+    as many workers as slots do the rest (cache lookups, traces, shards) while the slots stay busy.
     """
-    part, meta = out.path(PARTIAL), out.path(PARTIAL_META)
-    if not uris.exists(part):
-        return {}
-    found_key = json.loads(uris.read_text(meta)).get("key") if uris.exists(meta) else None
-    if found_key != key:
-        print(f"[distill] {part} was written with other teacher/prompt settings; starting over", flush=True)
-        uris.remove(part)
-        return {}
-    lines = [(i, raw) for i, raw in enumerate(uris.read_bytes(part).split(b"\n"), start=1) if raw.strip()]
-    traces: list[Trace] = []
-    for pos, (lineno, raw) in enumerate(lines):
+    from distilflow.endpoint import RequestError
+    from distilflow.teacher import completion_of
+
+    pending = iter(jobs)
+    name = teacher.name
+    slots = asyncio.Semaphore(teacher.config.concurrency)
+    local = uris.is_local(cache.uri)
+
+    async def io(fn: Any, *args: Any) -> Any:
+        # A local cache entry is read or written in well under a millisecond: inline, that is
+        # cheaper than a hop to a thread and back (measured with bench/bench_distill.py).
+        return fn(*args) if local else await asyncio.to_thread(fn, *args)
+
+    async def worker(ep: Any) -> None:
+        for job in pending:  # one shared iterator: each job goes to exactly one worker
+            answer = await io(cache.get, job.key)
+            if answer is None:
+                try:
+                    async with slots:
+                        answer = await teacher.acomplete(ep, job.request)
+                        await io(cache.put, job.key, teacher.config.model, job.request, answer)
+                except RequestError as exc:
+                    budget.failures.append(
+                        {"problem_id": job.problem.id, "sample": job.sample, "kind": exc.kind}
+                        | {"status": exc.status, "attempts": exc.attempts, "error": str(exc)}
+                    )
+                    progress.update()
+                    if budget.tripped:
+                        raise BudgetExceeded from None
+                    continue
+            rows = shards.add(trace_of(job, completion_of(answer), name))
+            if rows:
+                await asyncio.to_thread(shards.write, rows)
+            progress.update()
+
+    workers = min(2 * teacher.config.concurrency, len(jobs))
+    async with teacher.endpoint() as ep:
+        tasks = [asyncio.create_task(worker(ep)) for _ in range(workers)]
         try:
-            traces.append(Trace.model_validate_json(raw))
-        except ValidationError as exc:
-            if pos < len(lines) - 1:
-                raise RecordError(
-                    f"{part}:{lineno}: not a Trace ({exc.errors()[0]['msg']}); delete {part} to start over"
-                ) from None
-            print(f"[distill] {part}:{lineno}: dropping a torn last line", flush=True)
-            uris.write_text(part, dumps(traces))
-    by_problem: dict[str, list[Trace]] = collections.defaultdict(list)
-    for trace in traces:
-        by_problem[trace.problem_id].append(trace)
-    # Batches are appended whole, so a problem is either complete or absent; be strict anyway.
-    return {pid: rows for pid, rows in by_problem.items() if len(rows) == n}
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.to_thread(shards.write, shards.take())
 
 
-def append_partial(out: StageOutput, new: list[Trace], everything: list[Trace]) -> None:
-    """Append a finished batch: in place on a local disk (fsynced), else by rewriting the object
-    (object stores have no append; the part file is small next to the generation cost)."""
-    part = out.path(PARTIAL)
-    if uris.is_local(part):
-        os.makedirs(os.path.dirname(part), exist_ok=True)
-        with open(part, "a", encoding="utf-8") as f:
-            f.write(dumps(new))
-            f.flush()
-            os.fsync(f.fileno())
-    else:
-        uris.write_text(part, dumps(everything))
+async def ask_endpoints(
+    config: DistillConfig,
+    work: list[tuple[Any, list[Job]]],
+    cache: TeacherCache,
+    shards: Shards,
+    budget: Budget,
+    progress: Progress,
+) -> None:
+    """Every endpoint teacher at once, each with its own connection pool and concurrency."""
+    # Cache and shard I/O run in threads (a remote store takes tens of ms an object): one per worker,
+    # so a finished request never queues behind other workers' lookups in asyncio's small default pool.
+    workers = sum(min(2 * t.config.concurrency, len(jobs)) for t, jobs in work)
+    asyncio.get_running_loop().set_default_executor(ThreadPoolExecutor(max_workers=workers + 1))
+    tasks = [ask_endpoint(config, t, jobs, cache, shards, budget, progress) for t, jobs in work]
+    await asyncio.gather(*tasks)
+
+
+class BudgetExceeded(Exception):
+    """Raised inside the request loop when min_success_ratio can no longer be met."""
+
+
+def ask_in_process(
+    config: DistillConfig,
+    teacher: Any,
+    jobs: list[Job],
+    cache: TeacherCache,
+    shards: Shards,
+    progress: Progress,
+) -> tuple[int, int]:
+    """Answer ``jobs`` with an in-process teacher, ``batch_size`` problems per call.
+
+    Returns the prompts generated and the completion tokens they spent.
+
+    A problem with any sample missing from the cache is generated whole (``n`` samples in one call)
+    and only its missing samples are used and cached; each batch is written as a shard.
+    """
+    from distilflow.teacher import completion_of
+
+    by_problem: dict[str, list[Job]] = collections.defaultdict(list)
+    for job in jobs:
+        by_problem[job.problem.id].append(job)
+    groups = list(by_problem.values())
+    asked = spent = 0
+    for start in range(0, len(groups), config.batch_size):
+        batch = groups[start : start + config.batch_size]
+        answers = {job.key: cache.get(job.key) for group in batch for job in group}
+        missing = [group for group in batch if any(answers[j.key] is None for j in group)]
+        if missing:
+            system = system_prompt(config)
+            got = teacher.generate([build_chat(g[0].problem, system) for g in missing], n=config.n)
+            if len(got) != len(missing) or any(len(a) != config.n for a in got):
+                raise BackendError(
+                    f"teacher {teacher.name} returned {[len(a) for a in got]} answers "
+                    f"for {len(missing)} problems x {config.n}"
+                )
+            asked += len(missing)
+            spent += sum(c.tokens for a in got for c in a)
+            for group, completions in zip(missing, got, strict=True):
+                for job in group:
+                    if answers[job.key] is None:
+                        c = completions[job.sample]
+                        answers[job.key] = {
+                            "content": c.content,
+                            "reasoning": c.reasoning,
+                            "split": True,
+                            "finish_reason": c.finish_reason,
+                            "prompt_tokens": c.prompt_tokens,
+                            "completion_tokens": c.tokens,
+                        }
+                        cache.put(job.key, teacher.config.model, job.request, answers[job.key])
+        for group in batch:
+            for job in group:
+                shards.add(trace_of(job, completion_of(answers[job.key]), teacher.name))
+            progress.update(len(group))
+        shards.write(shards.take())
+    return asked, spent
 
 
 def run(config: DistillConfig) -> DistillResult:
     """Answer every problem ``n`` times with the teacher and write ``traces.jsonl``.
 
-    Resumes from ``traces.partial.jsonl`` after a crash; a rerun of a finished output with the
-    same config returns the stored result without loading the teacher.
+    Resumes from the shards and the cache of an interrupted run; a rerun of a finished output with
+    the same config returns the stored result without loading the teacher. Fails (after writing
+    ``failures.jsonl`` and the shards) when fewer than ``min_success_ratio`` of the rows succeed.
     """
     from distilflow.teacher import make_teacher
 
@@ -128,54 +379,61 @@ def run(config: DistillConfig) -> DistillResult:
         print(f"[distill] {out.uri} is complete for this config; nothing to do", flush=True)
         return DistillResult.model_validate(manifest["result"])
     problems = read_jsonl(config.problems_uri, Problem)[: config.limit]
+    if config.num_shards > 1:
+        problems = shard_of(problems, config.shard_index, config.num_shards)
     out.begin(config)
-    key, name, n = generation_key(config), config.teacher.display_name, config.n
-    done = load_partial(out, key, n)
-    done = {p.id: done[p.id] for p in problems if p.id in done}
-    uris.write_text(out.path(PARTIAL_META), json.dumps({"key": key}))
-    todo = [p for p in problems if p.id not in done]
+    key, n, specs = generation_key(config), config.n, config.teacher_list
+    names = [t.display_name for t in specs]
+    cache = TeacherCache(config.cache_uri or out.path("cache"))
+    shards = Shards(out, key, config.shard_size, config.flush_s)
+    shards.load()
+    wanted = {(p.id, s) for p in problems for s in range(n)}
+    resumed = len(wanted & set(shards.rows))
+    system = system_prompt(config)
+    shares = config.shares or [1.0] * len(specs)
+    jobs: list[list[Job]] = [[] for _ in specs]
+    for p in problems:
+        chat = build_chat(p, system)
+        for s in range(n):
+            if (p.id, s) not in shards.rows:
+                i = route(p.id, s, shares) if len(specs) > 1 else 0
+                body = request_body(specs[i], chat, s)
+                jobs[i].append(Job(p, s, body, cache_key(specs[i].backend, specs[i].model, body, s), i))
+    todo = sum(len(j) for j in jobs)
+    shard = f" (shard {config.shard_index} of {config.num_shards})" if config.num_shards > 1 else ""
     print(
-        f"[distill] {len(problems)} problems, {len(done)} already answered, {len(todo)} to ask {name} x{n}",
+        f"[distill] {len(problems)} problems{shard} x {n}: {resumed} traces already written, {todo} to answer "
+        f"with {', '.join(f'{name}: {len(j)}' for name, j in zip(names, jobs, strict=True))} (cache: {cache.uri})",
         flush=True,
     )
-    if todo:
-        system = system_prompt(config)
-        everything = [t for rows in done.values() for t in rows]
-        progress = Progress("distill", "problems", total=len(todo))
-        teacher = make_teacher(config.teacher)
-        try:
-            for start in range(0, len(todo), config.batch_size):
-                batch = todo[start : start + config.batch_size]
-                answers = teacher.generate([build_chat(p, system) for p in batch], n=n)
-                if len(answers) != len(batch) or any(len(a) != n for a in answers):
-                    raise BackendError(
-                        f"teacher {name} returned {[len(a) for a in answers]} answers for {len(batch)} problems x {n}"
-                    )
-                new = [
-                    Trace(
-                        id=f"{p.id}/{name}/{s}",
-                        problem_id=p.id,
-                        problem=p.problem,
-                        reference=p.answer,
-                        domain=p.domain,
-                        teacher=name,
-                        sample=s,
-                        reasoning=c.reasoning,
-                        content=c.content,
-                        tokens=c.tokens,
-                        finish_reason=c.finish_reason,
-                    )
-                    for p, completions in zip(batch, answers, strict=True)
-                    for s, c in enumerate(completions)
-                ]
-                everything.extend(new)
-                append_partial(out, new, everything)
-                for p in batch:
-                    done[p.id] = [t for t in new if t.problem_id == p.id]
-                progress.update(len(batch))
-        finally:
-            teacher.close()
-    traces = [t for p in problems for t in done[p.id]]
+    budget = Budget(config.min_success_ratio, len(wanted))
+    teachers = [make_teacher(spec) if todo_i else None for spec, todo_i in zip(specs, jobs, strict=True)]
+    progress = Progress("distill", "traces", total=todo)
+    start, asked, generated_tokens = time.monotonic(), 0, 0
+    try:
+        endpoint_work = [
+            (t, j) for t, j in zip(teachers, jobs, strict=True) if t and t.config.backend == "openai"
+        ]
+        if endpoint_work:
+            asyncio.run(ask_endpoints(config, endpoint_work, cache, shards, budget, progress))
+        for t, j in zip(teachers, jobs, strict=True):
+            if t is not None and t.config.backend != "openai":
+                got = ask_in_process(config, t, j, cache, shards, progress)
+                asked, generated_tokens = asked + got[0], generated_tokens + got[1]
+    except BudgetExceeded:
+        pass
+    finally:
+        for t in teachers:
+            if t is not None:
+                t.close()
+    wall = time.monotonic() - start
+    failures_uri = out.path(FAILURES)
+    write_jsonl(failures_uri, budget.failures)
+    stats = sum_stats([getattr(t, "stats", None) for t in teachers])
+    if budget.tripped:
+        raise BackendError(budget_message(config, budget, stats, failures_uri, len(shards.rows)))
+
+    traces = [shards.rows[(p.id, s)] for p in problems for s in range(n) if (p.id, s) in shards.rows]
     traces_uri = out.path(TRACES)
     write_jsonl(traces_uri, traces)
     reasons = dict(collections.Counter(t.finish_reason for t in traces))
@@ -185,28 +443,294 @@ def run(config: DistillConfig) -> DistillResult:
             f"[distill] {reasons['length']}/{len(traces)} traces hit max_new_tokens; raise teacher.max_new_tokens",
             flush=True,
         )
+    answered = stats.succeeded + asked * n
+    completion_tokens = stats.completion_tokens + generated_tokens
     result = DistillResult(
         traces_uri=traces_uri,
         problems=len(problems),
         traces=len(traces),
         tokens=tokens,
         finish_reasons=reasons,
-        teacher=name,
+        teacher=", ".join(names),
+        by_teacher=dict(collections.Counter(t.teacher for t in traces)),
+        generation_key=key,
+        shard_index=config.shard_index,
+        num_shards=config.num_shards,
         prompt_template=PROMPT_TEMPLATES[config.prompt],
-        resumed=len(problems) - len(todo),
+        resumed=resumed,
+        requests=stats.requests + asked * n,
+        cache_hits=cache.hits,
+        failed=len(budget.failures),
+        failures_by_kind=dict(collections.Counter(f["kind"] for f in budget.failures)),
+        errors_by_kind=dict(stats.errors),
+        prompt_tokens=stats.prompt_tokens,
+        completion_tokens=completion_tokens,
+        tokens_per_s=completion_tokens / wall if wall > 0 else 0.0,
+        requests_per_s=answered / wall if wall > 0 else 0.0,
+        mean_latency_s=stats.mean_latency_s,
+        wall_s=round(wall, 3),
+        failures_uri=failures_uri,
+        report_md=out.path(REPORT_MD),
+        report_html=out.path(REPORT_HTML),
     )
+    uris.write_text(result.report_md, render_markdown(result, traces, config))
+    uris.write_text(result.report_html, render_html(result, traces, config))
     out.finish(
         result=result.model_dump(),
         inputs={"problems": config.problems_uri, "prompt_template": result.prompt_template or "native"},
-        outputs={"traces": traces_uri},
+        outputs={
+            "traces": traces_uri,
+            "failures": failures_uri,
+            "report_md": REPORT_MD,
+            "report_html": REPORT_HTML,
+        },
         counts={
             "problems": len(problems),
             "traces": len(traces),
             "tokens": tokens,
-            "resumed": result.resumed,
+            "resumed": resumed,
+            "requests": result.requests,
+            "cache_hits": result.cache_hits,
+            "failed": result.failed,
         },
-        metrics={"tokens_per_trace": tokens / len(traces) if traces else 0.0},
+        metrics=metrics_of(result),
     )
-    uris.remove(out.path(PARTIAL))
-    uris.remove(out.path(PARTIAL_META))
+    uris.remove(out.path(PARTS), recursive=True)
+    return result
+
+
+def sum_stats(stats: list[Any]) -> Any:
+    """The endpoint stats of several teachers added up (in-process teachers have none)."""
+    from distilflow.endpoint import EndpointStats
+
+    total = EndpointStats()
+    for one in stats:
+        if one is None:
+            continue
+        for name in ("requests", "succeeded", "retries", "prompt_tokens", "completion_tokens", "latency_s"):
+            setattr(total, name, getattr(total, name) + getattr(one, name))
+        total.errors.update(one.errors)
+        total.failures.update(one.failures)
+    return total
+
+
+def budget_message(config: DistillConfig, budget: Budget, stats: Any, failures_uri: str, kept: int) -> str:
+    where = ", ".join(
+        f"{t.base_url} (model {t.model!r}, {t.max_retries} retries)"
+        if t.backend == "openai"
+        else f"in-process model {t.model}"
+        for t in config.teacher_list
+    )
+    kinds = dict(collections.Counter(f["kind"] for f in budget.failures))
+    errors = f"; failed attempts by kind (retries included): {dict(stats.errors)}" if stats.errors else ""
+    return (
+        f"distill: {len(budget.failures)} request(s) to {where} failed after retries, more than min_success_ratio={config.min_success_ratio} allows "
+        f"({budget.allowed} of {budget.total} rows); failures by kind: {kinds}{errors}. "
+        f"Failed rows are listed in {failures_uri}. Fix the endpoint (or lower min_success_ratio) and rerun: "
+        f"the {kept} answered traces and every cached answer are kept."
+    )
+
+
+def metrics_of(result: DistillResult) -> dict[str, float]:
+    """Flat numbers for the manifest and KFP Metrics."""
+    metrics = {
+        "traces": float(result.traces),
+        "requests": float(result.requests),
+        "cache_hits": float(result.cache_hits),
+        "failed": float(result.failed),
+        "prompt_tokens": float(result.prompt_tokens),
+        "completion_tokens": float(result.completion_tokens),
+        "tokens_per_s": round(result.tokens_per_s, 3),
+        "requests_per_s": round(result.requests_per_s, 3),
+        "mean_latency_s": round(result.mean_latency_s, 4),
+        "tokens_per_trace": result.tokens / result.traces if result.traces else 0.0,
+    }
+    for kind, count in sorted(result.failures_by_kind.items()):
+        metrics[f"failed_{kind}"] = float(count)
+    for kind, count in sorted(result.errors_by_kind.items()):
+        metrics[f"errors_{kind}"] = float(count)
+    return metrics
+
+
+def length_histogram(tokens: list[int], bins: int = 10) -> list[tuple[int, int, int]]:
+    """``(low, high, count)`` over equal-width bins of output lengths (in tokens)."""
+    if not tokens:
+        return []
+    low, high = min(tokens), max(tokens)
+    width = max(1, math.ceil((high - low + 1) / bins))
+    counts = collections.Counter((t - low) // width for t in tokens)
+    return [(low + i * width, low + (i + 1) * width - 1, counts.get(i, 0)) for i in range(max(counts) + 1)]
+
+
+def _summary(
+    result: DistillResult, config: DistillConfig | None, extra: list[tuple[str, str]] | None = None
+) -> list[tuple[str, str]]:
+    teachers = (
+        ", ".join(f"{t.display_name} ({t.backend}: {t.model})" for t in config.teacher_list)
+        if config
+        else result.teacher
+    )
+    return (extra or []) + [
+        ("teachers", teachers),
+        ("traces by teacher", str(result.by_teacher)),
+        ("problems x samples", f"{result.problems} x {config.n}" if config else str(result.problems)),
+        ("traces written", str(result.traces)),
+        ("resumed from shards", str(result.resumed)),
+        ("requests sent (retries included)", str(result.requests)),
+        ("cache hits", str(result.cache_hits)),
+        ("failed rows", f"{result.failed} {result.failures_by_kind or ''}".strip()),
+        ("failed attempts by kind", str(result.errors_by_kind or {})),
+        ("prompt / completion tokens (this run)", f"{result.prompt_tokens} / {result.completion_tokens}"),
+        ("tokens/s, requests/s", f"{result.tokens_per_s:.1f}, {result.requests_per_s:.2f}"),
+        ("mean request latency", f"{result.mean_latency_s:.3f} s"),
+        ("finish reasons", str(result.finish_reasons)),
+    ]
+
+
+def render_markdown(
+    result: DistillResult, traces: list[Trace], config: DistillConfig | None, extra: list | None = None
+) -> str:
+    rows = "\n".join(f"| {k} | {v} |" for k, v in _summary(result, config, extra))
+    hist = length_histogram([t.tokens for t in traces])
+    top = max((c for _, _, c in hist), default=1) or 1
+    bars = "\n".join(f"{lo:>7}-{hi:<7} {'#' * round(40 * c / top):<40} {c}" for lo, hi, c in hist)
+    return (
+        f"# distill\n\n| | |\n|---|---|\n{rows}\n\n"
+        f"## Output length (completion tokens per trace)\n\n```\n{bars or '(no traces)'}\n```\n"
+    )
+
+
+def render_html(
+    result: DistillResult, traces: list[Trace], config: DistillConfig | None, extra: list | None = None
+) -> str:
+    rows = "".join(
+        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+        for k, v in _summary(result, config, extra)
+    )
+    hist = length_histogram([t.tokens for t in traces])
+    top = max((c for _, _, c in hist), default=1) or 1
+    bars = "".join(
+        f"<tr><td>{lo}-{hi}</td><td><div style='background:#4a7;height:12px;width:{300 * c / top:.0f}px'>"
+        f"</div></td><td>{c}</td></tr>"
+        for lo, hi, c in hist
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>distill</title></head><body>"
+        f"<h1>distill</h1><table>{rows}</table><h2>Output length (completion tokens per trace)</h2>"
+        f"<table>{bars}</table></body></html>\n"
+    )
+
+
+def shard_uri(output_uri: str, index: int) -> str:
+    """Where shard ``index`` of a fanned-out distill writes: ``<output_uri>/shards/NNNNN``."""
+    return uris.join(output_uri, "shards", f"{index:05d}")
+
+
+def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
+    """Merge the outputs of a fanned-out distill into one output at ``output_uri``.
+
+    Refuses (naming every missing one) unless each shard has its completion marker, and unless the
+    shards were made with the same settings and are exactly shards 0..N-1 of N. The traces are
+    concatenated in shard order (the problems' order), failures likewise; counts and tokens add up.
+    """
+    from distilflow.errors import DistilflowError, IncompleteOutputError
+    from distilflow.outputs import MARKER, require_complete
+
+    missing = [u for u in shard_uris if not uris.exists(uris.join(u, MARKER))]
+    if missing:
+        raise IncompleteOutputError(
+            f"{len(missing)} of {len(shard_uris)} distill shards have no completion marker: {missing}; "
+            "rerun the fan-out (each shard resumes where it stopped) before merging"
+        )
+    results = [
+        DistillResult.model_validate(require_complete(u, "distill shard")["result"]) for u in shard_uris
+    ]
+    keys = {r.generation_key for r in results}
+    layout = sorted((r.shard_index, r.num_shards) for r in results)
+    if len(keys) != 1 or layout != [(i, len(shard_uris)) for i in range(len(shard_uris))]:
+        raise DistilflowError(
+            f"distill shards {shard_uris} do not make one whole: generation keys {sorted(keys)}, "
+            f"(shard_index, num_shards) {layout}; expected one key and shards 0..{len(shard_uris) - 1} "
+            f"of {len(shard_uris)}. Rerun the fan-out with one config"
+        )
+    ordered = sorted(zip(results, shard_uris, strict=True), key=lambda pair: pair[0].shard_index)
+    traces = [t for r, _ in ordered for t in read_jsonl(r.traces_uri, Trace, allow_empty=True)]
+    seen: set[str] = set()
+    duplicates = [t.id for t in traces if t.id in seen or seen.add(t.id)]
+    if duplicates:
+        raise DistilflowError(f"distill shards overlap: trace ids {duplicates[:5]} appear in two shards")
+    failures: list[dict[str, Any]] = []
+    for r, _ in ordered:
+        if r.failures_uri and uris.exists(r.failures_uri):
+            failures += [json.loads(line) for line in uris.read_text(r.failures_uri).splitlines() if line]
+    out = StageOutput(output_uri, "distill")
+    if out.is_complete():
+        uris.remove(out.path("_COMPLETE"))
+    traces_uri, failures_uri = out.path(TRACES), out.path(FAILURES)
+    write_jsonl(traces_uri, traces)
+    write_jsonl(failures_uri, failures)
+
+    def total(field: str) -> Any:
+        return sum(getattr(r, field) for r in results)
+
+    def added(field: str) -> dict[str, int]:
+        counter: collections.Counter = collections.Counter()
+        for r in results:
+            counter.update(getattr(r, field))
+        return dict(counter)
+
+    wall = max(r.wall_s for r in results)  # shards run side by side
+    answered = sum(r.requests_per_s * r.wall_s for r in results)
+    result = DistillResult(
+        traces_uri=traces_uri,
+        problems=total("problems"),
+        traces=len(traces),
+        tokens=sum(t.tokens for t in traces),
+        finish_reasons=added("finish_reasons"),
+        teacher=results[0].teacher,
+        by_teacher=added("by_teacher"),
+        generation_key=results[0].generation_key,
+        shard_index=0,
+        num_shards=1,
+        prompt_template=results[0].prompt_template,
+        resumed=total("resumed"),
+        requests=total("requests"),
+        cache_hits=total("cache_hits"),
+        failed=len(failures),
+        failures_by_kind=added("failures_by_kind"),
+        errors_by_kind=added("errors_by_kind"),
+        prompt_tokens=total("prompt_tokens"),
+        completion_tokens=total("completion_tokens"),
+        tokens_per_s=total("completion_tokens") / wall if wall > 0 else 0.0,
+        requests_per_s=answered / wall if wall > 0 else 0.0,
+        mean_latency_s=(
+            sum(r.mean_latency_s * r.requests for r in results) / total("requests")
+            if total("requests")
+            else 0.0
+        ),
+        wall_s=wall,
+        failures_uri=failures_uri,
+        report_md=out.path(REPORT_MD),
+        report_html=out.path(REPORT_HTML),
+    )
+    summary = [("merged shards", str(len(shard_uris)))]
+    uris.write_text(result.report_md, render_markdown(result, traces, None, summary))
+    uris.write_text(result.report_html, render_html(result, traces, None, summary))
+    out.finish(
+        result=result.model_dump(),
+        inputs={f"shard_{i}": u for i, u in enumerate(shard_uris)},
+        outputs={
+            "traces": traces_uri,
+            "failures": failures_uri,
+            "report_md": REPORT_MD,
+            "report_html": REPORT_HTML,
+        },
+        counts={
+            "shards": len(shard_uris),
+            "problems": result.problems,
+            "traces": len(traces),
+            "failed": len(failures),
+        },
+        metrics=metrics_of(result),
+    )
     return result
