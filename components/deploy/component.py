@@ -12,7 +12,8 @@ def deploy(
     model: dsl.Input[dsl.Model],
     endpoint: dsl.Output[dsl.Artifact],
 ) -> str:
-    """Serve the model behind an OpenAI-compatible API, smoke-test it; return the endpoint URL."""
+    """Serve the model (locally, on KServe or on PAI-EAS, per ``config.deploy.target``), smoke-test it;
+    return the endpoint URL (empty on a dry run). Cluster settings come from the deploy section."""
     from distilflow import artifacts
     from distilflow import uri as uris
     from distilflow.components.deploy.config import DeployConfig
@@ -33,6 +34,10 @@ def deploy(
         url=result.endpoint_url,
         served_model=result.served_model,
         backend=result.backend,
+        target=result.target,
         stopped=result.stopped,
+        dry_run=result.dry_run,
+        rollout=result.rollout,
+        manifest_uri=result.manifest_uri or "",
     )
     return result.endpoint_url

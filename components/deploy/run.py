@@ -2,11 +2,17 @@
 
 ``target: local`` starts the server as a subprocess on this machine: vLLM's OpenAI server when
 ``vllm`` is importable (``backend: auto`` or ``vllm``), else ``transformers serve`` (from
-``transformers[serving]``). It waits for ``/health``, then smoke-tests the endpoint with the
-``openai`` client (list models, one chat completion) and records latency and tokens/s in
-``endpoint.json``. Unless ``keep_running`` is set, the server is stopped again afterwards.
+``transformers[serving]``), waits for ``/health``, smoke-tests it and stops it unless ``keep_running``.
 
-It does not build images, create KServe/PAI-EAS services or autoscale (cluster targets come later).
+``target: kserve`` applies a KServe InferenceService running vLLM (``kserve.py``); ``target: pai-eas``
+creates or updates a PAI-EAS service running vLLM (``eas.py``). Both write the manifest / service
+description first (``dry_run`` stops there), wait until the service is ready, smoke-test it, and on
+an update keep the previous revision serving until the new one has passed (rolling back otherwise).
+
+The smoke test (``smoke.py``) lists the models, sends one chat completion and one streamed, and, for
+models whose chat template honours ``enable_thinking``, one with thinking on and one off; latency and
+tokens/s go to ``endpoint.json`` and the manifest. Keys come from environment variables named in the
+config and are never written. It does not build images or set up autoscaling policies.
 """
 
 from __future__ import annotations
@@ -26,13 +32,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from distilflow import uri as uris
+from distilflow.components.deploy import smoke as smoke_mod
 from distilflow.components.deploy.config import DeployConfig
+from distilflow.components.deploy.vllm_server import served_name, thinking_model
 from distilflow.errors import BackendError, ConfigError
 from distilflow.outputs import StageOutput
 
 STAGE = "deploy"
 ENDPOINT = "endpoint.json"
 SERVER_LOG = "server.log"
+KSERVE_MANIFEST = "inferenceservice.yaml"
+EAS_DESCRIPTION = "eas-service.json"
 LOG_TAIL_CHARS = 3000
 
 
@@ -41,16 +51,25 @@ class DeployResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    endpoint_url: str = Field(description="OpenAI base URL, e.g. http://127.0.0.1:8000/v1")
+    endpoint_url: str = Field(
+        description="OpenAI base URL, e.g. http://127.0.0.1:8000/v1 (empty on a dry run)"
+    )
     served_model: str = Field(description="The model id requests must name")
     backend: str = Field(description="transformers or vllm")
-    latency_s: float = Field(description="Wall time of the smoke-test chat completion")
-    tokens_per_s: float = Field(description="Completion tokens per second of the smoke test")
-    completion_tokens: int = Field(description="Completion tokens of the smoke test")
-    stopped: bool = Field(description="Whether the server was stopped after the smoke test")
+    target: str = Field("local", description="local, kserve or pai-eas")
+    latency_s: float | None = Field(None, description="Wall time of the smoke-test chat completion")
+    tokens_per_s: float | None = Field(None, description="Completion tokens per second of the smoke test")
+    completion_tokens: int | None = Field(None, description="Completion tokens of the smoke test")
+    stream_tokens_per_s: float | None = Field(None, description="Tokens per second of the streamed chat")
+    stopped: bool = Field(description="Whether the server was stopped after the smoke test (local)")
     pid: int | None = Field(None, description="Process id of the server when it was left running")
+    dry_run: bool = Field(False, description="Whether only the manifest was written")
+    rollout: str = Field("", description="What the deploy did to the service: created, updated, promoted")
     endpoint_uri: str = Field(description="endpoint.json")
-    log_uri: str = Field(description="server.log")
+    log_uri: str | None = Field(None, description="server.log (local target)")
+    manifest_uri: str | None = Field(
+        None, description="The InferenceService manifest or EAS service description"
+    )
 
 
 def pick_backend(backend: str) -> str:
@@ -136,41 +155,6 @@ def wait_ready(proc: subprocess.Popen, root_url: str, timeout_s: float) -> float
     )
 
 
-def smoke_test(base_url: str, served_model: str, config: DeployConfig, key: str | None) -> dict[str, Any]:
-    """List models, then one chat completion; return its latency, tokens and tokens/s."""
-    import openai
-
-    client = openai.OpenAI(base_url=base_url, api_key=key or "EMPTY", timeout=120, max_retries=0)
-    try:
-        listed = [m.id for m in client.models.list().data]
-        started = time.monotonic()
-        resp = client.chat.completions.create(
-            model=served_model,
-            messages=[{"role": "user", "content": config.smoke_prompt}],
-            max_tokens=config.max_tokens,
-            temperature=0,
-        )
-        latency = time.monotonic() - started
-    except openai.APIStatusError as exc:
-        raise BackendError(f"{base_url}: smoke test got HTTP {exc.status_code}: {exc.message}") from None
-    except openai.APIConnectionError as exc:
-        raise BackendError(f"{base_url}: smoke test could not reach the server ({exc})") from None
-    finally:
-        client.close()
-    if not resp.choices:
-        raise BackendError(f"{base_url}: the chat completion for {served_model!r} returned no choices")
-    tokens = resp.usage.completion_tokens if resp.usage else 0
-    return {
-        "listed_models": listed,
-        "prompt": config.smoke_prompt,
-        "response": resp.choices[0].message.content or "",
-        "finish_reason": resp.choices[0].finish_reason,
-        "latency_s": round(latency, 4),
-        "completion_tokens": tokens,
-        "tokens_per_s": round(tokens / latency, 3) if latency > 0 else 0.0,
-    }
-
-
 def stop(proc: subprocess.Popen, grace_s: float = 15) -> None:
     """Terminate the server's process group (vLLM has worker processes), wait, then kill."""
     if proc.poll() is not None:
@@ -220,21 +204,28 @@ def start_server(
 
 
 def run(config: DeployConfig) -> DeployResult:
-    """Start the server, wait until healthy, smoke-test it, record the endpoint; stop it unless kept.
+    """Deploy to ``config.target``, smoke-test the endpoint, record it; see the module docstring.
 
-    Any failure stops the server and raises with the server's error and the tail of its log.
-    A rerun of a finished deploy returns the recorded endpoint, unless a server that was kept
-    running no longer answers, in which case it deploys again.
+    Any failure raises with the server's own error (the local server's log tail, the cluster's status
+    message). A rerun of a finished deploy returns the recorded endpoint, unless a local server that was
+    kept running no longer answers, in which case it deploys again.
     """
-    from distilflow.models import resolve_model
-
     out = StageOutput(config.output_uri, STAGE)
     done = out.reusable(config)
     if done:
         result = DeployResult.model_validate(done["result"])
-        if result.stopped or endpoint_alive(result.endpoint_url):
+        if result.target != "local" or result.stopped or endpoint_alive(result.endpoint_url):
             return result
         print(f"[{STAGE}] the recorded server at {result.endpoint_url} is gone; deploying again", flush=True)
+    if config.target == "local":
+        return run_local(config, out)
+    return run_cluster(config, out)
+
+
+def run_local(config: DeployConfig, out: StageOutput) -> DeployResult:
+    """Start a server on this machine, wait until healthy, smoke-test it; stop it unless kept."""
+    from distilflow.models import resolve_model
+
     model_dir = resolve_model(config.model)
     backend = pick_backend(config.backend)
     if backend == "transformers" and "@" in model_dir:
@@ -248,13 +239,17 @@ def run(config: DeployConfig) -> DeployResult:
             flush=True,
         )
     out.begin(config)
-
+    thinking = config.smoke_thinking
+    if thinking is None:
+        thinking = smoke_mod.supports_thinking(model_dir)
     proc, root_url, log_path, work_dir = start_server(config, out, backend, model_dir, key)
     base_url = root_url + "/v1"
     try:
         ready_s = wait_ready(proc, root_url, config.startup_timeout_s)
         print(f"[{STAGE}] server ready at {base_url} after {ready_s:.1f}s (pid {proc.pid})", flush=True)
-        smoke = smoke_test(base_url, model_dir, config, key)
+        smoke = smoke_mod.smoke_test(
+            base_url, model_dir, config.smoke_prompt, config.max_tokens, key, thinking
+        )
     except BaseException as exc:
         # Never leave a half-started server behind; the log tail carries the server's own error.
         stop(proc)
@@ -270,14 +265,156 @@ def run(config: DeployConfig) -> DeployResult:
     if pid is None:
         stop(proc)
     print(
-        f"[{STAGE}] smoke test: {smoke['completion_tokens']} tokens in {smoke['latency_s']:.2f}s "
-        f"({smoke['tokens_per_s']:.1f} tokens/s); server {'left running, pid ' + str(pid) if pid else 'stopped'}",
+        f"[{STAGE}] server {'left running, pid ' + str(pid) if pid else 'stopped'}",
         flush=True,
     )
-    result = _finish(out, config, backend, base_url, model_dir, smoke, pid, ready_s, log_path)
+    _save_log(out, log_path)
     if pid is None:
         shutil.rmtree(work_dir, ignore_errors=True)
-    return result
+    endpoint = {
+        "url": base_url,
+        "model": model_dir,
+        "backend": backend,
+        "keep_running": config.keep_running,
+        "pid": pid,
+        "stopped": pid is None,
+        "api_key_enforced": bool(config.api_key_env) and backend == "vllm",
+        "startup_s": round(ready_s, 3),
+    }
+    result = DeployResult(
+        endpoint_url=base_url,
+        served_model=model_dir,
+        backend=backend,
+        stopped=pid is None,
+        pid=pid,
+        rollout="local server " + ("left running" if pid else "stopped after the smoke test"),
+        endpoint_uri=out.path(ENDPOINT),
+        log_uri=out.path(SERVER_LOG),
+    )
+    return _finish(out, config, result, endpoint, smoke, {"startup_s": ready_s}, {"server_log": SERVER_LOG})
+
+
+def run_cluster(config: DeployConfig, out: StageOutput) -> DeployResult:
+    """Render, write and (unless dry_run) apply the service; wait, smoke-test, promote or roll back."""
+    import yaml
+
+    from distilflow.components.deploy import eas, kserve
+
+    key = api_key(config)
+    out.begin(config)
+    thinking = thinking_model(config)
+    if config.target == "kserve":
+        manifest_name = KSERVE_MANIFEST
+        manifest = kserve.render(config, thinking)
+        uris.write_text(out.path(manifest_name), yaml.safe_dump(manifest, sort_keys=False))
+    else:
+        manifest_name = EAS_DESCRIPTION
+        manifest = eas.render(config, thinking)
+        uris.write_text(out.path(manifest_name), json.dumps(manifest, indent=2))
+    print(f"[{STAGE}] wrote {out.path(manifest_name)}", flush=True)
+    result = DeployResult(
+        endpoint_url="",
+        served_model=served_name(config),
+        backend="vllm",
+        target=config.target,
+        stopped=False,
+        dry_run=config.dry_run,
+        rollout="dry run: nothing applied",
+        endpoint_uri=out.path(ENDPOINT),
+        manifest_uri=out.path(manifest_name),
+    )
+    if config.dry_run:
+        return _finish(
+            out, config, result, {"service": config.service_name}, None, {}, {"manifest": manifest_name}
+        )
+    thinking = config.smoke_thinking if config.smoke_thinking is not None else thinking
+    start = time.monotonic()
+    if config.target == "kserve":
+        url, smoke, rollout, where = _apply_kserve(config, manifest, key, thinking)
+    else:
+        url, smoke, rollout, where = _apply_eas(config, manifest, key, thinking)
+    print(f"[{STAGE}] {rollout}", flush=True)
+    result = result.model_copy(update={"endpoint_url": url, "rollout": rollout})
+    endpoint = {
+        "url": url,
+        "model": served_name(config),
+        "service": config.service_name,
+        **where,
+        "rollout": rollout,
+    }
+    metrics = {"deploy_s": time.monotonic() - start}
+    return _finish(out, config, result, endpoint, smoke, metrics, {"manifest": manifest_name})
+
+
+def _smoke(config: DeployConfig, url: str, key: str | None, thinking: bool) -> dict[str, Any] | None:
+    if not config.smoke_test:
+        return None
+    return smoke_mod.smoke_test(
+        url, served_name(config), config.smoke_prompt, config.max_tokens, key, thinking
+    )
+
+
+def _apply_kserve(
+    config: DeployConfig, manifest: dict[str, Any], key: str | None, thinking: bool
+) -> tuple[str, dict[str, Any] | None, str, dict[str, Any]]:
+    from distilflow.components.deploy import kserve
+
+    dep = kserve.KServeDeployment(config, kserve.custom_objects_api(config.kserve.context))
+    applied = dep.apply(manifest)
+    try:
+        obj = dep.wait_ready((applied.get("metadata") or {}).get("generation"))
+        url, smoke_url = kserve.urls(obj, config.kserve.smoke_via, dep.canary)
+        smoke = _smoke(config, smoke_url, key, thinking)
+        if dep.canary:
+            obj = dep.promote()
+            url = kserve.urls(obj, config.kserve.smoke_via, canary=False)[0]
+    except BackendError as exc:
+        raise BackendError(f"deploy of {config.model}: {exc}\n{dep.roll_back()}") from None
+    predictor = ((obj.get("status") or {}).get("components") or {}).get("predictor") or {}
+    revision = predictor.get("latestReadyRevision")
+    if dep.previous_revision is None:
+        rollout = f"created {dep.where}; revision {revision} serves all traffic"
+    else:
+        how = (
+            f"after a {config.kserve.canary_traffic_percent}% canary passed the smoke test"
+            if dep.canary
+            else ""
+        )
+        rollout = f"updated {dep.where}: revision {revision} replaced {dep.previous_revision} {how}".strip()
+    where = {
+        "namespace": config.kserve.namespace,
+        "revision": revision,
+        "previous_revision": dep.previous_revision,
+    }
+    return url, smoke, rollout, where
+
+
+def _apply_eas(
+    config: DeployConfig, description: dict[str, Any], key: str | None, thinking: bool
+) -> tuple[str, dict[str, Any] | None, str, dict[str, Any]]:
+    from distilflow.components.deploy import eas
+
+    dep = eas.EasDeployment(config, eas.eas_client(config))
+    dep.apply(description)
+    try:
+        svc = dep.wait_running()
+        url = eas.endpoint(svc, config.eas.endpoint_kind)
+        # The service token EAS issued is used in memory only; api_key_env overrides it.
+        smoke = _smoke(config, url, key or svc.access_token, thinking)
+    except BackendError as exc:
+        raise BackendError(f"deploy of {config.model}: {exc}\n{dep.roll_back()}") from None
+    if dep.previous_version is None:
+        rollout = f"created EAS service {dep.name}; version {svc.current_version} is Running"
+    else:
+        rollout = (
+            f"updated EAS service {dep.name}: version {svc.current_version} replaced {dep.previous_version}"
+        )
+    where = {
+        "region": config.eas.region,
+        "version": svc.current_version,
+        "previous_version": dep.previous_version,
+    }
+    return url, smoke, rollout, where
 
 
 def _save_log(out: StageOutput, log_path: str) -> None:
@@ -289,49 +426,48 @@ def _save_log(out: StageOutput, log_path: str) -> None:
 def _finish(
     out: StageOutput,
     config: DeployConfig,
-    backend: str,
-    base_url: str,
-    model_dir: str,
-    smoke: dict[str, Any],
-    pid: int | None,
-    ready_s: float,
-    log_path: str,
+    result: DeployResult,
+    endpoint: dict[str, Any],
+    smoke: dict[str, Any] | None,
+    metrics: dict[str, float],
+    outputs: dict[str, str],
 ) -> DeployResult:
-    endpoint = {
-        "url": base_url,
-        "model": model_dir,
+    if smoke:
+        stream = smoke["stream"]
+        print(
+            f"[{STAGE}] smoke test: {smoke['completion_tokens']} tokens in {smoke['latency_s']:.2f}s "
+            f"({smoke['tokens_per_s']:.1f} tokens/s); streamed {stream['completion_tokens']} tokens at "
+            f"{stream['tokens_per_s']:.1f} tokens/s; thinking modes tested: {sorted(smoke['thinking']) or 'none'}",
+            flush=True,
+        )
+        result = result.model_copy(
+            update={
+                "latency_s": smoke["latency_s"],
+                "tokens_per_s": smoke["tokens_per_s"],
+                "completion_tokens": smoke["completion_tokens"],
+                "stream_tokens_per_s": stream["tokens_per_s"],
+            }
+        )
+        metrics = metrics | {k: smoke[k] for k in ("latency_s", "tokens_per_s", "completion_tokens")}
+        metrics |= {"stream_tokens_per_s": stream["tokens_per_s"]}
+        if stream["time_to_first_token_s"] is not None:
+            metrics["time_to_first_token_s"] = stream["time_to_first_token_s"]
+    record = {
+        **endpoint,
         "source_model": config.model,
-        "backend": backend,
         "target": config.target,
-        "keep_running": config.keep_running,
-        "pid": pid,
-        "stopped": pid is None,
+        "dry_run": result.dry_run,
         # The name of the variable only; the key never leaves the environment.
         "api_key_env": config.api_key_env,
-        "api_key_enforced": bool(config.api_key_env) and backend == "vllm",
-        "startup_s": round(ready_s, 3),
         "smoke": smoke,
     }
-    uris.write_text(out.path(ENDPOINT), json.dumps(endpoint, indent=2))
-    _save_log(out, log_path)
-    result = DeployResult(
-        endpoint_url=base_url,
-        served_model=model_dir,
-        backend=backend,
-        latency_s=smoke["latency_s"],
-        tokens_per_s=smoke["tokens_per_s"],
-        completion_tokens=smoke["completion_tokens"],
-        stopped=pid is None,
-        pid=pid,
-        endpoint_uri=out.path(ENDPOINT),
-        log_uri=out.path(SERVER_LOG),
-    )
+    uris.write_text(out.path(ENDPOINT), json.dumps(record, indent=2))
+    requests = 0 if not smoke else 2 + len(smoke["thinking"])
     out.finish(
         result=result.model_dump(mode="json"),
         inputs={"model": config.model},
-        outputs={"endpoint": ENDPOINT, "server_log": SERVER_LOG},
-        counts={"smoke_requests": 1},
-        metrics={k: smoke[k] for k in ("latency_s", "tokens_per_s", "completion_tokens")}
-        | {"startup_s": ready_s},
+        outputs={"endpoint": ENDPOINT, **outputs},
+        counts={"smoke_requests": requests},
+        metrics=metrics,
     )
     return result
