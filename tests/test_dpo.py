@@ -164,6 +164,53 @@ def test_dpo_component_wires_student_and_data(tiny_qwen3, tmp_path):
         student=student,
         model=model,
         metrics=metrics,
+        report=dsl.HTML(name="report", uri=str(tmp_path / "report.html")),
     )
+    assert "rewards/margins" in (tmp_path / "report.html").read_text()
     assert model.metadata["uri"] == stored.model_uri
     assert metrics.metadata["steps"] == 2
+
+
+def test_dpo_resumes_from_newest_complete_checkpoint(tiny_qwen3, tmp_path):
+    """An unfinished output resumes from its newest checkpoint with a marker and ends where an
+    uninterrupted run ends; a changed config is refused unless resume=false; the report has the margins."""
+    import torch
+    from safetensors.torch import load_file
+
+    from distilflow.components.dpo.run import run
+    from distilflow.errors import ConfigError
+    from distilflow.training import list_checkpoints
+
+    data = curate_output(str(tmp_path), pairs(8))
+    cfg = config(
+        tiny_qwen3, data, str(tmp_path / "dpo"), max_steps=6, per_device_train_batch_size=3, save_steps=2
+    )
+    whole = run(cfg)
+    assert whole.resumed_from_step is None
+    weights = load_file(os.path.join(whole.model_uri, "model.safetensors"))
+    ckpts = os.path.join(cfg.output_uri, "checkpoints")
+    assert [c.step for c in list_checkpoints(cfg.output_uri)] == [4, 6]  # save_total_limit=2
+    report = uris.read_text(os.path.join(cfg.output_uri, "report.html"))
+    assert "rewards/margins" in report and report.count("<svg") == 4
+
+    # Preempted while uploading checkpoint-6: no stage marker, no model, checkpoint-6 without its marker
+    for name in (MARKER, MANIFEST, "model"):
+        uris.remove(os.path.join(cfg.output_uri, name), recursive=True)
+    os.remove(os.path.join(ckpts, "checkpoint-6", "_COMPLETE"))
+    resumed = run(cfg)
+    assert resumed.resumed_from_step == 4 and resumed.steps == 6
+    again = load_file(os.path.join(resumed.model_uri, "model.safetensors"))
+    for name in weights:
+        torch.testing.assert_close(again[name], weights[name], rtol=1e-4, atol=1e-5, msg=name)
+
+    # Unfinished again, but rerun with another learning rate: refused, naming the field and the ways out
+    uris.remove(os.path.join(cfg.output_uri, MARKER))
+    changed = cfg.model_copy(update={"learning_rate": 1e-3})
+    with pytest.raises(ConfigError, match=r"learning_rate: 0\.005 -> 0\.001.*resume=false"):
+        run(changed)
+    fresh = run(changed.model_copy(update={"resume": False}))
+    assert fresh.resumed_from_step is None and fresh.steps == 6
+
+    # A finished output rerun with another config trains anew: its old checkpoints are discarded, not refused
+    other = run(changed.model_copy(update={"learning_rate": 2e-3}))
+    assert other.resumed_from_step is None and other.steps == 6

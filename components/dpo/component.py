@@ -14,6 +14,7 @@ def dpo(
     student: dsl.Input[dsl.Model],
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
+    report: dsl.Output[dsl.HTML],
 ):
     """Preference-optimise the student on curate's preference.jsonl; publish the model folder's URI.
 
@@ -24,6 +25,7 @@ def dpo(
         student: The model to start from, usually sft's ``model`` output.
         model: The optimised model (metadata ``uri`` = ``<output_uri>/dpo/model``).
         metrics: Losses, reward accuracy, steps and row counts.
+        report: HTML report: loss, reward margin/accuracy and learning-rate curves.
     """
     from distilflow import artifacts
     from distilflow import uri as uris
@@ -41,3 +43,8 @@ def dpo(
         value = getattr(result, key)
         if value is not None:
             metrics.log_metric(key, value)
+    page = uris.join(section["output_uri"], "report.html")
+    if uris.exists(page):  # outputs finished by an older version have none
+        with open(report.path, "w", encoding="utf-8") as f:
+            f.write(uris.read_text(page))
+        artifacts.publish(report, page, stage_uri=section["output_uri"])

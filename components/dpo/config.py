@@ -48,11 +48,48 @@ class DpoConfig(BaseConfig):
     )
     lora_r: int = Field(16, ge=1, description="LoRA rank (with lora=true)")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (with lora=true)")
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute activations in the backward pass to save memory; None: on a GPU only"
+    )
     seed: int = Field(0, description="Seed for data order, dropout and LoRA init")
     logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps")
+    processes: int | Literal["auto"] = Field(
+        "auto",
+        description="Training processes on this node: auto = one per visible GPU (1 on a CPU); more than 1 "
+        "makes the stage launch itself with torchrun (data parallel, or ZeRO with deepspeed)",
+    )
+    deepspeed: Literal["none", "zero2", "zero3"] = Field(
+        "none",
+        description="DeepSpeed ZeRO stage for multi-GPU runs (launch with torchrun/accelerate, one process "
+        "per GPU): zero2 shards optimizer states and gradients, zero3 also the parameters",
+    )
+    offload: bool = Field(
+        False, description="With deepspeed: offload optimizer states (and zero3 parameters) to CPU memory"
+    )
+    save_steps: int = Field(
+        200,
+        ge=0,
+        description="Write a checkpoint (model, optimizer, scheduler, RNG states, data position) to "
+        "<output_uri>/checkpoints every this many optimizer steps; 0 writes none",
+    )
+    save_total_limit: int = Field(
+        2, ge=1, description="Complete checkpoints kept in <output_uri>/checkpoints"
+    )
+    resume: bool = Field(
+        True,
+        description="Continue an unfinished run from its newest complete checkpoint (same config); false "
+        "deletes the checkpoints and trains from step 0",
+    )
 
     @model_validator(mode="after")
     def _check_steps(self) -> DpoConfig:
+        if self.offload and self.deepspeed == "none":
+            raise ValueError(
+                f"offload=true needs deepspeed=zero2 or zero3, but deepspeed={self.deepspeed!r}; "
+                "set deepspeed or offload=false"
+            )
+        if isinstance(self.processes, int) and self.processes < 1:
+            raise ValueError(f"processes={self.processes} starts no process; use auto or a count >= 1")
         if self.max_steps == 0:
             raise ValueError(
                 "max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count"
@@ -75,3 +112,10 @@ class DpoResult(BaseModel):
     rows_used: int = Field(description="Pairs trained on")
     rows_dropped: int = Field(description="Pairs dropped for exceeding max_length tokens")
     per_sample_beta: bool = Field(description="Whether per-pair betas (CogPO) were applied")
+    final_reward_margin: float | None = Field(
+        None, description="Mean implicit reward of chosen minus rejected at the last logged step"
+    )
+    resumed_from_step: int | None = Field(
+        None, description="Step of the checkpoint this run continued from; None when it started at step 0"
+    )
+    seed: int = Field(0, description="The seed used for data order, dropout and LoRA init")

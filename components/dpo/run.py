@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from distilflow import records
@@ -89,7 +88,7 @@ def make_trainer(
     args = training.training_arguments(
         DPOConfig,
         config,
-        tempfile.mkdtemp(prefix="distilflow-dpo-"),
+        training.scratch_dir(STAGE, config.output_uri),
         beta=config.beta,
         loss_type=[config.loss_type],
         max_length=config.max_length,
@@ -122,8 +121,12 @@ def run(config: DpoConfig) -> DpoResult:
     and trains with DPO against a frozen copy of the start model. Pairs carrying ``beta`` are
     weighted with their own beta (CogPO) unless ``per_sample_beta`` is off.
 
-    It does not precompute reference log-probabilities, sync the reference model, or resume from a
-    mid-training checkpoint (a rerun of a finished output returns the stored result).
+    Every ``save_steps`` steps a checkpoint goes to ``<output_uri>/checkpoints``; a rerun of an
+    unfinished output with the same config continues from the newest complete one (a rerun of a
+    finished output returns the stored result). Loss, reward margin and accuracy and learning-rate
+    curves go to ``<output_uri>/report.html``. With ``processes`` > 1 it starts itself under
+    ``torchrun`` (see the sft stage). It does not precompute reference log-probabilities or sync the
+    reference model.
     """
     out = StageOutput(config.output_uri, STAGE)
     stored = out.reusable(config)
@@ -136,6 +139,9 @@ def run(config: DpoConfig) -> DpoResult:
 
     data_file, _ = training.resolve_data(config.data_uri, "preference.jsonl", "dpo data")
     pairs = records.read_jsonl(data_file, records.PreferencePair)
+    if training.needs_launch(config):  # several GPUs: one process each, under torchrun
+        return DpoResult.model_validate(training.launch(STAGE, config))
+    was_complete = out.is_complete()
     out.begin(config)
 
     model_path = resolve_model(config.model)
@@ -148,7 +154,7 @@ def run(config: DpoConfig) -> DpoResult:
             "raise dpo.max_length"
         )
     trainer = make_trainer(config, rows, tokenizer, model_path)
-    trainer.train()
+    start_step = training.train_resumable(trainer, out.uri, config, STAGE, was_complete)
 
     history = trainer.state.log_history
     first, final = training.first_last(training.logged(history, "loss"))
@@ -161,20 +167,27 @@ def run(config: DpoConfig) -> DpoResult:
         rows_used=len(rows),
         rows_dropped=dropped,
         per_sample_beta=use_beta,
+        final_reward_margin=training.first_last(training.logged(history, "rewards/margins"))[1],
+        resumed_from_step=start_step or None,
+        seed=config.seed,
     )
     card = training.model_card(STAGE, config.model, data_file, result.model_dump(), config.to_dict())
     training.save_trained(trainer, result.model_uri, card)
     betas = [row["beta"] for row in rows] if use_beta else [config.beta]
+    keys = ("loss", "rewards/margins", "rewards/accuracies", "learning_rate")
+    report = training.write_report(out.uri, STAGE, history, keys, result.model_dump())
     out.finish(
         result=result.model_dump(),
         inputs={"data": data_file, "model": config.model},
-        outputs={"model": result.model_uri},
+        outputs={"model": result.model_uri, "report": report},
         counts={"rows_read": len(pairs), "rows_used": len(rows), "rows_dropped": dropped},
         metrics={
             "first_loss": first,
             "final_loss": final,
             "final_reward_accuracy": result.final_reward_accuracy,
+            "final_reward_margin": result.final_reward_margin,
             "steps": result.steps,
+            "seed": config.seed,
             "beta_min": min(betas),
             "beta_max": max(betas),
         },

@@ -13,6 +13,7 @@ def sft(
     data: dsl.Input[dsl.Dataset],
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
+    report: dsl.Output[dsl.HTML],
 ):
     """Fine-tune the student on curate's sft.jsonl; publish the model folder's URI.
 
@@ -22,6 +23,7 @@ def sft(
         data: curate's output (its metadata carries the folder's URI).
         model: The fine-tuned model (metadata ``uri`` = ``<output_uri>/sft/model``).
         metrics: Losses, steps and row counts.
+        report: HTML report: loss and learning-rate curves (also at ``<output_uri>/sft/report.html``).
     """
     from distilflow import artifacts
     from distilflow import uri as uris
@@ -38,3 +40,8 @@ def sft(
         value = getattr(result, key)
         if value is not None:
             metrics.log_metric(key, value)
+    page = uris.join(section["output_uri"], "report.html")
+    if uris.exists(page):  # outputs finished by an older version have none
+        with open(report.path, "w", encoding="utf-8") as f:
+            f.write(uris.read_text(page))
+        artifacts.publish(report, page, stage_uri=section["output_uri"])

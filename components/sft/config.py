@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distilflow.config import BaseConfig
@@ -43,14 +45,73 @@ class SftConfig(BaseConfig):
         True,
         description="Loss on assistant tokens only; needs a chat template with {% generation %} markers",
     )
+    curriculum: bool = Field(
+        False,
+        description="Train on the rows in the order of sft.jsonl (curate's curriculum order), without "
+        "shuffling; false shuffles them with `seed`",
+    )
+    packing: bool = Field(
+        False,
+        description="Pack rows into max_length-token sequences without padding (TRL best-fit packing). "
+        "GPU only, with a varlen flash-attention attn_implementation: without it packed rows attend to "
+        "each other",
+    )
+    attn_implementation: str | None = Field(
+        None,
+        description="Attention kernel for from_pretrained, e.g. flash_attention_2 or "
+        "kernels-community/flash-attn2; None uses transformers' default (sdpa)",
+    )
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute activations in the backward pass to save memory; None: on a GPU only"
+    )
     seed: int = Field(0, description="Seed for weight init (LoRA), data order and dropout")
     logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps")
+    processes: int | Literal["auto"] = Field(
+        "auto",
+        description="Training processes on this node: auto = one per visible GPU (1 on a CPU); more than 1 "
+        "makes the stage launch itself with torchrun (data parallel, or ZeRO with deepspeed)",
+    )
+    deepspeed: Literal["none", "zero2", "zero3"] = Field(
+        "none",
+        description="DeepSpeed ZeRO stage for multi-GPU runs (launch with torchrun/accelerate, one process "
+        "per GPU): zero2 shards optimizer states and gradients, zero3 also the parameters",
+    )
+    offload: bool = Field(
+        False, description="With deepspeed: offload optimizer states (and zero3 parameters) to CPU memory"
+    )
+    save_steps: int = Field(
+        200,
+        ge=0,
+        description="Write a checkpoint (model, optimizer, scheduler, RNG states, data position) to "
+        "<output_uri>/checkpoints every this many optimizer steps; 0 writes none",
+    )
+    save_total_limit: int = Field(
+        2, ge=1, description="Complete checkpoints kept in <output_uri>/checkpoints"
+    )
+    resume: bool = Field(
+        True,
+        description="Continue an unfinished run from its newest complete checkpoint (same config); false "
+        "deletes the checkpoints and trains from step 0",
+    )
 
     @model_validator(mode="after")
     def _check_steps(self) -> SftConfig:
+        if self.offload and self.deepspeed == "none":
+            raise ValueError(
+                f"offload=true needs deepspeed=zero2 or zero3, but deepspeed={self.deepspeed!r}; "
+                "set deepspeed or offload=false"
+            )
+        if isinstance(self.processes, int) and self.processes < 1:
+            raise ValueError(f"processes={self.processes} starts no process; use auto or a count >= 1")
         if self.max_steps == 0:
             raise ValueError(
                 "max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count"
+            )
+        if self.packing and "flash" not in (self.attn_implementation or ""):
+            raise ValueError(
+                f"packing=true needs a varlen flash-attention kernel, but attn_implementation="
+                f"{self.attn_implementation!r}: packed rows would attend to each other. Set "
+                "attn_implementation=flash_attention_2 (or kernels-community/flash-attn2) on a GPU, or packing=false"
             )
         return self
 
@@ -66,3 +127,7 @@ class SftResult(BaseModel):
     steps: int = Field(description="Optimizer steps taken")
     rows_used: int = Field(description="Examples trained on")
     rows_dropped: int = Field(description="Examples dropped for exceeding max_length tokens")
+    resumed_from_step: int | None = Field(
+        None, description="Step of the checkpoint this run continued from; None when it started at step 0"
+    )
+    seed: int = Field(0, description="The seed used for data order, dropout and LoRA init")

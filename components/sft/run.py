@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tempfile
 from typing import Any
 
 from distilflow import records
@@ -20,17 +19,21 @@ def build_rows(
     """Conversational rows for TRL and how many examples were dropped for being too long.
 
     Each row renders with the student's own chat template; ``enable_thinking`` travels per row in
-    ``chat_template_kwargs``, which TRL forwards to ``apply_chat_template``. Lengths are measured the
-    same way TRL tokenizes (``chat_template`` is the one TRL uses, None for the tokenizer's own), so no
-    kept row is truncated.
+    ``chat_template_kwargs``, which TRL forwards to ``apply_chat_template``. Reasoning goes where the
+    template expects it: ``reasoning_content`` for templates that place it (Qwen3: the ``<think>``
+    block), folded into the content as ``<think>...</think>`` for templates that ignore it (Qwen2.5),
+    and left out of rows with ``enable_thinking=false`` (they teach answering without thinking).
+    Lengths are measured the same way TRL tokenizes (``chat_template`` is the one TRL uses, None for
+    the tokenizer's own), so no kept row is truncated.
     """
-    from distilflow.training import chat_length, message_dicts
+    from distilflow.training import chat_length, message_dicts, renders_reasoning
 
     rows: list[dict[str, Any]] = []
     dropped = 0
     with_thinking = any(ex.enable_thinking is not None for ex in examples)
+    fold = not renders_reasoning(chat_template or tokenizer.chat_template)
     for ex in examples:
-        messages = message_dicts(ex.messages)
+        messages = message_dicts(ex.messages, fold_reasoning=fold, drop_reasoning=ex.enable_thinking is False)
         kwargs = {"enable_thinking": ex.enable_thinking} if ex.enable_thinking is not None else {}
         if chat_length(tokenizer, messages, chat_template=chat_template, **kwargs) > max_length:
             dropped += 1
@@ -64,17 +67,88 @@ def training_template(tokenizer: Any, config: SftConfig) -> str | None:
         ) from None
 
 
+def trainer_class(curriculum: bool) -> type:
+    """``SFTTrainer``, or a subclass that reads rows in dataset order when ``curriculum`` is on.
+
+    The Trainer shuffles with a ``RandomSampler``; curate writes ``sft.jsonl`` in curriculum order
+    (easy to hard), which a shuffle would undo. A ``SequentialSampler`` keeps it (with several
+    processes, accelerate deals consecutive batches out to the ranks, so the global order stays).
+    """
+    from trl import SFTTrainer
+
+    if not curriculum:
+        return SFTTrainer
+
+    class CurriculumSFTTrainer(SFTTrainer):
+        def _get_train_sampler(self, train_dataset=None):
+            from torch.utils.data import SequentialSampler
+
+            dataset = train_dataset if train_dataset is not None else self.train_dataset
+            return SequentialSampler(dataset)
+
+    return CurriculumSFTTrainer
+
+
+def make_trainer(
+    config: SftConfig, rows: list[dict[str, Any]], tokenizer: Any, model_path: str, scratch: str
+) -> Any:
+    """The SFT trainer for ``rows`` (checkpoints, when enabled, go to ``scratch`` first)."""
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from distilflow import training
+
+    if config.packing and not training.on_gpu():
+        raise ConfigError(
+            "sft.packing=true needs a GPU with a flash-attention kernel (packed rows are kept apart by the "
+            "varlen kernel, which the CPU does not have); set sft.packing=false on a CPU"
+        )
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    init_kwargs: dict[str, Any] = {"dtype": "float32"}
+    if config.attn_implementation:
+        init_kwargs["attn_implementation"] = config.attn_implementation
+    args = training.training_arguments(
+        SFTConfig,
+        config,
+        scratch,
+        max_length=config.max_length,
+        # best-fit packing is padding-free: only a varlen (flash) kernel keeps packed rows apart
+        packing=config.packing,
+        assistant_only_loss=config.assistant_only_loss,
+        model_init_kwargs=init_kwargs,
+    )
+    trainer = trainer_class(config.curriculum)(
+        model=model_path,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    return training.quiet_trainer(trainer, STAGE)
+
+
 def run(config: SftConfig) -> SftResult:
     """Fine-tune the student on curated chats and save it with its tokenizer to ``<output_uri>/model``.
 
     Reads ``sft.jsonl`` (``SftExample`` rows) from curate's finished output (or a JSONL file), renders each
     chat with the student's chat template (reasoning inside the template's thinking block, per-row
     ``enable_thinking``), drops and counts rows longer than ``max_length`` tokens, trains with
-    ``SFTTrainer`` (optionally LoRA, merged before saving) and records the loss history.
+    ``SFTTrainer`` (optionally LoRA, merged before saving; in file order with ``curriculum``), uploads a
+    checkpoint every ``save_steps`` steps to ``<output_uri>/checkpoints``, and writes the loss and
+    learning-rate curves to ``<output_uri>/report.html``.
 
-    It does not pack sequences, keep a curriculum order (the trainer shuffles rows), or resume from a
-    mid-training checkpoint: a rerun of a finished output returns the stored result, an unfinished one
-    trains again from the start.
+    With ``processes`` > 1 (``auto``: one per GPU) and not already under a distributed launcher, it
+    starts itself under ``torchrun`` on this node (data parallel, or DeepSpeed ZeRO with ``deepspeed``).
+    A rerun of a finished output returns the stored result; a rerun of an unfinished one (preempted,
+    killed) with the same config continues from its newest complete checkpoint, optimizer, schedule,
+    RNG and data position included (see ``distilflow.training.resume_point`` for a changed config).
+    It does not pack sequences on a CPU, and does not span nodes by itself (a TrainJob launcher does).
     """
     out = StageOutput(config.output_uri, STAGE)
     stored = out.reusable(config)
@@ -82,21 +156,25 @@ def run(config: SftConfig) -> SftResult:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return SftResult.model_validate(stored["result"])
 
-    from distilflow.training import resolve_data
+    from distilflow import training
 
-    data_file, _ = resolve_data(config.data_uri, "sft.jsonl", "sft data")
+    data_file, _ = training.resolve_data(config.data_uri, "sft.jsonl", "sft data")
     examples = records.read_jsonl(data_file, records.SftExample)
+    if training.needs_launch(config):  # several GPUs: one process each, under torchrun
+        return SftResult.model_validate(training.launch(STAGE, config))
+    was_complete = out.is_complete()
     out.begin(config)
-    return train(config, out, data_file, examples)
+    return train(config, out, data_file, examples, was_complete)
 
 
 def train(
-    config: SftConfig, out: StageOutput, data_file: str, examples: list[records.SftExample]
+    config: SftConfig,
+    out: StageOutput,
+    data_file: str,
+    examples: list[records.SftExample],
+    was_complete: bool = False,
 ) -> SftResult:
     """The training part of ``run`` (heavy imports live here)."""
-    from datasets import Dataset
-    from trl import SFTConfig, SFTTrainer
-
     from distilflow import training
     from distilflow.models import load_tokenizer, resolve_model
 
@@ -111,33 +189,11 @@ def train(
             "tokens; raise sft.max_length"
         )
 
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
+    trainer = make_trainer(config, rows, tokenizer, model_path, training.scratch_dir(STAGE, out.uri))
+    start_step = training.train_resumable(trainer, out.uri, config, STAGE, was_complete)
 
-        peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
-        )
-    scratch = tempfile.mkdtemp(prefix="distilflow-sft-")
-    args = training.training_arguments(
-        SFTConfig,
-        config,
-        scratch,
-        max_length=config.max_length,
-        packing=False,  # padding-free packing needs flash-attention to keep sequences apart
-        assistant_only_loss=config.assistant_only_loss,
-    )
-    trainer = SFTTrainer(
-        model=model_path,
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-        peft_config=peft_config,
-    )
-    training.quiet_trainer(trainer, STAGE)
-    trainer.train()
-
-    first, final = training.first_last(training.logged(trainer.state.log_history, "loss"))
+    history = trainer.state.log_history
+    first, final = training.first_last(training.logged(history, "loss"))
     result = SftResult(
         model_uri=uris.join(out.uri, "model"),
         first_loss=first,
@@ -145,14 +201,19 @@ def train(
         steps=trainer.state.global_step,
         rows_used=len(rows),
         rows_dropped=dropped,
+        resumed_from_step=start_step or None,
+        seed=config.seed,
     )
     card = training.model_card(STAGE, config.model, data_file, result.model_dump(), config.to_dict())
     training.save_trained(trainer, result.model_uri, card)
+    report = training.write_report(
+        out.uri, STAGE, history, ("loss", "learning_rate", "grad_norm"), result.model_dump()
+    )
     out.finish(
         result=result.model_dump(),
         inputs={"data": data_file, "model": config.model},
-        outputs={"model": result.model_uri},
+        outputs={"model": result.model_uri, "report": report},
         counts={"rows_read": len(examples), "rows_used": len(rows), "rows_dropped": dropped},
-        metrics={"first_loss": first, "final_loss": final, "steps": result.steps},
+        metrics={"first_loss": first, "final_loss": final, "steps": result.steps, "seed": config.seed},
     )
     return result
