@@ -12,6 +12,7 @@ import pytest
 from distilflow import uri as uris
 from distilflow.components.distill.config import DistillConfig
 from distilflow.components.distill.run import FAILURES, PARTS, REPORT_HTML, REPORT_MD, generation_key, run
+from distilflow.errors import ConfigError
 from distilflow.outputs import MANIFEST, MARKER, RESOLVED_CONFIG
 from distilflow.records import Trace, read_jsonl
 from distilflow.teacher import TransformersTeacher
@@ -559,3 +560,39 @@ def test_distill_fanout_pipeline_compiles_with_parallel_for_stage_images_and_no_
     tasks = list(spec["root"]["dag"]["tasks"].values())
     tasks += [t for c in spec["components"].values() for t in c.get("dag", {}).get("tasks", {}).values()]
     assert all(t.get("cachingOptions", {}).get("enableCache", False) is False for t in tasks)
+
+
+def test_distill_prompt_layout_per_teacher(tmp_path):
+    """A reasoning teacher can take its native format while a chat teacher gets the CoT system prompt."""
+    from tests.fault_server import FaultServer
+
+    problems = many_problems(tmp_path / "problems.jsonl", 10)
+    server = FaultServer()
+    base_url = server.start()
+    try:
+        common = {"backend": "openai", "base_url": base_url, "max_new_tokens": 32, "seed": 1}
+        config = DistillConfig.from_dict(
+            {
+                "output_uri": str(tmp_path / "out"),
+                "problems_uri": problems,
+                "teachers": [
+                    common | {"model": "chat-model", "name": "a"},
+                    common | {"model": "r1", "name": "b"},
+                ],
+                "prompts": {"b": "native"},
+                "n": 2,
+            }
+        )
+        result = run(config)
+    finally:
+        server.stop()
+    bodies = [entry["body"] for entry in server.log]
+    assert {b["model"] for b in bodies} == {"chat-model", "r1"}
+    for body in bodies:
+        roles = [m["role"] for m in body["messages"]]
+        assert roles == (["system", "user"] if body["model"] == "chat-model" else ["user"]), body
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["inputs"]["prompt_templates"] == {"a": "cot_thought_solution_v1", "b": "native"}
+    assert result.traces == 20
+    with pytest.raises(ConfigError, match="not in this stage"):
+        DistillConfig.from_dict(config.to_dict() | {"prompts": {"c": "native"}})

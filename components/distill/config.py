@@ -46,6 +46,11 @@ class DistillConfig(BaseConfig):
         "final answer in \\boxed{} (the DeepSeek-R1/QwQ distillation prompt); native: no system prompt, "
         "the model's own thinking format (reasoning models)",
     )
+    prompts: dict[str, Literal["thought_solution", "native"]] = Field(
+        default_factory=dict,
+        description="Prompt layout per teacher, by teacher name (e.g. native for a reasoning model beside a "
+        "thought_solution chat model); teachers not named here use prompt",
+    )
     limit: int | None = Field(None, ge=1, description="Answer only the first N problems (None: all)")
     batch_size: int = Field(
         16,
@@ -96,6 +101,12 @@ class DistillConfig(BaseConfig):
                 )
         elif self.shares is not None:
             raise ValueError(f"shares={self.shares} needs teachers (a list), not teacher")
+        known = [t.display_name for t in self.teacher_list]
+        unknown = sorted(set(self.prompts) - set(known))
+        if unknown:
+            raise ValueError(
+                f"prompts names teachers {unknown} that are not in this stage; teachers are {known}"
+            )
         if self.shard_index >= self.num_shards:
             raise ValueError(f"shard_index={self.shard_index} must be below num_shards={self.num_shards}")
         return self

@@ -82,11 +82,16 @@ class DistillResult(BaseModel):
     report_html: str | None = Field(None, description="HTML report")
 
 
-def system_prompt(config: DistillConfig) -> str | None:
-    """The rendered system prompt of ``config.prompt`` (None for ``native``)."""
+def prompt_of(config: DistillConfig, teacher: str | None = None) -> str:
+    """The prompt layout a teacher uses: its entry in ``prompts``, else the stage's ``prompt``."""
+    return config.prompts.get(teacher, config.prompt) if teacher else config.prompt
+
+
+def system_prompt(config: DistillConfig, teacher: str | None = None) -> str | None:
+    """The rendered system prompt of a teacher's prompt layout (None for ``native``)."""
     from distilflow import templates
 
-    ref = PROMPT_TEMPLATES[config.prompt]
+    ref = PROMPT_TEMPLATES[prompt_of(config, teacher)]
     return templates.load(ref).render() if ref else None
 
 
@@ -102,10 +107,14 @@ def generation_key(config: DistillConfig) -> str:
     include |= {"top_p", "seed", "chat_template_kwargs"}
     teachers = [t.model_dump(mode="json", include=include) for t in config.teacher_list]
     spec = {"teachers": teachers, "prompt": PROMPT_TEMPLATES[config.prompt], "n": config.n}
+    if config.prompts:  # keys of runs without per-teacher prompts stay as they were
+        spec["prompts"] = {name: PROMPT_TEMPLATES[p] for name, p in sorted(config.prompts.items())}
     if config.teachers is not None:
         spec["shares"] = config.shares
     else:  # keys of one-teacher runs stay as they were
-        spec = {"teacher": teachers[0], "prompt": spec["prompt"], "n": config.n}
+        spec = {"teacher": teachers[0], "prompt": spec["prompt"], "n": config.n} | (
+            {"prompts": spec["prompts"]} if "prompts" in spec else {}
+        )
     blob = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -334,7 +343,7 @@ def ask_in_process(
         answers = {job.key: cache.get(job.key) for group in batch for job in group}
         missing = [group for group in batch if any(answers[j.key] is None for j in group)]
         if missing:
-            system = system_prompt(config)
+            system = system_prompt(config, teacher.name)
             got = teacher.generate([build_chat(g[0].problem, system) for g in missing], n=config.n)
             if len(got) != len(missing) or any(len(a) != config.n for a in got):
                 raise BackendError(
@@ -389,15 +398,14 @@ def run(config: DistillConfig) -> DistillResult:
     shards.load()
     wanted = {(p.id, s) for p in problems for s in range(n)}
     resumed = len(wanted & set(shards.rows))
-    system = system_prompt(config)
+    systems = [system_prompt(config, name) for name in names]
     shares = config.shares or [1.0] * len(specs)
     jobs: list[list[Job]] = [[] for _ in specs]
     for p in problems:
-        chat = build_chat(p, system)
         for s in range(n):
             if (p.id, s) not in shards.rows:
                 i = route(p.id, s, shares) if len(specs) > 1 else 0
-                body = request_body(specs[i], chat, s)
+                body = request_body(specs[i], build_chat(p, systems[i]), s)
                 jobs[i].append(Job(p, s, body, cache_key(specs[i].backend, specs[i].model, body, s), i))
     todo = sum(len(j) for j in jobs)
     shard = f" (shard {config.shard_index} of {config.num_shards})" if config.num_shards > 1 else ""
@@ -477,7 +485,13 @@ def run(config: DistillConfig) -> DistillResult:
     uris.write_text(result.report_html, render_html(result, traces, config))
     out.finish(
         result=result.model_dump(),
-        inputs={"problems": config.problems_uri, "prompt_template": result.prompt_template or "native"},
+        inputs={
+            "problems": config.problems_uri,
+            "prompt_template": result.prompt_template or "native",
+            "prompt_templates": {
+                name: PROMPT_TEMPLATES[prompt_of(config, name)] or "native" for name in names
+            },
+        },
         outputs={
             "traces": traces_uri,
             "failures": failures_uri,
