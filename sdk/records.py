@@ -59,6 +59,16 @@ class Scored(Trace):
     predicted: str | None = Field(None, description="Final answer extracted from the trace")
     judge: str = Field(description="Name of the judge")
     kept: bool = Field(description="Whether selection kept this trace for training")
+    dropped_by: str | None = Field(
+        None, description="The first selection filter that dropped this trace (curate); null when kept"
+    )
+    crv_level: str | None = Field(
+        None, description="CRV critic's label for the named student size: easy, medium or hard (null: no CRV)"
+    )
+    crv_outcome: str | None = Field(
+        None,
+        description="What CRV did: expanded, simplified, unchanged, or rejected: <why> (the original was kept)",
+    )
 
 
 class Message(Record):
@@ -75,6 +85,9 @@ class SftExample(Record):
     enable_thinking: bool | None = Field(None, description="Qwen3-style thinking mode for this example")
     rv: float | None = Field(None, description="Reasoning verbosity of the trace")
     cd: float | None = Field(None, description="Cognitive difficulty of the problem")
+    curriculum_stage: int | None = Field(
+        None, description="Curriculum stage (0 = easiest CD bin) when curate wrote a curriculum order"
+    )
 
 
 class PreferencePair(Record):

@@ -216,10 +216,166 @@ def test_distill_and_curate_components_chain(tmp_path, problems_file, tiny_qwen3
     }
     root = str(tmp_path / "run")
     traces = dsl.Dataset(name="traces", uri=str(tmp_path / "kfp" / "traces"), metadata={})
-    distill.python_func(config=config, output_uri=root, traces=traces)
+    kfp_dir = tmp_path / "kfp"
+    kfp_dir.mkdir()
+
+    def outputs(stage: str) -> dict:
+        return {
+            "metrics": dsl.Metrics(name="metrics", uri=str(kfp_dir / f"{stage}-metrics"), metadata={}),
+            "report": dsl.HTML(name="report", uri=str(kfp_dir / f"{stage}-report.html"), metadata={}),
+        }
+
+    distill.python_func(config=config, output_uri=root, traces=traces, **outputs("distill"))
     assert traces.metadata["uri"] == os.path.join(root, "distill") and traces.metadata["traces"] == 2
     curated = dsl.Dataset(name="curated", uri=str(tmp_path / "kfp" / "curated"), metadata={})
-    curate.python_func(config=config, output_uri=root, traces=traces, curated=curated)
+    extra = outputs("curate")
+    curate.python_func(config=config, output_uri=root, traces=traces, curated=curated, **extra)
+    assert extra["metrics"].metadata["rows_in"] == 2 and "dropped_duplicate" in extra["metrics"].metadata
+    with open(extra["report"].path, encoding="utf-8") as f:
+        assert "<svg" in f.read()
     assert curated.metadata["uri"] == os.path.join(root, "curate")
     assert len(read_jsonl(os.path.join(root, "curate", "scored.jsonl"), Scored)) == 2
     assert os.path.exists(os.path.join(root, "curate", MARKER))
+
+
+def test_curate_selection_options_report_and_curriculum(tmp_path, distill_dir, tiny_qwen3):
+    from distilflow.records import Problem
+
+    evals = str(tmp_path / "eval.jsonl")
+    write_jsonl(evals, [Problem(id="e1", problem="what is 3+4?")])  # p1, once normalised
+    config = curate_config(
+        str(tmp_path / "curate"),
+        distill_dir,
+        tiny_qwen3,
+        preset="7b",
+        curriculum=True,
+        require_correct=False,
+        decontaminate_uris=[evals],
+        pair_beta=0.1,
+    )
+    result = run(config)
+    scored = {r.id: r for r in read_jsonl(result.scored_uri, Scored)}
+    assert {i for i, r in scored.items() if r.dropped_by == "contaminated"} == {"p1/t/0", "p1/t/1"}
+    assert result.dropped["contaminated"] == 2 and result.kept == len(TRACES) - 2
+    assert all(r.kept == (r.dropped_by is None) for r in scored.values())
+    sft = read_jsonl(result.sft_uri, SftExample)
+    stages = [e.curriculum_stage for e in sft]
+    assert len(sft) == result.kept and stages == sorted(stages)
+    assert all(e.curriculum_stage == (0 if e.cd < 3 else 1 if e.cd < 6 else 2) for e in sft)
+    pairs = read_jsonl(result.preference_uri, PreferencePair, allow_empty=True)
+    assert "p1/pair" not in {p.id for p in pairs} and all(p.beta and p.beta >= 0.1 for p in pairs)
+    manifest = json.loads(uris.read_text(os.path.join(str(tmp_path / "curate"), MANIFEST)))
+    assert manifest["counts"]["dropped_contaminated"] == 2 and manifest["inputs"]["decontaminate_0"] == evals
+    page = uris.read_text(result.report_uri)
+    assert page.count("<svg") == 6 and "contaminated" in page
+    selection = json.loads(uris.read_text(os.path.join(str(tmp_path / "curate"), "selection.json")))
+    assert selection["traces"] == len(TRACES) and selection["dropped"]["contaminated"] == 2
+    assert not os.path.exists(tmp_path / "curate" / "_work")
+
+
+class ScriptedTeacher:
+    """A teacher double whose replies depend on the prompt: critic levels and rewrites per problem."""
+
+    def __init__(self, levels: dict[str, str], rewrites: dict[str, str]):
+        self.levels, self.rewrites, self.prompts = levels, rewrites, []
+
+    def generate(self, chats, n=1):
+        from distilflow.teacher import Completion
+
+        replies = []
+        for chat in chats:
+            text = chat[-1]["content"]
+            self.prompts.append(text)
+            problem = next(p for p in self.levels if f"[Problem]\n{p}\n" in text)
+            reply = (
+                f"<level>{self.levels[problem]}</level>"
+                if "Judge how hard" in text
+                else self.rewrites[problem]
+            )
+            replies.append([Completion(reasoning="", content=reply, tokens=7, finish_reason="stop")])
+        return replies
+
+
+def test_crv_keeps_verified_rewrites_and_rejects_changed_answers():
+    from distilflow.components.curate import crv
+
+    def row(pid, problem, reasoning, content, predicted, correct, cd=4.0):
+        return Scored(
+            id=f"{pid}/t/0", problem_id=pid, problem=problem, reference="7" if correct is not None else None,
+            domain="math", teacher="t", sample=0, reasoning=reasoning, content=content, tokens=3,
+            finish_reason="stop", rv=3, cd=cd, logic=1, correct=correct, predicted=predicted, judge="j", kept=False,
+        )  # fmt: skip
+
+    rows = [
+        row("e", "Add 3 and 4.", "3+4=7", "\\boxed{7}", "7", True),
+        row("h", "Sum 3 and 4.", "long detour 3+4=7", "\\boxed{7}", "7", True),
+        row("m", "Plus 3 and 4.", "3+4=7", "\\boxed{7}", "7", True),
+        row("x", "Total of 3 and 4.", "3+4=7", "\\boxed{7}", "7", True),
+        row("w", "Three and four.", "3+4=8", "\\boxed{8}", "8", False),
+    ]
+    teacher = ScriptedTeacher(
+        levels={"Add 3 and 4.": "easy", "Sum 3 and 4.": "hard", "Plus 3 and 4.": "medium",
+                "Total of 3 and 4.": "unsure", "Three and four.": "easy"},
+        rewrites={"Add 3 and 4.": "<think>Start from 3. Adding 4 gives 7.</think>So \\boxed{7}.",
+                  "Sum 3 and 4.": "<think>3+4=8</think>\\boxed{8}"},
+    )  # fmt: skip
+    config = CurateConfig.model_validate(
+        {"output_uri": "o", "data_uri": "d", "judge": {"backend": "transformers", "model": "m"}, "crv": True}
+    )
+    out, changed = crv.refine(teacher, rows, config)
+    by = {r.problem_id: r for r in out}
+    assert changed == [0]
+    assert (by["e"].crv_level, by["e"].crv_outcome) == ("easy", "expanded")
+    assert by["e"].reasoning == "Start from 3. Adding 4 gives 7." and by["e"].content == "So \\boxed{7}."
+    assert by["h"].crv_level == "hard" and by["h"].crv_outcome == "rejected: answer changed: '7' -> '8'"
+    assert by["h"].reasoning == "long detour 3+4=7" and by["h"].content == "\\boxed{7}"  # original kept
+    assert (by["m"].crv_level, by["m"].crv_outcome) == ("medium", "unchanged")
+    assert by["x"].crv_level is None and by["x"].crv_outcome == "rejected: the critic gave no <level>"
+    assert by["w"].crv_outcome == "skipped: wrong answer" and by["w"].reasoning == "3+4=8"
+    assert all("1.5b parameters" in p for p in teacher.prompts)
+    # the wrong trace cost no call; the medium and unparseable ones no rewrite
+    assert len(teacher.prompts) == 4 + 2
+
+
+def test_crv_rewrites_are_scored_again(tmp_path, tiny_qwen3):
+    from distilflow.components.curate.run import _refine
+    from distilflow.teacher import TeacherConfig, make_teacher
+
+    config = curate_config("o", "d", tiny_qwen3, crv=True)
+    base = Scored(
+        id="e/t/0", problem_id="e", problem="Add 3 and 4.", reference="7", domain="math", teacher="t",
+        sample=0, reasoning="7", content="\\boxed{7}", tokens=3, finish_reason="stop", rv=0.0, cd=0.0,
+        logic=1, correct=True, predicted="7", judge="j", kept=False,
+    )  # fmt: skip
+    rewriter = ScriptedTeacher(
+        {"Add 3 and 4.": "easy"}, {"Add 3 and 4.": "<think>3, then 4 more: 7.</think>\\boxed{7}"}
+    )
+    judge = make_teacher(TeacherConfig(backend="transformers", model=tiny_qwen3, batch_size=4))
+    try:
+        (row,) = _refine(judge, rewriter, [base], config, None)
+    finally:
+        judge.close()
+    assert (row.crv_level, row.crv_outcome, row.reasoning) == ("easy", "expanded", "3, then 4 more: 7.")
+    assert row.correct is True and row.predicted == "7" and row.judge == os.path.basename(tiny_qwen3)
+    # scored again by the judge: a random tiny model's expected digit is not exactly 0
+    assert 0 < row.rv <= 9 and 0 < row.cd <= 9
+
+
+def test_curate_crv_on_tiny_model_records_every_decision(tmp_path, distill_dir, tiny_qwen3):
+    # CD critic split at 4.5: every trace is easy or hard; the random tiny model's rewrites never
+    # keep the answer, so verification must reject every one and keep the original trace.
+    config = curate_config(
+        str(tmp_path / "curate"), distill_dir, tiny_qwen3, crv=True, crv_critic="cd",
+        crv_easy_below=4.5, crv_hard_above=4.5, require_correct=False,
+    )  # fmt: skip
+    result = run(config)
+    scored = read_jsonl(result.scored_uri, Scored)
+    original = {f"{pid}/t/{s}": (reasoning, content) for pid, s, _, _, reasoning, content, _ in TRACES}
+    assert len(scored) == len(TRACES)
+    for r in scored:
+        if r.correct is False:
+            assert r.crv_outcome == "skipped: wrong answer" and r.crv_level is None
+        else:
+            assert r.crv_level == ("easy" if r.cd < 4.5 else "hard"), r
+            assert r.crv_outcome.startswith("rejected: "), r.crv_outcome
+        assert (r.reasoning, r.content) == original[r.id]

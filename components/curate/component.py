@@ -7,14 +7,23 @@ from distilflow.images import stage_image
 
 
 @dsl.component(base_image=stage_image("curate"), install_kfp_package=False)
-def curate(config: dict, output_uri: str, traces: dsl.Input[dsl.Dataset], curated: dsl.Output[dsl.Dataset]):
+def curate(
+    config: dict,
+    output_uri: str,
+    traces: dsl.Input[dsl.Dataset],
+    curated: dsl.Output[dsl.Dataset],
+    metrics: dsl.Output[dsl.Metrics],
+    report: dsl.Output[dsl.HTML],
+):
     """Judge, verify and select the teacher's traces; write SFT examples and preference pairs.
 
     Args:
-        config: The whole pipeline config; this stage reads its ``curate`` section (judge, ranges, ...).
+        config: The whole pipeline config; this stage reads its ``curate`` section (judge, selection, ...).
         output_uri: Root folder or URI of the run; this stage writes under ``<output_uri>/curate``.
         traces: The distill output (its metadata carries the distill folder's URI).
         curated: Output dataset; its metadata carries the URI of the curate output folder.
+        metrics: Rows in and kept, rows dropped per filter, judge failures, correctness rate.
+        report: HTML report: RV/CD histograms and heat maps before and after selection, sample rows.
     """
     from distilflow import artifacts, uri
     from distilflow.components.curate.config import CurateConfig
@@ -31,3 +40,18 @@ def curate(config: dict, output_uri: str, traces: dsl.Input[dsl.Dataset], curate
         kept=result.kept,
         pairs=result.pairs,
     )
+    checked = result.correct + result.incorrect
+    for name, value in {
+        "traces": result.traces,
+        "judge_failures": result.judge_failures,
+        "rows_in": result.scored,
+        "rows_out": result.kept,
+        "pairs": result.pairs,
+        "correct_rate": result.correct / checked if checked else 0.0,
+    }.items():
+        metrics.log_metric(name, value)
+    for name, value in result.dropped.items():
+        metrics.log_metric(f"dropped_{name}", value)
+    with open(report.path, "w", encoding="utf-8") as f:
+        f.write(uri.read_text(result.report_uri))
+    artifacts.publish(report, uri=result.report_uri, stage_uri=section["output_uri"])

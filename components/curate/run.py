@@ -1,37 +1,46 @@
 """The ``curate`` stage: judge, verify and select chains of thought; build SFT and preference data.
 
-Reads ``<data_uri>/traces.jsonl`` from a finished ``distill`` output. An LLM judge scores every
+Streams ``<data_uri>/traces.jsonl`` from a finished ``distill`` output. An LLM judge scores every
 trace for Reasoning Verbosity (RV, 0-9) and Cognitive Difficulty (CD, 0-9) with OmniThought's
 rubrics (Cai et al. 2025, arXiv:2505.10937) and for logical soundness (0/1); final answers are
-checked against the reference with ``distilflow.answers``. Writes ``scored.jsonl`` (every judged
-trace with its ``kept`` flag), ``sft.jsonl`` (kept traces as chats), ``preference.jsonl``
-(best-vs-worst pairs per problem) and ``judge_failures.jsonl``. It does not rewrite traces
-(CogPO's critic/expand/simplify loop), mix by CD bins or set per-pair beta yet.
+checked against the reference with ``distilflow.answers``. Selection, mixing, deduplication,
+decontamination and preference pairs then run in bounded memory (``select.select_stream``; the
+rules are documented there). Writes ``scored.jsonl`` (every judged trace with ``kept`` and
+``dropped_by``), ``sft.jsonl`` (kept traces as chats, in curriculum order when asked),
+``preference.jsonl`` (best-vs-worst pairs per problem, with CogPO's beta when asked),
+``judge_failures.jsonl``, ``selection.json`` (counts, histograms) and ``report.html``. With
+``crv: true`` each judged batch goes through CRV refinement first (``crv.py``): verified rewrites
+replace the original trace and are scored again. Judge calls are not cached by this stage.
 """
 
 from __future__ import annotations
 
-import collections
+import json
+import os
 import re
-import statistics
+import shutil
+import tempfile
+from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from distilflow import answers
 from distilflow import uri as uris
+from distilflow.components.curate import report
 from distilflow.components.curate.config import FORMAT_TEMPLATES, JUDGE_TEMPLATES, CurateConfig
+from distilflow.components.curate.select import iter_lines, select_stream
+from distilflow.errors import RecordError
 from distilflow.outputs import StageOutput, require_complete
 from distilflow.progress import Progress
-from distilflow.records import Message, PreferencePair, Scored, SftExample, Trace, read_jsonl, write_jsonl
+from distilflow.records import Scored, Trace
 
 TRACES = "traces.jsonl"
 SCORED, SFT, PREFERENCE, FAILURES = "scored.jsonl", "sft.jsonl", "preference.jsonl", "judge_failures.jsonl"
+SELECTION, REPORT = "selection.json", "report.html"
 SCALES = {"rv": "0123456789", "cd": "0123456789", "logic": "01"}
 SCALE_TEXT = {"rv": "0 to 9", "cd": "0 to 9", "logic": "0 or 1"}
 SCORE_RE = re.compile(r"<score>\s*(\d+(?:\.\d+)?)\s*</score>", re.IGNORECASE)
-# Rank of an answer check when choosing preference pairs: verified right > unverified > wrong.
-CORRECT_RANK = {True: 2, None: 1, False: 0}
 
 
 class CurateResult(BaseModel):
@@ -41,6 +50,7 @@ class CurateResult(BaseModel):
     sft_uri: str = Field(description="JSONL of records.SftExample built from kept traces")
     preference_uri: str = Field(description="JSONL of records.PreferencePair")
     failures_uri: str = Field(description="JSONL of judgments that could not be parsed (generate mode)")
+    report_uri: str = Field(description="HTML report: counts per filter, RV/CD histograms and heat maps")
     traces: int = Field(description="Traces read")
     scored: int = Field(description="Traces with all three scores")
     kept: int = Field(description="Scored traces selection kept")
@@ -50,6 +60,9 @@ class CurateResult(BaseModel):
     correct: int = Field(description="Traces whose answer matches the reference")
     incorrect: int = Field(description="Traces whose answer does not match the reference")
     unverified: int = Field(description="Traces without a reference answer")
+    dropped: dict[str, int] = Field(
+        description="Scored traces dropped per selection filter (the first that failed)"
+    )
     mean_rv: float | None = Field(description="Mean reasoning verbosity of scored traces")
     mean_cd: float | None = Field(description="Mean cognitive difficulty of scored traces")
     judge: str = Field(description="Name of the judge")
@@ -143,67 +156,139 @@ def check_answer(trace: Trace) -> tuple[bool | None, str | None]:
     ), predicted
 
 
-def selected(row: Scored, c: CurateConfig) -> bool:
-    """Selection: RV and CD within their ranges, logic at least min_logic, and the answer policy."""
-    if not (c.rv_min <= row.rv <= c.rv_max and c.cd_min <= row.cd <= c.cd_max and row.logic >= c.min_logic):
-        return False
-    if row.correct is None:
-        return c.keep_unverified
-    return row.correct or not c.require_correct
-
-
-def prompt_messages(row: Trace, c: CurateConfig) -> list[Message]:
-    system = [Message(role="system", content=c.system_prompt)] if c.system_prompt else []
-    return system + [Message(role="user", content=row.problem)]
-
-
-def assistant(row: Trace) -> Message:
-    return Message(role="assistant", content=row.content, reasoning_content=row.reasoning or None)
-
-
-def sft_example(row: Scored, c: CurateConfig) -> SftExample:
-    return SftExample(
-        id=row.id,
-        messages=[*prompt_messages(row, c), assistant(row)],
-        enable_thinking=c.enable_thinking,
-        rv=row.rv,
-        cd=row.cd,
-    )
-
-
-def preference_pairs(rows: list[Scored], c: CurateConfig) -> list[PreferencePair]:
-    """Per problem with >= 2 scored traces: the best against the worst by (answer check, logic,
-    closeness of RV to the target for the problem's CD); none when the two tie on that key."""
-    groups: dict[str, list[Scored]] = collections.defaultdict(list)
-    for row in rows:
-        groups[row.problem_id].append(row)
-    pairs = []
-    for pid, group in groups.items():
-        if len(group) < 2:
-            continue
-        cd = statistics.fmean(r.cd for r in group)
-        target = min(max(c.rv_target_offset + c.rv_target_scale * cd, 0.0), 9.0)
-
-        def key(r: Scored, target: float = target) -> tuple:
-            return (CORRECT_RANK[r.correct], round(r.logic, 6), -round(abs(r.rv - target), 6))
-
-        best, worst = max(group, key=key), min(group, key=key)
-        if key(best) == key(worst):
-            continue
-        pairs.append(
-            PreferencePair(
-                id=f"{pid}/pair",
-                prompt=prompt_messages(best, c),
-                chosen=[assistant(best)],
-                rejected=[assistant(worst)],
-            )
-        )
-    return pairs
-
-
 def _clip(value: float, top: float) -> float:
     # Expected values can overshoot the scale by a rounding error; records validate the range.
     return round(min(max(value, 0.0), top), 4)
+
+
+def iter_traces(uri: str) -> Iterator[Trace]:
+    """Validated traces streamed from a JSONL file; a bad line is reported as ``file:line``."""
+    for lineno, line in iter_lines(uri):
+        try:
+            yield Trace.model_validate_json(line)
+        except ValueError as exc:
+            raise RecordError(f"{uri}:{lineno}: not a valid Trace: {str(exc).splitlines()[-1]}") from None
+
+
+def count_lines(uri: str) -> int:
+    return sum(1 for _ in iter_lines(uri))
+
+
+def judge_all(config: CurateConfig, traces_uri: str, judged_path: str, failures_path: str) -> tuple[int, int]:
+    """Score every trace and check its answer; write Scored rows (kept=False) and failures, streamed.
+
+    Returns (traces read, traces left unscored)."""
+    from distilflow.teacher import make_teacher
+
+    total = count_lines(traces_uri)
+    print(
+        f"[curate] judging {total} traces with {config.judge.display_name} ({config.mode} mode)", flush=True
+    )
+    progress = Progress("curate", "traces judged", total=total)
+    judge = make_teacher(config.judge)
+    rewriter = make_teacher(config.crv_rewriter) if config.crv and config.crv_rewriter else judge
+    read = failed = 0
+    batch: list[Trace] = []
+    try:
+        with (
+            open(judged_path, "w", encoding="utf-8") as out,
+            open(failures_path, "w", encoding="utf-8") as bad,
+        ):
+            for trace in iter_traces(traces_uri):
+                batch.append(trace)
+                if len(batch) < config.batch_size:
+                    continue
+                failed += _judge_batch(judge, rewriter, batch, config, out, bad)
+                read += len(batch)
+                progress.update(len(batch))
+                batch = []
+            if batch:
+                failed += _judge_batch(judge, rewriter, batch, config, out, bad)
+                read += len(batch)
+                progress.update(len(batch))
+    finally:
+        judge.close()
+        if rewriter is not judge:
+            rewriter.close()
+    return read, failed
+
+
+def _score(judge: Any, batch: list[Trace], config: CurateConfig, bad: Any) -> list[dict[str, float] | None]:
+    if config.mode == "logprobs":
+        return score_logprobs(judge, batch)
+    scores, failures = score_generate(judge, batch)
+    for failure in failures:
+        bad.write(json.dumps(failure, ensure_ascii=False) + "\n")
+    return scores
+
+
+def _scored(trace: Trace, score: dict[str, float], judge: str, **extra: Any) -> Scored:
+    correct, predicted = check_answer(trace)
+    fields = trace.model_dump() | extra
+    return Scored(
+        **fields,
+        rv=_clip(score["rv"], 9),
+        cd=_clip(score["cd"], 9),
+        logic=_clip(score["logic"], 1),
+        correct=correct,
+        predicted=predicted,
+        judge=judge,
+        kept=False,
+    )
+
+
+def _judge_batch(
+    judge: Any, rewriter: Any, batch: list[Trace], config: CurateConfig, out: Any, bad: Any
+) -> int:
+    scores = _score(judge, batch, config, bad)
+    name = config.judge.display_name
+    rows = [_scored(t, s, name) for t, s in zip(batch, scores, strict=True) if s is not None]
+    if config.crv and rows:
+        rows = _refine(judge, rewriter, rows, config, bad)
+    for row in rows:
+        out.write(row.model_dump_json() + "\n")
+    return sum(s is None for s in scores)
+
+
+def _refine(judge: Any, rewriter: Any, rows: list[Scored], config: CurateConfig, bad: Any) -> list[Scored]:
+    """CRV over a judged batch; verified rewrites are scored again (a rewrite that cannot be scored is
+    dropped in favour of the original)."""
+    from distilflow.components.curate import crv
+
+    refined, changed = crv.refine(rewriter, rows, config)
+    if changed:
+        traces = [
+            Trace.model_validate(refined[i].model_dump(include=set(Trace.model_fields))) for i in changed
+        ]
+        for i, trace, score in zip(changed, traces, _score(judge, traces, config, bad), strict=True):
+            crv_fields = {"crv_level": refined[i].crv_level, "crv_outcome": refined[i].crv_outcome}
+            if score is None:
+                failed = {
+                    "crv_level": refined[i].crv_level,
+                    "crv_outcome": "rejected: the rewrite could not be scored",
+                }
+                refined[i] = rows[i].model_copy(update=failed)
+            else:
+                refined[i] = _scored(trace, score, config.judge.display_name, **crv_fields)
+    return refined
+
+
+def _workdir(output_uri: str) -> str:
+    # Beside the outputs when local (finished files are renamed into place); a temp folder otherwise.
+    if uris.is_local(output_uri):
+        path = os.path.join(uris.local_path(output_uri), "_work")
+        shutil.rmtree(path, ignore_errors=True)
+        os.makedirs(path)
+        return path
+    return tempfile.mkdtemp(prefix="distilflow-curate-")
+
+
+def _publish(local: str, uri: str) -> None:
+    if uris.is_local(uri):
+        os.replace(local, uris.local_path(uri))
+        return
+    fs, path = uris.filesystem(uri)
+    fs.put_file(local, path)
 
 
 def run(config: CurateConfig) -> CurateResult:
@@ -212,8 +297,6 @@ def run(config: CurateConfig) -> CurateResult:
     Refuses a ``data_uri`` without a completion marker. A rerun of a finished output with the
     same config returns the stored result without loading the judge.
     """
-    from distilflow.teacher import make_teacher
-
     out = StageOutput(config.output_uri, "curate")
     manifest = out.reusable(config)
     if manifest is not None:
@@ -221,80 +304,54 @@ def run(config: CurateConfig) -> CurateResult:
         return CurateResult.model_validate(manifest["result"])
     require_complete(config.data_uri, "curate data_uri")
     traces_uri = uris.join(config.data_uri, TRACES)
-    traces = read_jsonl(traces_uri, Trace)
     out.begin(config)
-    judge_name = config.judge.display_name
-    print(f"[curate] judging {len(traces)} traces with {judge_name} ({config.mode} mode)", flush=True)
-    scores: list[dict[str, float] | None] = []
-    failures: list[dict] = []
-    progress = Progress("curate", "traces judged", total=len(traces))
-    judge = make_teacher(config.judge)
-    try:
-        for start in range(0, len(traces), config.batch_size):
-            batch = traces[start : start + config.batch_size]
-            if config.mode == "logprobs":
-                scores.extend(score_logprobs(judge, batch))
-            else:
-                got, failed = score_generate(judge, batch)
-                scores.extend(got)
-                failures.extend(failed)
-            progress.update(len(batch))
-    finally:
-        judge.close()
-    rows = []
-    for trace, score in zip(traces, scores, strict=True):
-        if score is None:
-            continue
-        correct, predicted = check_answer(trace)
-        row = Scored(
-            **trace.model_dump(),
-            rv=_clip(score["rv"], 9),
-            cd=_clip(score["cd"], 9),
-            logic=_clip(score["logic"], 1),
-            correct=correct,
-            predicted=predicted,
-            judge=judge_name,
-            kept=False,
-        )
-        row.kept = selected(row, config)
-        rows.append(row)
-    sft = [sft_example(r, config) for r in rows if r.kept]
-    pairs = preference_pairs(rows, config)
-    paths = {name: out.path(name) for name in (SCORED, SFT, PREFERENCE, FAILURES)}
-    write_jsonl(paths[SCORED], rows)
-    write_jsonl(paths[SFT], sft)
-    write_jsonl(paths[PREFERENCE], pairs)
-    write_jsonl(paths[FAILURES], failures)
-    checks = collections.Counter(r.correct for r in rows)
-    failed_traces = sum(s is None for s in scores)
+    work = _workdir(config.output_uri)
+    judged, failures = os.path.join(work, "judged.jsonl"), os.path.join(work, FAILURES)
+    n_traces, failed = judge_all(config, traces_uri, judged, failures)
+    lines = ((f"{judged}:{n}", line) for n, line in iter_lines(judged))
+    files, stats = select_stream(lines, config.selection(), work, os.path.getsize(judged))
+    info = stats.to_dict() | {"traces": n_traces, "judge_failures": failed}
+    with open(os.path.join(work, SELECTION), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+    with open(os.path.join(work, REPORT), "w", encoding="utf-8") as f:
+        f.write(report.render(info, title=f"curate report: {out.uri}"))
+    local = {SCORED: files.scored, SFT: files.sft, PREFERENCE: files.preference, FAILURES: failures}
+    local |= {SELECTION: os.path.join(work, SELECTION), REPORT: os.path.join(work, REPORT)}
+    paths = {name: out.path(name) for name in local}
+    for name, path in local.items():
+        _publish(path, paths[name])
+    shutil.rmtree(work, ignore_errors=True)
     result = CurateResult(
         scored_uri=paths[SCORED],
         sft_uri=paths[SFT],
         preference_uri=paths[PREFERENCE],
         failures_uri=paths[FAILURES],
-        traces=len(traces),
-        scored=len(rows),
-        kept=len(sft),
-        sft_rows=len(sft),
-        pairs=len(pairs),
-        judge_failures=failed_traces,
-        correct=checks[True],
-        incorrect=checks[False],
-        unverified=checks[None],
-        mean_rv=round(statistics.fmean(r.rv for r in rows), 4) if rows else None,
-        mean_cd=round(statistics.fmean(r.cd for r in rows), 4) if rows else None,
-        judge=judge_name,
+        report_uri=paths[REPORT],
+        traces=n_traces,
+        scored=stats.rows_in,
+        kept=stats.kept,
+        sft_rows=stats.sft_rows,
+        pairs=stats.pairs,
+        judge_failures=failed,
+        correct=stats.answers["correct"],
+        incorrect=stats.answers["incorrect"],
+        unverified=stats.answers["unverified"],
+        dropped=stats.dropped,
+        mean_rv=round(stats.sum_rv / stats.rows_in, 4) if stats.rows_in else None,
+        mean_cd=round(stats.sum_cd / stats.rows_in, 4) if stats.rows_in else None,
+        judge=config.judge.display_name,
         templates=[*JUDGE_TEMPLATES.values(), FORMAT_TEMPLATES[config.mode]],
         answer_checker=answers.checker(),
     )
-    if failed_traces:
+    if failed:
         print(
-            f"[curate] {failed_traces} traces unscored: judgments without a parseable <score>; see {paths[FAILURES]}",
-            flush=True,
+            f"[curate] {failed} traces unscored: judgments without a parseable <score>; see {paths[FAILURES]}"
         )
+    dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.items() if v)
     print(
         f"[curate] scored {result.scored}/{result.traces}, kept {result.kept}, pairs {result.pairs}, "
-        f"correct {result.correct} / incorrect {result.incorrect} / unverified {result.unverified}",
+        f"correct {result.correct} / incorrect {result.incorrect} / unverified {result.unverified}; "
+        f"dropped: {dropped or 'none'}",
         flush=True,
     )
     counts = {
@@ -302,19 +359,19 @@ def run(config: CurateConfig) -> CurateResult:
     }
     out.finish(
         result=result.model_dump(),
-        inputs={"traces": traces_uri, "judge_templates": ",".join(result.templates)},
-        outputs={
-            "scored": paths[SCORED],
-            "sft": paths[SFT],
-            "preference": paths[PREFERENCE],
-            "failures": paths[FAILURES],
-        },
+        inputs={"traces": traces_uri, "judge_templates": ",".join(result.templates)}
+        | {f"decontaminate_{i}": u for i, u in enumerate(config.decontaminate_uris)},
+        outputs={name.split(".")[0]: path for name, path in paths.items()},
         counts=counts
-        | {"correct": result.correct, "incorrect": result.incorrect, "unverified": result.unverified},
+        | {"correct": result.correct, "incorrect": result.incorrect, "unverified": result.unverified}
+        | {f"dropped_{k}": v for k, v in stats.dropped.items()},
         metrics={
             "mean_rv": result.mean_rv or 0.0,
             "mean_cd": result.mean_cd or 0.0,
             "keep_rate": result.kept / result.scored if result.scored else 0.0,
+            "correct_rate": result.correct / (result.correct + result.incorrect)
+            if result.correct + result.incorrect
+            else 0.0,
         },
     )
     return result
