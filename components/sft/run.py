@@ -148,8 +148,14 @@ def run(config: SftConfig) -> SftResult:
     A rerun of a finished output returns the stored result; a rerun of an unfinished one (preempted,
     killed) with the same config continues from its newest complete checkpoint, optimizer, schedule,
     RNG and data position included (see ``distilflow.training.resume_point`` for a changed config).
-    It does not pack sequences on a CPU, and does not span nodes by itself (a TrainJob launcher does).
+    With ``launcher: trainjob`` it trains nothing here: ``distilflow.trainjob.launch`` submits a Kubeflow
+    TrainJob of ``nodes`` nodes that runs this stage with ``launcher: local`` and returns its result.
+    It does not pack sequences on a CPU.
     """
+    if config.launcher == "trainjob":  # many nodes: a Kubeflow TrainJob trains, this process waits
+        from distilflow import trainjob
+
+        return SftResult.model_validate(trainjob.launch(STAGE, config))
     out = StageOutput(config.output_uri, STAGE)
     stored = out.reusable(config)
     if stored is not None:
