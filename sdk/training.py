@@ -25,11 +25,47 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
+
+from pydantic import Field
 
 from distilflow import uri as uris
+from distilflow.config import BaseConfig
 from distilflow.errors import ConfigError
 from distilflow.outputs import require_complete
+
+
+class ScaleAndCheckpointFields(BaseConfig):
+    """Config fields shared unchanged by the sft and dpo stages: processes per node, DeepSpeed, and
+    checkpoints in object storage. Plain fields, no behaviour."""
+
+    processes: int | Literal["auto"] = Field(
+        "auto",
+        description="Training processes on this node: auto = one per visible GPU (1 on a CPU); more than 1 "
+        "makes the stage launch itself with torchrun (data parallel, or ZeRO with deepspeed)",
+    )
+    deepspeed: Literal["none", "zero2", "zero3"] = Field(
+        "none",
+        description="DeepSpeed ZeRO stage for multi-GPU runs (launch with torchrun/accelerate, one process "
+        "per GPU): zero2 shards optimizer states and gradients, zero3 also the parameters",
+    )
+    offload: bool = Field(
+        False, description="With deepspeed: offload optimizer states (and zero3 parameters) to CPU memory"
+    )
+    save_steps: int = Field(
+        200,
+        ge=0,
+        description="Write a checkpoint (model, optimizer, scheduler, RNG states, data position) to "
+        "<output_uri>/checkpoints every this many optimizer steps; 0 writes none",
+    )
+    save_total_limit: int = Field(
+        2, ge=1, description="Complete checkpoints kept in <output_uri>/checkpoints"
+    )
+    resume: bool = Field(
+        True,
+        description="Continue an unfinished run from its newest complete checkpoint (same config); false "
+        "deletes the checkpoints and trains from step 0",
+    )
 
 
 def resolve_data(data_uri: str, default_name: str, what: str) -> tuple[str, dict[str, Any] | None]:

@@ -6,14 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distilflow.config import BaseConfig
+from distilflow.training import ScaleAndCheckpointFields
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri", "model")
 """Fields the pipeline fills in: this stage's output folder, curate's output folder, the SFT model."""
 
 
-class DpoConfig(BaseConfig):
+class DpoConfig(ScaleAndCheckpointFields):
     """Preference optimisation of the student (TRL ``DPOTrainer``); CogPO when pairs carry a per-sample beta."""
 
     output_uri: Uri = Field(description="This stage's output folder; the model goes to <output_uri>/model")
@@ -53,33 +53,6 @@ class DpoConfig(BaseConfig):
     )
     seed: int = Field(0, description="Seed for data order, dropout and LoRA init")
     logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps")
-    processes: int | Literal["auto"] = Field(
-        "auto",
-        description="Training processes on this node: auto = one per visible GPU (1 on a CPU); more than 1 "
-        "makes the stage launch itself with torchrun (data parallel, or ZeRO with deepspeed)",
-    )
-    deepspeed: Literal["none", "zero2", "zero3"] = Field(
-        "none",
-        description="DeepSpeed ZeRO stage for multi-GPU runs (launch with torchrun/accelerate, one process "
-        "per GPU): zero2 shards optimizer states and gradients, zero3 also the parameters",
-    )
-    offload: bool = Field(
-        False, description="With deepspeed: offload optimizer states (and zero3 parameters) to CPU memory"
-    )
-    save_steps: int = Field(
-        200,
-        ge=0,
-        description="Write a checkpoint (model, optimizer, scheduler, RNG states, data position) to "
-        "<output_uri>/checkpoints every this many optimizer steps; 0 writes none",
-    )
-    save_total_limit: int = Field(
-        2, ge=1, description="Complete checkpoints kept in <output_uri>/checkpoints"
-    )
-    resume: bool = Field(
-        True,
-        description="Continue an unfinished run from its newest complete checkpoint (same config); false "
-        "deletes the checkpoints and trains from step 0",
-    )
 
     @model_validator(mode="after")
     def _check_steps(self) -> DpoConfig:
