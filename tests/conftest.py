@@ -92,3 +92,16 @@ def problems_file(tmp_path) -> str:
     path = str(tmp_path / "problems.jsonl")
     write_jsonl(path, rows)
     return path
+
+
+def curate_output(root: str, filename: str, rows: list, complete: bool = True) -> str:
+    """A curate-like upstream output folder under ``root`` holding ``filename`` (sft.jsonl or
+    preference.jsonl), with its completion marker unless ``complete`` is False."""
+    from distilflow.outputs import StageOutput
+    from distilflow.records import write_jsonl
+
+    out = StageOutput(os.path.join(root, "curate"), "curate")
+    write_jsonl(out.path(filename), rows)
+    if complete:
+        out.finish(result={}, counts={filename.removesuffix(".jsonl"): len(rows)})
+    return out.uri

@@ -12,7 +12,8 @@ from distilflow import uri as uris
 from distilflow.components.dpo.config import DpoConfig
 from distilflow.errors import IncompleteOutputError
 from distilflow.outputs import MANIFEST, MARKER, StageOutput
-from distilflow.records import Message, PreferencePair, write_jsonl
+from distilflow.records import Message, PreferencePair
+from tests.conftest import curate_output
 
 LONG = " ".join(["The quick brown fox jumps over the lazy dog."] * 20)
 
@@ -47,14 +48,6 @@ def pairs(n: int = 8, long: int = 0, beta: bool = True) -> list[PreferencePair]:
     return rows
 
 
-def curate_output(root: str, rows: list[PreferencePair], complete: bool = True) -> str:
-    out = StageOutput(os.path.join(root, "curate"), "curate")
-    write_jsonl(out.path("preference.jsonl"), rows)
-    if complete:
-        out.finish(result={})
-    return out.uri
-
-
 def config(model: str, data_uri: str, output_uri: str, **overrides) -> DpoConfig:
     base = dict(
         output_uri=output_uri,
@@ -76,7 +69,7 @@ def test_dpo_learns_preferences_saves_and_reuses(tiny_qwen3, tmp_path):
 
     from distilflow.components.dpo.run import run
 
-    data = curate_output(str(tmp_path), pairs(8, long=1))
+    data = curate_output(str(tmp_path), "preference.jsonl", pairs(8, long=1))
     cfg = config(tiny_qwen3, data, str(tmp_path / "dpo"))
     result = run(cfg)
 
@@ -133,7 +126,7 @@ def test_per_pair_beta_is_applied(tiny_qwen3, tmp_path):
 def test_dpo_refuses_incomplete_upstream(tiny_qwen3, tmp_path):
     from distilflow.components.dpo.run import run
 
-    data = curate_output(str(tmp_path), pairs(2), complete=False)
+    data = curate_output(str(tmp_path), "preference.jsonl", pairs(2), complete=False)
     with pytest.raises(IncompleteOutputError, match="no completion marker"):
         run(config(tiny_qwen3, data, str(tmp_path / "dpo")))
 
@@ -145,7 +138,7 @@ def test_dpo_component_wires_student_and_data(tiny_qwen3, tmp_path):
     from distilflow.components.dpo.component import dpo
     from distilflow.components.dpo.run import run
 
-    data = curate_output(str(tmp_path), pairs(4, beta=False))
+    data = curate_output(str(tmp_path), "preference.jsonl", pairs(4, beta=False))
     # The student artifact, as sft publishes it: the model folder plus the stage folder that vouches for it
     sft_out = StageOutput(str(tmp_path / "sft"), "sft")
     sft_out.finish(result={})
@@ -181,7 +174,7 @@ def test_dpo_resumes_from_newest_complete_checkpoint(tiny_qwen3, tmp_path):
     from distilflow.errors import ConfigError
     from distilflow.training import list_checkpoints
 
-    data = curate_output(str(tmp_path), pairs(8))
+    data = curate_output(str(tmp_path), "preference.jsonl", pairs(8))
     cfg = config(
         tiny_qwen3, data, str(tmp_path / "dpo"), max_steps=6, per_device_train_batch_size=3, save_steps=2
     )

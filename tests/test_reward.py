@@ -10,8 +10,9 @@ import pytest
 from distilflow import uri as uris
 from distilflow.components.reward.config import RewardConfig
 from distilflow.errors import IncompleteOutputError
-from distilflow.outputs import MANIFEST, MARKER, StageOutput
-from distilflow.records import Message, PreferencePair, write_jsonl
+from distilflow.outputs import MANIFEST, MARKER
+from distilflow.records import Message, PreferencePair
+from tests.conftest import curate_output
 
 
 def separable_pairs(n: int = 12) -> list[PreferencePair]:
@@ -25,14 +26,6 @@ def separable_pairs(n: int = 12) -> list[PreferencePair]:
         )
         for i in range(n)
     ]
-
-
-def curate_output(root: str, rows: list[PreferencePair], complete: bool = True) -> str:
-    out = StageOutput(os.path.join(root, "curate"), "curate")
-    write_jsonl(out.path("preference.jsonl"), rows)
-    if complete:
-        out.finish(result={})
-    return out.uri
 
 
 def config(model: str, data_uri: str, output_uri: str, **overrides) -> RewardConfig:
@@ -58,7 +51,7 @@ def test_reward_from_causal_lm_learns_and_reuses(tiny_qwen3, tmp_path):
 
     from distilflow.components.reward.run import run
 
-    data = curate_output(str(tmp_path), separable_pairs(12))
+    data = curate_output(str(tmp_path), "preference.jsonl", separable_pairs(12))
     cfg = config(tiny_qwen3, data, str(tmp_path / "reward"))
     result = run(cfg)
 
@@ -99,7 +92,7 @@ def test_reward_component_from_reward_model(tiny_reward, tmp_path):
 
     from distilflow.components.reward.component import reward
 
-    data = curate_output(str(tmp_path), separable_pairs(6))
+    data = curate_output(str(tmp_path), "preference.jsonl", separable_pairs(6))
     model = dsl.Model(name="model", uri=str(tmp_path / "artifact"))
     metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
     root = str(tmp_path / "run")
@@ -122,7 +115,7 @@ def test_reward_component_from_reward_model(tiny_reward, tmp_path):
 def test_reward_refuses_incomplete_upstream(tiny_qwen3, tmp_path):
     from distilflow.components.reward.run import run
 
-    data = curate_output(str(tmp_path), separable_pairs(4), complete=False)
+    data = curate_output(str(tmp_path), "preference.jsonl", separable_pairs(4), complete=False)
     with pytest.raises(IncompleteOutputError):
         run(config(tiny_qwen3, data, str(tmp_path / "reward")))
 

@@ -10,8 +10,9 @@ import pytest
 from distilflow import uri as uris
 from distilflow.components.sft.config import SftConfig, SftResult
 from distilflow.errors import ConfigError, IncompleteOutputError
-from distilflow.outputs import MANIFEST, MARKER, StageOutput
+from distilflow.outputs import MANIFEST, MARKER
 from distilflow.records import Message, SftExample, write_jsonl
+from tests.conftest import curate_output
 
 
 def examples(n: int = 8, long: int = 0) -> list[SftExample]:
@@ -43,15 +44,6 @@ def examples(n: int = 8, long: int = 0) -> list[SftExample]:
     return rows
 
 
-def curate_output(root: str, rows: list[SftExample], complete: bool = True) -> str:
-    """A curate-like upstream output folder holding sft.jsonl (with its completion marker unless told not)."""
-    out = StageOutput(os.path.join(root, "curate"), "curate")
-    write_jsonl(out.path("sft.jsonl"), rows)
-    if complete:
-        out.finish(result={}, counts={"sft": len(rows)})
-    return out.uri
-
-
 def config(model: str, data_uri: str, output_uri: str, **overrides) -> SftConfig:
     base = dict(
         output_uri=output_uri,
@@ -73,7 +65,7 @@ def test_sft_learns_saves_and_reuses(tiny_qwen3, tmp_path):
 
     from distilflow.components.sft.run import run
 
-    data = curate_output(str(tmp_path), examples(8))
+    data = curate_output(str(tmp_path), "sft.jsonl", examples(8))
     cfg = config(tiny_qwen3, data, str(tmp_path / "run" / "sft"))
     result = run(cfg)
 
@@ -111,7 +103,7 @@ def test_sft_component_publishes_uri_and_metrics(tiny_qwen3, tmp_path):
     from distilflow.components.sft.component import sft
     from distilflow.components.sft.run import run
 
-    data = curate_output(str(tmp_path), examples(4))
+    data = curate_output(str(tmp_path), "sft.jsonl", examples(4))
     root = str(tmp_path / "run")
     section = dict(
         model=tiny_qwen3, max_steps=2, learning_rate=1e-3, per_device_train_batch_size=2, max_length=128
@@ -143,7 +135,7 @@ def test_sft_drops_long_rows_and_merges_lora(tiny_qwen3, tmp_path):
 
     from distilflow.components.sft.run import run
 
-    data = curate_output(str(tmp_path), examples(4, long=3))
+    data = curate_output(str(tmp_path), "sft.jsonl", examples(4, long=3))
     cfg = config(tiny_qwen3, data, str(tmp_path / "sft"), max_steps=3, max_length=96, lora=True, lora_r=4)
     result = run(cfg)
 
@@ -159,7 +151,7 @@ def test_sft_drops_long_rows_and_merges_lora(tiny_qwen3, tmp_path):
 def test_sft_refuses_incomplete_upstream(tiny_qwen3, tmp_path):
     from distilflow.components.sft.run import run
 
-    data = curate_output(str(tmp_path), examples(2), complete=False)
+    data = curate_output(str(tmp_path), "sft.jsonl", examples(2), complete=False)
     with pytest.raises(IncompleteOutputError, match="_COMPLETE"):
         run(config(tiny_qwen3, data, str(tmp_path / "sft")))
     assert not os.path.exists(tmp_path / "sft" / MARKER)
@@ -168,7 +160,7 @@ def test_sft_refuses_incomplete_upstream(tiny_qwen3, tmp_path):
 def test_sft_fails_when_every_row_is_too_long(tiny_qwen3, tmp_path):
     from distilflow.components.sft.run import run
 
-    data = curate_output(str(tmp_path), examples(0, long=2))
+    data = curate_output(str(tmp_path), "sft.jsonl", examples(0, long=2))
     with pytest.raises(ConfigError, match="raise sft.max_length"):
         run(config(tiny_qwen3, data, str(tmp_path / "sft"), max_length=32))
 
