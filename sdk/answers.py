@@ -1,9 +1,10 @@
 """Final-answer extraction and checking, shared by curate, rl and evaluate.
 
 Math answers are compared with math-verify (Hugging Face), which understands boxed answers,
-fractions, intervals and LaTeX; multiple-choice answers by their letter; anything else by a
-normalised string. Without math-verify installed, math falls back to the normalised string and
-``checker()`` says so.
+fractions, intervals and LaTeX; multiple-choice answers by their final letter; code is pulled out
+of the last fenced block (``extract_code``) and run against tests by ``distilflow.sandbox``;
+anything else by a normalised string. Without math-verify installed, math falls back to the
+normalised string and ``checker()`` says so.
 """
 
 from __future__ import annotations
@@ -16,10 +17,14 @@ BOXED = "\\boxed"
 # "answer is (c)", "answer: D", "answer: b" -- but not the article in "the answer is a prime":
 # a bare lower-case letter counts only when punctuation or the end of the text follows it.
 CHOICE_RE = re.compile(
-    r"(?i:answer|choice)\s*(?i:is|:)?\s*(?:\(([A-Ja-j])\)|([A-J])\b|([a-j])(?=\s*(?:[.,;:!?)]|$)))"
+    r"(?i:answer|choice|option)[*_\s]*(?i:is|:)?[*_\s:]*(?:\$|\\text\{|\\mathrm\{)?\s*"
+    r"(?:\(([A-Ja-j])\)|([A-J])\b|([a-j])(?=\s*(?:[.,;:!?)*}$]|$)))"
 )
 # A whole reply that is just a letter: "B", "(B)", "B."
 BARE_CHOICE_RE = re.compile(r"^\s*\(?([A-Ja-j])\)?\s*\.?\s*$")
+# The last line is only a letter, e.g. "**(C)**" after the reasoning.
+LAST_LINE_CHOICE_RE = re.compile(r"^[\s*_]*\(?([A-J])\)?[\s*_.]*$")
+CODE_BLOCK_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
 NUMBER_RE = re.compile(r"-?\d+(?:[.,/]\d+)*")
 FRAC_RE = re.compile(r"-?\\[dt]?frac\{[^{}]*\}\{[^{}]*\}")
 
@@ -59,7 +64,11 @@ def extract_answer(text: str, domain: str | None = None) -> str | None:
         if bare:
             return bare.group(1).upper()
         found = CHOICE_RE.findall(body)
-        return "".join(found[-1]).upper() if found else None
+        if found:
+            return "".join(found[-1]).upper()
+        lines = [ln for ln in body.strip().splitlines() if ln.strip()]
+        last = LAST_LINE_CHOICE_RE.match(lines[-1]) if lines else None
+        return last.group(1) if last else None
     numbers = list(NUMBER_RE.finditer(body))
     fractions = list(FRAC_RE.finditer(body))
     # An unboxed LaTeX fraction is one answer, not its last digit: take it when it ends last.
@@ -111,3 +120,20 @@ def is_correct(response: str, reference: str, domain: str | None = None) -> bool
 
 def checker() -> str:
     return "math-verify" if math_verify_available() else "normalised-string"
+
+
+def extract_code(text: str, language: str = "python") -> str | None:
+    """The program a response gives: its last fenced block in ``language`` (or untagged), thinking stripped.
+
+    A block tagged with another language is taken only when no block fits; an unclosed final
+    fence (the answer hit max tokens) yields nothing.
+    """
+    body = strip_thinking(text)
+    blocks = CODE_BLOCK_RE.findall(body)
+    if not blocks:
+        return None
+    lang = language.lower()
+    preferred = [code for tag, code in blocks if tag.lower() in (lang, "py" if lang == "python" else lang)]
+    untagged = [code for tag, code in blocks if not tag]
+    chosen = (preferred or untagged or [code for _, code in blocks])[-1]
+    return chosen.strip("\n") or None

@@ -126,3 +126,54 @@ def test_unboxed_latex_fraction():
 def test_article_a_is_not_a_choice():
     assert extract_answer("The answer is a prime number", "multiple_choice") is None
     assert extract_answer("The answer is a.", "multiple_choice") == "A"
+
+
+# --- math-verify equivalences the benchmarks rely on -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("response", "reference"),
+    [
+        (r"\boxed{25}", "025"),  # AIME answers are written with leading zeros
+        (r"\boxed{[2, 5)}", "[2,5)"),  # intervals
+        (r"\boxed{(3, \frac{\pi}{2})}", r"\left( 3, \frac{\pi}{2} \right)"),  # tuples, \left/\right
+        (r"\boxed{\dfrac{14}{3}}", r"\frac{14}{3}"),
+        (r"\boxed{4\sqrt{2}}", r"\sqrt{32}"),
+        (r"\boxed{26,000}", "26000"),
+    ],
+)
+def test_math_verify_equivalences(response, reference):
+    assert is_correct(response, reference, "math") is True
+
+
+@pytest.mark.parametrize(
+    ("response", "reference"),
+    [(r"\boxed{[2, 5]}", "[2,5)"), (r"\boxed{(3, \pi)}", r"\left( 3, \frac{\pi}{2} \right)")],
+)
+def test_math_verify_tells_close_answers_apart(response, reference):
+    assert is_correct(response, reference, "math") is False
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Reasoning...\nAnswer: $C$", "C"),  # the simple-evals GPQA format
+        ("**Answer:** B", "B"),
+        ("The correct option is (D).", "D"),
+        ("so it must be the last one.\n\n**(C)**", "C"),
+        ("<think>Answer: A</think>After checking, ANSWER: B", "B"),
+    ],
+)
+def test_final_letter_variants(text, expected):
+    assert extract_answer(text, "multiple_choice") == expected
+
+
+def test_extract_code_takes_the_last_python_block_after_thinking():
+    from distilflow.answers import extract_code
+
+    text = "<think>```python\nprint('draft')\n```</think>Try:\n```python\nprint(1)\n```\nFinal:\n```python\nprint(2)\n```"
+    assert extract_code(text) == "print(2)"
+    assert extract_code("```\nx = 1\n```") == "x = 1"
+    assert extract_code("```text\nnot code\n```\n```py\ny = 2\n```") == "y = 2"
+    assert extract_code("no fences") is None
+    assert extract_code("```python\nunfinished") is None

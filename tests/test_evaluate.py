@@ -75,13 +75,13 @@ def test_evaluate_writes_results_metrics_and_reports(tiny_qwen3, problems_file, 
     proto = metrics["protocol"]
     assert proto["samples"] == 2 and proto["temperature"] == 1.0 and proto["max_new_tokens"] == 16
     assert proto["enable_thinking"] is False and proto["system_prompt"] == "Be brief."
-    assert proto["checker"] == "math-verify" and len(proto["problems_sha256"]) == 64
+    assert proto["checker"] == "math: math-verify" and len(proto["problems_sha256"]) == 64
     assert metrics["model"]["uri"] == tiny_qwen3 and len(metrics["model"]["files_sha256"]) == 16
 
     md = _read(out, "report.md")
     assert "pass@2" in md and metrics["model"]["files_sha256"] in md and "prompt_template" in md
     html = _read(out, "report.html")
-    assert "<table>" in html and "pass@2" in html and "</html>" in html
+    assert "<table" in html and "pass@2" in html and "</html>" in html
 
     manifest = json.loads(_read(out, MANIFEST))
     assert manifest["result"]["protocol"] == proto
@@ -170,19 +170,21 @@ def test_component_logs_metrics_and_writes_report(tiny_qwen3, problems_file, tmp
     model = dsl.Model(name="model", uri="unused", metadata={"uri": tiny_qwen3, "stage_uri": str(stage_dir)})
     metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"), metadata={})
     report = dsl.Markdown(name="report", uri=str(tmp_path / "report.md"), metadata={})
+    page = dsl.HTML(name="report_html", uri=str(tmp_path / "report.html"), metadata={})
     config = {
         "evaluate": {"problems_uri": problems_file, "samples": 1, "temperature": 0.0, "max_new_tokens": 8}
     }
     with pytest.raises(IncompleteOutputError, match="completion marker"):
-        evaluate.python_func(config, str(tmp_path / "run"), model, metrics, report)
+        evaluate.python_func(config, str(tmp_path / "run"), model, metrics, report, page)
 
     (stage_dir / MARKER).write_text("done\n")
     (stage_dir / MANIFEST).write_text("{}")
-    evaluate.python_func(config, str(tmp_path / "run"), model, metrics, report)
+    evaluate.python_func(config, str(tmp_path / "run"), model, metrics, report, page)
     assert set(metrics.metadata) == {"accuracy", "pass@1", "mean_tokens"}
     assert metrics.metadata["mean_tokens"] > 0
     assert "| pass@1 |" in _read(report.path)
     assert report.metadata["uri"].endswith(os.path.join("run", "evaluate", "report.md"))
+    assert "<svg" in _read(page.path) and page.metadata["uri"].endswith("report.html")
 
 
 def test_problem_without_reference_is_refused(tiny_qwen3, tmp_path):
@@ -226,3 +228,309 @@ def test_evaluate_reads_model_and_writes_outputs_on_s3(
     assert metrics["model"]["uri"] == model_uri and metrics["protocol"]["temperature"] == 0.0
     assert "| pass@1 |" in uris.read_text(out + "/report.md")
     assert uris.exists(out + "/" + MARKER) and not uris.exists(out + "/results.partial.jsonl")
+
+
+# --- benchmarks, protocol, comparison, report -------------------------------------------------
+
+SAMPLE_BENCHMARKS = ["aime2024", "math500", "gpqa_diamond", "livecodebench"]
+
+
+def _content_sha(folder: str) -> str:
+    import hashlib
+
+    lines = []
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            full = os.path.join(root, name)
+            with open(full, "rb") as f:
+                lines.append(f"{os.path.relpath(full, folder)}:{hashlib.sha256(f.read()).hexdigest()}")
+    return hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+
+
+def test_tiny_model_end_to_end_on_math_and_code_samples(tiny_qwen3, tmp_path):
+    """A real (tiny, random) model through generation, extraction, the sandbox path and the result files."""
+    from distilflow.components.evaluate.benchmarks import CODE_PROMPT
+    from distilflow.components.evaluate.config import DEFAULT_PROMPT
+
+    out = str(tmp_path / "evaluate")
+    cfg = EvaluateConfig.from_dict(
+        {
+            "output_uri": out,
+            "model": tiny_qwen3,
+            "model_name": "tiny",
+            "benchmarks": [
+                {"name": "math500", "source": "sample", "max_problems": 3},
+                {"name": "livecodebench", "source": "sample"},
+            ],
+            "samples": 2,
+            "pass_k": [1],
+            "temperature": 1.0,
+            "top_p": 0.9,
+            "max_new_tokens": 12,
+            "seed": 7,
+            "enable_thinking": False,
+            "system_prompt": "Be brief.",
+            "batch_size": 4,
+        }
+    )
+    result = run(cfg)
+    rows = _rows(result.results_uri)
+    assert len(rows) == (3 + 3) * 2
+    assert {r["benchmark"] for r in rows} == {"math500", "livecodebench"} and {r["model"] for r in rows} == {
+        "tiny"
+    }
+    code_rows = [r for r in rows if r["benchmark"] == "livecodebench"]
+    # Random weights write no fenced code: each answer is a failed test run, not a crash.
+    assert all(r["domain"] == "code" and r["tests"]["n_tests"] == 3 and not r["correct"] for r in code_rows)
+    assert all(0 < r["tokens"] <= 12 for r in rows)
+
+    metrics = json.loads(_read(out, "metrics.json"))
+    identity = metrics["model"]
+    assert identity["uri"] == tiny_qwen3 and identity["content_sha256"] == _content_sha(tiny_qwen3)
+    assert identity["chat_template_sha256"] and identity["enable_thinking"] is False
+    by_bench = {r["benchmark"]: r for r in metrics["runs"]}
+    for name, template in (("math500", DEFAULT_PROMPT), ("livecodebench", CODE_PROMPT)):
+        proto = by_bench[name]["protocol"]
+        assert proto["samples"] == 2 and proto["pass_k"] == [1, 2]
+        assert proto["temperature"] == 1.0 and proto["top_p"] == 0.9 and proto["max_new_tokens"] == 12
+        assert (
+            proto["seed"] == 7 and proto["enable_thinking"] is False and proto["system_prompt"] == "Be brief."
+        )
+        assert proto["prompt_template"] == template and proto["data_source"] == "sample"
+        assert (
+            identity["chat_template_sha256"] in proto["chat_template"] and len(proto["problems_sha256"]) == 64
+        )
+        m = by_bench[name]["metrics"]
+        assert set(m["pass_k"]) == {"1", "2"} and m["n_answers"] == len(
+            [r for r in rows if r["benchmark"] == name]
+        )
+    assert by_bench["livecodebench"]["protocol"]["sandbox"]["timeout_s"] == cfg.code_timeout_s
+    assert by_bench["math500"]["protocol"]["checker"] == "math: math-verify"
+    # One self-contained score file per model and benchmark: protocol and identity next to the numbers.
+    score = json.loads(_read(out, "scores", "tiny", "livecodebench.json"))
+    assert score["protocol"] == by_bench["livecodebench"]["protocol"] and score["model"] == identity
+    assert "accuracy_per_1k_tokens" in score["metrics"] and "truncation_rate" in score["metrics"]
+
+
+class ScriptedTeacher:
+    """Answers the shipped samples right ('good') or wrong ('bad'); thinking on adds a long think block."""
+
+    SOLUTIONS = {
+        "sample-lcb-1": "a, b = map(int, input().split())\nprint(a + b)",
+        "sample-lcb-2": "s = input().strip()\nprint(sum(c in 'aeiou' for c in s))",
+        "sample-lcb-3": "class Solution:\n    def maxSum(self, nums: List[int], k: int) -> int:\n"
+        "        return sum(sorted(nums)[-k:])",
+    }
+    HOSTILE = {
+        "sample-lcb-1": "print(0)",
+        "sample-lcb-2": "import os\nwhile True:\n    os.fork()",
+        "sample-lcb-3": "import os\nprint(open('/etc/hostname').read())",
+    }
+
+    def __init__(self, config, items):
+        self.config, self.items = config, items
+        self.name = config.name
+        self.thinking = (config.chat_template_kwargs or {}).get("enable_thinking")
+
+    def _reply(self, item) -> str:
+        good = self.config.model == "good"
+        if item.domain == "code":
+            code = (self.SOLUTIONS if good else self.HOSTILE)[item.id]
+            return f"Here it is.\n```python\n{code}\n```"
+        if item.domain == "multiple_choice":
+            letter = item.answer if good else "ABCD"[("ABCD".index(item.answer) + 1) % 4]
+            return f"Reasoning.\nAnswer: {letter}"
+        return f"So the answer is \\boxed{{{item.answer if good else '-1'}}}."
+
+    def generate(self, chats, n=1):
+        from distilflow.teacher import Completion
+
+        out = []
+        for chat in chats:
+            item = next(i for i in self.items if i.problem in chat[-1]["content"])
+            think = "<think>" + "hmm " * 40 + "</think>" if self.thinking else ""
+            reply = think + self._reply(item)
+            reasoning, content = (think[7:-8], reply[len(think) :]) if think else ("", reply)
+            out.append([Completion(reasoning, content, len(reply.split()) + 5, "stop") for _ in range(n)])
+        return out
+
+    def close(self):
+        pass
+
+
+def _sample_items():
+    from distilflow.components.evaluate.benchmarks import load_benchmark
+    from distilflow.components.evaluate.config import BenchmarkConfig
+
+    probe = EvaluateConfig.from_dict({"output_uri": "unused", "benchmarks": SAMPLE_BENCHMARKS})
+    return [
+        i
+        for n in SAMPLE_BENCHMARKS
+        for i in load_benchmark(BenchmarkConfig(name=n, source="sample"), probe).items
+    ]
+
+
+def test_several_models_compared_on_four_benchmarks_with_thinking_on_and_off(tmp_path, monkeypatch):
+    """Two models x thinking on/off x four benchmarks in one run: checks, comparison table, report."""
+    import distilflow.teacher as teacher_mod
+    from tests.browser import render_dom
+
+    items = _sample_items()
+    monkeypatch.setattr(teacher_mod, "make_teacher", lambda c: ScriptedTeacher(c, items))
+    out = str(tmp_path / "evaluate")
+    endpoint = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1"}
+    cfg = EvaluateConfig.from_dict(
+        {
+            "output_uri": out,
+            "models": [
+                {"name": "good", "model": "good", **endpoint},
+                {"name": "bad", "model": "bad", **endpoint},
+            ],
+            "benchmarks": [{"name": n, "source": "sample"} for n in SAMPLE_BENCHMARKS],
+            "thinking_modes": [True, False],
+            "samples": 2,
+            "code_timeout_s": 3,
+        }
+    )
+    result = run(cfg)
+    table = {(r["model"], r["benchmark"]): r for r in result.runs}
+    assert len(table) == 2 * 2 * 4
+    for (model, bench), r in table.items():
+        expected = 1.0 if model.startswith("good") else 0.0
+        assert r["accuracy"] == expected and r["pass_at_k"] == expected, (model, bench)
+    on, off = table[("good (thinking on)", "math500")], table[("good (thinking off)", "math500")]
+    assert (
+        on["mean_tokens"] > off["mean_tokens"]
+        and on["accuracy_per_1k_tokens"] < off["accuracy_per_1k_tokens"]
+    )
+
+    rows = _rows(result.results_uri)
+    hostile = [r for r in rows if r["model"].startswith("bad") and r["problem_id"] == "sample-lcb-2"]
+    assert hostile and all(r["tests"]["first_failure"]["status"] == "blocked" for r in hostile)
+    gpqa = [r for r in rows if r["benchmark"] == "gpqa_diamond"]
+    assert {r["reference"] for r in gpqa} <= set("ABCD")
+
+    metrics = json.loads(_read(out, "metrics.json"))
+    assert len(metrics["comparison"]) == 16
+    protos = {(r["model_name"], r["benchmark"]): r["protocol"] for r in metrics["runs"]}
+    assert protos[("good (thinking off)", "aime2024")]["enable_thinking"] is False
+    assert protos[("good (thinking on)", "aime2024")]["enable_thinking"] is True
+    assert protos[("good (thinking on)", "gpqa_diamond")]["data_shuffle_choices"] is True
+    assert metrics["runs"][0]["model"]["uri"] == "http://127.0.0.1:9/v1"
+    assert _read(out, "comparison.csv").count("\n") == 17
+    assert "| good (thinking on) | livecodebench | 1.0000 |" in _read(out, "comparison.md")
+
+    dom = render_dom(os.path.join(out, "report.html"))
+    assert dom.count("<circle") == 16
+    comparison = dom.split('class="comparison"', 1)[1].split("</table>", 1)[0]
+    assert comparison.count("<tr>") == 1 + 16
+    difficulty = dom.split('class="difficulty"', 1)[1].split("</table>", 1)[0]
+    assert "level 5" in difficulty and "problems 1-5" in difficulty and "hard" in difficulty
+    # report_failures (3) failed answers per bad run: 2 thinking modes x 4 benchmarks; none for 'good'.
+    assert dom.count('class="failure"') == 2 * 4 * cfg.report_failures
+    assert "blocked" in dom  # a sample failure of the hostile code shows its test status
+
+
+def test_benchmark_adapters_read_the_hub_formats(tmp_path):
+    from distilflow.components.evaluate.benchmarks import load_benchmark, sample_path
+    from distilflow.components.evaluate.config import BenchmarkConfig
+
+    def load(name: str, seed: int = 0):
+        cfg = EvaluateConfig.from_dict({"output_uri": "unused", "benchmarks": [name], "seed": seed})
+        return load_benchmark(BenchmarkConfig(name=name, source="sample"), cfg)
+
+    aime = load("aime2024")
+    assert aime.samples == 8 and aime.items[1].answer == "025" and aime.items[0].difficulty == "problems 1-5"
+    math = load("math500")
+    assert math.items[-1].answer == "[2,5)" and math.items[-1].difficulty == "level 5"
+
+    gpqa0, gpqa0b, gpqa1 = load("gpqa_diamond", 0), load("gpqa_diamond", 0), load("gpqa_diamond", 1)
+    assert [i.problem for i in gpqa0.items] == [i.problem for i in gpqa0b.items]  # seeded
+    assert [i.problem for i in gpqa0.items] != [i.problem for i in gpqa1.items]  # the seed matters
+    assert {i.answer for i in gpqa0.items + gpqa1.items} != {"A"}  # the correct option moves
+    rows = _rows(sample_path("gpqa_diamond"))
+    for item, row in zip(gpqa0.items, rows, strict=True):
+        assert item.meta["choices"]["ABCD".index(item.answer)] == row["Correct Answer"]
+        assert item.domain == "multiple_choice" and f"{item.answer}) {row['Correct Answer']}" in item.problem
+
+    lcb = load("livecodebench")
+    first, third = lcb.items[0], lcb.items[2]
+    assert len(first.tests) == 3 and {t.kind for t in first.tests} == {"stdin"}  # private tests decoded
+    assert third.func_name == "maxSum" and {t.kind for t in third.tests} == {"call"}
+    assert "class Solution" in third.problem and first.difficulty == "easy"
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "problem": "1+1?", "answer": "2"}\n{"id": "b"}\n')
+    cfg = EvaluateConfig.from_dict({"output_uri": "unused", "problems_uri": str(bad)})
+    with pytest.raises(RecordError, match="row 2"):
+        load_benchmark(BenchmarkConfig(name="jsonl", source=str(bad)), cfg)
+
+
+def test_hub_loading_uses_the_real_dataset_ids(monkeypatch):
+    """Production loads from the hub; here datasets.load_dataset is replaced to see what it is asked."""
+    import datasets
+
+    from distilflow.components.evaluate.benchmarks import load_benchmark, sample_path
+
+    calls = []
+
+    def fake_load(path, name=None, **kwargs):
+        calls.append((path, name, kwargs))
+        bench = {"HuggingFaceH4/aime_2024": "aime2024", "HuggingFaceH4/MATH-500": "math500"}.get(path)
+        bench = bench or ("gpqa_diamond" if path == "Idavidrein/gpqa" else "livecodebench")
+        return _rows(sample_path(bench))
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    cfg = EvaluateConfig.from_dict({"output_uri": "unused", "benchmarks": SAMPLE_BENCHMARKS})
+    loaded = [load_benchmark(b, cfg) for b in cfg.benchmarks]
+    assert [(c[0], c[1], c[2].get("split")) for c in calls] == [
+        ("HuggingFaceH4/aime_2024", None, "train"),
+        ("HuggingFaceH4/MATH-500", None, "test"),
+        ("Idavidrein/gpqa", "gpqa_diamond", "train"),
+        ("json", None, "train"),
+    ]
+    assert calls[3][2]["data_files"] == [
+        "hf://datasets/livecodebench/code_generation_lite@main/test.jsonl",
+        "hf://datasets/livecodebench/code_generation_lite@main/test2.jsonl",
+    ]
+    assert (
+        loaded[3].source["version"] == "release_v2"
+        and loaded[0].source["hub_id"] == "HuggingFaceH4/aime_2024"
+    )
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    from math import comb
+
+    from distilflow.components.evaluate.metrics import pass_at_k
+
+    assert pass_at_k(5, 0, 1) == 0.0 and pass_at_k(5, 5, 3) == 1.0
+    assert pass_at_k(4, 1, 1) == pytest.approx(0.25) and pass_at_k(4, 1, 2) == pytest.approx(0.5)
+    assert pass_at_k(10, 3, 5) == pytest.approx(1 - comb(7, 5) / comb(10, 5))
+    with pytest.raises(ValueError):
+        pass_at_k(2, 1, 3)
+
+
+def test_config_defaults_follow_the_reports_and_stay_backward_compatible(tmp_path):
+    from distilflow.components.evaluate.benchmarks import effective_samples
+
+    cfg = EvaluateConfig.from_dict({"output_uri": str(tmp_path), "benchmarks": ["aime2024", "math500"]})
+    assert cfg.temperature == 0.6 and cfg.top_p == 0.95 and cfg.max_new_tokens == 32768
+    assert [effective_samples(b, cfg) for b in cfg.benchmarks] == [8, 1]
+    greedy = cfg.model_copy(update={"temperature": 0.0})
+    assert [effective_samples(b, greedy) for b in cfg.benchmarks] == [1, 1]
+    # The quickstart's section (problems_uri, samples, temperature, max_new_tokens) still loads.
+    legacy = EvaluateConfig.from_dict(
+        {
+            "output_uri": str(tmp_path),
+            "problems_uri": "p.jsonl",
+            "samples": 1,
+            "temperature": 0.0,
+            "max_new_tokens": 48,
+        }
+    )
+    assert legacy.benchmarks == [] and legacy.samples == 1
+    with pytest.raises(ConfigError, match="problems_uri"):
+        EvaluateConfig.from_dict({"output_uri": str(tmp_path)})
+    with pytest.raises(ConfigError, match="needs source"):
+        EvaluateConfig.from_dict({"output_uri": str(tmp_path), "benchmarks": ["jsonl"]})

@@ -12,8 +12,9 @@ def evaluate(
     model: dsl.Input[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
     report: dsl.Output[dsl.Markdown],
+    report_html: dsl.Output[dsl.HTML],
 ):
-    """Accuracy (avg@k, pass@k) and mean output tokens of a model on problems with reference answers."""
+    """Accuracy (avg@k, pass@k) and output tokens of one or more models on benchmarks, under a pinned protocol."""
     from distilflow import artifacts
     from distilflow import uri as uris
     from distilflow.components.evaluate.config import EvaluateConfig
@@ -28,9 +29,19 @@ def evaluate(
         where="config section 'evaluate'",
     )
     result = run(cfg)
+    # Headline: the wired model on the first benchmark (the same three names as before).
     metrics.log_metric("accuracy", result.accuracy)
     metrics.log_metric(f"pass@{result.samples}", result.pass_at_k)
     metrics.log_metric("mean_tokens", result.mean_tokens)
+    if len(result.runs) > 1:
+        # One set per model and benchmark: <model>/<benchmark>/<metric>.
+        for r in result.runs:
+            prefix = f"{r['model']}/{r['benchmark']}/"
+            for key in ("accuracy", "pass_at_k", "mean_tokens", "accuracy_per_1k_tokens", "truncation_rate"):
+                metrics.log_metric(prefix + key, r[key])
     with open(report.path, "w", encoding="utf-8") as f:
         f.write(uris.read_text(result.report_md))
     artifacts.publish(report, uri=result.report_md, stage_uri=cfg.output_uri)
+    with open(report_html.path, "w", encoding="utf-8") as f:
+        f.write(uris.read_text(result.report_html))
+    artifacts.publish(report_html, uri=result.report_html, stage_uri=cfg.output_uri)
