@@ -34,6 +34,42 @@ def pipelines_cmd() -> None:
         click.echo(f"{name:<14} {text}")
 
 
+def kfp_options(command):
+    """--host, --token-file and --namespace: how to reach and authenticate to the KFP API."""
+    options = [
+        click.option(
+            "--host",
+            envvar="KF_PIPELINES_ENDPOINT",
+            default=None,
+            help="KFP API endpoint, e.g. https://kfp.example.com/pipeline (or $KF_PIPELINES_ENDPOINT).",
+        ),
+        click.option(
+            "--token-file",
+            default=None,
+            help="File holding a bearer token for the KFP API (e.g. a projected service-account token). "
+            "Without it: $DISTILFLOW_KFP_TOKEN, $KFP_BEARER_TOKEN, then the file named by "
+            "$DISTILFLOW_KFP_TOKEN_FILE or $KF_PIPELINES_SA_TOKEN_PATH.",
+        ),
+        click.option("--namespace", default=None, help="Namespace (profile) of a multi-user KFP deployment."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _client(host, token_file, namespace):
+    from distilflow.client import Client
+
+    return Client(host, token_file=token_file, namespace=namespace)
+
+
+def _wait(client, run_id, timeout, poll_interval) -> None:
+    status = client.wait(run_id, timeout=timeout, poll_interval=poll_interval, echo=click.echo)
+    click.echo("\n".join(status.lines()))
+    if not status.succeeded:
+        sys.exit(1)
+
+
 @main.command("run")
 @click.argument("pipeline")
 @click.option("--local", "local_", is_flag=True, help="Run here under kfp.local (no cluster, no Docker).")
@@ -45,7 +81,7 @@ def pipelines_cmd() -> None:
 @click.option("--output-uri", default=None, help="Where the run writes (default: runs/<pipeline>-<time>).")
 @click.option("--runs-dir", default="runs", show_default=True, help="Parent folder of local runs.")
 def run_cmd(pipeline, local_, host, config_file, overrides, output_uri, runs_dir) -> None:
-    """Run PIPELINE locally (--local) or submit it to a KFP backend (--host)."""
+    """Run PIPELINE locally (--local) or submit it to a KFP backend (--host; see also `submit`)."""
     from distilflow import client
 
     try:
@@ -61,6 +97,108 @@ def run_cmd(pipeline, local_, host, config_file, overrides, output_uri, runs_dir
         _fail(exc)
 
 
+@main.command("upload")
+@click.argument("pipeline")
+@kfp_options
+@click.option(
+    "--version",
+    default=None,
+    help="Name of the version to upload (default: v<package version>-<spec hash>, and an unchanged spec "
+    "is not uploaded twice). A new pipeline's first version is named after the pipeline.",
+)
+@click.option("--description", default=None, help="Shown in the console (default: the pipeline's summary).")
+def upload_cmd(pipeline, host, token_file, namespace, version, description) -> None:
+    """Compile PIPELINE and upload it to a KFP backend, or a new version of it."""
+    try:
+        uploaded = _client(host, token_file, namespace).upload(pipeline, version, description)
+    except (DistilflowError, KeyError, OSError) as exc:
+        _fail(exc)
+    click.echo("\n".join(uploaded.lines()))
+    version_flag = f" --version {uploaded.version_name}" if uploaded.version_name else ""
+    click.echo(
+        f"next: run it from the console, or: distilflow submit {pipeline} --host {host}{version_flag} "
+        "--set output_uri=s3://BUCKET/runs/r1"
+    )
+
+
+@main.command("submit")
+@click.argument("pipeline")
+@kfp_options
+@click.option(
+    "--set",
+    "overrides",
+    multiple=True,
+    help="A pipeline parameter (--set output_uri=s3://b/r1) or a config value (--set sft.max_steps=20).",
+)
+@click.option("--config", "config_file", default=None, help="Config file (YAML/JSON), one section per stage.")
+@click.option(
+    "--output-uri", default=None, help="Where the run writes: object storage (s3://, oss://, gs://)."
+)
+@click.option(
+    "--experiment", default="distilflow", show_default=True, help="Experiment of the run (made if missing)."
+)
+@click.option("--run-name", default=None, help="Display name of the run (default: PIPELINE and the time).")
+@click.option(
+    "--version", default=None, help="Run this uploaded version instead of compiling the installed pipeline."
+)
+@click.option("--wait", "wait_", is_flag=True, help="Follow the run to its end; exit 1 unless it succeeds.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@click.option(
+    "--poll-interval", type=float, default=10.0, show_default=True, help="With --wait: seconds between polls."
+)
+def submit_cmd(
+    pipeline,
+    host,
+    token_file,
+    namespace,
+    overrides,
+    config_file,
+    output_uri,
+    experiment,
+    run_name,
+    version,
+    wait_,
+    timeout,
+    poll_interval,
+) -> None:
+    """Submit a run of PIPELINE to a KFP backend."""
+    try:
+        client = _client(host, token_file, namespace)
+        status = client.submit(
+            pipeline, config_file, list(overrides), output_uri, experiment, run_name, version
+        )
+        click.echo(f"submitted run {status.run_id} ({status.state}): {status.url}")
+        if wait_:
+            _wait(client, status.run_id, timeout, poll_interval)
+        else:
+            click.echo(f"next: distilflow status {status.run_id} --host {client.host} --wait")
+    except (DistilflowError, KeyError, OSError) as exc:
+        _fail(exc)
+
+
+@main.command("status")
+@click.argument("run_id")
+@kfp_options
+@click.option("--wait", "wait_", is_flag=True, help="Follow the run to its end; exit 1 unless it succeeds.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after this many seconds.")
+@click.option(
+    "--poll-interval", type=float, default=10.0, show_default=True, help="With --wait: seconds between polls."
+)
+def status_cmd(run_id, host, token_file, namespace, wait_, timeout, poll_interval) -> None:
+    """Show the state of run RUN_ID (exit 1 when it failed)."""
+    try:
+        client = _client(host, token_file, namespace)
+        if wait_:
+            _wait(client, run_id, timeout, poll_interval)
+            return
+        status = client.status(run_id)
+    except (DistilflowError, KeyError, OSError) as exc:
+        _fail(exc)
+    click.echo("\n".join(status.lines()))
+    if status.done and not status.succeeded:
+        sys.exit(1)
+
+
 @main.command("compile")
 @click.argument("pipeline")
 @click.option("-o", "--output", required=True, help="Where to write the compiled pipeline YAML.")
@@ -72,7 +210,9 @@ def compile_cmd(pipeline, output) -> None:
         path = client.compile_pipeline(pipeline, output)
     except (DistilflowError, KeyError, OSError) as exc:
         _fail(exc)
-    click.echo(f"wrote {path}\nnext: upload it in the KFP console, or: distilflow run {pipeline} --host URL")
+    click.echo(
+        f"wrote {path}\nnext: upload it in the KFP console, or: distilflow upload {pipeline} --host URL"
+    )
 
 
 @main.command("stage")

