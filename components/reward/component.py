@@ -13,21 +13,27 @@ def reward(
     data: dsl.Input[dsl.Dataset],
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
+    report: dsl.Output[dsl.HTML],
 ):
-    """Train a reward model on curate's preference.jsonl; publish its folder's URI.
+    """Train a reward model on curate's pairs; publish its folder's URI only if the calibration gate passes.
+
+    The task fails (and publishes nothing) when the held-out pairwise accuracy or the agreement with the
+    held-out labels is below the configured threshold, so a downstream rl task never starts.
 
     Args:
         config: The whole pipeline config; this stage reads its ``reward`` section (``model`` names the
             starting model).
         output_uri: The run's root URI; the stage writes under ``<output_uri>/reward``.
         data: curate's output (its metadata carries the folder's URI).
-        model: The reward model (metadata ``uri`` = ``<output_uri>/reward/model``).
-        metrics: Losses, pairwise accuracy (train before/after, held-out), steps and row counts.
+        model: The reward model (metadata ``uri`` = ``<output_uri>/reward/model``, ``stage_uri`` its stage).
+        metrics: Losses, pairwise accuracy (train before/after, held-out, per CD bin), label agreement, the
+            gate verdict, score mean/std, judge and row counts.
+        report: HTML report: loss/accuracy/margin curves, the gate's figures, held-out accuracy by CD bin.
     """
     from distilflow import artifacts
     from distilflow import uri as uris
     from distilflow.components.reward.config import RewardConfig
-    from distilflow.components.reward.run import run
+    from distilflow.components.reward.run import metrics_of, run
 
     section = artifacts.section(config, "reward")
     section["output_uri"] = uris.join(output_uri, "reward")
@@ -35,15 +41,10 @@ def reward(
     result = run(RewardConfig.from_dict(section, where="pipeline config"))
 
     artifacts.publish(model, result.model_uri, stage_uri=section["output_uri"])
-    keys = (
-        "first_loss",
-        "final_loss",
-        "train_accuracy_before",
-        "train_accuracy",
-        "heldout_accuracy",
-        "steps",
-    )
-    for key in (*keys, "rows_used", "rows_heldout", "rows_dropped"):
-        value = getattr(result, key)
-        if value is not None:
-            metrics.log_metric(key, value)
+    for key, value in metrics_of(result).items():
+        metrics.log_metric(key, value)
+    page = uris.join(section["output_uri"], "report.html")
+    if uris.exists(page):  # outputs finished by an older version have none
+        with open(report.path, "w", encoding="utf-8") as f:
+            f.write(uris.read_text(page))
+        artifacts.publish(report, page, stage_uri=section["output_uri"])

@@ -1,43 +1,167 @@
-"""The `reward` stage: a Bradley-Terry reward model trained with TRL's ``RewardTrainer``."""
+"""The `reward` stage: a Bradley-Terry reward model trained with TRL's ``RewardTrainer``, gated on held-out pairs."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import html
+import json
+import math
+import os
 import random
-import tempfile
+import shutil
 from typing import Any
 
 from distilflow import records
 from distilflow import uri as uris
 from distilflow.components.reward.config import RewardConfig, RewardResult
-from distilflow.errors import ConfigError
+from distilflow.components.reward.pairs import (
+    JudgeCounts,
+    Pair,
+    judge_pairs,
+    pairs_from_preference,
+    pairs_from_scored,
+    scored_rows,
+    selection_config,
+)
+from distilflow.errors import ConfigError, DistilflowError
 from distilflow.outputs import StageOutput
 
 STAGE = "reward"
+PAIRS = "pairs.jsonl"
+"""The pairs this stage trains and evaluates on (after judging), written before training: a rerun or the
+processes of a multi-GPU launch read them back instead of judging again."""
+
+PAIR_FIELDS = (
+    "data_uri", "model", "pairs_from", "pairs_per_problem", "judge", "judge_mode", "judge_policy", "max_length",
+)  # fmt: skip
+"""Config fields that decide the pairs (and so whether ``pairs.jsonl`` can be reused)."""
 
 
-def split_heldout(rows: list[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
-    """``(train, heldout)``: a seeded random ``fraction`` held out, at least one pair when fraction > 0."""
-    if fraction <= 0 or len(rows) < 2:
+class CalibrationGateError(DistilflowError):
+    """The reward model ranks held-out pairs (or labels) worse than the configured threshold."""
+
+
+# ---------------------------------------------------------------- data
+
+
+def split_heldout(
+    rows: list[Any], fraction: float, seed: int, group: Any = None
+) -> tuple[list[Any], list[Any]]:
+    """``(train, heldout)``: a seeded random ``fraction`` of the groups held out, at least one when
+    fraction > 0 and never all. ``group(row)`` names a row's group (its problem); default: each row alone."""
+    keys = [group(r) if group else i for i, r in enumerate(rows)]
+    groups = list(dict.fromkeys(keys))
+    if fraction <= 0 or len(groups) < 2:
         return list(rows), []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_held = min(len(rows) - 1, max(1, round(fraction * len(rows))))
-    held = set(order[:n_held])
-    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+    random.Random(seed).shuffle(groups)
+    n_held = min(len(groups) - 1, max(1, round(fraction * len(groups))))
+    held = set(groups[:n_held])
+    return [r for r, k in zip(rows, keys, strict=True) if k not in held], [
+        r for r, k in zip(rows, keys, strict=True) if k in held
+    ]
 
 
-def pairwise_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> float | None:
-    """Fraction of rows whose score(prompt+chosen) > score(prompt+rejected), tokenized as TRL trains.
+def pairs_fingerprint(config: RewardConfig) -> str:
+    data = config.to_dict()
+    blob = json.dumps({k: data.get(k) for k in PAIR_FIELDS}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    Sequences are scored one at a time so padding cannot shift a score; ties count as wrong.
+
+def candidate_pairs(config: RewardConfig) -> tuple[list[Pair], str]:
+    """Pairs from curate's output as ``pairs_from`` says, with each problem's CD; and the file read."""
+    from distilflow import training
+
+    folder = None if config.data_uri.rstrip("/").endswith(".jsonl") else config.data_uri
+    if config.pairs_from == "scored":
+        data_file, _ = training.resolve_data(config.data_uri, "scored.jsonl", "reward data")
+        pairs = pairs_from_scored(scored_rows(data_file), selection_config(folder), config.pairs_per_problem)
+        if not pairs:
+            raise ConfigError(
+                f"reward: {data_file} has no problem with two traces that rank differently, so no pair can be "
+                "made; sample more traces per problem (distill.n) or use pairs_from=preference"
+            )
+        return pairs, data_file
+    data_file, _ = training.resolve_data(config.data_uri, "preference.jsonl", "reward data")
+    scored_file = uris.join(folder, "scored.jsonl") if folder else None
+    scored = scored_rows(scored_file) if scored_file and uris.exists(scored_file) else {}
+    return pairs_from_preference(records.read_jsonl(data_file, records.PreferencePair), scored), data_file
+
+
+def build_pairs(config: RewardConfig, out: StageOutput) -> tuple[list[Pair], dict[str, Any], str]:
+    """The pairs to train and evaluate on, their counts and the data file: read back from ``pairs.jsonl``
+    when an earlier attempt with the same data settings wrote it, else built (and judged) and written."""
+    path, meta_path = out.path(PAIRS), out.path("pairs.meta.json")
+    fingerprint = pairs_fingerprint(config)
+    if uris.exists(meta_path) and uris.exists(path):
+        meta = json.loads(uris.read_text(meta_path))
+        if meta.get("fingerprint") == fingerprint:
+            rows = [json.loads(line) for line in uris.read_text(path).splitlines() if line.strip()]
+            pairs = [
+                Pair(records.PreferencePair.model_validate(r["pair"]), r["cd"], r["source"], r["problem"])
+                for r in rows
+            ]
+            print(f"[{STAGE}] reusing {len(pairs)} pairs from {path}", flush=True)
+            return pairs, meta["counts"], meta["data_file"]
+    pairs, data_file = candidate_pairs(config)
+    counts: dict[str, Any] = {"pairs_read": len(pairs)}
+    if config.judge is not None:
+        from distilflow.teacher import make_teacher
+
+        judge = make_teacher(config.judge)
+        try:
+            pairs, jc = judge_pairs(pairs, judge, config.judge_mode, config.judge_policy)
+        finally:
+            judge.close()
+        counts.update(judge_counts(jc))
+        print(
+            f"[{STAGE}] judge: {jc.judged} pairs in both orders; {jc.inconsistent} inconsistent and "
+            f"{jc.unparsed} unparsed dropped; {jc.disagreed} consistent verdicts against curate's order; "
+            f"P(first shown wins) {jc.first_rate}",
+            flush=True,
+        )
+        if not pairs:
+            raise ConfigError(
+                f"reward: the judge kept none of the {jc.judged} pairs ({jc.inconsistent} inconsistent across the "
+                f"two orders, {jc.unparsed} unparsed): it may only pick by position. Use a stronger judge, "
+                "judge_mode=generate, or no judge"
+            )
+    lines = [
+        json.dumps(
+            {"pair": p.pair.model_dump(mode="json"), "cd": p.cd, "source": p.source, "problem": p.problem}
+        )
+        for p in pairs
+    ]
+    uris.write_text(path, "\n".join(lines) + "\n")
+    meta = {"fingerprint": fingerprint, "counts": counts, "data_file": data_file}
+    uris.write_text(meta_path, json.dumps(meta, indent=2))
+    return pairs, counts, data_file
+
+
+def judge_counts(jc: JudgeCounts) -> dict[str, Any]:
+    return {
+        "pairs_judged": jc.judged,
+        "judge_inconsistent": jc.inconsistent,
+        "judge_unparsed": jc.unparsed,
+        "judge_disagreed": jc.disagreed,
+        "judge_first_rate": jc.first_rate,
+    }
+
+
+# ---------------------------------------------------------------- scoring and the gate
+
+
+def pairwise_scores(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> list[tuple[float, float]]:
+    """``(score(prompt+chosen), score(prompt+rejected))`` of each row, tokenized as TRL trains.
+
+    Sequences are scored one at a time so padding cannot shift a score.
     """
     import torch
 
-    if not rows:
-        return None
     was_training = model.training
     model.eval()
-    wins = 0
+    device = next(model.parameters()).device
+    found = []
     with torch.no_grad():
         for row in rows:
             scores = []
@@ -45,23 +169,131 @@ def pairwise_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) ->
                 ids = tokenizer.apply_chat_template(
                     row["prompt"] + row[side], tokenize=True, return_dict=True
                 )
-                input_ids = torch.tensor([ids["input_ids"]], device=model.device)
-                scores.append(model(input_ids=input_ids).logits[0, 0].item())
-            wins += scores[0] > scores[1]
+                input_ids = torch.tensor([ids["input_ids"]], device=device)
+                scores.append(model(input_ids=input_ids).logits[0, 0].float().item())
+            found.append((scores[0], scores[1]))
     model.train(was_training)
-    return wins / len(rows)
+    return found
+
+
+def pairwise_accuracy(model: Any, tokenizer: Any, rows: list[dict[str, Any]]) -> float | None:
+    """Fraction of rows whose chosen side scores above the rejected one (ties count as wrong)."""
+    return accuracy(pairwise_scores(model, tokenizer, rows)) if rows else None
+
+
+def accuracy(scores: list[tuple[float, float]]) -> float | None:
+    return sum(c > r for c, r in scores) / len(scores) if scores else None
+
+
+def wilson_low(wins: int, n: int, z: float = 1.96) -> float | None:
+    """Lower end of the Wilson score interval of a proportion (95% by default)."""
+    if n == 0:
+        return None
+    p = wins / n
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z * z / n))
+
+
+def bin_label(cd: float | None, edges: list[float]) -> str:
+    if cd is None:
+        return "unknown"
+    last = len(edges) - 2
+    for i, (lo, hi) in enumerate(zip(edges, edges[1:], strict=False)):
+        if cd < hi or i == last:  # the last bin is closed and takes anything above it
+            return f"[{lo:g}, {hi:g}{']' if i == last else ')'}"
+    return "unknown"
+
+
+def by_group(scores: list[tuple[float, float]], labels: list[str]) -> dict[str, dict[str, Any]]:
+    """Accuracy and pair count of the scores under each label."""
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for s, label in zip(scores, labels, strict=True):
+        groups.setdefault(label, []).append(s)
+    return {k: {"accuracy": accuracy(v), "pairs": len(v)} for k, v in groups.items()}
+
+
+def cd_order(edges: list[float]) -> list[str]:
+    return [bin_label((lo + hi) / 2, edges) for lo, hi in zip(edges, edges[1:], strict=False)] + ["unknown"]
+
+
+def gate_verdict(config: RewardConfig, heldout: float | None, agreement: float | None) -> dict[str, Any]:
+    """The calibration gate's figures and verdict (``passed``) and, when it failed, why."""
+    failures = []
+    if config.min_heldout_accuracy is not None and (heldout is None or heldout < config.min_heldout_accuracy):
+        failures.append(
+            f"held-out pairwise accuracy {heldout} < min_heldout_accuracy {config.min_heldout_accuracy}"
+        )
+    if config.min_label_agreement is not None and (
+        agreement is None or agreement < config.min_label_agreement
+    ):
+        failures.append(
+            f"agreement with labels_uri {agreement} < min_label_agreement {config.min_label_agreement}"
+        )
+    return {
+        "min_heldout_accuracy": config.min_heldout_accuracy,
+        "min_label_agreement": config.min_label_agreement,
+        "heldout_accuracy": heldout,
+        "label_agreement": agreement,
+        "passed": not failures,
+        "failures": failures,
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def report_page(history: list[dict[str, Any]], result: dict[str, Any]) -> str:
+    """The training curves (loss, accuracy, margin, learning rate), the gate and accuracy by CD bin."""
+    from distilflow import training
+
+    gate = result.get("gate") or {}
+    summary = {k: v for k, v in result.items() if not isinstance(v, dict)}
+    page = training.report_html(STAGE, history, ("loss", "accuracy", "margin", "learning_rate"), summary)
+    esc = html.escape
+    verdict = "passed" if gate.get("passed") else "FAILED: the model was not published"
+    lines = [f'<h2 id="gate">Calibration gate: {esc(verdict)}</h2><table id="gate-figures">']
+    for key in ("heldout_accuracy", "min_heldout_accuracy", "label_agreement", "min_label_agreement"):
+        lines.append(f"<tr><th>{key}</th><td>{esc(str(gate.get(key)))}</td></tr>")
+    lines.append("</table>")
+    for failure in gate.get("failures") or []:
+        lines.append(f"<p class='failure'>{esc(failure)}</p>")
+    for title, key in (
+        ("Held-out accuracy by CD bin", "heldout_accuracy_by_cd"),
+        ("by label source", "heldout_accuracy_by_source"),
+    ):
+        table = result.get(key) or {}
+        lines.append(
+            f'<h2>{esc(title)}</h2><table id="{key}"><tr><th>group</th><th>accuracy</th><th>pairs</th></tr>'
+        )
+        for name, cell in table.items():
+            acc = cell.get("accuracy")
+            shown = "n/a" if acc is None else f"{acc:.3f}"
+            lines.append(f"<tr><td>{esc(name)}</td><td>{shown}</td><td>{cell.get('pairs')}</td></tr>")
+        lines.append("</table>")
+    return page.replace("</h1>", "</h1>" + "".join(lines), 1)
+
+
+# ---------------------------------------------------------------- the stage
 
 
 def run(config: RewardConfig) -> RewardResult:
-    """Train a scalar reward model on preference pairs and save it with its tokenizer to ``<output_uri>/model``.
+    """Train a scalar reward model on preference pairs; publish it to ``<output_uri>/model`` only if it
+    passes the calibration gate.
 
-    Reads ``preference.jsonl`` from curate's finished output (or a JSONL file), drops and counts pairs
-    longer than ``max_length``, holds out ``heldout_fraction`` of the rest, trains
-    ``AutoModelForSequenceClassification(num_labels=1)`` with the pairwise (Bradley-Terry) loss and
-    reports pairwise accuracy on the training pairs (before and after) and on the held-out pairs.
+    Pairs come from curate (``pairs_from``: its best-vs-worst ``preference.jsonl`` or more pairs per problem
+    from ``scored.jsonl``), ordered by verified correctness, then by RV fit to the problem's CD; an optional
+    teacher ``judge`` sees both answers in both orders and labels (or filters) them, dropping and counting
+    inconsistent pairs. Pairs longer than ``max_length`` are dropped and counted; whole problems are held
+    out (``heldout_fraction``). ``AutoModelForSequenceClassification(num_labels=1)`` (full or LoRA) is
+    trained with the Bradley-Terry pairwise loss, with checkpoints and resume as in the sft stage.
 
-    It does not use per-pair margins, ensemble several heads, or resume from a mid-training checkpoint
-    (a rerun of a finished output returns the stored result).
+    The gate then measures held-out pairwise accuracy (by CD bin and by label source too) and the
+    agreement with ``labels_uri``; below ``min_heldout_accuracy`` / ``min_label_agreement`` it raises
+    ``CalibrationGateError`` with the figures, writes ``report.html`` and ``gate.json``, deletes the
+    checkpoints and marks nothing complete, so no RL stage can start on the model. Otherwise the model,
+    the report and the manifest (with the score mean/std that the rl stage standardises with) are written.
+    It does not use per-pair margins or ensembles.
     """
     out = StageOutput(config.output_uri, STAGE)
     stored = out.reusable(config)
@@ -69,67 +301,113 @@ def run(config: RewardConfig) -> RewardResult:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return RewardResult.model_validate(stored["result"])
 
-    from datasets import Dataset
-    from trl import RewardConfig as TrlRewardConfig
-    from trl import RewardTrainer
+    from distilflow import training
 
+    labels = records.read_jsonl(config.labels_uri, records.PreferencePair) if config.labels_uri else []
+    was_complete = out.is_complete()
+    if "LOCAL_RANK" in os.environ:  # under torchrun: the main process builds (and judges) the pairs once
+        from accelerate import PartialState
+
+        first = PartialState().main_process_first()
+    else:
+        first = contextlib.nullcontext()
+    with first:
+        pairs, counts, data_file = build_pairs(config, out)
+    if training.needs_launch(config):  # several GPUs: one process each, under torchrun
+        return RewardResult.model_validate(training.launch(STAGE, config))
+    out.begin(config)
+    return train(config, out, pairs, counts, data_file, labels, was_complete)
+
+
+def train(
+    config: RewardConfig,
+    out: StageOutput,
+    pairs: list[Pair],
+    counts: dict[str, Any],
+    data_file: str,
+    labels: list[records.PreferencePair],
+    was_complete: bool,
+) -> RewardResult:
+    """The training part of ``run`` (heavy imports live here)."""
     from distilflow import training
     from distilflow.models import load_tokenizer, resolve_model
 
-    data_file, _ = training.resolve_data(config.data_uri, "preference.jsonl", "reward data")
-    pairs = records.read_jsonl(data_file, records.PreferencePair)
-    out.begin(config)
-
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
-    kept, dropped = training.preference_rows(pairs, tokenizer, config.max_length)
-    rows = [row for _, row in kept]
-    if not rows:
+    kept, dropped = training.preference_rows([p.pair for p in pairs], tokenizer, config.max_length)
+    meta = {id(p.pair): p for p in pairs}
+    items = [(meta[id(pair)], row) for pair, row in kept]
+    if not items:
         raise ConfigError(
             f"reward: all {len(pairs)} pairs of {data_file} are longer than max_length={config.max_length} "
             "tokens; raise reward.max_length"
         )
-    train_rows, held_rows = split_heldout(rows, config.heldout_fraction, config.seed)
+    train_items, held_items = split_heldout(
+        items, config.heldout_fraction, config.seed, lambda it: it[0].group
+    )
+    train_rows = [row for _, row in train_items]
+    held_rows = [row for _, row in held_items]
+    label_rows = [row for _, row in training.preference_rows(labels, tokenizer, config.max_length)[0]]
     print(
-        f"[{STAGE}] {len(train_rows)} pairs to train, {len(held_rows)} held out, {dropped} dropped",
+        f"[{STAGE}] {len(train_rows)} pairs to train, {len(held_rows)} held out, {dropped} dropped "
+        f"(> {config.max_length} tokens), {len(label_rows)} labelled pairs to check",
         flush=True,
     )
 
-    args = training.training_arguments(
-        TrlRewardConfig,
-        config,
-        tempfile.mkdtemp(prefix="distilflow-reward-"),
-        max_length=config.max_length,
-        center_rewards_coefficient=config.center_rewards_coefficient,
-    )
-    # A string model lets TRL load it as AutoModelForSequenceClassification(num_labels=1): a causal LM
-    # folder gets a fresh scalar head, a reward folder keeps its own.
-    trainer = RewardTrainer(
-        model=model_path, args=args, train_dataset=Dataset.from_list(train_rows), processing_class=tokenizer
-    )
-    training.quiet_trainer(trainer, STAGE)
+    trainer = make_trainer(config, train_rows, tokenizer, model_path, training.scratch_dir(STAGE, out.uri))
     accuracy_before = pairwise_accuracy(trainer.model, tokenizer, train_rows)
-    trainer.train()
+    start_step = training.train_resumable(trainer, out.uri, config, STAGE, was_complete)
     model = trainer.accelerator.unwrap_model(trainer.model)
 
-    first, final = training.first_last(training.logged(trainer.state.log_history, "loss"))
+    held_scores = pairwise_scores(model, tokenizer, held_rows)
+    label_scores = pairwise_scores(model, tokenizer, label_rows)
+    heldout = accuracy(held_scores)
+    agreement = accuracy(label_scores)
+    evaluated = [s for pair in (held_scores or pairwise_scores(model, tokenizer, train_rows)) for s in pair]
+    mean = sum(evaluated) / len(evaluated)
+    std = math.sqrt(sum((s - mean) ** 2 for s in evaluated) / len(evaluated))
+    by_cd = by_group(held_scores, [bin_label(it.cd, config.cd_bins) for it, _ in held_items])
+    history = trainer.state.log_history
+    first, final = training.first_last(training.logged(history, "loss"))
     result = RewardResult(
         model_uri=uris.join(out.uri, "model"),
         first_loss=first,
         final_loss=final,
         train_accuracy_before=accuracy_before,
         train_accuracy=pairwise_accuracy(model, tokenizer, train_rows),
-        heldout_accuracy=pairwise_accuracy(model, tokenizer, held_rows),
+        heldout_accuracy=heldout,
         steps=trainer.state.global_step,
         rows_used=len(train_rows),
         rows_heldout=len(held_rows),
         rows_dropped=dropped,
+        heldout_accuracy_low=wilson_low(sum(c > r for c, r in held_scores), len(held_scores)),
+        heldout_accuracy_by_cd={k: by_cd[k] for k in cd_order(config.cd_bins) if k in by_cd},
+        heldout_accuracy_by_source=by_group(held_scores, [it.source for it, _ in held_items]),
+        label_agreement=agreement,
+        label_pairs=len(label_rows),
+        gate=gate_verdict(config, heldout, agreement),
+        score_mean=mean,
+        score_std=std,
+        pairs_judged=counts.get("pairs_judged", 0),
+        judge_inconsistent=counts.get("judge_inconsistent", 0),
+        judge_unparsed=counts.get("judge_unparsed", 0),
+        judge_disagreed=counts.get("judge_disagreed", 0),
+        judge_first_rate=counts.get("judge_first_rate"),
+        resumed_from_step=start_step or None,
+        seed=config.seed,
     )
     print(
         f"[{STAGE}] pairwise accuracy: train {result.train_accuracy_before:.3f} -> {result.train_accuracy:.3f}, "
-        f"held-out {result.heldout_accuracy}",
+        f"held-out {heldout} (95% low {result.heldout_accuracy_low}), by CD {result.heldout_accuracy_by_cd}, "
+        f"labels {agreement}",
         flush=True,
     )
+    report = out.path("report.html")
+    if trainer.is_world_process_zero():
+        uris.write_text(report, report_page(history, result.model_dump()))
+    if not result.gate["passed"]:
+        fail_gate(trainer, out, result)
+
     card = training.model_card(
         STAGE,
         config.model,
@@ -139,23 +417,98 @@ def run(config: RewardConfig) -> RewardResult:
         "AutoModelForSequenceClassification",
     )
     training.save_trained(trainer, result.model_uri, card)
+    counts = {k: v for k, v in counts.items() if isinstance(v, int)}
     out.finish(
         result=result.model_dump(),
-        inputs={"data": data_file, "model": config.model},
-        outputs={"model": result.model_uri},
+        inputs={
+            "data": data_file,
+            "model": config.model,
+            **({"labels": config.labels_uri} if config.labels_uri else {}),
+        },
+        outputs={"model": result.model_uri, "report": report, "pairs": out.path(PAIRS)},
         counts={
-            "rows_read": len(pairs),
+            **counts,
             "rows_used": len(train_rows),
             "rows_heldout": len(held_rows),
             "rows_dropped": dropped,
+            "label_pairs": len(label_rows),
         },
-        metrics={
-            "first_loss": first,
-            "final_loss": final,
-            "train_accuracy_before": result.train_accuracy_before,
-            "train_accuracy": result.train_accuracy,
-            "heldout_accuracy": result.heldout_accuracy,
-            "steps": result.steps,
-        },
+        metrics=metrics_of(result),
     )
     return result
+
+
+def fail_gate(trainer: Any, out: StageOutput, result: RewardResult) -> None:
+    """Record the failed gate (``gate.json``), delete checkpoints and scratch, and raise with the figures."""
+    from distilflow import training
+
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        uris.write_text(out.path("gate.json"), json.dumps(result.model_dump(), indent=2, default=str))
+        # the run is finished, only rejected: a rerun with a new config must start afresh, not resume
+        uris.remove(uris.join(out.uri, training.CHECKPOINTS), recursive=True)
+    shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
+    bins = ", ".join(
+        f"{k} {v['accuracy']:.3f} ({v['pairs']})" for k, v in result.heldout_accuracy_by_cd.items()
+    )
+    raise CalibrationGateError(
+        f"reward: calibration gate failed: {'; '.join(result.gate['failures'])} "
+        f"(held-out {result.rows_heldout} pairs, 95% low {result.heldout_accuracy_low}; by CD bin: {bins or 'n/a'}; "
+        f"train accuracy {result.train_accuracy:.3f}). Nothing was published and the stage is not complete; "
+        f"see {out.path('report.html')}. Fix the data (more or cleaner pairs, a judge), train longer, or lower "
+        "reward.min_heldout_accuracy"
+    )
+
+
+def make_trainer(
+    config: RewardConfig, rows: list[dict[str, Any]], tokenizer: Any, model_path: str, scratch: str
+) -> Any:
+    from datasets import Dataset
+    from trl import RewardConfig as TrlRewardConfig
+    from trl import RewardTrainer
+
+    from distilflow import training
+
+    args = training.training_arguments(
+        TrlRewardConfig,
+        config,
+        scratch,
+        max_length=config.max_length,
+        center_rewards_coefficient=config.center_rewards_coefficient,
+    )
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        # SEQ_CLS trains (and saves) the new scalar head beside the adapter
+        peft_config = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="SEQ_CLS"
+        )
+    # A string model lets TRL load it as AutoModelForSequenceClassification(num_labels=1): a causal LM
+    # folder gets a fresh scalar head, a reward folder keeps its own.
+    trainer = RewardTrainer(
+        model=model_path,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    return training.quiet_trainer(trainer, STAGE)
+
+
+def metrics_of(result: RewardResult) -> dict[str, float]:
+    """Scalar metrics for the manifest and KFP Metrics: losses, accuracies (per CD bin too), gate, counts."""
+    found: dict[str, Any] = {
+        key: getattr(result, key)
+        for key in (
+            "first_loss", "final_loss", "train_accuracy_before", "train_accuracy", "heldout_accuracy",
+            "heldout_accuracy_low", "label_agreement", "steps", "rows_used", "rows_heldout", "rows_dropped",
+            "pairs_judged", "judge_inconsistent", "judge_unparsed", "judge_disagreed", "judge_first_rate",
+            "score_mean", "score_std",
+        )
+    }  # fmt: skip
+    found["gate_passed"] = 1.0 if result.gate.get("passed") else 0.0
+    for name, cell in result.heldout_accuracy_by_cd.items():
+        if cell.get("accuracy") is not None:
+            found[f"heldout_accuracy_cd_{name.strip('[]()').replace(', ', '_')}"] = cell["accuracy"]
+    return {k: v for k, v in found.items() if v is not None}

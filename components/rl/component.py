@@ -13,30 +13,45 @@ def rl(
     student: dsl.Input[dsl.Model],
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
+    report: dsl.Output[dsl.HTML],
+    reward_model: dsl.Input[dsl.Model] = None,
+    difficulty: dsl.Input[dsl.Dataset] = None,
 ):
     """Train the student with GRPO on the configured problems; publish the model folder's URI.
 
     Args:
         config: The whole pipeline config; this stage reads its ``rl`` section (``problems_uri`` names
-            the problems with reference answers).
+            the problems with reference answers, ``rewards`` the weighted reward terms).
         output_uri: The run's root URI; the stage writes under ``<output_uri>/rl``.
         student: The policy to start from, usually sft's or dpo's ``model`` output.
         model: The trained policy (metadata ``uri`` = ``<output_uri>/rl/model``).
-        metrics: Rewards and losses (first/final), steps and problem counts.
+        metrics: Total reward, accuracy, each reward term, KL, completion length, loss, steps, problem counts.
+        report: HTML report: reward (total and per term), accuracy, KL, completion length and loss curves.
+        reward_model: Optional: the reward stage's ``model`` output (its stage must have passed the
+            calibration gate), for the ``reward_model`` term.
+        difficulty: Optional: curate's output, whose scored.jsonl gives each problem's CD (length term).
     """
     from distilflow import artifacts
     from distilflow import uri as uris
     from distilflow.components.rl.config import RlConfig
-    from distilflow.components.rl.run import run
+    from distilflow.components.rl.run import metrics_of, run
 
     section = artifacts.section(config, "rl")
     section["output_uri"] = uris.join(output_uri, "rl")
     section["model"] = artifacts.consume(student, "rl student")
+    if reward_model is not None:
+        artifacts.consume(reward_model, "rl reward model")
+        # the stage folder, not the model inside it: run() reads the gate's figures from its manifest
+        section["reward_model_uri"] = reward_model.metadata.get("stage_uri", reward_model.metadata["uri"])
+    if difficulty is not None:
+        section["difficulty_uri"] = artifacts.consume(difficulty, "rl difficulty")
     result = run(RlConfig.from_dict(section, where="pipeline config"))
 
     artifacts.publish(model, result.model_uri, stage_uri=section["output_uri"])
-    keys = ("first_reward", "final_reward", "first_loss", "final_loss", "steps")
-    for key in (*keys, "problems_used", "problems_skipped"):
-        value = getattr(result, key)
-        if value is not None:
-            metrics.log_metric(key, value)
+    for key, value in metrics_of(result).items():
+        metrics.log_metric(key, value)
+    page = uris.join(section["output_uri"], "report.html")
+    if uris.exists(page):  # outputs finished by an older version have none
+        with open(report.path, "w", encoding="utf-8") as f:
+            f.write(uris.read_text(page))
+        artifacts.publish(report, page, stage_uri=section["output_uri"])

@@ -1,43 +1,52 @@
-"""The `rl` stage: GRPO on the student with a verifiable-correctness reward (TRL's ``GRPOTrainer``)."""
+"""The `rl` stage: GRPO on the student with named, weighted reward terms (TRL's ``GRPOTrainer``)."""
 
 from __future__ import annotations
 
-import tempfile
+import json
+import os
 from typing import Any
 
 from distilflow import records
 from distilflow import uri as uris
-from distilflow.answers import is_correct
 from distilflow.components.rl.config import RlConfig, RlResult
-from distilflow.errors import ConfigError
-from distilflow.outputs import StageOutput
+from distilflow.components.rl.rewards import correctness
+from distilflow.errors import ConfigError, IncompleteOutputError
+from distilflow.outputs import MARKER, StageOutput, require_complete
 
 STAGE = "rl"
 
-
-def completion_text(completion: Any) -> str:
-    """The text of one completion: a plain string, or the content of a conversational completion."""
-    if isinstance(completion, str):
-        return completion
-    return "".join(str(message.get("content") or "") for message in completion)
+REPORT_KEYS = ("reward", "accuracy", "kl", "completions/mean_length", "loss", "learning_rate")
 
 
-def correctness(completions: list[Any], answer: list[str], domain: list[str | None], **_: Any) -> list[float]:
-    """GRPO reward function: 1.0 when a completion states the reference answer, else 0.0.
+def normalise_problem(text: str) -> str:
+    return " ".join(text.split()).lower()
 
-    TRL passes the dataset's extra columns (``answer``, ``domain``) as lists aligned with
-    ``completions``; answers are compared with ``distilflow.answers.is_correct`` (math-verify).
-    """
-    return [
-        float(is_correct(completion_text(c), ref, dom))
-        for c, ref, dom in zip(completions, answer, domain, strict=True)
-    ]
+
+def problem_cds(difficulty_uri: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Each problem's CD (mean over its judged traces) by problem id and by normalised problem text."""
+    from distilflow import training
+
+    scored_file, _ = training.resolve_data(difficulty_uri, "scored.jsonl", "rl difficulty")
+    sums: dict[str, list[float]] = {}
+    texts: dict[str, list[float]] = {}
+    for row in records.iter_jsonl(scored_file, records.Scored, unique_ids=False):
+        sums.setdefault(row.problem_id, []).append(row.cd)
+        texts.setdefault(normalise_problem(row.problem), []).append(row.cd)
+
+    def mean(found: dict[str, list[float]]) -> dict[str, float]:
+        return {k: sum(v) / len(v) for k, v in found.items()}
+
+    return mean(sums), mean(texts)
 
 
 def build_rows(
-    problems: list[records.Problem], system_prompt: str | None
+    problems: list[records.Problem],
+    system_prompt: str | None,
+    cds: tuple[dict[str, float], dict[str, float]] | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Conversational prompts with their reference answers, and how many problems had no answer."""
+    """Conversational prompts with their reference answers and CD (None when unknown), and how many
+    problems had no answer."""
+    by_id, by_text = cds or ({}, {})
     rows = []
     skipped = 0
     for p in problems:
@@ -46,19 +55,174 @@ def build_rows(
             continue
         prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
         prompt.append({"role": "user", "content": p.problem})
-        rows.append({"prompt": prompt, "answer": p.answer, "domain": p.domain})
+        cd = by_id.get(p.id, by_text.get(normalise_problem(p.problem)))
+        rows.append({"prompt": prompt, "answer": p.answer, "domain": p.domain, "cd": cd})
     return rows, skipped
+
+
+def resolve_reward_model(uri: str) -> tuple[str, dict[str, float]]:
+    """The reward model folder and its score statistics, from the reward stage's output or a model folder.
+
+    A reward stage output must be complete: the stage writes its marker only after its calibration gate
+    passed, so RL never starts on a reward model that failed it.
+    """
+    if uris.exists(uris.join(uri, "config.json")) and not uris.exists(uris.join(uri, MARKER)):
+        print(
+            f"[{STAGE}] reward model {uri} is a plain model folder: no calibration gate vouches for it",
+            flush=True,
+        )
+        return uri, {}
+    if not uris.exists(uris.join(uri, MARKER)) and uris.exists(uris.join(uri, "model")):
+        raise IncompleteOutputError(
+            f"rl reward model: {uri} has no completion marker ({MARKER}): the reward stage did not finish or its "
+            "calibration gate failed (see its report.html and log). Retrain the reward model before RL"
+        )
+    manifest = require_complete(uri, "rl reward model")
+    result = manifest.get("result") or {}
+    stats = {k: result[k] for k in ("score_mean", "score_std") if result.get(k) is not None}
+    return result.get("model_uri") or uris.join(uri, "model"), stats
+
+
+def rollout_engine(config: RlConfig) -> str:
+    """``vllm`` or ``transformers``, as ``config.rollouts`` asks and this machine allows."""
+    import importlib.util
+
+    from distilflow import training
+
+    if config.rollouts == "transformers":
+        return "transformers"
+    gpu = training.on_gpu()
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    if config.rollouts == "vllm":
+        if not gpu:
+            raise ConfigError(
+                "rl.rollouts=vllm needs a CUDA GPU (TRL's vLLM rollouts do not run on a CPU); set "
+                "rl.rollouts=transformers or auto"
+            )
+        if not has_vllm:
+            raise ConfigError(
+                "rl.rollouts=vllm needs the vllm package in the stage image (pip install 'distilflow[vllm]'); "
+                "or set rl.rollouts=transformers"
+            )
+        return "vllm"
+    return "vllm" if gpu and has_vllm else "transformers"
+
+
+def reward_functions(config: RlConfig, reward_model: tuple[str, dict[str, float]] | None) -> list[Any]:
+    """The reward functions in the order of ``config.weights()``."""
+    from distilflow.components.rl import rewards
+
+    funcs: list[Any] = []
+    for name in config.weights():
+        if name == "correctness":
+            funcs.append(correctness)
+        elif name == "format":
+            funcs.append(rewards.format_reward)
+        elif name == "length":
+            top = config.length_budget_max or config.max_completion_length
+            funcs.append(
+                rewards.LengthReward(config.length_budget_min, top, config.length_slack, config.default_cd)
+            )
+        elif name == "reward_model":
+            assert reward_model is not None
+            funcs.append(load_reward_model(*reward_model, normalize=config.reward_model_normalize))
+    return funcs
+
+
+def load_reward_model(path: str, stats: dict[str, float], normalize: bool) -> Any:
+    """The ``reward_model`` term: the reward model on this process's device (bf16 on a GPU)."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from distilflow.components.rl.rewards import RewardModelScore
+    from distilflow.models import load_tokenizer, resolve_model
+
+    local = resolve_model(path)
+    gpu = torch.cuda.is_available()
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if gpu else torch.device("cpu")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        local, num_labels=1, dtype=torch.bfloat16 if gpu else torch.float32
+    ).to(device)
+    tokenizer = load_tokenizer(local)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if normalize and not stats:
+        print(f"[{STAGE}] reward model {path} carries no score statistics; standardising with mean 0, std 1")
+    return RewardModelScore(
+        model, tokenizer, stats.get("score_mean", 0.0), stats.get("score_std", 1.0), normalize=normalize
+    )
+
+
+def make_trainer(
+    config: RlConfig,
+    rows: list[dict[str, Any]],
+    model_path: str,
+    tokenizer: Any,
+    funcs: list[Any],
+    engine: str,
+    scratch: str,
+) -> Any:
+    from datasets import Dataset
+    from trl import GRPOConfig, GRPOTrainer
+
+    from distilflow import training
+
+    vllm: dict[str, Any] = {"use_vllm": engine == "vllm"}
+    if engine == "vllm":
+        vllm.update(vllm_mode=config.vllm_mode)
+        if config.vllm_mode == "server":
+            vllm.update(vllm_server_base_url=config.vllm_server_base_url)
+        else:
+            vllm.update(
+                vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+                vllm_tensor_parallel_size=config.vllm_tensor_parallel_size,
+            )
+    args = training.training_arguments(
+        GRPOConfig,
+        config,
+        scratch,
+        num_generations=config.num_generations,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        beta=config.beta,
+        epsilon=config.epsilon,
+        epsilon_high=config.epsilon_high,
+        loss_type=config.loss_type,
+        scale_rewards=config.scale_rewards,
+        reward_weights=list(config.weights().values()),
+        **vllm,
+    )
+    peft_config = None
+    if config.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(
+            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
+    trainer = GRPOTrainer(
+        model=model_path,
+        reward_funcs=funcs,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=peft_config,
+    )
+    return training.quiet_trainer(trainer, STAGE)
 
 
 def run(config: RlConfig) -> RlResult:
     """Train the policy with GRPO on problems with reference answers; save it to ``<output_uri>/model``.
 
-    Each step samples ``num_generations`` completions per problem with ``model.generate`` and rewards
-    each with 1/0 for a correct final answer; a group's advantages are its rewards minus their mean.
-    With ``beta > 0`` a frozen copy of the start model anchors the policy with a KL term.
+    Each step samples ``num_generations`` completions per problem (vLLM on a GPU, colocated or a
+    ``trl vllm-serve`` server; ``model.generate`` otherwise), scores each with the weighted terms of
+    ``rewards`` (see ``distilflow.components.rl.rewards``: correctness, reward_model, format, length),
+    and forms group-relative advantages; the clipped policy-ratio loss (``epsilon``) is anchored to the
+    start model by a KL term when ``beta > 0``. Every term is logged on its own
+    (``rewards/<term>/mean``) besides the total, the accuracy, the KL and the completion length; their
+    curves go to ``<output_uri>/report.html``.
 
-    It does not use vLLM for generation, a reward model or a length term (later issues), or resume
-    from a mid-training checkpoint (a rerun of a finished output returns the stored result).
+    The reward model must come from a finished reward stage (its calibration gate passed). Checkpoints,
+    resume and multi-GPU self-launch (torchrun, DeepSpeed ZeRO) work as in the sft stage. It does not
+    train on problems without a reference answer, or run multi-turn/tool rollouts.
     """
     out = StageOutput(config.output_uri, STAGE)
     stored = out.reusable(config)
@@ -66,71 +230,123 @@ def run(config: RlConfig) -> RlResult:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return RlResult.model_validate(stored["result"])
 
-    from datasets import Dataset
-    from trl import GRPOConfig, GRPOTrainer
-
     from distilflow import training
-    from distilflow.models import load_tokenizer, resolve_model
 
     problems_file, _ = training.resolve_data(config.problems_uri, "problems.jsonl", "rl problems")
     problems = records.read_jsonl(problems_file, records.Problem)
-    rows, skipped = build_rows(problems, config.system_prompt)
+    # checked before any process starts: RL never begins on a reward model that failed its gate
+    reward_model = (
+        resolve_reward_model(config.reward_model_uri) if "reward_model" in config.weights() else None
+    )
+    cds = problem_cds(config.difficulty_uri) if config.difficulty_uri else None
+    rows, skipped = build_rows(problems, config.system_prompt, cds)
     if not rows:
         raise ConfigError(
             f"rl: none of the {len(problems)} problems in {problems_file} has a reference answer; "
             "the correctness reward needs an 'answer' on each problem"
         )
+    if training.needs_launch(config):  # several GPUs: one process each, under torchrun
+        return RlResult.model_validate(training.launch(STAGE, config))
+    was_complete = out.is_complete()
     out.begin(config)
-    print(f"[{STAGE}] {len(rows)} problems, {skipped} skipped (no reference answer)", flush=True)
+    with_cd = sum(row["cd"] is not None for row in rows)
+    print(
+        f"[{STAGE}] {len(rows)} problems ({with_cd} with a judged CD), {skipped} skipped (no reference answer); "
+        f"rewards {config.weights()}",
+        flush=True,
+    )
+    return train(config, out, problems_file, problems, rows, reward_model, was_complete)
+
+
+def train(
+    config: RlConfig,
+    out: StageOutput,
+    problems_file: str,
+    problems: list[records.Problem],
+    rows: list[dict[str, Any]],
+    reward_model: tuple[str, dict[str, float]] | None,
+    was_complete: bool,
+) -> RlResult:
+    """The training part of ``run`` (heavy imports live here)."""
+    from distilflow import training
+    from distilflow.models import load_tokenizer, resolve_model
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
-    args = training.training_arguments(
-        GRPOConfig,
-        config,
-        tempfile.mkdtemp(prefix="distilflow-rl-"),
-        num_generations=config.num_generations,
-        max_completion_length=config.max_completion_length,
-        temperature=config.temperature,
-        beta=config.beta,
-        use_vllm=False,
+    engine = rollout_engine(config)
+    funcs = reward_functions(config, reward_model)
+    trainer = make_trainer(
+        config, rows, model_path, tokenizer, funcs, engine, training.scratch_dir(STAGE, out.uri)
     )
-    trainer = GRPOTrainer(
-        model=model_path,
-        reward_funcs=[correctness],
-        args=args,
-        train_dataset=Dataset.from_list(rows),
-        processing_class=tokenizer,
-    )
-    training.quiet_trainer(trainer, STAGE)
-    trainer.train()
+    start_step = training.train_resumable(trainer, out.uri, config, STAGE, was_complete)
 
     history = trainer.state.log_history
-    first_reward, final_reward = training.first_last(training.logged(history, "reward"))
-    first_loss, final_loss = training.first_last(training.logged(history, "loss"))
+    weights = config.weights()
+
+    def first_last(key: str) -> tuple[float | None, float | None]:
+        return training.first_last(training.logged(history, key))
+
+    terms = {name: first_last(f"rewards/{name}/mean")[1] for name in weights}
     result = RlResult(
         model_uri=uris.join(out.uri, "model"),
-        first_reward=first_reward,
-        final_reward=final_reward,
-        first_loss=first_loss,
-        final_loss=final_loss,
+        first_reward=first_last("reward")[0],
+        final_reward=first_last("reward")[1],
+        first_loss=first_last("loss")[0],
+        final_loss=first_last("loss")[1],
         steps=trainer.state.global_step,
         problems_used=len(rows),
-        problems_skipped=skipped,
+        problems_skipped=len(problems) - len(rows),
+        first_accuracy=first_last("accuracy")[0],
+        final_accuracy=first_last("accuracy")[1],
+        final_terms={k: v for k, v in terms.items() if v is not None},
+        weights=weights,
+        final_kl=first_last("kl")[1],
+        final_completion_length=first_last("completions/mean_length")[1],
+        problems_with_cd=sum(row["cd"] is not None for row in rows),
+        rollouts=engine,
+        resumed_from_step=start_step or None,
+        seed=config.seed,
     )
     card = training.model_card(STAGE, config.model, problems_file, result.model_dump(), config.to_dict())
     training.save_trained(trainer, result.model_uri, card)
+    keys = (*REPORT_KEYS[:2], *(f"rewards/{n}/mean" for n in weights), *REPORT_KEYS[2:])
+    summary = {**result.model_dump(), "weights": json.dumps(weights)}
+    report = training.write_report(out.uri, STAGE, history, keys, summary)
+    inputs = {"problems": problems_file, "model": config.model}
+    if reward_model is not None:
+        inputs["reward_model"] = reward_model[0]
+    if config.difficulty_uri:
+        inputs["difficulty"] = config.difficulty_uri
     out.finish(
         result=result.model_dump(),
-        inputs={"problems": problems_file, "model": config.model},
-        outputs={"model": result.model_uri},
-        counts={"problems_read": len(problems), "problems_used": len(rows), "problems_skipped": skipped},
-        metrics={
-            "first_reward": first_reward,
-            "final_reward": final_reward,
-            "first_loss": first_loss,
-            "final_loss": final_loss,
-            "steps": result.steps,
+        inputs=inputs,
+        outputs={"model": result.model_uri, "report": report},
+        counts={
+            "problems_read": len(problems),
+            "problems_used": len(rows),
+            "problems_skipped": result.problems_skipped,
+            "problems_with_cd": result.problems_with_cd,
         },
+        metrics=metrics_of(result),
     )
     return result
+
+
+def metrics_of(result: RlResult) -> dict[str, float]:
+    """The scalar metrics of a run, for the manifest and KFP Metrics (None values left out)."""
+    found: dict[str, Any] = {
+        "first_reward": result.first_reward,
+        "final_reward": result.final_reward,
+        "first_accuracy": result.first_accuracy,
+        "final_accuracy": result.final_accuracy,
+        "first_loss": result.first_loss,
+        "final_loss": result.final_loss,
+        "final_kl": result.final_kl,
+        "final_completion_length": result.final_completion_length,
+        "steps": result.steps,
+        "problems_used": result.problems_used,
+        "problems_skipped": result.problems_skipped,
+        "seed": result.seed,
+    }
+    found.update({f"final_reward_{name}": value for name, value in result.final_terms.items()})
+    return {k: v for k, v in found.items() if v is not None}
