@@ -6,12 +6,16 @@ checkpoints in object storage and resuming from them, reading losses back from
 ``trainer.state.log_history``, an HTML report of the curves, and saving the trained model (merged
 when LoRA was used) with its tokenizer and a model card to an output URI.
 
-Checkpoints: the trainer writes ``checkpoint-<step>`` to its local scratch folder every ``save_steps``
-optimizer steps (model, optimizer, scheduler, RNG states, trainer state with the data position); the
-main process uploads it to ``<output_uri>/checkpoints/checkpoint-<step>/`` and writes
-``_COMPLETE`` there last, then deletes all but the newest ``save_total_limit`` complete checkpoints.
-A rerun of an unfinished stage with the same config downloads the newest complete checkpoint and
-continues from it; a checkpoint without its marker (killed during the upload) is never used.
+Checkpoints: every process writes its part of ``checkpoint-<step>`` to its node's local scratch folder
+every ``save_steps`` optimizer steps (model, optimizer, scheduler, trainer state with the data position
+from rank 0; one RNG state per rank; ZeRO or FSDP shards per rank). Every process then uploads its
+share of its node's files to ``<output_uri>/checkpoints/checkpoint-<step>/`` (a file named for a rank,
+e.g. ``rng_state_3.pth``, by that rank) and writes its done marker ``_ranks/rank-<r>.json``; after a
+barrier, rank 0 checks that all ranks' markers are there, writes ``_COMPLETE`` last, then deletes
+all but the newest ``save_total_limit`` complete checkpoints. A rerun of an unfinished stage with
+the same config downloads the newest complete checkpoint on every node and continues from it, each
+rank with its own RNG state; a checkpoint without ``_COMPLETE`` (a process died during the upload)
+is never used.
 """
 
 from __future__ import annotations
@@ -27,30 +31,40 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any, Literal, NamedTuple
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from distilflow import uri as uris
 from distilflow.config import BaseConfig
+from distilflow.dlc import DlcSettings
 from distilflow.errors import ConfigError
 from distilflow.outputs import require_complete
 
 
 class ScaleAndCheckpointFields(BaseConfig):
-    """Config fields shared unchanged by the sft and dpo stages: processes per node, DeepSpeed, and
-    checkpoints in object storage. Plain fields, no behaviour."""
+    """Config fields shared unchanged by the training stages: processes per node, DeepSpeed or FSDP, and
+    checkpoints in object storage. Plain fields and their cross-checks, no behaviour."""
 
     processes: int | Literal["auto"] = Field(
         "auto",
         description="Training processes on this node: auto = one per visible GPU (1 on a CPU); more than 1 "
-        "makes the stage launch itself with torchrun (data parallel, or ZeRO with deepspeed)",
+        "makes the stage launch itself with torchrun (data parallel, or ZeRO/FSDP sharding)",
     )
     deepspeed: Literal["none", "zero2", "zero3"] = Field(
         "none",
         description="DeepSpeed ZeRO stage for multi-GPU runs (launch with torchrun/accelerate, one process "
         "per GPU): zero2 shards optimizer states and gradients, zero3 also the parameters",
     )
+    fsdp: Literal["none", "full_shard", "shard_grad_op"] = Field(
+        "none",
+        description="PyTorch FSDP2 instead of DeepSpeed (GPU only, one process per GPU): full_shard shards "
+        "parameters, gradients and optimizer states and re-gathers parameters for the backward pass "
+        "(like ZeRO-3); shard_grad_op keeps them gathered between forward and backward (like ZeRO-2). "
+        "Checkpoints are sharded per rank; the final model is gathered into one Hugging Face folder",
+    )
     offload: bool = Field(
-        False, description="With deepspeed: offload optimizer states (and zero3 parameters) to CPU memory"
+        False,
+        description="With deepspeed: offload optimizer states (and zero3 parameters) to CPU memory; with "
+        "fsdp: offload parameters, gradients and optimizer states to CPU memory",
     )
     save_steps: int = Field(
         200,
@@ -66,6 +80,93 @@ class ScaleAndCheckpointFields(BaseConfig):
         description="Continue an unfinished run from its newest complete checkpoint (same config); false "
         "deletes the checkpoints and trains from step 0",
     )
+
+    @model_validator(mode="after")
+    def _check_scale(self) -> ScaleAndCheckpointFields:
+        if self.deepspeed != "none" and self.fsdp != "none":
+            raise ValueError(
+                f"deepspeed={self.deepspeed!r} and fsdp={self.fsdp!r} both shard the model; choose one "
+                "(set the other to none)"
+            )
+        if self.offload and self.deepspeed == "none" and self.fsdp == "none":
+            raise ValueError(
+                f"offload=true needs deepspeed=zero2 or zero3 (or fsdp), but deepspeed={self.deepspeed!r} "
+                f"and fsdp={self.fsdp!r}; set one of them or offload=false"
+            )
+        if isinstance(self.processes, int) and self.processes < 1:
+            raise ValueError(f"processes={self.processes} starts no process; use auto or a count >= 1")
+        return self
+
+
+class LauncherFields(BaseConfig):
+    """Config fields of a training stage that can run elsewhere than in its own pod: a Kubeflow Trainer
+    ``TrainJob`` (``distilflow.trainjob``) or an Alibaba Cloud PAI-DLC job (``distilflow.dlc``) of
+    ``nodes`` nodes. Plain fields and their checks; the stage's ``run`` dispatches with ``dispatch``."""
+
+    launcher: Literal["local", "trainjob", "dlc"] = Field(
+        "local",
+        description="local trains in this pod (torchrun on this node when processes > 1); trainjob submits a "
+        "Kubeflow Trainer TrainJob of `nodes` nodes (kubeflow SDK), dlc a PAI-DLC job (settings in `dlc`); "
+        "either streams node-0's log, waits for the job and returns the result it wrote to output_uri",
+    )
+    nodes: int = Field(1, ge=1, description="With launcher=trainjob or dlc: training nodes (pods) of the job")
+    gpus_per_node: int = Field(
+        1,
+        ge=0,
+        description="With launcher=trainjob or dlc: GPUs requested per node (one training process each)",
+    )
+    runtime: str = Field(
+        "torch-distributed",
+        description="With launcher=trainjob: the (Cluster)TrainingRuntime the TrainJob references",
+    )
+    namespace: str | None = Field(
+        None,
+        description="With launcher=trainjob: namespace of the TrainJob; None uses the kubeconfig's or this "
+        "pod's namespace",
+    )
+    env: list[str] = Field(
+        default_factory=list,
+        description="With launcher=trainjob or dlc: names of non-secret environment variables copied from "
+        "this process's environment into every node (e.g. DISTILFLOW_S3_ENDPOINT_URL, AWS_DEFAULT_REGION)",
+    )
+    secret_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="With launcher=trainjob: environment variables of every node read from Kubernetes "
+        "Secrets, NAME: secret-name/key (e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key); only the "
+        "reference goes into the TrainJob, never the value",
+    )
+    dlc: DlcSettings = Field(
+        default_factory=DlcSettings,
+        description="With launcher=dlc: where the PAI-DLC job runs (region, workspace, resource group or "
+        "instance type, job type); credentials come from the environment, never from the config",
+    )
+
+    @model_validator(mode="after")
+    def _check_launcher(self) -> LauncherFields:
+        bad = {k: v for k, v in self.secret_env.items() if v.count("/") != 1 or "" in v.split("/")}
+        if bad:
+            raise ValueError(
+                f"secret_env values must be secret-name/key, got {bad}; e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key"
+            )
+        return self
+
+
+def dispatch(stage: str, config: Any) -> dict[str, Any] | None:
+    """The stage's result when ``config.launcher`` runs it elsewhere (trainjob, dlc), else None.
+
+    The launcher module is imported only when used; it submits a job whose nodes run the same stage
+    with ``launcher: local`` and returns the result the job wrote to ``config.output_uri``.
+    """
+    launcher = getattr(config, "launcher", "local")
+    if launcher == "trainjob":  # many nodes: a Kubeflow TrainJob trains, this process waits
+        from distilflow import trainjob
+
+        return trainjob.launch(stage, config)
+    if launcher == "dlc":  # many nodes on Alibaba Cloud PAI-DLC
+        from distilflow import dlc
+
+        return dlc.launch(stage, config)
+    return None
 
 
 def resolve_data(data_uri: str, default_name: str, what: str) -> tuple[str, dict[str, Any] | None]:
@@ -178,12 +279,14 @@ def process_count(config: Any) -> int:
 
 
 def needs_launch(config: Any) -> bool:
-    """Whether ``run`` must start ``torchrun`` itself: more than one process wanted (or DeepSpeed, which
-    needs a launcher's environment even for one), and this process is not already one of a distributed
-    launch (torchrun, accelerate and a Kubeflow TrainJob set LOCAL_RANK)."""
+    """Whether ``run`` must start ``torchrun`` itself: more than one process wanted (or DeepSpeed or FSDP,
+    which need a launcher's environment even for one: without it accelerate trains unsharded), and this
+    process is not already one of a distributed launch (torchrun, accelerate and a Kubeflow TrainJob set
+    LOCAL_RANK)."""
     if "LOCAL_RANK" in os.environ:
         return False
-    return process_count(config) > 1 or getattr(config, "deepspeed", "none") != "none"
+    sharded = getattr(config, "deepspeed", "none") != "none" or getattr(config, "fsdp", "none") != "none"
+    return process_count(config) > 1 or sharded
 
 
 def launch(stage: str, config: Any) -> dict[str, Any]:
@@ -225,11 +328,13 @@ def training_arguments(cls: type, config: Any, output_dir: str, **extra: Any) ->
 
     bf16 mixed precision only on a GPU: TRL defaults ``bf16=True``, which raises on a CPU without bf16.
     Gradient checkpointing follows ``config.gradient_checkpointing`` when the stage has that field and
-    it is set, else it is on on a GPU only (it only costs time on small CPU runs). Checkpoints are
+    it is set, else it is on on a GPU only (it only costs time on small CPU runs; under FSDP it becomes
+    FSDP's own activation checkpointing). Checkpoints are
     written every ``config.save_steps`` steps when the stage has that field and it is positive (see
     ``train_resumable``, which uploads them); otherwise none (``save_strategy="no"``): the stage saves
     the final model itself. ``config.deepspeed`` (``zero2``/``zero3``, with ``config.offload``) adds a
-    ``deepspeed_config`` (the stage must then run under torchrun/accelerate, one process per GPU).
+    ``deepspeed_config``, ``config.fsdp`` (``full_shard``/``shard_grad_op``) ``fsdp=True`` with an
+    ``fsdp_config`` (the stage must then run under torchrun/accelerate, one process per GPU).
 
     Args:
         cls: ``trl.SFTConfig``, ``trl.DPOConfig``, ``trl.RewardConfig`` or ``trl.GRPOConfig``.
@@ -239,6 +344,12 @@ def training_arguments(cls: type, config: Any, output_dir: str, **extra: Any) ->
         **extra: Stage-specific arguments (override the defaults).
     """
     gpu = on_gpu()
+    if getattr(config, "fsdp", "none") != "none" and not gpu:
+        # accelerate applies FSDP to GPU processes only: on a CPU it would silently train unsharded (DDP)
+        raise ConfigError(
+            f"fsdp={config.fsdp!r} needs GPUs (FSDP shards across CUDA devices; on a CPU accelerate ignores "
+            "it); set fsdp=none on a CPU"
+        )
     kwargs: dict[str, Any] = {
         "output_dir": output_dir,
         "max_steps": config.max_steps,
@@ -266,6 +377,14 @@ def training_arguments(cls: type, config: Any, output_dir: str, **extra: Any) ->
     }
     if getattr(config, "deepspeed", "none") != "none":
         kwargs["deepspeed"] = deepspeed_config(config.deepspeed, config.offload)
+    if getattr(config, "fsdp", "none") != "none":
+        # FSDP recomputes activations per wrapped layer itself; the model's own gradient checkpointing
+        # would add a redundant all-gather in the backward pass
+        kwargs.update(
+            fsdp=True,
+            fsdp_config=fsdp_config(config.fsdp, config.offload, kwargs["gradient_checkpointing"]),
+            gradient_checkpointing=False,
+        )
     if getattr(config, "save_steps", 0) > 0:
         # full checkpoints (optimizer, scheduler, RNG) so a rerun resumes exactly; the local copies are
         # scratch: train_resumable uploads each and keeps save_total_limit of them in object storage
@@ -322,29 +441,96 @@ def deepspeed_config(zero: str, offload: bool = False) -> dict[str, Any]:
     }
 
 
+def fsdp_config(mode: str, offload: bool = False, activation_checkpointing: bool = False) -> dict[str, Any]:
+    """The ``fsdp_config`` of ``TrainingArguments`` (with ``fsdp=True``) for PyTorch FSDP2.
+
+    Every decoder layer is wrapped (the model's ``_no_split_modules``). ``full_shard`` re-shards
+    parameters after the forward pass (least memory, like ZeRO-3); ``shard_grad_op`` keeps them gathered
+    until the backward pass (one all-gather less per step, like ZeRO-2). Checkpoints are sharded (each
+    rank writes its own part, which the checkpoint upload collects from every node); ``save_trained``
+    gathers the full state dict for the final model. Mixed precision follows the Trainer's bf16.
+
+    Args:
+        mode: ``"full_shard"`` or ``"shard_grad_op"``.
+        offload: Keep parameters, gradients and optimizer states in CPU memory between uses.
+        activation_checkpointing: Recompute each layer's activations in the backward pass.
+    """
+    if mode not in ("full_shard", "shard_grad_op"):
+        raise ValueError(f"mode must be 'full_shard' or 'shard_grad_op', got {mode!r}")
+    return {
+        "version": 2,
+        "reshard_after_forward": mode == "full_shard",
+        "auto_wrap_policy": "TRANSFORMER_BASED_WRAP",
+        "state_dict_type": "SHARDED_STATE_DICT",
+        "cpu_offload": offload,
+        "activation_checkpointing": activation_checkpointing,
+    }
+
+
+def uses_fsdp(trainer: Any) -> bool:
+    return getattr(trainer, "is_fsdp_enabled", False)
+
+
+def params_sharded(trainer: Any) -> bool:
+    """Whether each process holds only a shard of the parameters (DeepSpeed ZeRO-3 or FSDP)."""
+    if uses_fsdp(trainer):
+        return True
+    if not getattr(trainer, "is_deepspeed_enabled", False):
+        return False
+    from transformers.integrations.deepspeed import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
+
+
 LOGGED_KEYS = ("loss", "reward", "reward_std", "rewards/accuracies", "accuracy", "kl", "learning_rate")
 """Logged values worth a line in KFP logs (TRL logs many more; they stay in ``log_history``)."""
 
 
+def _duration(seconds: float) -> str:
+    """``1:02:03`` (or ``?`` when unknown) for progress lines."""
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def progress_line(stage: str, step: int, total: int, start_step: int, elapsed: float) -> str:
+    """``[stage] step 30/100 (30%) 1.50 steps/s ETA 0:00:47``.
+
+    The rate counts the steps taken by this process only, so a run resumed at step 20 does not show
+    the checkpoint's 20 steps as done in no time (which would make the ETA far too short).
+    """
+    taken = step - start_step
+    rate = taken / elapsed if elapsed > 0 and taken > 0 else 0.0
+    left = (total - step) / rate if rate > 0 else float("inf")
+    pct = 100.0 * step / total if total else 100.0
+    return f"[{stage}] step {step}/{total} ({pct:.0f}%) {rate:.2f} steps/s ETA {_duration(left)}"
+
+
 def progress_callback(stage: str) -> Any:
     """A ``TrainerCallback`` printing step, rate, ETA and the latest logged values, for KFP logs."""
-    from transformers import TrainerCallback
+    import time
 
-    from distilflow.progress import Progress
+    from transformers import TrainerCallback
 
     class _ProgressCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            self.progress = Progress(stage, "steps", state.max_steps, every_s=float("inf"))
+            # called after a resumed trainer loaded the checkpoint's state: global_step is where it goes on
+            self.start_step, self.start = state.global_step, time.monotonic()
+            if state.is_world_process_zero and state.global_step:
+                print(f"[{stage}] continuing at step {state.global_step}/{state.max_steps}", flush=True)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero:  # one line per step in a multi-process run
                 return
-            self.progress.done = state.global_step
             shown = {k: v for k, v in (logs or {}).items() if k in LOGGED_KEYS}
             values = " ".join(f"{k}={v:.4g}" for k, v in shown.items() if isinstance(v, (int, float)))
             if not values:  # the end-of-training summary: the stage prints its own result
                 return
-            print(f"{self.progress.line()} {values}", flush=True)
+            line = progress_line(
+                stage, state.global_step, state.max_steps, self.start_step, time.monotonic() - self.start
+            )
+            print(f"{line} {values}", flush=True)
 
     return _ProgressCallback()
 
@@ -366,7 +552,19 @@ CHECKPOINTS = "checkpoints"
 CHECKPOINT_MARKER = "_COMPLETE"
 """Written last into an uploaded checkpoint folder; a folder without it is never resumed from."""
 
-RESUME_NEUTRAL = ("save_steps", "save_total_limit", "logging_steps", "resume")
+RESUME_NEUTRAL = (
+    "save_steps",
+    "save_total_limit",
+    "logging_steps",
+    "resume",
+    # where and how a job is submitted, not what it trains (nodes and GPUs do change the world size)
+    "launcher",
+    "runtime",
+    "namespace",
+    "env",
+    "secret_env",
+    "dlc",
+)
 """Config fields that do not change what is trained: changing them does not prevent resuming."""
 
 
@@ -483,9 +681,180 @@ def resume_point(output_uri: str, config: Any, stage: str, was_complete: bool) -
     return same[-1] if same else None
 
 
+RANK_MARKERS = "_ranks"
+"""Folder inside an uploaded checkpoint: one done marker per training process, ``rank-<r>.json``."""
+
+_RANK_FILE = re.compile(
+    r"(?:^|/)(?:rng_state_(\d+)\.pth|(?:bf16_)?zero_pp_rank_(\d+)_mp_rank_\d+_\w+\.pt|__(\d+)_\d+\.distcp)$"
+)
+"""Checkpoint files written by one rank: the Trainer's RNG states, DeepSpeed ZeRO shards,
+torch.distributed.checkpoint (FSDP) shards."""
+
+
+def rank_of_file(path: str) -> int | None:
+    """The rank that wrote a checkpoint file when its name says so (``rng_state_3.pth``: 3), else None."""
+    match = _RANK_FILE.search(path)
+    if not match:
+        return None
+    return int(next(g for g in match.groups() if g is not None))
+
+
+def local_files(folder: str) -> dict[str, int]:
+    """``{relative path: size}`` of every file under ``folder`` (empty when it does not exist)."""
+    found: dict[str, int] = {}
+    for top, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(top, name)
+            found[os.path.relpath(path, folder).replace(os.sep, "/")] = os.path.getsize(path)
+    return found
+
+
+def assign_uploads(listings: dict[int, tuple[str, dict[str, int]]]) -> dict[int, list[str]]:
+    """Which process uploads which file of a checkpoint, so that every file goes up exactly once.
+
+    Args:
+        listings: For every rank, ``(node, {path: size})``: the node it runs on (processes that see
+            the same scratch folder) and the files of the checkpoint there.
+
+    Returns:
+        For every rank, the paths it uploads. A file named for a rank (``rng_state_<r>.pth``, a ZeRO or
+        FSDP shard of rank r) goes to that rank when its node holds it. Any other file goes to a process
+        on the node of the lowest rank holding it (rank 0's node for the model, optimizer and trainer
+        state), spread over that node's processes by size so that large checkpoints upload in parallel.
+    """
+    holders: dict[str, list[int]] = {}
+    size: dict[str, int] = {}
+    for rank, (_, files) in sorted(listings.items()):
+        for path, n in files.items():
+            holders.setdefault(path, []).append(rank)
+            size[path] = n
+    plan: dict[int, list[str]] = {rank: [] for rank in listings}
+    load = dict.fromkeys(listings, 0)
+    shared = []
+    for path, ranks in holders.items():
+        owner = rank_of_file(path)
+        if owner is not None and owner in ranks:
+            plan[owner].append(path)
+            load[owner] += size[path]
+        else:
+            shared.append(path)
+    for path in sorted(shared, key=lambda p: (-size[p], p)):
+        ranks = holders[path]
+        node = listings[min(ranks)][0]
+        candidates = [r for r in ranks if listings[r][0] == node]
+        rank = min(candidates, key=lambda r: (load[r], r))
+        plan[rank].append(path)
+        load[rank] += size[path]
+    return {rank: sorted(paths) for rank, paths in plan.items()}
+
+
+def _upload_files(local_dir: str, paths: list[str], dest: str) -> None:
+    """Copy ``local_dir/<path>`` to ``dest/<path>`` for every path (object stores: concurrently)."""
+    if not paths:
+        return
+    if uris.is_local(dest):
+        for path in paths:
+            source, target = os.path.join(local_dir, path), uris.local_path(uris.join(dest, path))
+            if os.path.abspath(source) != os.path.abspath(target):
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(source, target)
+        return
+    fs, root = uris.filesystem(dest)
+    fs.put([os.path.join(local_dir, p) for p in paths], [f"{root.rstrip('/')}/{p}" for p in paths])
+
+
+def _all_gather(obj: Any) -> list[Any]:
+    """``obj`` from every process, in rank order (just ``[obj]`` without a process group)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def rank_markers(checkpoint_uri: str) -> set[int]:
+    """The ranks whose done marker is in an uploaded checkpoint folder."""
+    root = uris.join(checkpoint_uri, RANK_MARKERS)
+    fs, path = uris.filesystem(root)
+    if not uris.is_local(root):
+        fs.invalidate_cache(path)
+    if not fs.exists(path):
+        return set()
+    found = set()
+    for entry in fs.ls(path, detail=False):
+        match = re.fullmatch(r"rank-(\d+)\.json", entry.rstrip("/").rsplit("/", 1)[-1])
+        if match:
+            found.add(int(match.group(1)))
+    return found
+
+
+def upload_checkpoint(
+    local: str, dest: str, rank: int, world_size: int, node: str, marker: dict[str, Any]
+) -> dict[int, tuple[str, dict[str, int]]]:
+    """Upload one checkpoint from every process's node and mark it complete; called by every process.
+
+    The protocol (every step but the uploads is collective, so all processes call it together):
+
+    1. rank 0 removes what an interrupted upload of the same step left at ``dest``; every process
+       lists its node's ``local`` folder and all lists are exchanged (which also waits for rank 0);
+    2. each process uploads its share (``assign_uploads``), then writes ``_ranks/rank-<r>.json``;
+    3. after a barrier rank 0 checks that every rank's marker is there and writes ``_COMPLETE``
+       (``marker`` plus the world size and the file list) last. A process that dies before its marker
+       leaves the checkpoint incomplete: the job fails at the barrier and the folder is never resumed from.
+
+    Returns:
+        Every rank's ``(node, files)``, for the caller to tidy local copies.
+    """
+    from distilflow.errors import DistilflowError
+
+    if rank == 0:
+        uris.remove(dest, recursive=True)  # leftovers of an earlier, interrupted upload
+    listings = dict(enumerate(_all_gather((node, local_files(local)))))
+    mine = assign_uploads(listings)[rank]
+    _upload_files(local, mine, dest)
+    done = {
+        "rank": rank,
+        "node": node,
+        "files": mine,
+        "bytes": sum(listings[rank][1][p] for p in mine),
+        "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+    uris.write_text(uris.join(dest, RANK_MARKERS, f"rank-{rank:05d}.json"), json.dumps(done, indent=2))
+    _barrier()
+    if rank == 0:
+        missing = sorted(set(range(world_size)) - rank_markers(dest))
+        if missing:
+            raise DistilflowError(
+                f"checkpoint {dest}: ranks {missing} wrote no done marker to {RANK_MARKERS}/ although every "
+                "process passed the barrier after uploading; the checkpoint is left incomplete"
+            )
+        files = sorted({p for _, found in listings.values() for p in found})
+        complete = {**marker, "world_size": world_size, "files": files}
+        uris.write_text(uris.join(dest, CHECKPOINT_MARKER), json.dumps(complete, indent=2))
+    _barrier()
+    return listings
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def node_name(scratch: str) -> str:
+    """Names the node a process runs on: processes that see the same scratch folder share a node."""
+    import socket
+
+    return f"{socket.gethostname()}:{os.path.realpath(scratch)}"
+
+
 def checkpoint_callback(output_uri: str, config: Any, stage: str) -> Any:
-    """A ``TrainerCallback`` that uploads each checkpoint the trainer saves, marks it complete and
-    keeps the newest ``config.save_total_limit`` complete ones under ``<output_uri>/checkpoints``.
+    """A ``TrainerCallback`` that uploads each checkpoint the trainer saves from every node, marks it
+    complete once every rank has uploaded its part (``upload_checkpoint``) and keeps the newest
+    ``config.save_total_limit`` complete ones under ``<output_uri>/checkpoints``.
 
     Only steps on the ``save_steps`` grid are saved: the trainer also saves after the last step,
     which would upload the optimizer state once more just before the final model is written.
@@ -505,24 +874,29 @@ def checkpoint_callback(output_uri: str, config: Any, stage: str) -> Any:
         def on_save(self, args, state, control, **kwargs):
             from accelerate import PartialState
 
-            PartialState().wait_for_everyone()  # every rank has written its part of the checkpoint
+            process = PartialState()
+            process.wait_for_everyone()  # every rank has written its part of the checkpoint
+            name = f"checkpoint-{state.global_step}"
+            local, dest = os.path.join(args.output_dir, name), uris.join(root, name)
+            marker = {
+                "step": state.global_step,
+                "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "config_fingerprint": fingerprint,
+                "config": recipe,
+            }
+            node = node_name(args.output_dir)
+            listings = upload_checkpoint(
+                local, dest, process.process_index, process.num_processes, node, marker
+            )
             if state.is_world_process_zero:
-                name = f"checkpoint-{state.global_step}"
-                dest = uris.join(root, name)
-                uris.remove(dest, recursive=True)  # leftovers of an earlier, interrupted upload
-                uris.upload_dir(os.path.join(args.output_dir, name), dest)
-                marker = {
-                    "step": state.global_step,
-                    "written_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                    "config_fingerprint": fingerprint,
-                    "config": recipe,
-                }
-                uris.write_text(uris.join(dest, CHECKPOINT_MARKER), json.dumps(marker, indent=2))
                 print(f"[{stage}] checkpoint step {state.global_step} -> {dest}", flush=True)
                 complete = [c for c in list_checkpoints(output_uri) if c.marker is not None]
                 for old in complete[: -config.save_total_limit]:
                     _remove_checkpoint(old)
-            PartialState().wait_for_everyone()
+            if node != listings[0][0] and process.is_local_main_process:
+                # only rank 0's trainer rotates its local copies; other nodes' copies are uploaded now
+                shutil.rmtree(local, ignore_errors=True)
+            process.wait_for_everyone()
             return control
 
     return _UploadCheckpoints()
@@ -563,7 +937,8 @@ def train_resumable(trainer: Any, output_uri: str, config: Any, stage: str, was_
     With ``config.save_steps > 0`` each checkpoint is uploaded as the trainer writes it (see
     ``checkpoint_callback``). The checkpoint carries model, optimizer, scheduler and RNG states and the
     trainer state, so the step counter, learning rate schedule and data position continue where they
-    stopped (the trainer skips the batches already seen in the current epoch).
+    stopped (the trainer skips the batches already seen in the current epoch). Every node downloads the
+    checkpoint into its own scratch folder, so each rank finds its RNG state (and ZeRO/FSDP shard).
 
     Args:
         trainer: A transformers/TRL trainer built with ``training_arguments``.
@@ -589,6 +964,14 @@ def train_resumable(trainer: Any, output_uri: str, config: Any, stage: str, was_
         with trainer.args.main_process_first(local=False, desc="checkpoint selection"):
             start = resume_point(output_uri, config, stage, was_complete)
     if start is not None:
+        saved_by = start.marker.get("world_size", 1)
+        if saved_by != trainer.args.world_size and trainer.is_world_process_zero():
+            print(
+                f"[{stage}] warning: {start.uri} was written by {saved_by} process(es), this run has "
+                f"{trainer.args.world_size}: ranks without an RNG state of their own start from fresh RNG "
+                "states, and DeepSpeed/FSDP shards only load with the same number of processes",
+                flush=True,
+            )
         local = os.path.join(trainer.args.output_dir, f"checkpoint-{start.step}")
         with trainer.args.main_process_first(local=True, desc="checkpoint download"):
             if not os.path.exists(os.path.join(local, CHECKPOINT_MARKER)):  # one download per node
@@ -689,6 +1072,45 @@ def write_report(
     return uri
 
 
+def lineage(data_uri: str) -> dict[str, Any]:
+    """Where a training stage's data came from, read from the upstream outputs' manifests and configs.
+
+    Best effort: a ``.jsonl`` file given directly, or outputs written by hand, yield less (never an
+    error). Keys, when found: ``curate`` (its output URI), ``curate_recipe`` (curate's resolved config,
+    the selection recipe), ``curate_counts``, ``distill`` (the traces' output URI) and ``teachers``
+    (``name: model`` of every teacher in distill's resolved config).
+    """
+    from distilflow.config import load_yaml
+    from distilflow.outputs import MANIFEST, RESOLVED_CONFIG
+
+    found: dict[str, Any] = {}
+    if data_uri.rstrip("/").endswith(".jsonl"):
+        return found
+    try:
+        manifest = json.loads(uris.read_text(uris.join(data_uri, MANIFEST)))
+        found["curate"] = data_uri
+        found["curate_counts"] = manifest.get("counts", {})
+        if uris.exists(uris.join(data_uri, RESOLVED_CONFIG)):
+            recipe = load_yaml(uris.read_text(uris.join(data_uri, RESOLVED_CONFIG))) or {}
+            found["curate_recipe"] = {k: v for k, v in recipe.items() if k not in ("output_uri", "data_uri")}
+        traces = (manifest.get("inputs") or {}).get("traces")
+        if traces:
+            distill = traces.rsplit("/", 1)[0] if traces.endswith(".jsonl") else traces
+            found["distill"] = distill
+            resolved = uris.join(distill, RESOLVED_CONFIG)
+            if uris.exists(resolved):
+                cfg = load_yaml(uris.read_text(resolved)) or {}
+                teachers = [cfg["teacher"]] if cfg.get("teacher") else list(cfg.get("teachers") or [])
+                found["teachers"] = {
+                    t.get("name") or str(t.get("model", "?")).rstrip("/").split("/")[-1]: t.get("model")
+                    for t in teachers
+                    if isinstance(t, dict)
+                }
+    except Exception as exc:  # a model card never fails a finished training run
+        found["lineage_error"] = f"{type(exc).__name__}: {exc}"
+    return found
+
+
 def model_card(
     stage: str,
     base_model: str,
@@ -696,19 +1118,63 @@ def model_card(
     result: dict[str, Any],
     config: dict[str, Any],
     auto_class: str = "AutoModelForCausalLM",
+    origin: dict[str, Any] | None = None,
 ) -> str:
-    """A short README.md: what the model is, where it came from, what the run measured, how to load it."""
-    front = f"---\nlibrary_name: transformers\ntags:\n- distilflow\n- {stage}\nbase_model: {json.dumps(base_model)}\n---\n"
+    """A README.md: what the model is, its data and teacher(s), the recipe, the metrics, how to load it.
+
+    Args:
+        stage: The training stage.
+        base_model: The model training started from.
+        data: The JSONL file trained on.
+        result: The stage's result (losses, steps, rows used and dropped, ...): the metrics section.
+        config: The stage's config: the training recipe.
+        auto_class: The transformers class that loads the model.
+        origin: ``lineage(config["data_uri"])``: upstream curate output, its recipe and counts, teachers.
+    """
+    origin = origin or {}
+    teachers = origin.get("teachers") or {}
+    front = (
+        f"---\nlibrary_name: transformers\ntags:\n- distilflow\n- {stage}\n"
+        f"base_model: {json.dumps(base_model)}\n---\n"
+    )
     lines = [
         front,
         f"# distilflow `{stage}` model\n",
         f"Trained by the distilflow `{stage}` stage from `{base_model}` on `{data}`.\n",
-        "## Result\n",
+        "## Data\n",
+        f"- file: `{data}`",
+        f"- rows used: {result.get('rows_used', '?')}, dropped for length: {result.get('rows_dropped', '?')}"
+        f" (max_length {config.get('max_length', '?')} tokens; longer rows are dropped, never truncated)",
+    ]
+    if origin.get("curate"):
+        lines.append(f"- curated by: `{origin['curate']}`")
+    if origin.get("curate_counts"):
+        counts = ", ".join(f"{k} {v}" for k, v in sorted(origin["curate_counts"].items()))
+        lines.append(f"- curate counts: {counts}")
+    if origin.get("distill"):
+        lines.append(f"- traces from: `{origin['distill']}`")
+    lines.append("\n## Teacher\n")
+    if teachers:
+        lines += [f"- {name}: `{model}`" for name, model in sorted(teachers.items())]
+    else:
+        lines.append("- not recorded (the data was not read from a distill -> curate output)")
+    lines += [
+        "\n## Metrics\n",
         *(f"- {k}: {v}" for k, v in result.items()),
-        "\n## Config\n",
+        "\n## Recipe\n",
+        f"`{stage}` config:\n",
         "```json",
         json.dumps(config, indent=2, sort_keys=True),
         "```\n",
+    ]
+    if origin.get("curate_recipe"):
+        lines += [
+            "`curate` config (data selection):\n",
+            "```json",
+            json.dumps(origin["curate_recipe"], indent=2, sort_keys=True, default=str),
+            "```\n",
+        ]
+    lines += [
         "## Use\n",
         "```python",
         f"from transformers import {auto_class}, AutoTokenizer",
@@ -719,27 +1185,98 @@ def model_card(
     return "\n".join(lines) + "\n"
 
 
+def merge_lora(adapter_dir: str, out_dir: str, base_model: str, model_class: type, dtype: Any = None) -> Any:
+    """Load ``base_model``, apply the saved LoRA adapter, merge it into the weights and save the result.
+
+    This is how a LoRA model trained with sharded parameters (DeepSpeed ZeRO-3, FSDP) is merged: no
+    process holds the whole model during training, so the Trainer gathers the adapter (``save_model``)
+    and one process merges it into a fresh copy of the base on the CPU. Merged weights are
+    ``W + (lora_alpha / r) * B @ A`` for every adapted layer (peft's ``merge_and_unload``).
+
+    Args:
+        adapter_dir: A folder written by ``PeftModel.save_pretrained`` (adapter_config.json + weights).
+        out_dir: Where the merged model goes (Hugging Face format, no tokenizer).
+        base_model: The local folder of the model the adapter was trained on.
+        model_class: The transformers class of the base (e.g. ``Qwen3ForCausalLM``).
+        dtype: Weights' dtype while merging and saving (default float32, as the stages train).
+
+    Returns:
+        The merged model (on the CPU).
+    """
+    import torch
+    from peft import PeftModel
+
+    with _zero3_off():  # else from_pretrained would partition the copy across processes that are not there
+        base = model_class.from_pretrained(base_model, dtype=dtype or torch.float32)
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+        merged.save_pretrained(out_dir)
+    return merged
+
+
+@contextlib.contextmanager
+def _zero3_off():
+    """Hide the Trainer's DeepSpeed ZeRO-3 config from transformers/peft for a moment (one process works
+    alone on a plain CPU model)."""
+    try:
+        from transformers.integrations import deepspeed as hf_deepspeed
+    except ImportError:  # pragma: no cover - transformers without the integration
+        yield
+        return
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = ref
+
+
+def _lora_base(model: Any) -> str:
+    config = next(iter(model.peft_config.values()))
+    base = getattr(config, "base_model_name_or_path", None)
+    if not base or not os.path.isdir(base):
+        raise ConfigError(
+            f"cannot merge the LoRA adapter: its base model folder {base!r} is not on this node "
+            "(train from a local folder or a URI distilflow materializes)"
+        )
+    return base
+
+
 def save_trained(trainer: Any, uri: str, card: str) -> str:
     """Save the trained model and tokenizer in Hugging Face format, plus ``README.md``, to ``uri``.
 
-    A LoRA model is merged into its base first, so downstream stages load a plain model. Object
-    storage gets a local copy uploaded in one go; only the main process saves and uploads.
+    A LoRA model is merged into its base first, so downstream stages load a plain model: in place on
+    the main process when every process holds the full model; with sharded parameters (ZeRO-3, FSDP)
+    the Trainer gathers the adapter to the main process, which merges it into a fresh CPU copy of the
+    base (``merge_lora``). A full model trained under ZeRO-3 or FSDP is gathered by the Trainer
+    (ZeRO-3: ``stage3_gather_16bit_weights_on_model_save``; FSDP: a full state dict). Object storage
+    gets a local copy uploaded in one go; only the main process writes and uploads. Every process
+    must call it (gathering is collective).
 
     Returns:
         ``uri``.
     """
     from peft import PeftModel
 
+    main = trainer.is_world_process_zero()
     local = uris.local_path(uri) if uris.is_local(uri) else tempfile.mkdtemp(prefix="distilflow-model-")
+    if uses_fsdp(trainer):  # checkpoints are sharded per rank; the final model is one full state dict
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
     model = trainer.accelerator.unwrap_model(trainer.model)
-    if isinstance(model, PeftModel):
+    if isinstance(model, PeftModel) and params_sharded(trainer):
+        adapter = tempfile.mkdtemp(prefix="distilflow-adapter-")
+        trainer.save_model(adapter)  # collective: gathers the trainable (adapter) weights to the main process
+        if main:
+            merge_lora(adapter, local, _lora_base(model), type(model.get_base_model()))
+            trainer.processing_class.save_pretrained(local)
+        shutil.rmtree(adapter, ignore_errors=True)
+    elif isinstance(model, PeftModel):
         # save_model would write the adapter only; downstream stages expect full weights
-        if trainer.is_world_process_zero():
+        if main:
             model.merge_and_unload().save_pretrained(local)
             trainer.processing_class.save_pretrained(local)
     else:
         trainer.save_model(local)
-    if trainer.is_world_process_zero():
+    if main:
         with open(os.path.join(local, "README.md"), "w", encoding="utf-8") as f:
             f.write(card)
         for stale in ("training_args.bin",):  # pickled TrainingArguments: not needed to load, not portable

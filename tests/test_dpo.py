@@ -207,3 +207,17 @@ def test_dpo_resumes_from_newest_complete_checkpoint(tiny_qwen3, tmp_path):
     # A finished output rerun with another config trains anew: its old checkpoints are discarded, not refused
     other = run(changed.model_copy(update={"learning_rate": 2e-3}))
     assert other.resumed_from_step is None and other.steps == 6
+
+
+def test_explicit_reference_model(tiny_qwen3, tmp_path):
+    """ref_model names the frozen reference: with one that differs from the start model, the implicit
+    reward margin is not zero already at the first step (with the start model as reference it is 0)."""
+    from distilflow.components.dpo.run import run
+    from distilflow.tiny import build_tiny
+
+    ref = build_tiny(str(tmp_path / "ref"), seed=1)
+    data = curate_output(str(tmp_path), "preference.jsonl", pairs(4))
+    cfg = config(tiny_qwen3, data, str(tmp_path / "dpo"), max_steps=1, ref_model=ref, save_steps=0)
+    result = run(cfg)
+    assert abs(result.final_reward_margin) > 1e-4
+    assert '"ref_model"' in uris.read_text(os.path.join(result.model_uri, "README.md"))

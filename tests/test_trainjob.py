@@ -179,3 +179,92 @@ def test_launcher_path_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_dpo_runs_as_a_trainjob(cluster, tmp_path, monkeypatch):
+    """dpo shares the launcher fields (training.LauncherFields): launcher=trainjob submits a TrainJob
+    running `distilflow stage dpo` on every node with launcher=local."""
+    import distilflow.trainjob
+    from distilflow.components.dpo.config import DpoConfig, DpoResult
+    from distilflow.components.dpo.run import run
+
+    def finished_dpo(trainjob: dict) -> None:
+        cfg = DpoConfig.load(the_config_uri(trainjob))
+        out = StageOutput(cfg.output_uri, "dpo")
+        out.begin(cfg)
+        result = DpoResult(
+            model_uri=os.path.join(cfg.output_uri, "model"),
+            first_loss=0.69,
+            final_loss=0.2,
+            final_reward_accuracy=1.0,
+            steps=12,
+            rows_used=8,
+            rows_dropped=0,
+            per_sample_beta=True,
+        )
+        out.finish(result=result.model_dump())
+
+    fake = cluster(finished_dpo)
+    original = distilflow.trainjob.launch
+    monkeypatch.setattr(
+        distilflow.trainjob, "launch", lambda stage, cfg: original(stage, cfg, poll_interval=0.05)
+    )
+    config = DpoConfig(
+        output_uri=str(tmp_path / "run" / "dpo"),
+        data_uri=str(tmp_path / "curate"),
+        model=str(tmp_path / "sft-model"),
+        launcher="trainjob",
+        nodes=2,
+        gpus_per_node=8,
+        deepspeed="zero3",
+    )
+    result = run(config)
+    assert result.steps == 12 and result.final_reward_accuracy == 1.0
+    [job] = fake.posted()
+    assert "distilflow stage dpo --config" in " ".join(job["spec"]["trainer"]["command"])
+    assert job["spec"]["trainer"]["numNodes"] == 2
+    job_config = DpoConfig.load(the_config_uri(job))
+    assert job_config.launcher == "local" and job_config.deepspeed == "zero3"
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo"])
+def test_launcher_dlc_dispatches_to_distilflow_dlc(stage, tmp_path, monkeypatch):
+    """launcher=dlc hands the stage and its config to distilflow.dlc.launch (imported only then), whose
+    result (read back from the job's finished output) becomes the stage's result."""
+    import importlib
+
+    import distilflow.dlc
+
+    calls = []
+    result = {
+        "model_uri": str(tmp_path / "out" / "model"),
+        "first_loss": 1.0,
+        "final_loss": 0.5,
+        "steps": 3,
+        "rows_used": 4,
+        "rows_dropped": 0,
+    }
+    if stage == "dpo":
+        result.update(final_reward_accuracy=1.0, per_sample_beta=False)
+
+    def launch(name, cfg):
+        calls.append((name, cfg))
+        return result
+
+    monkeypatch.setattr(distilflow.dlc, "launch", launch, raising=False)
+    config_module = importlib.import_module(f"distilflow.components.{stage}.config")
+    run = importlib.import_module(f"distilflow.components.{stage}.run").run
+    cls = getattr(config_module, f"{stage.capitalize()}Config")
+    config = cls(
+        output_uri=str(tmp_path / "out"),
+        data_uri=str(tmp_path / "curate"),
+        model=str(tmp_path / "student"),
+        launcher="dlc",
+        nodes=4,
+        gpus_per_node=8,
+        dlc={"region": "cn-beijing", "workspace_id": "ws-1", "resource_id": "quota-1"},
+    )
+    got = run(config)
+    assert calls == [(stage, config)] and calls[0][1].dlc.workspace_id == "ws-1"
+    assert got.steps == 3 and got.model_uri == result["model_uri"]
+    assert not os.path.exists(tmp_path / "out")  # nothing trained or written here

@@ -6,14 +6,14 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distilflow.training import ScaleAndCheckpointFields
+from distilflow.training import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri", "model")
 """Fields the pipeline fills in: this stage's output folder, curate's output folder, the SFT model."""
 
 
-class DpoConfig(ScaleAndCheckpointFields):
+class DpoConfig(LauncherFields, ScaleAndCheckpointFields):
     """Preference optimisation of the student (TRL ``DPOTrainer``); CogPO when pairs carry a per-sample beta."""
 
     output_uri: Uri = Field(description="This stage's output folder; the model goes to <output_uri>/model")
@@ -22,6 +22,11 @@ class DpoConfig(ScaleAndCheckpointFields):
         "or a .jsonl file of PreferencePair records"
     )
     model: Uri = Field(description="The policy to start from, usually the sft output model folder or URI")
+    ref_model: Uri | None = Field(
+        None,
+        description="The frozen reference model of the DPO loss; None uses the start model itself (with "
+        "lora: the policy with its adapter switched off, so no second copy is loaded)",
+    )
     beta: float = Field(
         0.1, gt=0, description="DPO beta (KL strength) for pairs that carry no beta of their own"
     )
@@ -56,13 +61,6 @@ class DpoConfig(ScaleAndCheckpointFields):
 
     @model_validator(mode="after")
     def _check_steps(self) -> DpoConfig:
-        if self.offload and self.deepspeed == "none":
-            raise ValueError(
-                f"offload=true needs deepspeed=zero2 or zero3, but deepspeed={self.deepspeed!r}; "
-                "set deepspeed or offload=false"
-            )
-        if isinstance(self.processes, int) and self.processes < 1:
-            raise ValueError(f"processes={self.processes} starts no process; use auto or a count >= 1")
         if self.max_steps == 0:
             raise ValueError(
                 "max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count"

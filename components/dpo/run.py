@@ -78,7 +78,12 @@ def trainer_class() -> tuple[type, type]:
 def make_trainer(
     config: DpoConfig, rows: list[dict[str, Any]], tokenizer: Any, model_path: str, ref_model: Any = None
 ) -> Any:
-    """Build the trainer; the reference model is an implicit frozen copy of the start model unless given."""
+    """Build the trainer.
+
+    ``ref_model`` (a model or a local model folder) is the frozen reference; None makes TRL use the
+    start model: a second frozen copy for full fine-tuning, or the policy with its adapter switched
+    off with LoRA (no copy).
+    """
     from datasets import Dataset
     from trl import DPOConfig
 
@@ -93,6 +98,11 @@ def make_trainer(
         loss_type=[config.loss_type],
         max_length=config.max_length,
     )
+    if isinstance(ref_model, str):
+        # loaded after the arguments exist, so that under ZeRO-3 it is partitioned as it loads
+        from transformers import AutoModelForCausalLM
+
+        ref_model = AutoModelForCausalLM.from_pretrained(ref_model, **(args.model_init_kwargs or {}))
     peft_config = None
     if config.lora:
         from peft import LoraConfig
@@ -118,23 +128,30 @@ def run(config: DpoConfig) -> DpoResult:
 
     Reads ``preference.jsonl`` (``PreferencePair`` rows, conversational prompt/chosen/rejected) from
     curate's finished output (or a JSONL file), drops and counts pairs longer than ``max_length``,
-    and trains with DPO against a frozen copy of the start model. Pairs carrying ``beta`` are
-    weighted with their own beta (CogPO) unless ``per_sample_beta`` is off.
+    and trains with DPO against ``ref_model`` (default: the start model; with LoRA the policy with its
+    adapter off). Pairs carrying ``beta`` are weighted with their own beta (CogPO) unless
+    ``per_sample_beta`` is off.
 
     Every ``save_steps`` steps a checkpoint goes to ``<output_uri>/checkpoints``; a rerun of an
     unfinished output with the same config continues from the newest complete one (a rerun of a
     finished output returns the stored result). Loss, reward margin and accuracy and learning-rate
     curves go to ``<output_uri>/report.html``. With ``processes`` > 1 it starts itself under
-    ``torchrun`` (see the sft stage). It does not precompute reference log-probabilities or sync the
-    reference model.
+    ``torchrun`` (see the sft stage); with ``launcher: trainjob`` or ``dlc`` a job of ``nodes`` nodes
+    trains and this process waits for its result. It does not precompute reference log-probabilities
+    or sync the reference model.
     """
+    from distilflow import training
+
+    # many nodes: a TrainJob or a PAI-DLC job trains, this process waits for its result
+    launched = training.dispatch(STAGE, config)
+    if launched is not None:
+        return DpoResult.model_validate(launched)
     out = StageOutput(config.output_uri, STAGE)
     stored = out.reusable(config)
     if stored is not None:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return DpoResult.model_validate(stored["result"])
 
-    from distilflow import training
     from distilflow.models import load_tokenizer, resolve_model
 
     data_file, _ = training.resolve_data(config.data_uri, "preference.jsonl", "dpo data")
@@ -153,7 +170,8 @@ def run(config: DpoConfig) -> DpoResult:
             f"dpo: all {len(pairs)} pairs of {data_file} are longer than max_length={config.max_length} tokens; "
             "raise dpo.max_length"
         )
-    trainer = make_trainer(config, rows, tokenizer, model_path)
+    ref_path = resolve_model(config.ref_model) if config.ref_model else None
+    trainer = make_trainer(config, rows, tokenizer, model_path, ref_path)
     start_step = training.train_resumable(trainer, out.uri, config, STAGE, was_complete)
 
     history = trainer.state.log_history
@@ -171,7 +189,14 @@ def run(config: DpoConfig) -> DpoResult:
         resumed_from_step=start_step or None,
         seed=config.seed,
     )
-    card = training.model_card(STAGE, config.model, data_file, result.model_dump(), config.to_dict())
+    card = training.model_card(
+        STAGE,
+        config.model,
+        data_file,
+        result.model_dump(),
+        config.to_dict(),
+        origin=training.lineage(config.data_uri),
+    )
     training.save_trained(trainer, result.model_uri, card)
     betas = [row["beta"] for row in rows] if use_beta else [config.beta]
     keys = ("loss", "rewards/margins", "rewards/accuracies", "learning_rate")

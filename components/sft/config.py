@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distilflow.training import ScaleAndCheckpointFields
+from distilflow.training import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri")
 """Fields the pipeline fills in: this stage's output folder and curate's output folder."""
 
 
-class SftConfig(ScaleAndCheckpointFields):
+class SftConfig(LauncherFields, ScaleAndCheckpointFields):
     """Supervised fine-tuning of the student on curated reasoning traces (TRL ``SFTTrainer``)."""
 
     output_uri: Uri = Field(description="This stage's output folder; the model goes to <output_uri>/model")
@@ -67,51 +65,8 @@ class SftConfig(ScaleAndCheckpointFields):
     seed: int = Field(0, description="Seed for weight init (LoRA), data order and dropout")
     logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps")
 
-    launcher: Literal["local", "trainjob"] = Field(
-        "local",
-        description="local trains in this pod (torchrun on this node when processes > 1); trainjob submits a "
-        "Kubeflow Trainer TrainJob of `nodes` nodes (kubeflow SDK), streams node-0's log, waits for it and "
-        "returns the result it wrote to output_uri",
-    )
-    nodes: int = Field(1, ge=1, description="With launcher=trainjob: training nodes (pods) of the TrainJob")
-    gpus_per_node: int = Field(
-        1, ge=0, description="With launcher=trainjob: GPUs requested per node (one training process each)"
-    )
-    runtime: str = Field(
-        "torch-distributed",
-        description="With launcher=trainjob: the (Cluster)TrainingRuntime the TrainJob references",
-    )
-    namespace: str | None = Field(
-        None,
-        description="With launcher=trainjob: namespace of the TrainJob; None uses the kubeconfig's or this "
-        "pod's namespace",
-    )
-    env: list[str] = Field(
-        default_factory=list,
-        description="With launcher=trainjob: names of non-secret environment variables copied from this "
-        "process's environment into every node (e.g. DISTILFLOW_S3_ENDPOINT_URL, AWS_DEFAULT_REGION)",
-    )
-    secret_env: dict[str, str] = Field(
-        default_factory=dict,
-        description="With launcher=trainjob: environment variables of every node read from Kubernetes "
-        "Secrets, NAME: secret-name/key (e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key); only the "
-        "reference goes into the TrainJob, never the value",
-    )
-
     @model_validator(mode="after")
     def _check_steps(self) -> SftConfig:
-        bad = {k: v for k, v in self.secret_env.items() if v.count("/") != 1 or "" in v.split("/")}
-        if bad:
-            raise ValueError(
-                f"secret_env values must be secret-name/key, got {bad}; e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key"
-            )
-        if self.offload and self.deepspeed == "none":
-            raise ValueError(
-                f"offload=true needs deepspeed=zero2 or zero3, but deepspeed={self.deepspeed!r}; "
-                "set deepspeed or offload=false"
-            )
-        if isinstance(self.processes, int) and self.processes < 1:
-            raise ValueError(f"processes={self.processes} starts no process; use auto or a count >= 1")
         if self.max_steps == 0:
             raise ValueError(
                 "max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count"

@@ -148,21 +148,22 @@ def run(config: SftConfig) -> SftResult:
     A rerun of a finished output returns the stored result; a rerun of an unfinished one (preempted,
     killed) with the same config continues from its newest complete checkpoint, optimizer, schedule,
     RNG and data position included (see ``distilflow.training.resume_point`` for a changed config).
-    With ``launcher: trainjob`` it trains nothing here: ``distilflow.trainjob.launch`` submits a Kubeflow
-    TrainJob of ``nodes`` nodes that runs this stage with ``launcher: local`` and returns its result.
+    With ``launcher: trainjob`` (or ``dlc``) it trains nothing here: ``distilflow.trainjob.launch``
+    submits a Kubeflow TrainJob (``distilflow.dlc.launch`` a PAI-DLC job) of ``nodes`` nodes that runs
+    this stage with ``launcher: local`` and returns its result.
     It does not pack sequences on a CPU.
     """
-    if config.launcher == "trainjob":  # many nodes: a Kubeflow TrainJob trains, this process waits
-        from distilflow import trainjob
+    from distilflow import training
 
-        return SftResult.model_validate(trainjob.launch(STAGE, config))
+    # many nodes: a TrainJob or a PAI-DLC job trains, this process waits for its result
+    launched = training.dispatch(STAGE, config)
+    if launched is not None:
+        return SftResult.model_validate(launched)
     out = StageOutput(config.output_uri, STAGE)
     stored = out.reusable(config)
     if stored is not None:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return SftResult.model_validate(stored["result"])
-
-    from distilflow import training
 
     data_file, _ = training.resolve_data(config.data_uri, "sft.jsonl", "sft data")
     examples = records.read_jsonl(data_file, records.SftExample)
@@ -210,7 +211,14 @@ def train(
         resumed_from_step=start_step or None,
         seed=config.seed,
     )
-    card = training.model_card(STAGE, config.model, data_file, result.model_dump(), config.to_dict())
+    card = training.model_card(
+        STAGE,
+        config.model,
+        data_file,
+        result.model_dump(),
+        config.to_dict(),
+        origin=training.lineage(config.data_uri),
+    )
     training.save_trained(trainer, result.model_uri, card)
     report = training.write_report(
         out.uri, STAGE, history, ("loss", "learning_rate", "grad_norm"), result.model_dump()
