@@ -227,7 +227,7 @@ def test_dpo_runs_as_a_trainjob(cluster, tmp_path, monkeypatch):
     assert job_config.launcher == "local" and job_config.deepspeed == "zero3"
 
 
-@pytest.mark.parametrize("stage", ["sft", "dpo"])
+@pytest.mark.parametrize("stage", ["sft", "dpo", "reward", "rl"])
 def test_launcher_dlc_dispatches_to_distilflow_dlc(stage, tmp_path, monkeypatch):
     """launcher=dlc hands the stage and its config to distilflow.dlc.launch (imported only then), whose
     result (read back from the job's finished output) becomes the stage's result."""
@@ -244,8 +244,15 @@ def test_launcher_dlc_dispatches_to_distilflow_dlc(stage, tmp_path, monkeypatch)
         "rows_used": 4,
         "rows_dropped": 0,
     }
+    inputs = {"data_uri": str(tmp_path / "curate")}
     if stage == "dpo":
         result.update(final_reward_accuracy=1.0, per_sample_beta=False)
+    if stage == "reward":
+        result.update(train_accuracy_before=0.5, train_accuracy=1.0, heldout_accuracy=0.9, rows_heldout=2)
+    if stage == "rl":
+        del result["rows_used"], result["rows_dropped"]
+        result.update(first_reward=0.1, final_reward=0.7, problems_used=4, problems_skipped=0)
+        inputs = {"problems_uri": str(tmp_path / "problems.jsonl")}
 
     def launch(name, cfg):
         calls.append((name, cfg))
@@ -257,7 +264,7 @@ def test_launcher_dlc_dispatches_to_distilflow_dlc(stage, tmp_path, monkeypatch)
     cls = getattr(config_module, f"{stage.capitalize()}Config")
     config = cls(
         output_uri=str(tmp_path / "out"),
-        data_uri=str(tmp_path / "curate"),
+        **inputs,
         model=str(tmp_path / "student"),
         launcher="dlc",
         nodes=4,

@@ -7,14 +7,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distilflow.teacher import TeacherConfig
-from distilflow.training import ScaleAndCheckpointFields
+from distilflow.training import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri")
 """Fields the pipeline fills in: this stage's output folder and curate's output folder."""
 
 
-class RewardConfig(ScaleAndCheckpointFields):
+class RewardConfig(LauncherFields, ScaleAndCheckpointFields):
     """A Bradley-Terry reward model distilled from preference pairs (TRL ``RewardTrainer``), published only
     after a calibration gate on held-out pairs."""
 

@@ -295,13 +295,17 @@ def run(config: RewardConfig) -> RewardResult:
     the report and the manifest (with the score mean/std that the rl stage standardises with) are written.
     It does not use per-pair margins or ensembles.
     """
+    from distilflow import training
+
+    # many nodes: a TrainJob or a PAI-DLC job trains, this process waits for its result
+    launched = training.dispatch(STAGE, config)
+    if launched is not None:
+        return RewardResult.model_validate(launched)
     out = StageOutput(config.output_uri, STAGE)
     stored = out.reusable(config)
     if stored is not None:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return RewardResult.model_validate(stored["result"])
-
-    from distilflow import training
 
     labels = records.read_jsonl(config.labels_uri, records.PreferencePair) if config.labels_uri else []
     was_complete = out.is_complete()

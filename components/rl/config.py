@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distilflow.training import ScaleAndCheckpointFields
+from distilflow.training import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "model", "reward_model_uri", "difficulty_uri")
@@ -21,7 +21,7 @@ REWARD_TERMS = ("correctness", "reward_model", "format", "length")
 """Names of the reward terms (see ``distilflow.components.rl.rewards``)."""
 
 
-class RlConfig(ScaleAndCheckpointFields):
+class RlConfig(LauncherFields, ScaleAndCheckpointFields):
     """GRPO on the student (TRL ``GRPOTrainer``) with a weighted sum of named reward terms."""
 
     output_uri: Uri = Field(description="This stage's output folder; the model goes to <output_uri>/model")

@@ -224,13 +224,17 @@ def run(config: RlConfig) -> RlResult:
     resume and multi-GPU self-launch (torchrun, DeepSpeed ZeRO) work as in the sft stage. It does not
     train on problems without a reference answer, or run multi-turn/tool rollouts.
     """
+    from distilflow import training
+
+    # many nodes: a TrainJob or a PAI-DLC job trains, this process waits for its result
+    launched = training.dispatch(STAGE, config)
+    if launched is not None:
+        return RlResult.model_validate(launched)
     out = StageOutput(config.output_uri, STAGE)
     stored = out.reusable(config)
     if stored is not None:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return RlResult.model_validate(stored["result"])
-
-    from distilflow import training
 
     problems_file, _ = training.resolve_data(config.problems_uri, "problems.jsonl", "rl problems")
     problems = records.read_jsonl(problems_file, records.Problem)
