@@ -125,7 +125,8 @@ def worker(kind: str, data: str, eval_path: str, workdir: str) -> None:
     start = time.perf_counter()
     if kind == "stream":
         lines = ((f"{data}:{n}", line) for n, line in iter_lines(data))
-        _, stats = select_stream(lines, config, workdir, os.path.getsize(data))
+        # as the stage writes them: shards of at most 100,000 rows (curate's default shard_rows)
+        _, stats = select_stream(lines, config, workdir, os.path.getsize(data), shard_rows=100_000)
     else:
         # naive: every row in a Python list, then the same rules over the list, then write
         rows = [Scored.model_validate_json(line) for _, line in iter_lines(data)]

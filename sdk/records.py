@@ -6,15 +6,35 @@ Readers validate every line and report ``file:line: what is wrong``; writers are
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Iterator
 from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distilflow import uri as uris
-from distilflow.errors import RecordError
+from distilflow.errors import ConfigError, RecordError
 
 MAX_REPORTED = 20
+MAX_LINE_BYTES = 16 * 2**20
+"""Longest line one record may take: a longer one is a file that is not JSONL (or a record nobody
+meant to write), reported without parsing it."""
+
+
+# Chat-template control tokens: ChatML and Llama-3 style ``<|name|>`` (DeepSeek's full-width
+# ``<｜name｜>`` too) and the ``<think>`` tags. Inside a problem or an answer they are not text: a
+# tokenizer turns them into the special tokens that delimit turns and thinking blocks, so a row
+# holding one would end a turn, open a new one or close the thinking block wherever it appears.
+TEMPLATE_TOKEN_RE = re.compile(r"<[|\uff5c][^<>|\uff5c\s]{1,48}[|\uff5c]>|</?think>")
+
+
+def template_tokens(*texts: str | None) -> list[str]:
+    """The distinct chat-template control tokens inside ``texts`` (empty for plain data)."""
+    found: dict[str, None] = {}
+    for text in texts:
+        for token in TEMPLATE_TOKEN_RE.findall(text or ""):
+            found.setdefault(token, None)
+    return list(found)
 
 
 class Record(BaseModel):
@@ -118,10 +138,20 @@ def iter_jsonl(uri: str, model: type[R], unique_ids: bool = True) -> Iterator[R]
         data = uris.read_bytes(uri)
     except FileNotFoundError:
         raise RecordError(f"{uri}: file not found") from None
+    except IsADirectoryError:
+        raise RecordError(
+            f"{uri} is a folder; give the JSONL file inside it (one JSON object per line)"
+        ) from None
     errors: list[str] = []
     seen: set[str] = set()
     good: list[R] = []
     for lineno, raw in enumerate(data.split(b"\n"), start=1):
+        if len(raw) > MAX_LINE_BYTES:
+            errors.append(
+                f"{uri}:{lineno}: line is {len(raw)} bytes, over the {MAX_LINE_BYTES} bytes one record may "
+                "take; shorten or split that record (is the file JSONL, one object per line?)"
+            )
+            continue
         if not raw.strip():
             continue
         try:
@@ -177,3 +207,43 @@ def write_jsonl(uri: str, records: Iterable[BaseModel | dict[str, Any]]) -> int:
     recs = list(records)
     uris.write_text(uri, dumps(recs))
     return len(recs)
+
+
+def output_shards(stage_uri: str, kind: str) -> list[str]:
+    """The JSONL files, in order, that hold output ``kind`` (e.g. ``sft``) of a finished stage output.
+
+    A ``.jsonl`` URI is its own single file. Otherwise the folder's completion marker is required
+    and the shards its manifest lists under ``result.shards[kind]`` are returned, or else (an output
+    written before shards, or by hand) its ``<kind>.jsonl``.
+    """
+    from distilflow.outputs import require_complete
+
+    if stage_uri.rstrip("/").endswith(".jsonl"):
+        return [stage_uri]
+    manifest = require_complete(stage_uri, f"{kind} data")
+    names = ((manifest.get("result") or {}).get("shards") or {}).get(kind)
+    if names is not None:
+        return [uris.join(stage_uri, name) for name in names]
+    single = uris.join(stage_uri, f"{kind}.jsonl")
+    if not uris.exists(single):
+        raise ConfigError(
+            f"{stage_uri}: a finished {manifest.get('stage', 'stage')} output with neither {kind} shards in its "
+            f"manifest nor {kind}.jsonl; point at the output of the stage that writes {kind} rows"
+        )
+    return [single]
+
+
+def iter_output_rows(stage_uri: str, kind: str, model: type[R], unique_ids: bool = True) -> Iterator[R]:
+    """Validated ``model`` rows of output ``kind`` of a stage (``output_shards``), one shard in memory
+    at a time; ids are unique across shards unless ``unique_ids`` is False."""
+    seen: set[str] = set()
+    for uri in output_shards(stage_uri, kind):
+        for rec in iter_jsonl(uri, model, unique_ids=unique_ids):
+            rid = getattr(rec, "id", None)
+            if unique_ids and rid is not None:
+                if rid in seen:
+                    raise RecordError(
+                        f"{uri}: duplicate id {rid!r} (also in an earlier shard); ids must be unique"
+                    )
+                seen.add(rid)
+            yield rec

@@ -46,13 +46,19 @@ def scored(pid, sample, rv, cd, logic=0.9, correct=True, domain="math", problem=
     )
 
 
-def stream(rows: list[Scored], c: SelectConfig, tmp_path, buckets: int = 3):
+def read_shards(paths: list[str], model) -> list:
+    return [row for path in paths for row in read_jsonl(path, model, allow_empty=True)]
+
+
+def stream(rows: list[Scored], c: SelectConfig, tmp_path, buckets: int = 3, shard_rows: int | None = None):
     lines = [(f"t:{i}", r.model_dump_json()) for i, r in enumerate(random.Random(7).sample(rows, len(rows)))]
-    files, stats = select_stream(lines, c, str(tmp_path / "work"), size_hint=0, buckets=buckets)
+    files, stats = select_stream(
+        lines, c, str(tmp_path / "work"), size_hint=0, buckets=buckets, shard_rows=shard_rows
+    )
     return (
-        read_jsonl(files.scored, Scored),
-        read_jsonl(files.sft, SftExample, allow_empty=True),
-        read_jsonl(files.preference, PreferencePair, allow_empty=True),
+        read_shards(files.scored, Scored),
+        read_shards(files.sft, SftExample),
+        read_shards(files.preference, PreferencePair),
         stats,
     )
 
@@ -311,8 +317,28 @@ def test_report_has_charts_and_counts(tmp_path):
         "hist-cd-after",
         "heat-after",
     ):
-        assert f'class="{chart}"' in page
-    assert page.count('class="cell"') == 200 and "<td>per_bin</td><td>1</td>" in page
+        assert f'id="{chart}"' in page
+    assert page.count('class="cell"') == 200
+    # rows in, dropped, rows out of the per_bin filter (domain quotas come after it)
+    out = stats.kept + stats.dropped["domain_quota"]
+    assert f"<td>per_bin</td><td>{out + 1}</td><td>1</td><td>{out}</td>" in page
     assert "<td>judge_failures</td><td>1</td>" in page and "p1/t/0" in page
     json.dumps(stats.to_dict())  # selection.json is plain JSON
     assert os.path.basename(__file__) == "test_select.py"
+
+
+def test_stream_writes_bounded_shards_in_order(tmp_path):
+    rows = [scored(*args) for args, _ in TABLE]
+    c = SelectConfig.model_validate(TABLE_CONFIG | {"curriculum": True, "pair_beta": 0.1})
+    whole = stream(rows, c, tmp_path / "whole")
+    lines = [(f"t:{i}", r.model_dump_json()) for i, r in enumerate(random.Random(7).sample(rows, len(rows)))]
+    files, _ = select_stream(lines, c, str(tmp_path / "sharded"), size_hint=0, buckets=3, shard_rows=4)
+    assert len(files.scored) == -(-len(rows) // 4) and all(p.endswith(".jsonl") for p in files.scored)
+    for paths in (files.scored, files.sft, files.preference):
+        for path in paths:
+            with open(path, encoding="utf-8") as f:
+                assert 0 < len(f.read().splitlines()) <= 4
+    # the shards, one after the other, are the unsharded output (curriculum order included)
+    assert read_shards(files.scored, Scored) == whole[0]
+    assert read_shards(files.sft, SftExample) == whole[1]
+    assert read_shards(files.preference, PreferencePair) == whole[2]

@@ -22,12 +22,13 @@ def curate(
         output_uri: Root folder or URI of the run; this stage writes under ``<output_uri>/curate``.
         traces: The distill output (its metadata carries the distill folder's URI).
         curated: Output dataset; its metadata carries the URI of the curate output folder.
-        metrics: Rows in and kept, rows dropped per filter, judge failures, correctness rate.
+        metrics: Rows in and out overall and per filter, judge failures (per quantity), judge requests,
+            cache hits and tokens, correctness rate.
         report: HTML report: RV/CD histograms and heat maps before and after selection, sample rows.
     """
     from distilflow import artifacts, uri
     from distilflow.components.curate.config import CurateConfig
-    from distilflow.components.curate.run import run
+    from distilflow.components.curate.run import metrics_of, run
 
     section = artifacts.section(config, "curate")
     section["output_uri"] = uri.join(output_uri, "curate")
@@ -40,18 +41,8 @@ def curate(
         kept=result.kept,
         pairs=result.pairs,
     )
-    checked = result.correct + result.incorrect
-    for name, value in {
-        "traces": result.traces,
-        "judge_failures": result.judge_failures,
-        "rows_in": result.scored,
-        "rows_out": result.kept,
-        "pairs": result.pairs,
-        "correct_rate": result.correct / checked if checked else 0.0,
-    }.items():
+    for name, value in metrics_of(result).items():
         metrics.log_metric(name, value)
-    for name, value in result.dropped.items():
-        metrics.log_metric(f"dropped_{name}", value)
     with open(report.path, "w", encoding="utf-8") as f:
         f.write(uri.read_text(result.report_uri))
     artifacts.publish(report, uri=result.report_uri, stage_uri=section["output_uri"])

@@ -187,7 +187,13 @@ class CurateConfig(SelectConfig):
         "distribution over the digits (OmniThought); generate: the judge explains, then writes <score>N</score>, "
         "which is parsed (unparseable judgments are counted and the trace is left unscored)",
     )
-    batch_size: int = Field(16, ge=1, description="Traces judged per judge call")
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="Traces judged per round: their rv, cd and logic judgments are asked together (an "
+        "endpoint judge keeps judge.concurrency in flight, so raise this to keep it busy; an in-process judge "
+        "answers them as one batch)",
+    )
     crv: bool = Field(
         False,
         description="CRV refinement (DistilQwen2.5-R1): critic labels each trace easy/medium/hard for "
@@ -204,6 +210,23 @@ class CurateConfig(SelectConfig):
     crv_hard_above: float = Field(6.0, ge=0, le=9, description="crv_critic=cd: CD above this is hard")
     crv_rewriter: TeacherConfig | None = Field(
         None, description="The model that rewrites traces (and critiques them); null: the judge"
+    )
+    cache_uri: Uri | None = Field(
+        None,
+        description="Folder or URI of the content-addressed teacher cache every judge, critic and rewrite "
+        "answer goes to (None: <output_uri>/cache); a rerun after a kill re-sends no answered request. "
+        "Share it with distill's cache_uri or other runs: keys cover the model and the whole request",
+    )
+    shard_rows: int = Field(
+        100_000,
+        ge=1,
+        description="Rows per output shard: scored/sft/preference/judge_failures are written as "
+        "<kind>-NNNNN-of-NNNNN.jsonl files of at most this many rows, listed in the manifest",
+    )
+    single_files: bool = Field(
+        True,
+        description="Also write each output whole (scored.jsonl, sft.jsonl, preference.jsonl, "
+        "judge_failures.jsonl), the layout sft/dpo/reward read by name; false: shards only (half the disk)",
     )
 
     def selection(self) -> SelectConfig:

@@ -1,16 +1,18 @@
-"""The curate HTML report: counts per filter, RV and CD histograms, RV-by-CD heat maps before and
-after selection (inline SVG, no scripts, no external files) and sample rows."""
+"""The curate HTML report: judge counts, rows in/out per filter, RV and CD histograms, RV-by-CD heat
+maps before and after selection (inline SVG with ids, no scripts, no external files) and sample rows."""
 
 from __future__ import annotations
 
 import html
 from typing import Any
 
+from distilflow.components.curate.select import filter_flow
+
 BAR_W, BAR_H = 28, 120
 CELL = 26
 
 
-def histogram_svg(counts: list[int], title: str, css_class: str) -> str:
+def histogram_svg(counts: list[int], title: str, chart_id: str) -> str:
     """A bar chart of counts for the scores 0..9 (each bar: scores in [i, i+1))."""
     top = max(counts) or 1
     width, height = BAR_W * len(counts) + 40, BAR_H + 50
@@ -24,12 +26,12 @@ def histogram_svg(counts: list[int], title: str, css_class: str) -> str:
             f'<text x="{x + 10}" y="{BAR_H + 35}" font-size="11">{i}</text>'
         )
     return (
-        f'<svg class="{css_class}" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">'
-        f'<text x="4" y="13" font-size="12">{html.escape(title)}</text>{"".join(bars)}</svg>'
+        f'<svg id="{chart_id}" class="histogram" xmlns="http://www.w3.org/2000/svg" width="{width}" '
+        f'height="{height}"><text x="4" y="13" font-size="12">{html.escape(title)}</text>{"".join(bars)}</svg>'
     )
 
 
-def heatmap_svg(grid: list[list[int]], title: str, css_class: str) -> str:
+def heatmap_svg(grid: list[list[int]], title: str, chart_id: str) -> str:
     """RV (rows, 9 at the top) by CD (columns) counts as shaded cells."""
     top = max(max(row) for row in grid) or 1
     size = CELL * 10
@@ -49,20 +51,21 @@ def heatmap_svg(grid: list[list[int]], title: str, css_class: str) -> str:
         for i in range(10)
     )
     return (
-        f'<svg class="{css_class}" xmlns="http://www.w3.org/2000/svg" width="{size + 40}" height="{size + 60}">'
+        f'<svg id="{chart_id}" class="heatmap" xmlns="http://www.w3.org/2000/svg" width="{size + 40}" '
+        f'height="{size + 60}">'
         f'<text x="4" y="13" font-size="12">{html.escape(title)}</text>{"".join(cells)}{labels}'
         f'<text x="{size // 2}" y="{size + 52}" font-size="11">CD</text></svg>'
     )
 
 
-def _table(rows: list[dict[str, Any]]) -> str:
+def _table(rows: list[dict[str, Any]], table_id: str) -> str:
     if not rows:
-        return "<p>none</p>"
+        return f'<p id="{table_id}">none</p>'
     head = "".join(f"<th>{html.escape(k)}</th>" for k in rows[0])
     body = "".join(
         "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row.values()) + "</tr>" for row in rows
     )
-    return f"<table><tr>{head}</tr>{body}</table>"
+    return f'<table id="{table_id}"><tr>{head}</tr>{body}</table>'
 
 
 def render(stats: dict[str, Any], title: str = "curate report") -> str:
@@ -72,7 +75,10 @@ def render(stats: dict[str, Any], title: str = "curate report") -> str:
     cd_before = [sum(before[rv][cd] for rv in range(10)) for cd in range(10)]
     rv_after = [sum(row) for row in after]
     cd_after = [sum(after[rv][cd] for rv in range(10)) for cd in range(10)]
-    counts = [{"filter": name, "rows dropped": n} for name, n in stats["dropped"].items()]
+    flow = [
+        {"filter": name, "rows in": rows_in, "dropped": rows_in - rows_out, "rows out": rows_out}
+        for name, rows_in, rows_out in filter_flow(stats["rows_in"], stats["dropped"])
+    ]
     summary = [
         {"what": k, "value": stats.get(k)}
         for k in (
@@ -83,17 +89,25 @@ def render(stats: dict[str, Any], title: str = "curate report") -> str:
             "sft_rows",
             "pairs",
             "contamination_problems",
+            "judge_requests",
+            "cache_hits",
+            "judge_tokens",
         )
         if k in stats
     ] + [{"what": k, "value": v} for k, v in stats["answers"].items()]
+    failures = [
+        {"judged quantity": k, "unreadable judgments": v}
+        for k, v in (stats.get("judge_failures_by_kind") or {}).items()
+    ]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse;margin:8px 0}}
 td,th{{border:1px solid #ccc;padding:3px 6px;font-size:12px;text-align:left;max-width:420px}}
 .charts{{display:flex;flex-wrap:wrap;gap:16px}}</style></head><body>
 <h1>{html.escape(title)}</h1>
-<h2>Counts</h2>{_table(summary)}
-<h2>Rows dropped per filter (first filter that failed)</h2>{_table(counts)}
+<h2>Counts</h2>{_table(summary, "counts")}
+<h2>Unreadable judgments (the trace is left unscored)</h2>{_table(failures, "judge-failures")}
+<h2>Rows in and out per filter (each row counts at the first filter it fails)</h2>{_table(flow, "filters")}
 <h2>Before selection</h2><div class="charts">
 {histogram_svg(rv_before, "RV (all scored traces)", "hist-rv-before")}
 {histogram_svg(cd_before, "CD (all scored traces)", "hist-cd-before")}
@@ -102,7 +116,7 @@ td,th{{border:1px solid #ccc;padding:3px 6px;font-size:12px;text-align:left;max-
 {histogram_svg(rv_after, "RV (kept)", "hist-rv-after")}
 {histogram_svg(cd_after, "CD (kept)", "hist-cd-after")}
 {heatmap_svg(after, "RV by CD (kept)", "heat-after")}</div>
-<h2>Sample kept rows</h2>{_table(stats["samples_kept"])}
-<h2>Sample dropped rows</h2>{_table(stats["samples_dropped"])}
+<h2>Sample kept rows</h2>{_table(stats["samples_kept"], "samples-kept")}
+<h2>Sample dropped rows</h2>{_table(stats["samples_dropped"], "samples-dropped")}
 </body></html>
 """

@@ -5,12 +5,21 @@ trace for Reasoning Verbosity (RV, 0-9) and Cognitive Difficulty (CD, 0-9) with 
 rubrics (Cai et al. 2025, arXiv:2505.10937) and for logical soundness (0/1); final answers are
 checked against the reference with ``distilflow.answers``. Selection, mixing, deduplication,
 decontamination and preference pairs then run in bounded memory (``select.select_stream``; the
-rules are documented there). Writes ``scored.jsonl`` (every judged trace with ``kept`` and
-``dropped_by``), ``sft.jsonl`` (kept traces as chats, in curriculum order when asked),
-``preference.jsonl`` (best-vs-worst pairs per problem, with CogPO's beta when asked),
-``judge_failures.jsonl``, ``selection.json`` (counts, histograms) and ``report.html``. With
-``crv: true`` each judged batch goes through CRV refinement first (``crv.py``): verified rewrites
-replace the original trace and are scored again. Judge calls are not cached by this stage.
+rules are documented there). With ``crv: true`` each judged batch goes through CRV refinement
+first (``crv.py``): verified rewrites replace the original trace and are scored again.
+
+Every judge, critic and rewrite answer goes through the content-addressed teacher cache
+(``judging.CachedTeacher``, default ``<output_uri>/cache``) as it arrives: a rerun after a kill
+or a failed request re-sends none of the judgments already received. A judgment that cannot be
+read (generate mode: no ``<score>`` on the scale; logprobs mode: no score digit among the judge's
+top next tokens) leaves its trace unscored and is written to ``judge_failures``, never guessed.
+
+Outputs, as shards ``<kind>-NNNNN-of-NNNNN.jsonl`` of at most ``shard_rows`` rows listed in the
+manifest (``result.shards``; read them with ``distilflow.records.iter_output_rows``) and, with
+``single_files``, also whole as ``<kind>.jsonl``: ``scored`` (every judged trace with ``kept`` and
+``dropped_by``), ``sft`` (kept traces as chats, in curriculum order when asked), ``preference``
+(best-vs-worst pairs per problem, with CogPO's beta when asked), ``judge_failures``. Beside them
+``selection.json`` (counts, histograms), ``report.html``, the manifest and, last, the marker.
 """
 
 from __future__ import annotations
@@ -21,23 +30,26 @@ import re
 import shutil
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from distilflow import answers
 from distilflow import uri as uris
-from distilflow.components.curate import report
+from distilflow.cache import TeacherCache
+from distilflow.components.curate import report, shards
 from distilflow.components.curate.config import FORMAT_TEMPLATES, JUDGE_TEMPLATES, CurateConfig
-from distilflow.components.curate.select import iter_lines, select_stream
+from distilflow.components.curate.judging import CachedTeacher
+from distilflow.components.curate.select import filter_flow, iter_lines, select_stream
 from distilflow.errors import RecordError
 from distilflow.outputs import StageOutput, require_complete
 from distilflow.progress import Progress
 from distilflow.records import Scored, Trace
 
 TRACES = "traces.jsonl"
-SCORED, SFT, PREFERENCE, FAILURES = "scored.jsonl", "sft.jsonl", "preference.jsonl", "judge_failures.jsonl"
 SELECTION, REPORT = "selection.json", "report.html"
+CRV_TEMPLATES = ["crv_critic_v1", "crv_expand_v1", "crv_simplify_v1"]
 SCALES = {"rv": "0123456789", "cd": "0123456789", "logic": "01"}
 SCALE_TEXT = {"rv": "0 to 9", "cd": "0 to 9", "logic": "0 or 1"}
 SCORE_RE = re.compile(r"<score>\s*(\d+(?:\.\d+)?)\s*</score>", re.IGNORECASE)
@@ -46,17 +58,40 @@ SCORE_RE = re.compile(r"<score>\s*(\d+(?:\.\d+)?)\s*</score>", re.IGNORECASE)
 class CurateResult(BaseModel):
     """What a curate run produced (also stored in its manifest)."""
 
-    scored_uri: str = Field(description="JSONL of records.Scored: every judged trace with its kept flag")
-    sft_uri: str = Field(description="JSONL of records.SftExample built from kept traces")
-    preference_uri: str = Field(description="JSONL of records.PreferencePair")
-    failures_uri: str = Field(description="JSONL of judgments that could not be parsed (generate mode)")
+    shards: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="Shard files of each output (scored, sft, preference, judge_failures), relative to "
+        "the output folder, in order",
+    )
+    scored_uri: str | None = Field(
+        description="scored.jsonl, every judged trace with its kept flag (records.Scored); None: shards only"
+    )
+    sft_uri: str | None = Field(
+        description="sft.jsonl (records.SftExample of kept traces); None: shards only"
+    )
+    preference_uri: str | None = Field(
+        description="preference.jsonl (records.PreferencePair); None: shards only"
+    )
+    failures_uri: str | None = Field(
+        description="judge_failures.jsonl, judgments that could not be read; None: shards only"
+    )
     report_uri: str = Field(description="HTML report: counts per filter, RV/CD histograms and heat maps")
     traces: int = Field(description="Traces read")
     scored: int = Field(description="Traces with all three scores")
     kept: int = Field(description="Scored traces selection kept")
-    sft_rows: int = Field(description="Rows in sft.jsonl")
-    pairs: int = Field(description="Rows in preference.jsonl")
-    judge_failures: int = Field(description="Traces left unscored because a judgment could not be parsed")
+    sft_rows: int = Field(description="SFT examples written")
+    pairs: int = Field(description="Preference pairs written")
+    judge_failures: int = Field(description="Traces left unscored because a judgment could not be read")
+    judge_failures_by_kind: dict[str, int] = Field(
+        default_factory=dict, description="Unreadable judgments per judged quantity (rv, cd, logic)"
+    )
+    judge_requests: int = Field(
+        0, description="Answers asked of the judge/rewriter in this run (cache misses)"
+    )
+    cache_hits: int = Field(0, description="Answers taken from the teacher cache without a request")
+    judge_tokens: int = Field(
+        0, description="Completion tokens the judge/rewriter generated in this run (1 per logprobs judgment)"
+    )
     correct: int = Field(description="Traces whose answer matches the reference")
     incorrect: int = Field(description="Traces whose answer does not match the reference")
     unverified: int = Field(description="Traces without a reference answer")
@@ -66,8 +101,28 @@ class CurateResult(BaseModel):
     mean_rv: float | None = Field(description="Mean reasoning verbosity of scored traces")
     mean_cd: float | None = Field(description="Mean cognitive difficulty of scored traces")
     judge: str = Field(description="Name of the judge")
-    templates: list[str] = Field(description="Versioned judge prompt templates used")
+    templates: list[str] = Field(description="Versioned judge (and CRV) prompt templates used")
     answer_checker: str = Field(description="math-verify or normalised-string")
+
+
+def metrics_of(result: CurateResult) -> dict[str, float]:
+    """KFP metrics: rows in/out overall and per filter, judge failures and cost, correctness rate."""
+    checked = result.correct + result.incorrect
+    metrics: dict[str, float] = {
+        "traces": result.traces,
+        "judge_failures": result.judge_failures,
+        "rows_in": result.scored,
+        "rows_out": result.kept,
+        "pairs": result.pairs,
+        "correct_rate": result.correct / checked if checked else 0.0,
+        "judge_requests": result.judge_requests,
+        "cache_hits": result.cache_hits,
+        "judge_tokens": result.judge_tokens,
+    }
+    metrics |= {f"judge_failures_{k}": v for k, v in result.judge_failures_by_kind.items()}
+    for name, rows_in, rows_out in filter_flow(result.scored, result.dropped):
+        metrics |= {f"dropped_{name}": rows_in - rows_out, f"{name}_in": rows_in, f"{name}_out": rows_out}
+    return metrics
 
 
 def judge_chats(traces: list[Trace], kind: str, mode: str) -> list[list[dict]]:
@@ -97,19 +152,37 @@ def expected_score(probs: dict[str, float]) -> float:
     return sum(int(digit) * p for digit, p in probs.items())
 
 
-def score_logprobs(judge: Any, traces: list[Trace]) -> list[dict[str, float]]:
-    per_kind = {
-        kind: judge.digit_probs(judge_chats(traces, kind, "logprobs"), SCALES[kind]) for kind in SCALES
+def _failure(trace: Trace, kind: str, reason: str, judgment: str, finish_reason: str | None) -> dict:
+    return {
+        "id": trace.id,
+        "kind": kind,
+        "reason": reason,
+        "judgment": judgment[-2000:],
+        "finish_reason": finish_reason,
     }
-    return [
-        {
-            "rv": expected_score(per_kind["rv"][i]),
-            "cd": expected_score(per_kind["cd"][i]),
-            # P("1") over {"0","1"}: the judge's confidence that the reasoning is sound.
-            "logic": per_kind["logic"][i]["1"],
-        }
-        for i in range(len(traces))
-    ]
+
+
+def score_logprobs(
+    judge: CachedTeacher, traces: list[Trace]
+) -> tuple[list[dict[str, float] | None], list[dict]]:
+    """Expected scores from the judge's next-token digit distribution (all kinds in one round of
+    requests); a trace with a judgment that has no score digit gets None and a failure row."""
+    kinds = list(SCALES)
+    chats = [chat for kind in kinds for chat in judge_chats(traces, kind, "logprobs")]
+    probs = judge.digit_probs(chats, [SCALES[kind] for kind in kinds for _ in traces])
+    scores: list[dict[str, float] | None] = [{} for _ in traces]
+    failures = []
+    for k, kind in enumerate(kinds):
+        for i, trace in enumerate(traces):
+            p = probs[k * len(traces) + i]
+            if p is None:
+                reason = f"no score digit ({SCALE_TEXT[kind]}) among the judge's top next tokens"
+                failures.append(_failure(trace, kind, reason, "", None))
+                scores[i] = None
+            elif scores[i] is not None:
+                # logic: P("1") over {"0","1"}, the judge's confidence that the reasoning is sound.
+                scores[i][kind] = p["1"] if kind == "logic" else expected_score(p)  # type: ignore[index]
+    return scores, failures
 
 
 def parse_score(text: str, kind: str) -> float | None:
@@ -122,27 +195,27 @@ def parse_score(text: str, kind: str) -> float | None:
     return value if value.is_integer() and 0 <= value <= top else None
 
 
-def score_generate(judge: Any, traces: list[Trace]) -> tuple[list[dict[str, float] | None], list[dict]]:
-    """Scores from written judgments; a trace with any unparseable judgment gets None and a failure row."""
+def score_generate(
+    judge: CachedTeacher, traces: list[Trace]
+) -> tuple[list[dict[str, float] | None], list[dict]]:
+    """Scores from written judgments (all kinds in one round of requests); a trace with any
+    unparseable judgment gets None and a failure row."""
+    kinds = list(SCALES)
+    chats = [chat for kind in kinds for chat in judge_chats(traces, kind, "generate")]
+    replies = judge.generate(chats, n=1)
     scores: list[dict[str, float] | None] = [{} for _ in traces]
     failures = []
-    for kind in SCALES:
-        replies = judge.generate(judge_chats(traces, kind, "generate"), n=1)
-        for i, (trace, (reply,)) in enumerate(zip(traces, replies, strict=True)):
+    for k, kind in enumerate(kinds):
+        for i, trace in enumerate(traces):
+            (reply,) = replies[k * len(traces) + i]
             text = (reply.reasoning + "\n" + reply.content).strip()
             value = parse_score(text, kind)
             if value is None:
-                failures.append(
-                    {
-                        "id": trace.id,
-                        "kind": kind,
-                        "judgment": text[-2000:],
-                        "finish_reason": reply.finish_reason,
-                    }
-                )
+                reason = f"no <score> on the scale ({SCALE_TEXT[kind]})"
+                failures.append(_failure(trace, kind, reason, text, reply.finish_reason))
                 scores[i] = None
             elif scores[i] is not None:
-                scores[i][kind] = value / (len(SCALES[kind]) - 1) if kind == "logic" else value
+                scores[i][kind] = value / (len(SCALES[kind]) - 1) if kind == "logic" else value  # type: ignore[index]
     return scores, failures
 
 
@@ -174,52 +247,79 @@ def count_lines(uri: str) -> int:
     return sum(1 for _ in iter_lines(uri))
 
 
-def judge_all(config: CurateConfig, traces_uri: str, judged_path: str, failures_path: str) -> tuple[int, int]:
-    """Score every trace and check its answer; write Scored rows (kept=False) and failures, streamed.
+@dataclass
+class Judged:
+    """What judging produced besides the judged rows."""
 
-    Returns (traces read, traces left unscored)."""
-    from distilflow.teacher import make_teacher
+    traces: int = 0
+    unscored: int = 0
+    failures_by_kind: dict[str, int] = field(default_factory=dict)
+    failure_shards: list[str] = field(default_factory=list)
+    requests: int = 0
+    cache_hits: int = 0
+    tokens: int = 0
+    cache_uri: str = ""
 
+
+def _batches(items: Iterator[Trace], size: int) -> Iterator[list[Trace]]:
+    batch: list[Trace] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def judge_all(config: CurateConfig, traces_uri: str, judged_path: str, workdir: str) -> Judged:
+    """Score every trace and check its answer; write Scored rows (kept=False) to ``judged_path`` and
+    unreadable judgments as ``judge_failures`` shards in ``workdir``, streamed; every answer goes
+    through the teacher cache."""
+    cache = TeacherCache(config.cache_uri or uris.join(config.output_uri, "cache"))
     total = count_lines(traces_uri)
     print(
-        f"[curate] judging {total} traces with {config.judge.display_name} ({config.mode} mode)", flush=True
+        f"[curate] judging {total} traces with {config.judge.display_name} ({config.mode} mode; "
+        f"teacher cache {cache.uri})",
+        flush=True,
     )
     progress = Progress("curate", "traces judged", total=total)
-    judge = make_teacher(config.judge)
-    rewriter = make_teacher(config.crv_rewriter) if config.crv and config.crv_rewriter else judge
-    read = failed = 0
-    batch: list[Trace] = []
+    judge = CachedTeacher(config.judge, cache)
+    rewriter = CachedTeacher(config.crv_rewriter, cache) if config.crv and config.crv_rewriter else judge
+    judged = Judged(failures_by_kind=dict.fromkeys(SCALES, 0), cache_uri=cache.uri)
     try:
         with (
             open(judged_path, "w", encoding="utf-8") as out,
-            open(failures_path, "w", encoding="utf-8") as bad,
+            shards.ShardWriter(workdir, "judge_failures", config.shard_rows) as bad,
         ):
-            for trace in iter_traces(traces_uri):
-                batch.append(trace)
-                if len(batch) < config.batch_size:
-                    continue
-                failed += _judge_batch(judge, rewriter, batch, config, out, bad)
-                read += len(batch)
-                progress.update(len(batch))
-                batch = []
-            if batch:
-                failed += _judge_batch(judge, rewriter, batch, config, out, bad)
-                read += len(batch)
+            for batch in _batches(iter_traces(traces_uri), config.batch_size):
+                rows, failures, unscored = _judge_batch(judge, rewriter, batch, config)
+                for row in rows:
+                    out.write(row.model_dump_json() + "\n")
+                for failure in failures:
+                    bad.write(json.dumps(failure, ensure_ascii=False) + "\n")
+                    judged.failures_by_kind[failure["kind"]] += 1
+                judged.unscored += unscored
+                judged.traces += len(batch)
                 progress.update(len(batch))
     finally:
         judge.close()
-        if rewriter is not judge:
-            rewriter.close()
-    return read, failed
+        rewriter.close()
+    judged.failure_shards = bad.paths
+    teachers = [judge] if rewriter is judge else [judge, rewriter]
+    judged.requests = sum(t.asked for t in teachers)
+    judged.tokens = sum(t.tokens for t in teachers)
+    judged.cache_hits = cache.hits
+    print(
+        f"[curate] judged {judged.traces} traces: {judged.requests} answers asked of the model, "
+        f"{judged.cache_hits} taken from the cache, {judged.tokens} tokens generated",
+        flush=True,
+    )
+    return judged
 
 
-def _score(judge: Any, batch: list[Trace], config: CurateConfig, bad: Any) -> list[dict[str, float] | None]:
-    if config.mode == "logprobs":
-        return score_logprobs(judge, batch)
-    scores, failures = score_generate(judge, batch)
-    for failure in failures:
-        bad.write(json.dumps(failure, ensure_ascii=False) + "\n")
-    return scores
+def _score(judge: CachedTeacher, batch: list[Trace], config: CurateConfig) -> tuple[list, list[dict]]:
+    return score_logprobs(judge, batch) if config.mode == "logprobs" else score_generate(judge, batch)
 
 
 def _scored(trace: Trace, score: dict[str, float], judge: str, **extra: Any) -> Scored:
@@ -238,29 +338,35 @@ def _scored(trace: Trace, score: dict[str, float], judge: str, **extra: Any) -> 
 
 
 def _judge_batch(
-    judge: Any, rewriter: Any, batch: list[Trace], config: CurateConfig, out: Any, bad: Any
-) -> int:
-    scores = _score(judge, batch, config, bad)
+    judge: CachedTeacher, rewriter: CachedTeacher, batch: list[Trace], config: CurateConfig
+) -> tuple[list[Scored], list[dict], int]:
+    """(scored rows, failure rows, traces left unscored) of one batch."""
+    scores, failures = _score(judge, batch, config)
     name = config.judge.display_name
     rows = [_scored(t, s, name) for t, s in zip(batch, scores, strict=True) if s is not None]
     if config.crv and rows:
-        rows = _refine(judge, rewriter, rows, config, bad)
-    for row in rows:
-        out.write(row.model_dump_json() + "\n")
-    return sum(s is None for s in scores)
+        rows, more = _refine(judge, rewriter, rows, config)
+        failures += more
+    return rows, failures, sum(s is None for s in scores)
 
 
-def _refine(judge: Any, rewriter: Any, rows: list[Scored], config: CurateConfig, bad: Any) -> list[Scored]:
+def _refine(
+    judge: CachedTeacher, rewriter: CachedTeacher, rows: list[Scored], config: CurateConfig
+) -> tuple[list[Scored], list[dict]]:
     """CRV over a judged batch; verified rewrites are scored again (a rewrite that cannot be scored is
-    dropped in favour of the original)."""
+    dropped in favour of the original, and its unreadable judgments are reported)."""
     from distilflow.components.curate import crv
 
     refined, changed = crv.refine(rewriter, rows, config)
+    failures: list[dict] = []
     if changed:
         traces = [
             Trace.model_validate(refined[i].model_dump(include=set(Trace.model_fields))) for i in changed
         ]
-        for i, trace, score in zip(changed, traces, _score(judge, traces, config, bad), strict=True):
+        scores, failures = _score(judge, traces, config)
+        for failure in failures:
+            failure["crv_rewrite"] = True
+        for i, trace, score in zip(changed, traces, scores, strict=True):
             crv_fields = {"crv_level": refined[i].crv_level, "crv_outcome": refined[i].crv_outcome}
             if score is None:
                 failed = {
@@ -270,7 +376,7 @@ def _refine(judge: Any, rewriter: Any, rows: list[Scored], config: CurateConfig,
                 refined[i] = rows[i].model_copy(update=failed)
             else:
                 refined[i] = _scored(trace, score, config.judge.display_name, **crv_fields)
-    return refined
+    return refined, failures
 
 
 def _workdir(output_uri: str) -> str:
@@ -291,11 +397,40 @@ def _publish(local: str, uri: str) -> None:
     fs.put_file(local, path)
 
 
+def _publish_outputs(
+    out: StageOutput, local: dict[str, list[str]], single_files: bool, work: str
+) -> tuple[dict[str, list[str]], dict[str, str]]:
+    """Publish each output's local shards under their final names (and whole, with ``single_files``)
+    after removing what an earlier run left; return the shard names and the single files' URIs."""
+    names: dict[str, list[str]] = {}
+    singles: dict[str, str] = {}
+    for kind, paths in local.items():
+        shards.remove_stale(out.uri, kind, single_files)
+        names[kind] = [shards.shard_name(kind, i, len(paths)) for i in range(len(paths))]
+        if single_files:
+            whole = os.path.join(work, f"{kind}.jsonl")
+            shards.concatenate(paths, whole)
+            singles[kind] = out.path(f"{kind}.jsonl")
+            _publish(whole, singles[kind])
+        for path, name in zip(paths, names[kind], strict=True):
+            _publish(path, out.path(name))
+    return names, singles
+
+
+def templates_used(config: CurateConfig) -> list[str]:
+    """The versioned prompt templates a run with ``config`` sends (recorded in the manifest)."""
+    used = [*JUDGE_TEMPLATES.values(), FORMAT_TEMPLATES[config.mode]]
+    if config.crv:
+        used += CRV_TEMPLATES if config.crv_critic == "judge" else CRV_TEMPLATES[1:]
+    return used
+
+
 def run(config: CurateConfig) -> CurateResult:
-    """Judge every trace, verify answers, select rows and write scored, SFT and preference JSONL.
+    """Judge every trace, verify answers, select rows and write scored, SFT and preference shards.
 
     Refuses a ``data_uri`` without a completion marker. A rerun of a finished output with the
-    same config returns the stored result without loading the judge.
+    same config returns the stored result without loading the judge; a rerun of an interrupted
+    one takes every judgment it had received from the teacher cache and asks only for the rest.
     """
     out = StageOutput(config.output_uri, "curate")
     manifest = out.reusable(config)
@@ -306,33 +441,46 @@ def run(config: CurateConfig) -> CurateResult:
     traces_uri = uris.join(config.data_uri, TRACES)
     out.begin(config)
     work = _workdir(config.output_uri)
-    judged, failures = os.path.join(work, "judged.jsonl"), os.path.join(work, FAILURES)
-    n_traces, failed = judge_all(config, traces_uri, judged, failures)
-    lines = ((f"{judged}:{n}", line) for n, line in iter_lines(judged))
-    files, stats = select_stream(lines, config.selection(), work, os.path.getsize(judged))
-    info = stats.to_dict() | {"traces": n_traces, "judge_failures": failed}
+    judged_path = os.path.join(work, "judged.jsonl")
+    judged = judge_all(config, traces_uri, judged_path, work)
+    lines = ((f"{judged_path}:{n}", line) for n, line in iter_lines(judged_path))
+    files, stats = select_stream(
+        lines, config.selection(), work, os.path.getsize(judged_path), shard_rows=config.shard_rows
+    )
+    os.remove(judged_path)
+    judge_info = {
+        "judge_failures": judged.unscored,
+        "judge_failures_by_kind": judged.failures_by_kind,
+        "judge_requests": judged.requests,
+        "cache_hits": judged.cache_hits,
+        "judge_tokens": judged.tokens,
+    }
+    info = stats.to_dict() | {"traces": judged.traces} | judge_info
     with open(os.path.join(work, SELECTION), "w", encoding="utf-8") as f:
         json.dump(info, f, indent=1)
     with open(os.path.join(work, REPORT), "w", encoding="utf-8") as f:
         f.write(report.render(info, title=f"curate report: {out.uri}"))
-    local = {SCORED: files.scored, SFT: files.sft, PREFERENCE: files.preference, FAILURES: failures}
-    local |= {SELECTION: os.path.join(work, SELECTION), REPORT: os.path.join(work, REPORT)}
-    paths = {name: out.path(name) for name in local}
-    for name, path in local.items():
-        _publish(path, paths[name])
+    local = {"scored": files.scored, "sft": files.sft, "preference": files.preference}
+    names, singles = _publish_outputs(
+        out, local | {"judge_failures": judged.failure_shards}, config.single_files, work
+    )
+    for name in (SELECTION, REPORT):
+        _publish(os.path.join(work, name), out.path(name))
     shutil.rmtree(work, ignore_errors=True)
+    templates = templates_used(config)
     result = CurateResult(
-        scored_uri=paths[SCORED],
-        sft_uri=paths[SFT],
-        preference_uri=paths[PREFERENCE],
-        failures_uri=paths[FAILURES],
-        report_uri=paths[REPORT],
-        traces=n_traces,
+        shards=names,
+        scored_uri=singles.get("scored"),
+        sft_uri=singles.get("sft"),
+        preference_uri=singles.get("preference"),
+        failures_uri=singles.get("judge_failures"),
+        report_uri=out.path(REPORT),
+        traces=judged.traces,
         scored=stats.rows_in,
         kept=stats.kept,
         sft_rows=stats.sft_rows,
         pairs=stats.pairs,
-        judge_failures=failed,
+        **judge_info,
         correct=stats.answers["correct"],
         incorrect=stats.answers["incorrect"],
         unverified=stats.answers["unverified"],
@@ -340,12 +488,15 @@ def run(config: CurateConfig) -> CurateResult:
         mean_rv=round(stats.sum_rv / stats.rows_in, 4) if stats.rows_in else None,
         mean_cd=round(stats.sum_cd / stats.rows_in, 4) if stats.rows_in else None,
         judge=config.judge.display_name,
-        templates=[*JUDGE_TEMPLATES.values(), FORMAT_TEMPLATES[config.mode]],
+        templates=templates,
         answer_checker=answers.checker(),
     )
-    if failed:
+    if judged.unscored:
         print(
-            f"[curate] {failed} traces unscored: judgments without a parseable <score>; see {paths[FAILURES]}"
+            f"[curate] {judged.unscored} traces unscored: judgments that could not be read "
+            f"({', '.join(f'{k} {v}' for k, v in judged.failures_by_kind.items() if v)}); "
+            f"see {', '.join(names['judge_failures'])}",
+            flush=True,
         )
     dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.items() if v)
     print(
@@ -357,21 +508,22 @@ def run(config: CurateConfig) -> CurateResult:
     counts = {
         k: getattr(result, k) for k in ("traces", "scored", "kept", "sft_rows", "pairs", "judge_failures")
     }
+    metrics = metrics_of(result)
     out.finish(
         result=result.model_dump(),
-        inputs={"traces": traces_uri, "judge_templates": ",".join(result.templates)}
+        inputs={"traces": traces_uri, "judge_templates": ",".join(templates), "cache": judged.cache_uri}
         | {f"decontaminate_{i}": u for i, u in enumerate(config.decontaminate_uris)},
-        outputs={name.split(".")[0]: path for name, path in paths.items()},
+        outputs=singles | {"selection": out.path(SELECTION), "report": out.path(REPORT)},
         counts=counts
         | {"correct": result.correct, "incorrect": result.incorrect, "unverified": result.unverified}
-        | {f"dropped_{k}": v for k, v in stats.dropped.items()},
+        | {"judge_requests": result.judge_requests, "cache_hits": result.cache_hits}
+        | {f"dropped_{k}": v for k, v in stats.dropped.items()}
+        | {f"{kind}_shards": len(n) for kind, n in names.items()},
         metrics={
             "mean_rv": result.mean_rv or 0.0,
             "mean_cd": result.mean_cd or 0.0,
             "keep_rate": result.kept / result.scored if result.scored else 0.0,
-            "correct_rate": result.correct / (result.correct + result.incorrect)
-            if result.correct + result.incorrect
-            else 0.0,
+            "correct_rate": metrics["correct_rate"],
         },
     )
     return result

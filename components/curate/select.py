@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from distilflow.components.curate.config import RV_LEVELS, SelectConfig
+from distilflow.components.curate.shards import ShardWriter
 from distilflow.errors import RecordError
 from distilflow.records import Message, PreferencePair, Problem, Scored, SftExample
 
@@ -55,6 +56,17 @@ SHINGLE = 3  # word n-grams for near-duplicate detection
 NUM_PERM = 64  # MinHash values per signature: one 256-byte shake_128 digest per shingle, split in 64
 _UNPACK = struct.Struct(f"<{NUM_PERM}I").unpack
 NO_DOMAIN = "none"
+
+
+def filter_flow(scored: int, dropped: dict[str, int]) -> list[tuple[str, int, int]]:
+    """(filter, rows in, rows out) in the order the filters apply: each row is dropped by the
+    first filter it fails, so a filter sees what the ones before it let through."""
+    flow, rows = [], scored
+    for name in FILTERS:
+        out = rows - dropped.get(name, 0)
+        flow.append((name, rows, out))
+        rows = out
+    return flow
 
 
 # ---------------------------------------------------------------- text keys, MinHash, n-grams
@@ -506,9 +518,11 @@ def _parse(line: str, where: str) -> Scored:
 
 @dataclass
 class StreamOutputs:
-    scored: str
-    sft: str
-    preference: str
+    """Local shard files of each output, in order (an output with no rows has none)."""
+
+    scored: list[str]
+    sft: list[str]
+    preference: list[str]
 
 
 def select_stream(
@@ -517,11 +531,14 @@ def select_stream(
     workdir: str,
     size_hint: int,
     buckets: int | None = None,
+    shard_rows: int | None = None,
 ) -> tuple[StreamOutputs, SelectionStats]:
     """Apply the selection rules to ``(where, json line)`` pairs of Scored rows in bounded memory.
 
-    Writes ``scored.jsonl``, ``sft.jsonl`` and ``preference.jsonl`` in ``workdir`` (local). The
-    number of buckets is ``size_hint`` bytes over ``bucket_mb`` unless ``buckets`` is given.
+    Writes the scored rows, SFT examples and preference pairs in ``workdir`` (local) as shards
+    ``scored-NNNNN.jsonl``, ``sft-NNNNN.jsonl`` and ``preference-NNNNN.jsonl`` of at most
+    ``shard_rows`` rows (None: one file each). The number of buckets is ``size_hint`` bytes over
+    ``bucket_mb`` unless ``buckets`` is given.
     """
     os.makedirs(workdir, exist_ok=True)
     k = buckets or min(max(1, -(-size_hint // (c.bucket_mb << 20))), 256)
@@ -535,17 +552,14 @@ def select_stream(
     _route(lines, c, contamination, bucket_paths, band_paths if c.dedup == "near" else None)
     if c.dedup == "near":
         _resolve_bands(band_paths, drop_paths)
-    outputs = StreamOutputs(
-        *(os.path.join(workdir, n) for n in ("scored.jsonl", "sft.jsonl", "preference.jsonl"))
-    )
     stats = SelectionStats()
     caps = Caps(c, targets)
     pending_path = os.path.join(workdir, "pending.tsv")
     n_stages = targets.n_bins if c.curriculum else 1
     sft_parts = [os.path.join(workdir, f"sft-stage-{i:03d}.jsonl") for i in range(n_stages)]
     with (
-        open(outputs.scored, "w", encoding="utf-8") as scored_f,
-        open(outputs.preference, "w", encoding="utf-8") as pair_f,
+        ShardWriter(workdir, "scored", shard_rows) as scored_f,
+        ShardWriter(workdir, "preference", shard_rows) as pair_f,
         open(pending_path, "w", encoding="utf-8") as pending_f,
         _open_all(sft_parts) as sft_fs,
     ):
@@ -568,12 +582,13 @@ def select_stream(
             for line in f:
                 _release(line, verdicts, caps.loser_reason(), stats, scored_f, sft_fs)
     os.remove(pending_path)
-    with open(outputs.sft, "w", encoding="utf-8") as out:
+    with ShardWriter(workdir, "sft", shard_rows) as sft_f:
         for part in sft_parts:
             with open(part, encoding="utf-8") as f:
                 for line in f:
-                    out.write(line)
+                    sft_f.write(line)
             os.remove(part)
+    outputs = StreamOutputs(scored_f.paths, sft_f.paths, pair_f.paths)
     for path in band_paths + drop_paths:
         if os.path.exists(path):
             os.remove(path)
