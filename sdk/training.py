@@ -29,15 +29,18 @@ import re
 import shutil
 import tempfile
 from collections.abc import Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, TypeVar
 
 from pydantic import Field, model_validator
 
+from distilflow import records
 from distilflow import uri as uris
 from distilflow.config import BaseConfig
 from distilflow.dlc import DlcSettings
 from distilflow.errors import ConfigError
 from distilflow.outputs import require_complete
+
+R = TypeVar("R")
 
 
 class ScaleAndCheckpointFields(BaseConfig):
@@ -195,6 +198,15 @@ def resolve_data(data_uri: str, default_name: str, what: str) -> tuple[str, dict
             f"output of the stage that writes {default_name} (or at a .jsonl file)"
         )
     return file_uri, manifest
+
+
+def read_rows(data_uri: str, kind: str, model: type[R], what: str) -> list[R]:
+    """All ``kind`` rows (e.g. ``sft``) of an upstream stage output (the shards its manifest lists, or
+    its ``<kind>.jsonl``) or of a ``.jsonl`` file; an unfinished output or no rows at all is an error."""
+    rows = list(records.iter_output_rows(data_uri, kind, model))
+    if not rows:
+        raise records.RecordError(f"{what}: {data_uri} holds no {kind} rows; nothing to train on")
+    return rows
 
 
 def renders_reasoning(chat_template: str | None) -> bool:

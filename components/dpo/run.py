@@ -154,8 +154,8 @@ def run(config: DpoConfig) -> DpoResult:
 
     from distilflow.models import load_tokenizer, resolve_model
 
-    data_file, _ = training.resolve_data(config.data_uri, "preference.jsonl", "dpo data")
-    pairs = records.read_jsonl(data_file, records.PreferencePair)
+    data_file = config.data_uri
+    pairs = training.read_rows(data_file, "preference", records.PreferencePair, "dpo data")
     if training.needs_launch(config):  # several GPUs: one process each, under torchrun
         return DpoResult.model_validate(training.launch(STAGE, config))
     was_complete = out.is_complete()

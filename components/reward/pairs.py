@@ -84,10 +84,11 @@ def problem_of(pair_id: str) -> str:
     return pair_id.rsplit("/", 1)[0] if "/" in pair_id else pair_id
 
 
-def scored_rows(scored_file: str) -> dict[str, list[Scored]]:
-    """Scored traces by problem id, in file order."""
+def scored_rows(scored_uri: str) -> dict[str, list[Scored]]:
+    """Scored traces by problem id, in file order, from curate's output folder (its scored shards) or a
+    ``.jsonl`` file."""
     by_problem: dict[str, list[Scored]] = {}
-    for row in records.iter_jsonl(scored_file, Scored, unique_ids=False):
+    for row in records.iter_output_rows(scored_uri, "scored", Scored, unique_ids=False):
         by_problem.setdefault(row.problem_id, []).append(row)
     return by_problem
 

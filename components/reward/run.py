@@ -73,8 +73,8 @@ def candidate_pairs(config: RewardConfig) -> tuple[list[Pair], str]:
     from distilflow import training
 
     folder = None if config.data_uri.rstrip("/").endswith(".jsonl") else config.data_uri
+    data_file = config.data_uri
     if config.pairs_from == "scored":
-        data_file, _ = training.resolve_data(config.data_uri, "scored.jsonl", "reward data")
         pairs = pairs_from_scored(scored_rows(data_file), selection_config(folder), config.pairs_per_problem)
         if not pairs:
             raise ConfigError(
@@ -82,10 +82,14 @@ def candidate_pairs(config: RewardConfig) -> tuple[list[Pair], str]:
                 "made; sample more traces per problem (distill.n) or use pairs_from=preference"
             )
         return pairs, data_file
-    data_file, _ = training.resolve_data(config.data_uri, "preference.jsonl", "reward data")
-    scored_file = uris.join(folder, "scored.jsonl") if folder else None
-    scored = scored_rows(scored_file) if scored_file and uris.exists(scored_file) else {}
-    return pairs_from_preference(records.read_jsonl(data_file, records.PreferencePair), scored), data_file
+    preference = training.read_rows(data_file, "preference", records.PreferencePair, "reward data")
+    scored = {}
+    if folder:
+        try:  # the traces' CD for accuracy by CD bin, when curate wrote them
+            scored = scored_rows(folder)
+        except ConfigError:
+            scored = {}
+    return pairs_from_preference(preference, scored), data_file
 
 
 def build_pairs(config: RewardConfig, out: StageOutput) -> tuple[list[Pair], dict[str, Any], str]:

@@ -24,12 +24,9 @@ def normalise_problem(text: str) -> str:
 
 def problem_cds(difficulty_uri: str) -> tuple[dict[str, float], dict[str, float]]:
     """Each problem's CD (mean over its judged traces) by problem id and by normalised problem text."""
-    from distilflow import training
-
-    scored_file, _ = training.resolve_data(difficulty_uri, "scored.jsonl", "rl difficulty")
     sums: dict[str, list[float]] = {}
     texts: dict[str, list[float]] = {}
-    for row in records.iter_jsonl(scored_file, records.Scored, unique_ids=False):
+    for row in records.iter_output_rows(difficulty_uri, "scored", records.Scored, unique_ids=False):
         sums.setdefault(row.problem_id, []).append(row.cd)
         texts.setdefault(normalise_problem(row.problem), []).append(row.cd)
 

@@ -165,8 +165,8 @@ def run(config: SftConfig) -> SftResult:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return SftResult.model_validate(stored["result"])
 
-    data_file, _ = training.resolve_data(config.data_uri, "sft.jsonl", "sft data")
-    examples = records.read_jsonl(data_file, records.SftExample)
+    data_file = config.data_uri
+    examples = training.read_rows(data_file, "sft", records.SftExample, "sft data")
     if training.needs_launch(config):  # several GPUs: one process each, under torchrun
         return SftResult.model_validate(training.launch(STAGE, config))
     was_complete = out.is_complete()
