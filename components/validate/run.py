@@ -64,8 +64,47 @@ def check_model(where: str, model: str, gguf_file: str | None = None) -> None:
             has_template = bool(json.load(f).get("chat_template"))
     if not has_template:
         raise DistilflowError(
-            f"{where}: model {model!r} has no tokenizer chat template (tokenizer_config.json)"
+            f"{where}: model {model!r} has no tokenizer chat template; add one (chat_template.jinja, or "
+            "chat_template in tokenizer_config.json) or use an instruct/chat model"
         )
+
+
+def context_length(model: str) -> int | None:
+    """The longest sequence a local model folder takes (``max_position_embeddings``), if it says."""
+    if model == "smollm2" or not uris.is_local(model):
+        return None
+    path = os.path.join(uris.local_path(model), "config.json")
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        config = json.load(f)
+    config = config.get("text_config", config)  # multimodal configs nest the language model's
+    value = config.get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None
+
+
+# (field holding a length in tokens, what it measures): checked against the model's context
+LENGTH_FIELDS = (("max_length", "longest example"), ("max_new_tokens", "longest answer"))
+
+
+def check_lengths(where: str, model: str, cfg: Any) -> list[str]:
+    """Lengths in tokens that the config sets for a model beyond the model's context.
+
+    Only values the config sets are checked: a default (``sft.max_length`` 8192) is an upper bound
+    for rows, not a statement about the student, while a value written in the config is.
+    """
+    limit = context_length(model)
+    if limit is None:
+        return []
+    problems = []
+    for name, what in LENGTH_FIELDS:
+        value = getattr(cfg, name, None)
+        if name in cfg.model_fields_set and isinstance(value, int) and value > limit:
+            problems.append(
+                f"{where}.{name}={value} ({what}, in tokens) exceeds the context of model {model!r} "
+                f"(max_position_embeddings={limit}); lower {where}.{name} to at most {limit} or use a larger model"
+            )
+    return problems
 
 
 def check_endpoint(where: str, teacher: Any, timeout_s: float) -> None:
@@ -150,12 +189,15 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
                 checked.append(f"{stage}.{name}: {value}")
             except (DistilflowError, OSError) as exc:
                 problems.append(f"{stage}.{name}: {exc}")
+                continue
+            problems.extend(check_lengths(stage, value, cfg))
     for name, teacher in _teachers(cfg):
         where = f"{stage}.{name}"
         try:
             if teacher.backend == "transformers" and config.check_models:
                 check_model(where, teacher.model, teacher.gguf_file)
                 checked.append(f"{where}: model {teacher.model}")
+                problems.extend(check_lengths(where, teacher.model, teacher))
             elif teacher.backend == "openai" and config.check_endpoints:
                 check_endpoint(where, teacher, config.endpoint_timeout_s)
                 checked.append(f"{where}: endpoint {teacher.base_url}")
