@@ -1,9 +1,10 @@
 """Pipelines (recipes) composed from the stage components.
 
 ``PIPELINES`` is the explicit registry. Each module defines ``pipeline`` (a ``@dsl.pipeline``
-function taking ``output_uri`` and ``config``), ``STAGES`` (the stages it runs, in order),
+function taking at least ``output_uri`` and ``config``), ``STAGES`` (the stages it runs, in order),
 ``DEFAULT_CONFIG`` (a YAML file beside it) and optionally ``prepare(config, run_dir)``, which
-fills in local assets for a laptop run.
+fills in local assets for a laptop run. The recipes (all but ``quickstart``) also take the console
+parameters documented in ``common.py``; see ``README.md`` in this folder.
 """
 
 from __future__ import annotations
@@ -13,6 +14,11 @@ from types import ModuleType
 
 PIPELINES: dict[str, str] = {
     "quickstart": "Tiny end-to-end run on a laptop: validate, distill, curate, sft, evaluate, deploy",
+    "slow_thinking": "DistilQwen2.5-R1: distill, curate (judge + CRV), sft, dpo (CogPO), evaluate, deploy",
+    "thoughtx": "ThoughtX: multi-teacher distill, RV/CD curriculum mix, curriculum sft, evaluate",
+    "thoughty": "ThoughtY: thoughtx for Qwen3 students, thinking on and off, evaluated in both modes",
+    "reward_rl": "Distilled reward model, calibration gate, GRPO, evaluate",
+    "lifecycle": "Every stage, with switches for dpo, reward + rl and deploy",
 }
 
 

@@ -1,0 +1,63 @@
+"""What the recipes share: the console parameters' documentation and defaults, the ``configure``
+step, and where each kind of step runs (GPU steps, steps that call the teacher)."""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from distilflow.pipelines.params import TEACHER_KEY_ENV, TEACHER_KEY_SECRET_KEY
+from distilflow.placement import Placement, SecretEnv, apply
+
+TEACHER_BASE_URL = "https://dashscope.aliyuncs.com/compatible-mode/v1"
+TEACHER_KEY_SECRET = "teacher-api-key"
+PROBLEMS_URI = "s3://distilflow/problems/math.jsonl"
+GPU_TYPE = "nvidia.com/gpu"
+SHM_SIZE = "32Gi"
+
+ARGS = """
+    Args:
+        output_uri: Where the run writes, one folder per stage, e.g. s3://my-bucket/runs/r1 (also oss://, gs://).
+            Rerunning with the same output_uri resumes: finished stages are not redone.
+        teacher_base_url: OpenAI-compatible endpoint of the teacher (its /v1 root): vLLM, SGLang, DashScope, PAI-EAS.
+        teacher_model: Model name(s) the endpoint serves; several, comma-separated, make several teachers.
+            The first is also the judge.
+        teacher_key_secret: Name of the Kubernetes Secret whose key 'api-key' holds the teacher's API key
+            (exposed to the steps that call the teacher as TEACHER_API_KEY; no key if the Secret is absent).
+        student_model: The student to train: a Hugging Face model id or a model folder in object storage.
+        problems_uri: JSONL of training problems, one {"id", "problem", "answer"} object per line.
+        gpu_type: Kubernetes resource name of one GPU, e.g. nvidia.com/gpu or nvidia.com/mig-3g.40gb.
+        gpu_count: GPUs of each training step's pod (evaluation and serving take one).
+        gpu_node_selector: Node labels GPU steps need, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
+        preset: Settings for the student's size: 1.5b-1node, 7b-1node or 32b-4nodes (empty: none).
+        overrides: JSON object of config sections for everything else, e.g. {"sft": {"max_steps": 200}}.
+            It wins over every other setting.
+        config: The whole config as the distilflow SDK and CLI pass it (a config file plus --set); leave empty
+            in the console."""
+
+
+def data_file(name: str) -> str:
+    """Path of a file shipped with the pipelines package (default configs, presets, problems)."""
+    return str(resources.files("distilflow.pipelines").joinpath(name))
+
+
+def docstring(summary: str, extra_args: str = "") -> str:
+    """A recipe's docstring: KFP reads each parameter's description from its ``Args:`` section."""
+    return f"{summary}\n{ARGS}{extra_args}\n    "
+
+
+def on_cpu(task: Any, teacher_key_secret: Any = None) -> Any:
+    """A step without GPUs; with ``teacher_key_secret``, one that calls the teacher (validate, distill,
+    curate): the Secret's ``api-key`` becomes ``TEACHER_API_KEY`` in its environment."""
+    secrets = []
+    if teacher_key_secret is not None:
+        secrets.append(SecretEnv(teacher_key_secret, TEACHER_KEY_SECRET_KEY, TEACHER_KEY_ENV, optional=True))
+    return apply(task, Placement(secret_env=secrets))
+
+
+def on_gpus(task: Any, gpu_type: Any, gpus: Any, node_selector: Any) -> Any:
+    """Run a step on GPU nodes: ``gpus`` of ``gpu_type``, the node selector, the GPU taint tolerated
+    and a memory-backed ``/dev/shm`` for NCCL and dataloader workers."""
+    return apply(
+        task, Placement(gpus=gpus, accelerator_type=gpu_type, node_selector=node_selector, shm_size=SHM_SIZE)
+    )

@@ -1,0 +1,213 @@
+"""``lifecycle``: every stage in one pipeline, with switches to skip the optional ones.
+
+validate -> distill -> curate -> sft -> [dpo (CogPO)] -> [reward (calibration gate) -> rl (GRPO)] ->
+evaluate -> [deploy]. ``with_dpo``, ``with_rl`` and ``with_deploy`` switch the bracketed parts on or
+off (``dsl.If`` / ``dsl.Else``): the next stage takes the newest model that was made (``dsl.OneOf``).
+RL starts from the DPO model when DPO ran, else from the SFT model.
+
+Runs on a KFP cluster; not under ``kfp.local``, which does not resolve ``dsl.OneOf`` in kfp 2.17.
+
+Needs: everything the other recipes need (teacher endpoint and key Secret, student, problems and
+evaluation JSONL in object storage, GPU nodes).
+"""
+
+# No `from __future__ import annotations`: KFP reads the pipeline signature's types at decoration time.
+from kfp import dsl
+
+from distilflow.components.curate.component import curate
+from distilflow.components.deploy.component import deploy
+from distilflow.components.distill.component import distill
+from distilflow.components.dpo.component import dpo
+from distilflow.components.evaluate.component import evaluate
+from distilflow.components.reward.component import reward
+from distilflow.components.rl.component import rl
+from distilflow.components.sft.component import sft
+from distilflow.components.validate.component import validate
+from distilflow.pipelines import common
+from distilflow.pipelines.common import data_file  # noqa: F401 - the SDK reads DEFAULT_CONFIG with it
+from distilflow.pipelines.steps import configure, same_model
+
+NAME = "lifecycle"
+STAGES = ["validate", "distill", "curate", "sft", "dpo", "reward", "rl", "evaluate", "deploy"]
+DEFAULT_CONFIG = "lifecycle.yaml"
+
+SWITCH_ARGS = """
+        with_dpo: Run CogPO (DPO with per-pair beta) after SFT.
+        with_rl: Train a reward model (calibration-gated) and run GRPO on the newest model.
+        with_deploy: Serve the final model and smoke-test it."""
+
+
+# The optional GPU stages run inside sub-pipelines: kfp 2.17's compiler does not hand a pipeline
+# parameter used in set_accelerator_type/_limit into a dsl.If branch (the branch's task then fails with
+# "pipelinechannel--gpu_count not found"), but it does hand on a sub-pipeline's ordinary inputs.
+
+
+@dsl.pipeline(name="dpo-on-gpus", description="dpo (CogPO) on GPU nodes.")
+def dpo_on_gpus(
+    config: dict,
+    output_uri: str,
+    data: dsl.Input[dsl.Dataset],
+    student: dsl.Input[dsl.Model],
+    gpu_type: str,
+    gpu_count: int,
+    gpu_node_selector: dict,
+) -> dsl.Model:
+    dpo_task = dpo(config=config, output_uri=output_uri, data=data, student=student)
+    dpo_task.set_display_name("dpo (CogPO)")
+    dpo_task.set_caching_options(False)  # stages resume from their own complete outputs
+    common.on_gpus(dpo_task, gpu_type, gpu_count, gpu_node_selector)
+    return dpo_task.outputs["model"]
+
+
+@dsl.pipeline(name="reward-rl-on-gpus", description="reward (calibration gate) -> rl (GRPO) on GPU nodes.")
+def reward_rl_on_gpus(
+    config: dict,
+    output_uri: str,
+    data: dsl.Input[dsl.Dataset],
+    student: dsl.Input[dsl.Model],
+    gpu_type: str,
+    gpu_count: int,
+    gpu_node_selector: dict,
+) -> dsl.Model:
+    # Distilled reward model; fails unless calibrated on held-out pairs (reward.min_heldout_accuracy).
+    reward_task = reward(config=config, output_uri=output_uri, data=data)
+    reward_task.set_display_name("reward (calibration gate)")
+    reward_task.set_caching_options(False)
+    common.on_gpus(reward_task, gpu_type, gpu_count, gpu_node_selector)
+    # GRPO on the newest model: correctness + reward model + CD-aware length.
+    rl_task = rl(
+        config=config,
+        output_uri=output_uri,
+        student=student,
+        reward_model=reward_task.outputs["model"],
+        difficulty=data,
+    )
+    rl_task.set_display_name("rl (GRPO)")
+    rl_task.set_caching_options(False)
+    common.on_gpus(rl_task, gpu_type, gpu_count, gpu_node_selector)
+    return rl_task.outputs["model"]
+
+
+@dsl.pipeline(name="deploy-on-gpu", description="deploy on one GPU.")
+def deploy_on_gpu(
+    config: dict, output_uri: str, model: dsl.Input[dsl.Model], gpu_type: str, gpu_node_selector: dict
+):
+    deploy_task = deploy(config=config, output_uri=output_uri, model=model)
+    deploy_task.set_display_name("deploy")
+    deploy_task.set_caching_options(False)
+    common.on_gpus(deploy_task, gpu_type, 1, gpu_node_selector)
+
+
+def lifecycle(
+    output_uri: str = "s3://distilflow/runs/lifecycle",
+    teacher_base_url: str = common.TEACHER_BASE_URL,
+    teacher_model: str = "deepseek-r1",
+    teacher_key_secret: str = common.TEACHER_KEY_SECRET,
+    student_model: str = "Qwen/Qwen2.5-7B-Instruct",
+    problems_uri: str = common.PROBLEMS_URI,
+    gpu_type: str = common.GPU_TYPE,
+    gpu_count: int = 8,
+    gpu_node_selector: dict = {},  # noqa: B006 - KFP reads the literal default
+    preset: str = "7b-1node",
+    overrides: str = "{}",
+    config: dict = {},  # noqa: B006
+    with_dpo: bool = True,
+    with_rl: bool = True,
+    with_deploy: bool = True,
+):
+    # The run's whole config: recipe defaults < preset < parameters < config < overrides.
+    config_task = configure(
+        recipe=NAME,
+        stages=STAGES,
+        preset=preset,
+        config=config,
+        overrides=overrides,
+        teacher_base_url=teacher_base_url,
+        teacher_model=teacher_model,
+        student_model=student_model,
+        problems_uri=problems_uri,
+    )
+    config_task.set_display_name("configure")
+    config_task.set_caching_options(True)  # a pure function of its inputs and the image
+    common.on_cpu(config_task)
+    cfg = config_task.output
+    # Fail fast on bad configs, data, models and endpoints, before any GPU is claimed.
+    validate_task = validate(config=cfg, output_uri=output_uri, stages=STAGES)
+    validate_task.set_display_name("validate")
+    validate_task.set_caching_options(False)  # checks the world as it is now
+    common.on_cpu(validate_task, teacher_key_secret)
+    # Teacher chains of thought; distill's own request cache makes reruns free, KFP's would skip new data.
+    distill_task = distill(config=cfg, output_uri=output_uri).after(validate_task)
+    distill_task.set_display_name("distill")
+    distill_task.set_caching_options(False)
+    common.on_cpu(distill_task, teacher_key_secret)
+    # Judge, verify, CRV-rewrite, select as a curriculum; CogPO pairs.
+    curate_task = curate(config=cfg, output_uri=output_uri, traces=distill_task.outputs["traces"])
+    curate_task.set_display_name("curate")
+    curate_task.set_caching_options(False)  # stages resume from their own complete outputs
+    common.on_cpu(curate_task, teacher_key_secret)
+    # Curriculum SFT.
+    sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
+    sft_task.set_display_name("sft")
+    sft_task.set_caching_options(False)
+    common.on_gpus(sft_task, gpu_type, gpu_count, gpu_node_selector)
+    # CogPO, or the SFT model handed on.
+    with dsl.If(with_dpo == True, name="with dpo"):  # noqa: E712 - a KFP condition, not a Python comparison
+        dpo_task = dpo_on_gpus(
+            config=cfg,
+            output_uri=output_uri,
+            data=curate_task.outputs["curated"],
+            student=sft_task.outputs["model"],
+            gpu_type=gpu_type,
+            gpu_count=gpu_count,
+            gpu_node_selector=gpu_node_selector,
+        )
+        dpo_task.set_display_name("dpo (CogPO)")
+    with dsl.Else(name="without dpo"):
+        skip_dpo_task = same_model(model=sft_task.outputs["model"])
+        skip_dpo_task.set_display_name("no dpo")
+        skip_dpo_task.set_caching_options(False)
+        common.on_cpu(skip_dpo_task)
+    policy = dsl.OneOf(dpo_task.output, skip_dpo_task.outputs["passed"])
+    # Reward model (calibration-gated) and GRPO, or the policy handed on.
+    with dsl.If(with_rl == True, name="with rl"):  # noqa: E712
+        rl_task = reward_rl_on_gpus(
+            config=cfg,
+            output_uri=output_uri,
+            data=curate_task.outputs["curated"],
+            student=policy,
+            gpu_type=gpu_type,
+            gpu_count=gpu_count,
+            gpu_node_selector=gpu_node_selector,
+        )
+        rl_task.set_display_name("reward, rl")
+    with dsl.Else(name="without rl"):
+        skip_rl_task = same_model(model=policy)
+        skip_rl_task.set_display_name("no rl")
+        skip_rl_task.set_caching_options(False)
+        common.on_cpu(skip_rl_task)
+    final = dsl.OneOf(rl_task.output, skip_rl_task.outputs["passed"])
+    # Accuracy, pass@k and tokens of the final model.
+    evaluate_task = evaluate(config=cfg, output_uri=output_uri, model=final)
+    evaluate_task.set_display_name("evaluate")
+    evaluate_task.set_caching_options(False)
+    common.on_gpus(evaluate_task, gpu_type, 1, gpu_node_selector)
+    # Serve the final model and smoke-test it.
+    with dsl.If(with_deploy == True, name="with deploy"):  # noqa: E712
+        deploy_task = deploy_on_gpu(
+            config=cfg,
+            output_uri=output_uri,
+            model=final,
+            gpu_type=gpu_type,
+            gpu_node_selector=gpu_node_selector,
+        ).after(evaluate_task)
+        deploy_task.set_display_name("deploy")
+
+
+lifecycle.__doc__ = common.docstring(
+    "The whole DistilQwen lifecycle, each optional stage behind a switch.", SWITCH_ARGS
+)
+pipeline = dsl.pipeline(
+    name="lifecycle",
+    description="Every stage: distill -> curate -> sft -> [dpo] -> [reward -> rl] -> evaluate -> [deploy].",
+)(lifecycle)

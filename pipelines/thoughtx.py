@@ -1,0 +1,99 @@
+"""``thoughtx``: adaptive thinking for Qwen2.5 students (DistilQwen-ThoughtX, OmniThought).
+
+validate -> distill (several teachers) -> curate (RV/CD judging, curriculum mix with reasoning
+verbosity matched to cognitive difficulty) -> sft (curriculum order) -> evaluate:
+
+- **distill**: every teacher (``teacher_model`` lists them, comma-separated, e.g. DeepSeek-R1 and
+  QwQ-32B) answers its share of the problems ``n`` times; each trace records its teacher;
+- **curate**: the judge scores Reasoning Verbosity (RV 0-9), Cognitive Difficulty (CD 0-9) and logical
+  soundness; answers are checked; rows are selected per CD bin closest to the RV target the student's
+  size calls for (the preset: ``1.5b`` short chains, ``32b`` verbosity matched to difficulty) and
+  written easiest bin first;
+- **sft** trains in that order without shuffling (curriculum); **evaluate** reports accuracy and tokens.
+
+Needs: one or more teacher models behind an OpenAI-compatible endpoint (key in a Kubernetes Secret), a
+Qwen2.5 student, a problems JSONL with reference answers and an evaluation JSONL in object storage, GPU
+nodes for sft and evaluate.
+"""
+
+# No `from __future__ import annotations`: KFP reads the pipeline signature's types at decoration time.
+from kfp import dsl
+
+from distilflow.components.curate.component import curate
+from distilflow.components.distill.component import distill
+from distilflow.components.evaluate.component import evaluate
+from distilflow.components.sft.component import sft
+from distilflow.components.validate.component import validate
+from distilflow.pipelines import common
+from distilflow.pipelines.common import data_file  # noqa: F401 - the SDK reads DEFAULT_CONFIG with it
+from distilflow.pipelines.steps import configure
+
+NAME = "thoughtx"
+STAGES = ["validate", "distill", "curate", "sft", "evaluate"]
+DEFAULT_CONFIG = "thoughtx.yaml"
+
+
+def thoughtx(
+    output_uri: str = "s3://distilflow/runs/thoughtx",
+    teacher_base_url: str = common.TEACHER_BASE_URL,
+    teacher_model: str = "deepseek-r1,qwq-32b",
+    teacher_key_secret: str = common.TEACHER_KEY_SECRET,
+    student_model: str = "Qwen/Qwen2.5-7B-Instruct",
+    problems_uri: str = common.PROBLEMS_URI,
+    gpu_type: str = common.GPU_TYPE,
+    gpu_count: int = 8,
+    gpu_node_selector: dict = {},  # noqa: B006 - KFP reads the literal default
+    preset: str = "7b-1node",
+    overrides: str = "{}",
+    config: dict = {},  # noqa: B006
+):
+    # The run's whole config: recipe defaults < preset < parameters < config < overrides.
+    config_task = configure(
+        recipe=NAME,
+        stages=STAGES,
+        preset=preset,
+        config=config,
+        overrides=overrides,
+        teacher_base_url=teacher_base_url,
+        teacher_model=teacher_model,
+        student_model=student_model,
+        problems_uri=problems_uri,
+    )
+    config_task.set_display_name("configure")
+    config_task.set_caching_options(True)  # a pure function of its inputs and the image
+    common.on_cpu(config_task)
+    cfg = config_task.output
+    # Fail fast on bad configs, data, models and endpoints, before any GPU is claimed.
+    validate_task = validate(config=cfg, output_uri=output_uri, stages=STAGES)
+    validate_task.set_display_name("validate")
+    validate_task.set_caching_options(False)  # checks the world as it is now
+    common.on_cpu(validate_task, teacher_key_secret)
+    # Every teacher answers its share; distill's own request cache makes reruns free (not KFP's).
+    distill_task = distill(config=cfg, output_uri=output_uri).after(validate_task)
+    distill_task.set_display_name("distill (teachers)")
+    distill_task.set_caching_options(False)
+    common.on_cpu(distill_task, teacher_key_secret)
+    # RV/CD/logic judging, answer checks, curriculum mix with RV matched to CD for the student size.
+    curate_task = curate(config=cfg, output_uri=output_uri, traces=distill_task.outputs["traces"])
+    curate_task.set_display_name("curate (RV/CD)")
+    curate_task.set_caching_options(False)  # stages resume from their own complete outputs
+    common.on_cpu(curate_task, teacher_key_secret)
+    # Curriculum SFT: curate's order, easiest CD bin first, no shuffling.
+    sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
+    sft_task.set_display_name("sft (curriculum)")
+    sft_task.set_caching_options(False)
+    common.on_gpus(sft_task, gpu_type, gpu_count, gpu_node_selector)
+    # Accuracy, pass@k and tokens spent.
+    evaluate_task = evaluate(config=cfg, output_uri=output_uri, model=sft_task.outputs["model"])
+    evaluate_task.set_display_name("evaluate")
+    evaluate_task.set_caching_options(False)
+    common.on_gpus(evaluate_task, gpu_type, 1, gpu_node_selector)
+
+
+thoughtx.__doc__ = common.docstring(
+    "ThoughtX: multi-teacher chains of thought, RV/CD-judged, mixed as a curriculum for a Qwen2.5 student."
+)
+pipeline = dsl.pipeline(
+    name="thoughtx",
+    description="ThoughtX: multi-teacher distill -> RV/CD curate (curriculum, RV matched to CD) -> sft -> evaluate.",
+)(thoughtx)
