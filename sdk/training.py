@@ -209,6 +209,23 @@ def read_rows(data_uri: str, kind: str, model: type[R], what: str) -> list[R]:
     return rows
 
 
+def without_template_tokens(rows: list[R], stage: str) -> tuple[list[R], int]:
+    """``rows`` (SftExample or PreferencePair) less those whose messages hold chat-template control
+    tokens (``<|im_end|>``, ``</think>``, ...), and how many were rejected. As training text such a
+    token would become the special token and change the example's structure (hostile or broken data)."""
+    kept = [r for r in rows if not records.template_tokens(r.model_dump_json(include=_MESSAGE_FIELDS))]
+    rejected = len(rows) - len(kept)
+    if rejected:
+        print(
+            f"[{stage}] {rejected} rows rejected: their messages hold chat-template control tokens",
+            flush=True,
+        )
+    return kept, rejected
+
+
+_MESSAGE_FIELDS = {"messages", "prompt", "chosen", "rejected"}
+
+
 def renders_reasoning(chat_template: str | None) -> bool:
     """Whether a chat template places ``reasoning_content`` itself (Qwen3, QwQ) or ignores it (Qwen2.5)."""
     return "reasoning_content" in (chat_template or "")

@@ -45,7 +45,7 @@ from distilflow.components.curate.select import filter_flow, iter_lines, select_
 from distilflow.errors import RecordError
 from distilflow.outputs import StageOutput, require_complete
 from distilflow.progress import Progress
-from distilflow.records import Scored, Trace
+from distilflow.records import Scored, Trace, template_tokens
 
 TRACES = "traces.jsonl"
 SELECTION, REPORT = "selection.json", "report.html"
@@ -82,6 +82,12 @@ class CurateResult(BaseModel):
     sft_rows: int = Field(description="SFT examples written")
     pairs: int = Field(description="Preference pairs written")
     judge_failures: int = Field(description="Traces left unscored because a judgment could not be read")
+    rejected_template_tokens: int = Field(
+        0,
+        description="Traces not judged because their problem, reasoning or answer holds chat-template "
+        "control tokens (<|im_end|>, </think>, ...): as training text they would change the template's "
+        "structure",
+    )
     judge_failures_by_kind: dict[str, int] = Field(
         default_factory=dict, description="Unreadable judgments per judged quantity (rv, cd, logic)"
     )
@@ -253,6 +259,7 @@ class Judged:
 
     traces: int = 0
     unscored: int = 0
+    rejected: int = 0
     failures_by_kind: dict[str, int] = field(default_factory=dict)
     failure_shards: list[str] = field(default_factory=list)
     requests: int = 0
@@ -293,15 +300,21 @@ def judge_all(config: CurateConfig, traces_uri: str, judged_path: str, workdir: 
             shards.ShardWriter(workdir, "judge_failures", config.shard_rows) as bad,
         ):
             for batch in _batches(iter_traces(traces_uri), config.batch_size):
-                rows, failures, unscored = _judge_batch(judge, rewriter, batch, config)
+                read = len(batch)
+                # hostile data: text with control tokens would change a training example's structure
+                batch = [t for t in batch if not template_tokens(t.problem, t.reasoning, t.content)]
+                judged.rejected += read - len(batch)
+                rows, failures, unscored = (
+                    _judge_batch(judge, rewriter, batch, config) if batch else ([], [], 0)
+                )
                 for row in rows:
                     out.write(row.model_dump_json() + "\n")
                 for failure in failures:
                     bad.write(json.dumps(failure, ensure_ascii=False) + "\n")
                     judged.failures_by_kind[failure["kind"]] += 1
                 judged.unscored += unscored
-                judged.traces += len(batch)
-                progress.update(len(batch))
+                judged.traces += read
+                progress.update(read)
     finally:
         judge.close()
         rewriter.close()
@@ -450,6 +463,7 @@ def run(config: CurateConfig) -> CurateResult:
     os.remove(judged_path)
     judge_info = {
         "judge_failures": judged.unscored,
+        "rejected_template_tokens": judged.rejected,
         "judge_failures_by_kind": judged.failures_by_kind,
         "judge_requests": judged.requests,
         "cache_hits": judged.cache_hits,
@@ -491,6 +505,12 @@ def run(config: CurateConfig) -> CurateResult:
         templates=templates,
         answer_checker=answers.checker(),
     )
+    if judged.rejected:
+        print(
+            f"[curate] {judged.rejected} traces not judged: their problem, reasoning or answer holds "
+            "chat-template control tokens (<|im_end|>, </think>, ...)",
+            flush=True,
+        )
     if judged.unscored:
         print(
             f"[curate] {judged.unscored} traces unscored: judgments that could not be read "
@@ -517,6 +537,7 @@ def run(config: CurateConfig) -> CurateResult:
         counts=counts
         | {"correct": result.correct, "incorrect": result.incorrect, "unverified": result.unverified}
         | {"judge_requests": result.judge_requests, "cache_hits": result.cache_hits}
+        | {"rejected_template_tokens": result.rejected_template_tokens}
         | {f"dropped_{k}": v for k, v in stats.dropped.items()}
         | {f"{kind}_shards": len(n) for kind, n in names.items()},
         metrics={

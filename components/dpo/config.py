@@ -82,6 +82,9 @@ class DpoResult(BaseModel):
     steps: int = Field(description="Optimizer steps taken")
     rows_used: int = Field(description="Pairs trained on")
     rows_dropped: int = Field(description="Pairs dropped for exceeding max_length tokens")
+    rows_rejected: int = Field(
+        0, description="Pairs rejected because their messages hold chat-template control tokens"
+    )
     per_sample_beta: bool = Field(description="Whether per-pair betas (CogPO) were applied")
     final_reward_margin: float | None = Field(
         None, description="Mean implicit reward of chosen minus rejected at the last logged step"

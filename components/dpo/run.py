@@ -163,6 +163,12 @@ def run(config: DpoConfig) -> DpoResult:
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
+    read = len(pairs)
+    pairs, rejected = training.without_template_tokens(pairs, STAGE)
+    if not pairs:
+        raise ConfigError(
+            f"dpo: every pair of {data_file} holds chat-template control tokens; clean the data"
+        )
     rows, dropped, use_beta = build_rows(pairs, tokenizer, config)
     print(f"[{STAGE}] {len(rows)} pairs, {dropped} dropped (> {config.max_length} tokens)", flush=True)
     if not rows:
@@ -184,6 +190,7 @@ def run(config: DpoConfig) -> DpoResult:
         steps=trainer.state.global_step,
         rows_used=len(rows),
         rows_dropped=dropped,
+        rows_rejected=rejected,
         per_sample_beta=use_beta,
         final_reward_margin=training.first_last(training.logged(history, "rewards/margins"))[1],
         resumed_from_step=start_step or None,
@@ -205,7 +212,12 @@ def run(config: DpoConfig) -> DpoResult:
         result=result.model_dump(),
         inputs={"data": data_file, "model": config.model},
         outputs={"model": result.model_uri, "report": report},
-        counts={"rows_read": len(pairs), "rows_used": len(rows), "rows_dropped": dropped},
+        counts={
+            "rows_read": read,
+            "rows_used": len(rows),
+            "rows_dropped": dropped,
+            "rows_rejected": rejected,
+        },
         metrics={
             "first_loss": first,
             "final_loss": final,

@@ -161,6 +161,9 @@ class RewardResult(BaseModel):
     rows_used: int = Field(description="Pairs trained on")
     rows_heldout: int = Field(description="Pairs held out for accuracy")
     rows_dropped: int = Field(description="Pairs dropped for exceeding max_length tokens")
+    rows_rejected: int = Field(
+        0, description="Pairs rejected because their messages hold chat-template control tokens"
+    )
     heldout_accuracy_low: float | None = Field(
         None, description="Lower end of the 95% Wilson interval of the held-out accuracy"
     )

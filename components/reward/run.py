@@ -342,7 +342,8 @@ def train(
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
-    kept, dropped = training.preference_rows([p.pair for p in pairs], tokenizer, config.max_length)
+    clean, rejected = training.without_template_tokens([p.pair for p in pairs], STAGE)
+    kept, dropped = training.preference_rows(clean, tokenizer, config.max_length)
     meta = {id(p.pair): p for p in pairs}
     items = [(meta[id(pair)], row) for pair, row in kept]
     if not items:
@@ -388,6 +389,7 @@ def train(
         rows_used=len(train_rows),
         rows_heldout=len(held_rows),
         rows_dropped=dropped,
+        rows_rejected=rejected,
         heldout_accuracy_low=wilson_low(sum(c > r for c, r in held_scores), len(held_scores)),
         heldout_accuracy_by_cd={k: by_cd[k] for k in cd_order(config.cd_bins) if k in by_cd},
         heldout_accuracy_by_source=by_group(held_scores, [it.source for it, _ in held_items]),
@@ -439,6 +441,7 @@ def train(
             "rows_used": len(train_rows),
             "rows_heldout": len(held_rows),
             "rows_dropped": dropped,
+            "rows_rejected": rejected,
             "label_pairs": len(label_rows),
         },
         metrics=metrics_of(result),

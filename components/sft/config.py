@@ -91,6 +91,9 @@ class SftResult(BaseModel):
     steps: int = Field(description="Optimizer steps taken")
     rows_used: int = Field(description="Examples trained on")
     rows_dropped: int = Field(description="Examples dropped for exceeding max_length tokens")
+    rows_rejected: int = Field(
+        0, description="Examples rejected because their messages hold chat-template control tokens"
+    )
     resumed_from_step: int | None = Field(
         None, description="Step of the checkpoint this run continued from; None when it started at step 0"
     )

@@ -188,6 +188,11 @@ def train(
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
     template = training_template(tokenizer, config)
+    examples, rejected = training.without_template_tokens(examples, STAGE)
+    if not examples:
+        raise ConfigError(
+            f"sft: every example of {data_file} holds chat-template control tokens; clean the data"
+        )
     rows, dropped = build_rows(examples, tokenizer, config.max_length, template)
     print(f"[{STAGE}] {len(rows)} examples, {dropped} dropped (> {config.max_length} tokens)", flush=True)
     if not rows:
@@ -208,6 +213,7 @@ def train(
         steps=trainer.state.global_step,
         rows_used=len(rows),
         rows_dropped=dropped,
+        rows_rejected=rejected,
         resumed_from_step=start_step or None,
         seed=config.seed,
     )
@@ -227,7 +233,12 @@ def train(
         result=result.model_dump(),
         inputs={"data": data_file, "model": config.model},
         outputs={"model": result.model_uri, "report": report},
-        counts={"rows_read": len(examples), "rows_used": len(rows), "rows_dropped": dropped},
+        counts={
+            "rows_read": len(examples) + rejected,
+            "rows_used": len(rows),
+            "rows_dropped": dropped,
+            "rows_rejected": rejected,
+        },
         metrics={"first_loss": first, "final_loss": final, "steps": result.steps, "seed": config.seed},
     )
     return result

@@ -198,23 +198,19 @@ def hostile_examples() -> list[SftExample]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sft.build_rows trains on rows whose text holds chat-template control tokens (owned by the sft "
-    "engineer). Fix in components/sft/run.py build_rows: skip and count such rows, e.g. "
-    "`if template_tokens(*(t for m in ex.messages for t in (m.content, m.reasoning_content))): "
-    "rejected += 1; continue` (distilflow.records.template_tokens), report rows_rejected in SftResult "
-    "and the manifest counts; same in training.preference_rows for dpo/reward",
-)
 def test_sft_rejects_control_tokens_in_user_data(tiny_qwen3):
     """sft reads any .jsonl a user points it at: rows with control tokens must not reach training."""
     from distilflow.components.sft.run import build_rows
     from distilflow.models import load_tokenizer
+    from distilflow.training import without_template_tokens
 
     tok = load_tokenizer(tiny_qwen3)
-    rows, _ = build_rows(hostile_examples(), tok, max_length=4096)
+    examples = hostile_examples()
+    clean, rejected = without_template_tokens(examples, "sft")
+    assert rejected == len(examples) - 1 and len(clean) == 1
+    rows, _ = build_rows(clean, tok, max_length=4096)
     counts = [structure_counts(tok, row) for row in rows]
-    assert all(got == own for got, own in counts), counts
+    assert rows and all(got == own for got, own in counts), counts
 
 
 def test_control_tokens_in_user_data_do_change_the_structure(tiny_qwen3):
@@ -230,14 +226,6 @@ def test_control_tokens_in_user_data_do_change_the_structure(tiny_qwen3):
     assert all(got > own for got, own in counts[1:]), counts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="curate turns traces holding chat-template control tokens into sft/preference rows when the "
-    "traces did not come from this distill (another tool, an older run). Fix in curate (owned by the curate "
-    "engineer): before selection, drop such traces with a count, e.g. in the judging loop `if "
-    "template_tokens(t.problem, t.reasoning, t.content): dropped['template_tokens'] += 1; continue` "
-    "(distilflow.records.template_tokens), listed in the selection counts and the report",
-)
 def test_curate_drops_traces_with_control_tokens(rel_root):
     from distilflow.components.curate.config import CurateConfig
     from distilflow.components.curate.run import run as curate
@@ -264,7 +252,7 @@ def test_curate_drops_traces_with_control_tokens(rel_root):
     write_jsonl(upstream.path("traces.jsonl"), traces)
     upstream.finish(result={}, counts={"traces": len(traces)})
     with FaultServer(api_key=SECRETS[TEACHER_KEY_ENV]) as url:
-        curate(
+        result = curate(
             CurateConfig.from_dict(
                 {
                     "output_uri": str(work / "curate"),
@@ -279,3 +267,4 @@ def test_curate_drops_traces_with_control_tokens(rel_root):
     rows = list(iter_output_rows(str(work / "curate"), "sft", SftExample))
     texts = [t for r in rows for m in r.messages for t in (m.content, m.reasoning_content)]
     assert rows and not template_tokens(*texts)
+    assert result.rejected_template_tokens == 2 and result.traces == 4
