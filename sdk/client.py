@@ -139,7 +139,8 @@ def run_local(
     from distilflow.pipelines import load_pipeline
 
     module = load_pipeline(name)
-    config = pipeline_config(name, config_file, overrides)
+    arguments, rest = local_arguments(module.pipeline, overrides or [])
+    config = pipeline_config(name, config_file, rest)
     output_uri = output_uri or config.pop("output_uri", None) or new_run_uri(name, runs_dir)
     config.pop("output_uri", None)
     run_dir = (
@@ -157,18 +158,56 @@ def run_local(
     _keep_executor_args_intact()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(run_dir, "kfp"))
     try:
-        module.pipeline(output_uri=output_uri, config=config)
+        module.pipeline(output_uri=output_uri, config=config, **arguments)
     except RuntimeError as exc:
         raise DistilflowError(f"pipeline {name!r} failed: {exc}; the failing task's log is above") from None
     return summarize(name, output_uri, module.STAGES)
 
 
+# KFP input types of a pipeline function -> the spec's parameter types (for _coerce)
+_PARAMETER_TYPES = {
+    "String": "STRING",
+    "Integer": "NUMBER_INTEGER",
+    "Float": "NUMBER_DOUBLE",
+    "Boolean": "BOOLEAN",
+    "Dict": "STRUCT",
+    "List": "LIST",
+}
+
+
+def local_arguments(pipeline: Any, overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Split ``--set`` items for a local run: ``NAME=VALUE`` where NAME is a top-level pipeline parameter
+    (``preset``, ``gpu_count``, ...) becomes a typed argument; the rest stay config overrides."""
+    inputs = dict(pipeline.component_spec.inputs or {})
+    names = set(inputs) - {"config", "output_uri"}
+    arguments: dict[str, Any] = {}
+    rest = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if sep and key in names:
+            ptype = _PARAMETER_TYPES.get(str(inputs[key].type), "STRING")
+            arguments[key] = _coerce(key, {"parameterType": ptype}, raw)
+        else:
+            rest.append(item)
+    return arguments, rest
+
+
 def summarize(name: str, output_uri: str, stages: list[str]) -> RunSummary:
+    """The manifests of a run's stage outputs: ``<output_uri>/<stage>`` for each stage, then any other
+    finished stage output below ``output_uri`` (e.g. thoughty's ``no-thinking/evaluate``) on local disk."""
     summary = RunSummary(pipeline=name, output_uri=output_uri)
     for stage in stages:
         path = uris.join(output_uri, stage, "manifest.json")
         if uris.exists(path):
             summary.stages[stage] = json.loads(uris.read_text(path))
+    if uris.is_local(output_uri):
+        root = uris.local_path(output_uri)
+        for folder, dirs, files in sorted(os.walk(root)):
+            dirs[:] = sorted(d for d in dirs if d not in ("kfp", "checkpoints", "cache", "model"))
+            rel = os.path.relpath(folder, root).replace(os.sep, "/")
+            if "manifest.json" in files and "_COMPLETE" in files and rel not in summary.stages:
+                with open(os.path.join(folder, "manifest.json"), encoding="utf-8") as f:
+                    summary.stages[rel] = json.load(f)
     return summary
 
 

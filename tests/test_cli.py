@@ -465,3 +465,39 @@ def test_run_arguments_follow_the_spec_types():
             overrides=["sft.max_steps=1"],
             output_uri="s3://b/r",
         )
+
+
+def test_local_run_routes_pipeline_parameters_from_set():
+    """`distilflow run thoughtx --local --set preset=1.5b-1node` sets the pipeline parameter (typed as the
+    pipeline declares it); other --set items stay config overrides."""
+    from distilflow.client import local_arguments
+    from distilflow.errors import ConfigError
+    from distilflow.pipelines import load_pipeline
+
+    pipeline = load_pipeline("thoughtx").pipeline
+    args, rest = local_arguments(
+        pipeline, ["preset=1.5b-1node", "gpu_count=2", "sft.max_steps=3", 'gpu_node_selector={"a": "b"}']
+    )
+    assert args == {"preset": "1.5b-1node", "gpu_count": 2, "gpu_node_selector": {"a": "b"}}
+    assert rest == ["sft.max_steps=3"]
+    with pytest.raises(ConfigError, match="gpu_count.*integer"):
+        local_arguments(pipeline, ["gpu_count=many"])
+    quick, rest = local_arguments(load_pipeline("quickstart").pipeline, ["sft.max_steps=1"])
+    assert quick == {} and rest == ["sft.max_steps=1"]
+
+
+def test_summary_lists_stage_outputs_below_the_run(tmp_path):
+    """A recipe that writes a stage output under a sub-folder (thoughty's no-thinking/evaluate) shows it
+    in the run summary; unfinished outputs and checkpoints do not."""
+    from distilflow.client import summarize
+    from distilflow.config import BaseConfig
+    from distilflow.outputs import StageOutput
+
+    for rel, stage in (("sft", "sft"), ("no-thinking/evaluate", "evaluate")):
+        out = StageOutput(str(tmp_path / rel), stage)
+        out.begin(BaseConfig())
+        out.finish(result={}, counts={"rows": 1})
+    StageOutput(str(tmp_path / "evaluate"), "evaluate").begin(BaseConfig())  # killed: no marker
+    summary = summarize("thoughty", str(tmp_path), ["sft", "evaluate"])
+    assert list(summary.stages) == ["sft", "no-thinking/evaluate"]
+    assert any("no-thinking/evaluate" in line for line in summary.lines())
