@@ -95,3 +95,23 @@ def test_unknown_stage_and_section(tmp_path):
         ValidateConfig(output_uri="o", run_uri="r", stages=["validate", "sftt"])
     with pytest.raises(ConfigError, match="name no stage"):
         run(make(tmp_path, {"sftt": {}}))
+
+
+def test_evaluate_models_are_checked(tmp_path, problems_file, tiny_qwen3):
+    """evaluate's extra models (teacher, base student) are checked like teachers: a missing folder and an
+    unreachable endpoint are named by their place in the list."""
+    from tests.conftest import free_port
+
+    config = good_config(problems_file, tiny_qwen3)
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    config["evaluate"]["models"] = [
+        {"name": "base", "model": tiny_qwen3},
+        {"name": "gone", "model": str(tmp_path / "no-such-student")},
+        {"name": "teacher", "model": "qwq", "backend": "openai", "base_url": url},
+    ]
+    with pytest.raises(ConfigError) as exc:
+        run(make(tmp_path, config))
+    text = str(exc.value)
+    assert "evaluate.models[1]" in text and "no-such-student" in text
+    assert "evaluate.models[2]" in text and url in text and "unreachable" in text
+    assert "models[0]" not in text and "2 problem(s)" in text

@@ -38,13 +38,24 @@ def stage_config(stage: str, section: dict[str, Any], run_uri: str) -> BaseConfi
 
 
 def _teachers(config: BaseModel) -> list[tuple[str, Any]]:
+    """Every model a stage generates with: teacher configs, and model entries of the same shape
+    (``backend``, ``model``, ``base_url``, ...) such as evaluate's ``models``, named by field[index]."""
     from distilflow.teacher import TeacherConfig
+
+    def generates(value: Any) -> bool:
+        if isinstance(value, TeacherConfig):
+            return True
+        return isinstance(value, BaseModel) and {"backend", "model", "base_url"} <= set(
+            type(value).model_fields
+        )
 
     found = []
     for name in type(config).model_fields:
         value = getattr(config, name)
-        items = value if isinstance(value, list) else [value]
-        found.extend((name, v) for v in items if isinstance(v, TeacherConfig))
+        if isinstance(value, list):
+            found.extend((f"{name}[{i}]", v) for i, v in enumerate(value) if generates(v))
+        elif generates(value):
+            found.append((name, value))
     return found
 
 
@@ -202,5 +213,5 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
                 check_endpoint(where, teacher, config.endpoint_timeout_s)
                 checked.append(f"{where}: endpoint {teacher.base_url}")
         except (DistilflowError, OSError) as exc:
-            problems.append(str(exc))
+            problems.append(str(exc) if str(exc).startswith(where) else f"{where}: {exc}")
     return problems
