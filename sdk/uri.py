@@ -245,18 +245,67 @@ def upload_dir(local_dir: str, uri: str) -> None:
 
 
 def materialize(uri: str, cache_dir: str | None = None) -> str:
-    """Return a local folder or file holding ``uri``'s content (downloaded once into a cache)."""
+    """Return a local folder or file holding ``uri``'s content (downloaded once into a cache).
+
+    The cache is keyed by the URI and by what is there now (each object's size and ETag or modification
+    time), so a stage rerun that writes a new model to the same URI is downloaded again, never served
+    stale; older downloads of the same URI are removed.
+    """
     if is_local(uri):
         return local_path(uri)
     cache_root = cache_dir or os.environ.get("DISTILFLOW_CACHE", os.path.expanduser("~/.cache/distilflow"))
     # the same URI on another endpoint is another object
     key = hashlib.sha256((uri + repr(sorted(storage_options(uri).items()))).encode()).hexdigest()[:16]
-    dest = os.path.join(cache_root, "downloads", key)
+    fs, path = _fresh(uri)
+    try:
+        is_dir = fs.isdir(path)
+        found = fs.find(path, detail=True) if is_dir else {path: fs.info(path)}
+    except FileNotFoundError:
+        raise _not_found(fs, uri) from None
+    if not found:
+        raise _not_found(fs, uri)
+    listing = sorted(
+        (
+            name[len(path) :],
+            info.get("size"),
+            str(info.get("ETag") or info.get("LastModified") or info.get("mtime")),
+        )
+        for name, info in found.items()
+    )
+    version = hashlib.sha256(repr(listing).encode()).hexdigest()[:16]
+    folder = os.path.join(cache_root, "downloads", key)
+    dest = os.path.join(folder, version)
     done = dest + ".complete"
     if os.path.exists(done):
         # the marker holds the file name when the URI is a single file
         name = Path(done).read_text().strip()
         return os.path.join(dest, name) if name else dest
+    os.makedirs(folder, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=version + ".partial-", dir=folder)
+    try:
+        if is_dir:
+            name = ""
+            fs.get(path.rstrip("/") + "/", staging + "/", recursive=True)
+        else:
+            name = posixpath.basename(path.rstrip("/"))
+            fs.get(path, os.path.join(staging, name))
+    except FileNotFoundError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise _not_found(fs, uri) from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(staging, dest)
+    Path(done).write_text(name)
+    for old in os.listdir(folder):  # earlier versions of this URI (not partial downloads in flight)
+        if not old.startswith(version) and ".partial-" not in old:
+            target = os.path.join(folder, old)
+            if os.path.isdir(target):
+                shutil.rmtree(target, ignore_errors=True)
+            else:
+                os.remove(target)
+    return os.path.join(dest, name) if name else dest
     fs, path = _fresh(uri)
     os.makedirs(os.path.dirname(dest), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=key + ".partial-", dir=os.path.dirname(dest))

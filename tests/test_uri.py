@@ -243,11 +243,20 @@ def test_s3_upload_dir_then_materialize(s3_bucket, tmp_path):
     local = uris.materialize(remote, cache_dir=cache)
     assert read_tree(local) == read_tree(str(src))
     assert not [n for n in os.listdir(os.path.dirname(local)) if ".partial-" in n]
-    # the second call is served from the cache (the bucket content is gone)
-    uris.remove(remote, recursive=True)
-    assert not uris.exists(uris.join(remote, "config.json"))
+    # unchanged content: the second call is served from the cache (nothing downloaded again)
+    stamp = os.path.getmtime(os.path.join(local, "config.json"))
     assert uris.materialize(remote, cache_dir=cache) == local
-    assert read_tree(local) == read_tree(str(src))
+    assert os.path.getmtime(os.path.join(local, "config.json")) == stamp
+    # a rerun upstream wrote a new model to the same URI: downloaded again, never served stale
+    (src / "config.json").write_text('{"a": 2}')
+    uris.upload_dir(str(src), remote)
+    fresh = uris.materialize(remote, cache_dir=cache)
+    assert fresh != local and read_tree(fresh) == read_tree(str(src))
+    assert not os.path.exists(local)  # the stale download is gone
+    # the model was deleted from the store: an error naming it, not a stale copy
+    uris.remove(remote, recursive=True)
+    with pytest.raises(FileNotFoundError, match="no such"):
+        uris.materialize(remote, cache_dir=cache)
 
 
 def test_s3_materialize_single_file(s3_bucket, tmp_path):
@@ -265,7 +274,7 @@ def test_s3_materialize_missing_leaves_nothing_in_cache(s3_bucket, tmp_path):
     cache = tmp_path / "cache"
     with pytest.raises(FileNotFoundError, match=f"{remote}: no such file"):
         uris.materialize(remote, cache_dir=str(cache))
-    assert os.listdir(cache / "downloads") == []
+    assert not (cache / "downloads").exists() or os.listdir(cache / "downloads") == []
 
 
 def test_s3_missing_bucket_is_named_with_a_fix(s3_bucket, tmp_path):
