@@ -22,7 +22,8 @@ result does not depend on the input order.
 
 Preference pairs (one per problem with two distinguishable traces, among rows that pass the
 problem filters): chosen = best, rejected = worst by (answer check: right > unverified > wrong,
-then closeness of RV to the target for the problem's mean CD, then logic). With ``pair_beta`` the
+then closeness of RV to the target for the problem's mean CD, then logic), the rule of
+``distilflow.preference`` (shared with the reward stage). With ``pair_beta`` the
 row carries CogPO's per-pair beta (Cai et al. 2025, "Training Small Reasoning LLMs with Cognitive
 Preference Alignment", DistilQwen2.5-R1, arXiv:2504.09802): larger for a larger preference gap.
 """
@@ -40,17 +41,22 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from distilflow.components.curate.config import RV_LEVELS, SelectConfig
+from distilflow.components.curate.config import SelectConfig
 from distilflow.components.curate.shards import ShardWriter
 from distilflow.errors import RecordError
-from distilflow.records import Message, PreferencePair, Problem, Scored, SftExample
+from distilflow.preference import (
+    PROBLEM_FILTERS,
+    RvTargets,
+    assistant,
+    pair_target,
+    preference_key,
+    prompt_messages,
+)
+from distilflow.records import PreferencePair, Problem, Scored, SftExample
 
-PROBLEM_FILTERS = ("contaminated", "duplicate", "near_duplicate")
 ROW_FILTERS = ("cd_range", "rv_range", "logic", "incorrect", "unverified")
 CAP_FILTERS = ("per_problem", "per_bin", "domain_quota")
 FILTERS = PROBLEM_FILTERS + ROW_FILTERS + CAP_FILTERS
-# Rank of an answer check when choosing preference pairs: verified right > unverified > wrong.
-CORRECT_RANK = {True: 2, None: 1, False: 0}
 WORD_RE = re.compile(r"\w+")
 SHINGLE = 3  # word n-grams for near-duplicate detection
 NUM_PERM = 64  # MinHash values per signature: one 256-byte shake_128 digest per shingle, split in 64
@@ -141,39 +147,13 @@ class Contamination:
 # ---------------------------------------------------------------- targets and row rules
 
 
-class Targets:
-    """CD bins and the RV target of each: fixed, a level, or matched to the CD."""
+class Targets(RvTargets):
+    """CD bins, the RV target of each (``distilflow.preference.RvTargets``) and the per-bin caps."""
 
     def __init__(self, c: SelectConfig):
-        self.c = c
-        self.edges = c.cd_bins
-        self.n_bins = len(self.edges) - 1 if self.edges else 1
-        targets = c.rv_targets
-        if targets is not None and len(targets) == 1:
-            targets = targets * self.n_bins
-        self.targets = targets
+        super().__init__(c)
         caps = [c.per_bin] if isinstance(c.per_bin, int) else c.per_bin
         self.bin_caps = None if caps is None else caps * self.n_bins if len(caps) == 1 else caps
-
-    def matched(self, cd: float) -> float:
-        return min(max(self.c.rv_target_offset + self.c.rv_target_scale * cd, 0.0), 9.0)
-
-    def bin_of(self, cd: float) -> int:
-        if not self.edges:
-            return 0
-        for i in range(self.n_bins):
-            if cd < self.edges[i + 1]:
-                return i
-        return self.n_bins - 1
-
-    def target(self, cd: float) -> float:
-        if self.targets is None:
-            return self.matched(cd)
-        b = self.bin_of(cd)
-        value = self.targets[b]
-        if value == "matched":
-            return self.matched((self.edges[b] + self.edges[b + 1]) / 2 if self.edges else cd)
-        return RV_LEVELS[value] if isinstance(value, str) else float(value)
 
     def distance(self, row: Scored) -> float:
         return round(abs(row.rv - self.target(row.cd)), 6)
@@ -194,19 +174,10 @@ def row_filter(row: Scored, c: SelectConfig) -> str | None:
     return None
 
 
-def prompt_messages(problem: str, c: SelectConfig) -> list[Message]:
-    system = [Message(role="system", content=c.system_prompt)] if c.system_prompt else []
-    return system + [Message(role="user", content=problem)]
-
-
-def assistant(row: Scored) -> Message:
-    return Message(role="assistant", content=row.content, reasoning_content=row.reasoning or None)
-
-
 def sft_example(row: Scored, c: SelectConfig, stage: int | None = None) -> SftExample:
     return SftExample(
         id=row.id,
-        messages=[*prompt_messages(row.problem, c), assistant(row)],
+        messages=[*prompt_messages(row.problem, c.system_prompt), assistant(row)],
         enable_thinking=c.enable_thinking,
         rv=row.rv,
         cd=row.cd,
@@ -218,11 +189,10 @@ def preference_pair(rows: list[Scored], c: SelectConfig, targets: Targets) -> Pr
     """Best against worst of one problem's traces (see the module docstring); None when they tie."""
     if len(rows) < 2:
         return None
-    cd = sum(r.cd for r in rows) / len(rows)
-    target = targets.target(cd)
+    target = pair_target(rows, targets)
 
     def key(r: Scored) -> tuple:
-        return (CORRECT_RANK[r.correct], -round(abs(r.rv - target), 6), round(r.logic, 6))
+        return preference_key(r, target)
 
     best = max(rows, key=lambda r: (key(r), r.id))
     worst = min(rows, key=lambda r: (key(r), r.id))
@@ -242,7 +212,7 @@ def preference_pair(rows: list[Scored], c: SelectConfig, targets: Targets) -> Pr
         beta = round(c.pair_beta * (1 + c.pair_beta_scale * gap), 6)
     return PreferencePair(
         id=f"{best.problem_id}/pair",
-        prompt=prompt_messages(best.problem, c),
+        prompt=prompt_messages(best.problem, c.system_prompt),
         chosen=[assistant(best)],
         rejected=[assistant(worst)],
         beta=beta,

@@ -2,9 +2,10 @@
 
 Pairs are ordered by verified correctness (right > unverified > wrong), then by how close the trace's
 reasoning verbosity (RV) is to the target for the problem's cognitive difficulty (CD), then by logic:
-curate's own rule (``distilflow.components.curate.select``), applied with the settings curate ran
-with. ``preference.jsonl`` holds one best-vs-worst pair per problem; ``scored.jsonl`` gives up to
-``pairs_per_problem`` pairs per problem.
+curate's own rule (``distilflow.preference``, after OmniThought arXiv:2505.10937 and CogPO /
+DistilQwen2.5-R1 arXiv:2504.09802), applied with the settings curate ran with. ``preference.jsonl``
+holds one best-vs-worst pair per problem; ``scored.jsonl`` gives up to ``pairs_per_problem`` pairs
+per problem.
 
 The judge (any teacher backend) compares two answers of the same problem. Each pair is shown twice,
 A then B and B then A, so a judge that favours a position cannot decide a pair: with ``p_ab`` the
@@ -23,6 +24,15 @@ from typing import Any
 from distilflow import records
 from distilflow import uri as uris
 from distilflow.outputs import RESOLVED_CONFIG
+from distilflow.preference import (
+    PROBLEM_FILTERS,
+    RvTargets,
+    assistant,
+    mean_cd,
+    pair_target,
+    preference_key,
+    prompt_messages,
+)
 from distilflow.records import Message, PreferencePair, Scored
 
 PAIRWISE_TEMPLATE = """You are comparing two answers to the same problem. The better answer reaches the correct \
@@ -93,10 +103,6 @@ def scored_rows(scored_uri: str) -> dict[str, list[Scored]]:
     return by_problem
 
 
-def mean_cd(rows: list[Scored]) -> float:
-    return sum(r.cd for r in rows) / len(rows)
-
-
 def selection_config(folder: str | None) -> Any:
     """The selection settings curate ran with (its resolved config), or curate's defaults."""
     import yaml
@@ -124,19 +130,17 @@ def pairs_from_scored(scored: dict[str, list[Scored]], select: Any, per_problem:
 
     Traces of problems curate dropped as contaminated or duplicated are not used.
     """
-    from distilflow.components.curate.select import CORRECT_RANK, PROBLEM_FILTERS, Targets, assistant
-
-    targets = Targets(select)
+    targets = RvTargets(select)
     out = []
     for problem_id, rows in scored.items():
         rows = [r for r in rows if r.dropped_by not in PROBLEM_FILTERS]
         if len(rows) < 2:
             continue
         cd = mean_cd(rows)
-        target = targets.target(cd)
+        target = pair_target(rows, targets)
 
         def key(r: Scored, target: float = target) -> tuple:
-            return (CORRECT_RANK[r.correct], -round(abs(r.rv - target), 6), round(r.logic, 6))
+            return preference_key(r, target)
 
         ranked = sorted(rows, key=lambda r: (key(r), r.id), reverse=True)
         candidates = []
@@ -148,7 +152,7 @@ def pairs_from_scored(scored: dict[str, list[Scored]], select: Any, per_problem:
                 gap = (kb[0] - kw[0], kb[1] - kw[1], kb[2] - kw[2])
                 candidates.append((gap, better, worse))
         candidates.sort(key=lambda c: (c[0], c[1].id, c[2].id), reverse=True)
-        prompt = prompt_messages(rows[0].problem, select)
+        prompt = prompt_messages(rows[0].problem, select.system_prompt)
         for k, (_, better, worse) in enumerate(candidates[:per_problem]):
             pair = PreferencePair(
                 id=f"{problem_id}/pair-{k}",
@@ -158,11 +162,6 @@ def pairs_from_scored(scored: dict[str, list[Scored]], select: Any, per_problem:
             )
             out.append(Pair(pair, cd, "curate", problem_id))
     return out
-
-
-def prompt_messages(problem: str, select: Any) -> list[Message]:
-    system = [Message(role="system", content=select.system_prompt)] if select.system_prompt else []
-    return system + [Message(role="user", content=problem)]
 
 
 # ---------------------------------------------------------------- teacher-judged preferences
