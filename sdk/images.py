@@ -1,7 +1,8 @@
 """Every container image reference lives here, tagged with the package version.
 
 Images come in three families (Dockerfiles under ``containers/``): ``base`` (the SDK only),
-``train`` (torch, TRL, PEFT, DeepSpeed) and ``vllm`` (vLLM, transformers, math-verify).
+``train`` (torch, TRL, PEFT, DeepSpeed) and ``vllm`` (vLLM, transformers, math-verify, and TRL + DeepSpeed
+for ``rl``, whose GRPO rollouts run on vLLM).
 Set ``DISTILFLOW_IMAGE_REGISTRY`` at compile time to use a private registry.
 """
 
@@ -20,7 +21,7 @@ STAGE_IMAGE_FAMILY = {
     "sft": "train",
     "dpo": "train",
     "reward": "train",
-    "rl": "train",
+    "rl": "vllm",  # GRPO rollouts on vLLM (TRL use_vllm); TRL and DeepSpeed are in this image too
     "evaluate": "vllm",
     "deploy": "vllm",
 }

@@ -174,7 +174,7 @@ def test_dockerfile_installs_the_package(family):
     assert re.search(r"pip install[^\n]*-r /tmp/requirements\.txt", text)
     for source in ("pyproject.toml", "sdk", "components", "pipelines"):
         assert re.search(rf"^COPY [^\n]*\b{source}\b", text, re.M), f"{family}: COPY {source}"
-    extras = {"base": r"\.", "train": r'"\.\[train,eval\]"', "vllm": r'"\.\[eval\]"'}[family]
+    extras = {"base": r"\.", "train": r'"\.\[train,eval\]"', "vllm": r'"\.\[train,eval\]"'}[family]
     # the package is installed last, with everything already installed held as constraints
     assert re.search(r"pip list --format=freeze > /tmp/installed\.txt", text)
     assert re.search(rf"pip install -c /tmp/installed\.txt {extras}(\s|$)", text), family
@@ -211,7 +211,7 @@ def test_requirements_agree_with_pyproject(family):
     must = {
         "base": ["kfp", "kfp-kubernetes"],
         "train": ["kfp", "transformers", "trl"],
-        "vllm": ["kfp", "transformers"],
+        "vllm": ["kfp", "transformers", "trl"],  # trl: rl trains here, with vLLM rollouts
     }
     for name in must[family]:
         assert name in ours, f"{family} must pin {name}"
@@ -382,7 +382,7 @@ HELD = {
     # what the base images bring and the Dockerfiles hold while installing the rest
     "base": [],
     "train": ["torch==2.9.0", "deepspeed==0.19.8"],
-    "vllm": ["vllm==0.31.0"],
+    "vllm": ["vllm==0.31.0", "deepspeed==0.19.8"],
 }
 
 
