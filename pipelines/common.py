@@ -61,3 +61,71 @@ def on_gpus(task: Any, gpu_type: Any, gpus: Any, node_selector: Any) -> Any:
     return apply(
         task, Placement(gpus=gpus, accelerator_type=gpu_type, node_selector=node_selector, shm_size=SHM_SIZE)
     )
+
+
+def cpu_step(task: Any, name: str, teacher_key_secret: Any = None, cache: bool = False) -> Any:
+    """Name a step without GPUs and set its caching explicitly: stages resume from their own complete
+    outputs (distill's teacher calls have their own request cache), so KFP's cache is off for them;
+    pure helper steps (``configure``, ``variant``) turn it on."""
+    task.set_display_name(name)
+    task.set_caching_options(cache)
+    return on_cpu(task, teacher_key_secret)
+
+
+def gpu_step(task: Any, name: str, gpu_type: Any, gpus: Any, node_selector: Any) -> Any:
+    """Name a stage on GPU nodes (``on_gpus``); KFP's cache is off (stages resume from their outputs)."""
+    task.set_display_name(name)
+    task.set_caching_options(False)
+    return on_gpus(task, gpu_type, gpus, node_selector)
+
+
+def prepare_data(
+    *,
+    recipe: str,
+    stages: list[str],
+    output_uri: Any,
+    preset: Any,
+    config: Any,
+    overrides: Any,
+    teacher_base_url: Any,
+    teacher_model: Any,
+    teacher_key_secret: Any,
+    student_model: Any,
+    problems_uri: Any,
+    distill_name: str = "distill",
+    curate_name: str = "curate",
+) -> tuple[Any, Any]:
+    """The start every recipe shares, called inside its pipeline function: configure -> validate ->
+    distill -> curate. Returns the run's config (the ``configure`` output every stage reads) and the
+    curate task (its ``curated`` output feeds the training stages)."""
+    from distilflow.components.curate.component import curate
+    from distilflow.components.distill.component import distill
+    from distilflow.components.validate.component import validate
+    from distilflow.pipelines.steps import configure
+
+    # The run's whole config: recipe defaults < preset < parameters < config < overrides.
+    config_task = configure(
+        recipe=recipe,
+        stages=stages,
+        preset=preset,
+        config=config,
+        overrides=overrides,
+        teacher_base_url=teacher_base_url,
+        teacher_model=teacher_model,
+        student_model=student_model,
+        problems_uri=problems_uri,
+    )
+    cpu_step(config_task, "configure", cache=True)  # a pure function of its inputs and the image
+    cfg = config_task.output
+    # Fail fast on bad configs, data, models and endpoints, before any GPU is claimed (no cache: it
+    # checks the world as it is now).
+    validate_task = cpu_step(
+        validate(config=cfg, output_uri=output_uri, stages=stages), "validate", teacher_key_secret
+    )
+    # Teacher chains of thought; distill's own request cache makes reruns free, KFP's would skip new data.
+    distill_task = distill(config=cfg, output_uri=output_uri).after(validate_task)
+    cpu_step(distill_task, distill_name, teacher_key_secret)
+    # Judge RV/CD/logic, verify answers (CRV when configured), select, build preference pairs.
+    curate_task = curate(config=cfg, output_uri=output_uri, traces=distill_task.outputs["traces"])
+    cpu_step(curate_task, curate_name, teacher_key_secret)
+    return cfg, curate_task

@@ -14,18 +14,15 @@ evaluation JSONL in object storage, GPU nodes).
 # No `from __future__ import annotations`: KFP reads the pipeline signature's types at decoration time.
 from kfp import dsl
 
-from distilflow.components.curate.component import curate
 from distilflow.components.deploy.component import deploy
-from distilflow.components.distill.component import distill
 from distilflow.components.dpo.component import dpo
 from distilflow.components.evaluate.component import evaluate
 from distilflow.components.reward.component import reward
 from distilflow.components.rl.component import rl
 from distilflow.components.sft.component import sft
-from distilflow.components.validate.component import validate
 from distilflow.pipelines import common
 from distilflow.pipelines.common import data_file  # noqa: F401 - the SDK reads DEFAULT_CONFIG with it
-from distilflow.pipelines.steps import configure, same_model
+from distilflow.pipelines.steps import same_model
 
 NAME = "lifecycle"
 STAGES = ["validate", "distill", "curate", "sft", "dpo", "reward", "rl", "evaluate", "deploy"]
@@ -53,9 +50,7 @@ def dpo_on_gpus(
     gpu_node_selector: dict,
 ) -> dsl.Model:
     dpo_task = dpo(config=config, output_uri=output_uri, data=data, student=student)
-    dpo_task.set_display_name("dpo (CogPO)")
-    dpo_task.set_caching_options(False)  # stages resume from their own complete outputs
-    common.on_gpus(dpo_task, gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(dpo_task, "dpo (CogPO)", gpu_type, gpu_count, gpu_node_selector)
     return dpo_task.outputs["model"]
 
 
@@ -71,9 +66,7 @@ def reward_rl_on_gpus(
 ) -> dsl.Model:
     # Distilled reward model; fails unless calibrated on held-out pairs (reward.min_heldout_accuracy).
     reward_task = reward(config=config, output_uri=output_uri, data=data)
-    reward_task.set_display_name("reward (calibration gate)")
-    reward_task.set_caching_options(False)
-    common.on_gpus(reward_task, gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(reward_task, "reward (calibration gate)", gpu_type, gpu_count, gpu_node_selector)
     # GRPO on the newest model: correctness + reward model + CD-aware length.
     rl_task = rl(
         config=config,
@@ -82,9 +75,7 @@ def reward_rl_on_gpus(
         reward_model=reward_task.outputs["model"],
         difficulty=data,
     )
-    rl_task.set_display_name("rl (GRPO)")
-    rl_task.set_caching_options(False)
-    common.on_gpus(rl_task, gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(rl_task, "rl (GRPO)", gpu_type, gpu_count, gpu_node_selector)
     return rl_task.outputs["model"]
 
 
@@ -93,9 +84,7 @@ def deploy_on_gpu(
     config: dict, output_uri: str, model: dsl.Input[dsl.Model], gpu_type: str, gpu_node_selector: dict
 ):
     deploy_task = deploy(config=config, output_uri=output_uri, model=model)
-    deploy_task.set_display_name("deploy")
-    deploy_task.set_caching_options(False)
-    common.on_gpus(deploy_task, gpu_type, 1, gpu_node_selector)
+    common.gpu_step(deploy_task, "deploy", gpu_type, 1, gpu_node_selector)
 
 
 def lifecycle(
@@ -115,42 +104,22 @@ def lifecycle(
     with_rl: bool = True,
     with_deploy: bool = True,
 ):
-    # The run's whole config: recipe defaults < preset < parameters < config < overrides.
-    config_task = configure(
+    cfg, curate_task = common.prepare_data(
         recipe=NAME,
         stages=STAGES,
+        output_uri=output_uri,
         preset=preset,
         config=config,
         overrides=overrides,
         teacher_base_url=teacher_base_url,
         teacher_model=teacher_model,
+        teacher_key_secret=teacher_key_secret,
         student_model=student_model,
         problems_uri=problems_uri,
     )
-    config_task.set_display_name("configure")
-    config_task.set_caching_options(True)  # a pure function of its inputs and the image
-    common.on_cpu(config_task)
-    cfg = config_task.output
-    # Fail fast on bad configs, data, models and endpoints, before any GPU is claimed.
-    validate_task = validate(config=cfg, output_uri=output_uri, stages=STAGES)
-    validate_task.set_display_name("validate")
-    validate_task.set_caching_options(False)  # checks the world as it is now
-    common.on_cpu(validate_task, teacher_key_secret)
-    # Teacher chains of thought; distill's own request cache makes reruns free, KFP's would skip new data.
-    distill_task = distill(config=cfg, output_uri=output_uri).after(validate_task)
-    distill_task.set_display_name("distill")
-    distill_task.set_caching_options(False)
-    common.on_cpu(distill_task, teacher_key_secret)
-    # Judge, verify, CRV-rewrite, select as a curriculum; CogPO pairs.
-    curate_task = curate(config=cfg, output_uri=output_uri, traces=distill_task.outputs["traces"])
-    curate_task.set_display_name("curate")
-    curate_task.set_caching_options(False)  # stages resume from their own complete outputs
-    common.on_cpu(curate_task, teacher_key_secret)
     # Curriculum SFT.
     sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
-    sft_task.set_display_name("sft")
-    sft_task.set_caching_options(False)
-    common.on_gpus(sft_task, gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(sft_task, "sft", gpu_type, gpu_count, gpu_node_selector)
     # CogPO, or the SFT model handed on.
     with dsl.If(with_dpo == True, name="with dpo"):  # noqa: E712 - a KFP condition, not a Python comparison
         dpo_task = dpo_on_gpus(
@@ -165,9 +134,7 @@ def lifecycle(
         dpo_task.set_display_name("dpo (CogPO)")
     with dsl.Else(name="without dpo"):
         skip_dpo_task = same_model(model=sft_task.outputs["model"])
-        skip_dpo_task.set_display_name("no dpo")
-        skip_dpo_task.set_caching_options(False)
-        common.on_cpu(skip_dpo_task)
+        common.cpu_step(skip_dpo_task, "no dpo")
     policy = dsl.OneOf(dpo_task.output, skip_dpo_task.outputs["passed"])
     # Reward model (calibration-gated) and GRPO, or the policy handed on.
     with dsl.If(with_rl == True, name="with rl"):  # noqa: E712
@@ -183,15 +150,11 @@ def lifecycle(
         rl_task.set_display_name("reward, rl")
     with dsl.Else(name="without rl"):
         skip_rl_task = same_model(model=policy)
-        skip_rl_task.set_display_name("no rl")
-        skip_rl_task.set_caching_options(False)
-        common.on_cpu(skip_rl_task)
+        common.cpu_step(skip_rl_task, "no rl")
     final = dsl.OneOf(rl_task.output, skip_rl_task.outputs["passed"])
     # Accuracy, pass@k and tokens of the final model.
     evaluate_task = evaluate(config=cfg, output_uri=output_uri, model=final)
-    evaluate_task.set_display_name("evaluate")
-    evaluate_task.set_caching_options(False)
-    common.on_gpus(evaluate_task, gpu_type, 1, gpu_node_selector)
+    common.gpu_step(evaluate_task, "evaluate", gpu_type, 1, gpu_node_selector)
     # Serve the final model and smoke-test it.
     with dsl.If(with_deploy == True, name="with deploy"):  # noqa: E712
         deploy_task = deploy_on_gpu(

@@ -20,16 +20,12 @@ answers and an evaluation JSONL in object storage, GPU nodes for the training an
 # No `from __future__ import annotations`: KFP reads the pipeline signature's types at decoration time.
 from kfp import dsl
 
-from distilflow.components.curate.component import curate
-from distilflow.components.distill.component import distill
 from distilflow.components.evaluate.component import evaluate
 from distilflow.components.reward.component import reward
 from distilflow.components.rl.component import rl
 from distilflow.components.sft.component import sft
-from distilflow.components.validate.component import validate
 from distilflow.pipelines import common
 from distilflow.pipelines.common import data_file  # noqa: F401 - the SDK reads DEFAULT_CONFIG with it
-from distilflow.pipelines.steps import configure
 
 NAME = "reward_rl"
 STAGES = ["validate", "distill", "curate", "sft", "reward", "rl", "evaluate"]
@@ -50,47 +46,26 @@ def reward_rl(
     overrides: str = "{}",
     config: dict = {},  # noqa: B006
 ):
-    # The run's whole config: recipe defaults < preset < parameters < config < overrides.
-    config_task = configure(
+    cfg, curate_task = common.prepare_data(
         recipe=NAME,
         stages=STAGES,
+        output_uri=output_uri,
         preset=preset,
         config=config,
         overrides=overrides,
         teacher_base_url=teacher_base_url,
         teacher_model=teacher_model,
+        teacher_key_secret=teacher_key_secret,
         student_model=student_model,
         problems_uri=problems_uri,
+        curate_name="curate (pairs)",
     )
-    config_task.set_display_name("configure")
-    config_task.set_caching_options(True)  # a pure function of its inputs and the image
-    common.on_cpu(config_task)
-    cfg = config_task.output
-    # Fail fast on bad configs, data, models and endpoints, before any GPU is claimed.
-    validate_task = validate(config=cfg, output_uri=output_uri, stages=STAGES)
-    validate_task.set_display_name("validate")
-    validate_task.set_caching_options(False)  # checks the world as it is now
-    common.on_cpu(validate_task, teacher_key_secret)
-    # Teacher chains of thought; distill's own request cache makes reruns free, KFP's would skip new data.
-    distill_task = distill(config=cfg, output_uri=output_uri).after(validate_task)
-    distill_task.set_display_name("distill")
-    distill_task.set_caching_options(False)
-    common.on_cpu(distill_task, teacher_key_secret)
-    # Judge, verify, select; preference pairs for the reward model.
-    curate_task = curate(config=cfg, output_uri=output_uri, traces=distill_task.outputs["traces"])
-    curate_task.set_display_name("curate (pairs)")
-    curate_task.set_caching_options(False)  # stages resume from their own complete outputs
-    common.on_cpu(curate_task, teacher_key_secret)
     # Cold start of the policy.
     sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
-    sft_task.set_display_name("sft")
-    sft_task.set_caching_options(False)
-    common.on_gpus(sft_task, gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(sft_task, "sft", gpu_type, gpu_count, gpu_node_selector)
     # Distilled reward model (Bradley-Terry on the judged pairs); fails unless calibrated on held-out pairs.
     reward_task = reward(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
-    reward_task.set_display_name("reward (calibration gate)")
-    reward_task.set_caching_options(False)
-    common.on_gpus(reward_task, gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(reward_task, "reward (calibration gate)", gpu_type, gpu_count, gpu_node_selector)
     # GRPO from the SFT student: correctness + reward model + CD-aware length.
     rl_task = rl(
         config=cfg,
@@ -99,14 +74,10 @@ def reward_rl(
         reward_model=reward_task.outputs["model"],
         difficulty=curate_task.outputs["curated"],
     )
-    rl_task.set_display_name("rl (GRPO)")
-    rl_task.set_caching_options(False)
-    common.on_gpus(rl_task, gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(rl_task, "rl (GRPO)", gpu_type, gpu_count, gpu_node_selector)
     # Accuracy, pass@k and tokens of the policy.
     evaluate_task = evaluate(config=cfg, output_uri=output_uri, model=rl_task.outputs["model"])
-    evaluate_task.set_display_name("evaluate")
-    evaluate_task.set_caching_options(False)
-    common.on_gpus(evaluate_task, gpu_type, 1, gpu_node_selector)
+    common.gpu_step(evaluate_task, "evaluate", gpu_type, 1, gpu_node_selector)
 
 
 reward_rl.__doc__ = common.docstring(

@@ -18,16 +18,12 @@ storage, and GPU nodes for the training, evaluation and serving steps.
 # No `from __future__ import annotations`: KFP reads the pipeline signature's types at decoration time.
 from kfp import dsl
 
-from distilflow.components.curate.component import curate
 from distilflow.components.deploy.component import deploy
-from distilflow.components.distill.component import distill
 from distilflow.components.dpo.component import dpo
 from distilflow.components.evaluate.component import evaluate
 from distilflow.components.sft.component import sft
-from distilflow.components.validate.component import validate
 from distilflow.pipelines import common
 from distilflow.pipelines.common import data_file  # noqa: F401 - the SDK reads DEFAULT_CONFIG with it
-from distilflow.pipelines.steps import configure
 
 NAME = "slow_thinking"
 STAGES = ["validate", "distill", "curate", "sft", "dpo", "evaluate", "deploy"]
@@ -48,42 +44,22 @@ def slow_thinking(
     overrides: str = "{}",
     config: dict = {},  # noqa: B006
 ):
-    # The run's whole config: recipe defaults < preset < parameters < config < overrides.
-    config_task = configure(
+    cfg, curate_task = common.prepare_data(
         recipe=NAME,
         stages=STAGES,
+        output_uri=output_uri,
         preset=preset,
         config=config,
         overrides=overrides,
         teacher_base_url=teacher_base_url,
         teacher_model=teacher_model,
+        teacher_key_secret=teacher_key_secret,
         student_model=student_model,
         problems_uri=problems_uri,
     )
-    config_task.set_display_name("configure")
-    config_task.set_caching_options(True)  # a pure function of its inputs and the image
-    common.on_cpu(config_task)
-    cfg = config_task.output
-    # Fail fast on bad configs, data, models and endpoints, before any GPU is claimed.
-    validate_task = validate(config=cfg, output_uri=output_uri, stages=STAGES)
-    validate_task.set_display_name("validate")
-    validate_task.set_caching_options(False)  # checks the world as it is now
-    common.on_cpu(validate_task, teacher_key_secret)
-    # Teacher chains of thought; distill's own request cache makes reruns free, KFP's would skip new data.
-    distill_task = distill(config=cfg, output_uri=output_uri).after(validate_task)
-    distill_task.set_display_name("distill")
-    distill_task.set_caching_options(False)
-    common.on_cpu(distill_task, teacher_key_secret)
-    # Judge RV/CD/logic, verify answers, CRV-rewrite for the student size, select, build CogPO pairs.
-    curate_task = curate(config=cfg, output_uri=output_uri, traces=distill_task.outputs["traces"])
-    curate_task.set_display_name("curate")
-    curate_task.set_caching_options(False)  # stages resume from their own complete outputs
-    common.on_cpu(curate_task, teacher_key_secret)
     # Fine-tune the student on the curated chains.
     sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
-    sft_task.set_display_name("sft")
-    sft_task.set_caching_options(False)
-    common.on_gpus(sft_task, gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(sft_task, "sft", gpu_type, gpu_count, gpu_node_selector)
     # CogPO: DPO with per-pair beta on the curated preference pairs.
     dpo_task = dpo(
         config=cfg,
@@ -91,21 +67,15 @@ def slow_thinking(
         data=curate_task.outputs["curated"],
         student=sft_task.outputs["model"],
     )
-    dpo_task.set_display_name("dpo (CogPO)")
-    dpo_task.set_caching_options(False)
-    common.on_gpus(dpo_task, gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(dpo_task, "dpo (CogPO)", gpu_type, gpu_count, gpu_node_selector)
     # Accuracy, pass@k and tokens on the evaluation problems.
     evaluate_task = evaluate(config=cfg, output_uri=output_uri, model=dpo_task.outputs["model"])
-    evaluate_task.set_display_name("evaluate")
-    evaluate_task.set_caching_options(False)
-    common.on_gpus(evaluate_task, gpu_type, 1, gpu_node_selector)
+    common.gpu_step(evaluate_task, "evaluate", gpu_type, 1, gpu_node_selector)
     # Serve the student and smoke-test the endpoint.
     deploy_task = deploy(config=cfg, output_uri=output_uri, model=dpo_task.outputs["model"]).after(
         evaluate_task
     )
-    deploy_task.set_display_name("deploy")
-    deploy_task.set_caching_options(False)
-    common.on_gpus(deploy_task, gpu_type, 1, gpu_node_selector)
+    common.gpu_step(deploy_task, "deploy", gpu_type, 1, gpu_node_selector)
 
 
 slow_thinking.__doc__ = common.docstring(

@@ -16,14 +16,11 @@ Needs: as ``thoughtx``, with a Qwen3 student (its chat template honours ``enable
 # No `from __future__ import annotations`: KFP reads the pipeline signature's types at decoration time.
 from kfp import dsl
 
-from distilflow.components.curate.component import curate
-from distilflow.components.distill.component import distill
 from distilflow.components.evaluate.component import evaluate
 from distilflow.components.sft.component import sft
-from distilflow.components.validate.component import validate
 from distilflow.pipelines import common
 from distilflow.pipelines.common import data_file  # noqa: F401 - the SDK reads DEFAULT_CONFIG with it
-from distilflow.pipelines.steps import both_modes, configure, variant
+from distilflow.pipelines.steps import both_modes, variant
 
 NAME = "thoughty"
 STAGES = ["validate", "distill", "curate", "sft", "evaluate"]
@@ -44,67 +41,41 @@ def thoughty(
     overrides: str = "{}",
     config: dict = {},  # noqa: B006
 ):
-    # The run's whole config: recipe defaults < preset < parameters < config < overrides.
-    config_task = configure(
+    cfg, curate_task = common.prepare_data(
         recipe=NAME,
         stages=STAGES,
+        output_uri=output_uri,
         preset=preset,
         config=config,
         overrides=overrides,
         teacher_base_url=teacher_base_url,
         teacher_model=teacher_model,
+        teacher_key_secret=teacher_key_secret,
         student_model=student_model,
         problems_uri=problems_uri,
+        distill_name="distill (teachers)",
+        curate_name="curate (RV/CD)",
     )
-    config_task.set_display_name("configure")
-    config_task.set_caching_options(True)  # a pure function of its inputs and the image
-    common.on_cpu(config_task)
-    cfg = config_task.output
-    # Fail fast on bad configs, data, models and endpoints, before any GPU is claimed.
-    validate_task = validate(config=cfg, output_uri=output_uri, stages=STAGES)
-    validate_task.set_display_name("validate")
-    validate_task.set_caching_options(False)  # checks the world as it is now
-    common.on_cpu(validate_task, teacher_key_secret)
-    # Every teacher answers its share; distill's own request cache makes reruns free (not KFP's).
-    distill_task = distill(config=cfg, output_uri=output_uri).after(validate_task)
-    distill_task.set_display_name("distill (teachers)")
-    distill_task.set_caching_options(False)
-    common.on_cpu(distill_task, teacher_key_secret)
-    # RV/CD/logic judging, answer checks, curriculum mix with RV matched to CD for the student size.
-    curate_task = curate(config=cfg, output_uri=output_uri, traces=distill_task.outputs["traces"])
-    curate_task.set_display_name("curate (RV/CD)")
-    curate_task.set_caching_options(False)  # stages resume from their own complete outputs
-    common.on_cpu(curate_task, teacher_key_secret)
     # Every example with thinking on and off.
     modes_task = both_modes(output_uri=output_uri, curated=curate_task.outputs["curated"])
-    modes_task.set_display_name("thinking on + off")
-    modes_task.set_caching_options(False)
-    common.on_cpu(modes_task)
+    common.cpu_step(modes_task, "thinking on + off")
     # Curriculum SFT on both modes.
     sft_task = sft(config=cfg, output_uri=output_uri, data=modes_task.outputs["examples"])
-    sft_task.set_display_name("sft (both modes)")
-    sft_task.set_caching_options(False)
-    common.on_gpus(sft_task, gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(sft_task, "sft (both modes)", gpu_type, gpu_count, gpu_node_selector)
     # Evaluate with thinking on ...
     evaluate_task = evaluate(config=cfg, output_uri=output_uri, model=sft_task.outputs["model"])
-    evaluate_task.set_display_name("evaluate (thinking)")
-    evaluate_task.set_caching_options(False)
-    common.on_gpus(evaluate_task, gpu_type, 1, gpu_node_selector)
+    common.gpu_step(evaluate_task, "evaluate (thinking)", gpu_type, 1, gpu_node_selector)
     # ... and off, in its own folder.
     off_task = variant(
         config=cfg, output_uri=output_uri, name="no-thinking", patch={"evaluate": {"enable_thinking": False}}
     )
-    off_task.set_display_name("thinking off")
-    off_task.set_caching_options(True)  # a pure function of its inputs
-    common.on_cpu(off_task)
+    common.cpu_step(off_task, "thinking off", cache=True)
     evaluate_off_task = evaluate(
         config=off_task.outputs["config"],
         output_uri=off_task.outputs["output_uri"],
         model=sft_task.outputs["model"],
     )
-    evaluate_off_task.set_display_name("evaluate (no thinking)")
-    evaluate_off_task.set_caching_options(False)
-    common.on_gpus(evaluate_off_task, gpu_type, 1, gpu_node_selector)
+    common.gpu_step(evaluate_off_task, "evaluate (no thinking)", gpu_type, 1, gpu_node_selector)
 
 
 thoughty.__doc__ = common.docstring(
