@@ -73,7 +73,9 @@ def both_modes(
     from distilflow.outputs import StageOutput
 
     folder = artifacts.consume(curated, "both_modes curated")
-    rows = records.read_jsonl(uris.join(folder, "sft.jsonl"), records.SftExample)
+    rows = list(records.iter_output_rows(folder, "sft", records.SftExample))  # shards or sft.jsonl
+    if not rows:
+        raise records.RecordError(f"both_modes: {folder} holds no sft rows; curate kept no trace")
     out = StageOutput(uris.join(output_uri, "modes"), "modes")
     both = []
     for row in rows:

@@ -81,11 +81,32 @@ def curate_config(out: str, data: str, judge: str, **overrides) -> CurateConfig:
     )
 
 
+def read_output(folder: str, kind: str, model) -> list:
+    """Every ``model`` row of output ``kind`` of a curate output, from the shards its manifest lists."""
+    from distilflow.records import iter_output_rows
+
+    return list(iter_output_rows(folder, kind, model))
+
+
+def read_failures(folder: str) -> list[dict]:
+    """The judge_failures rows of a curate output (plain JSON objects), from its shards."""
+    from distilflow.records import output_shards
+
+    return [
+        json.loads(line)
+        for uri in output_shards(folder, "judge_failures")
+        for line in uris.read_text(uri).splitlines()
+    ]
+
+
 def test_curate_scores_verifies_selects_and_pairs(tmp_path, distill_dir, tiny_qwen3):
     out = str(tmp_path / "curate")
     config = curate_config(out, distill_dir, tiny_qwen3, system_prompt="Think first.", enable_thinking=True)
     result = run(config)
-    scored = read_jsonl(os.path.join(out, "scored.jsonl"), Scored)
+    # shards only by default: no whole <kind>.jsonl beside them
+    assert result.scored_uri is result.sft_uri is result.preference_uri is result.failures_uri is None
+    assert not any(os.path.exists(os.path.join(out, f"{kind}.jsonl")) for kind in result.shards)
+    scored = read_output(out, "scored", Scored)
     assert result.traces == result.scored == len(scored) == len(TRACES) and result.judge_failures == 0
     for row in scored:
         assert 0 <= row.rv <= 9 and 0 <= row.cd <= 9 and 0 <= row.logic <= 1
@@ -98,7 +119,7 @@ def test_curate_scores_verifies_selects_and_pairs(tmp_path, distill_dir, tiny_qw
     assert (result.correct, result.incorrect, result.unverified) == (4, 2, 1)
     assert result.mean_rv == pytest.approx(statistics.fmean(r.rv for r in scored), abs=1e-3)
 
-    sft = read_jsonl(os.path.join(out, "sft.jsonl"), SftExample)
+    sft = read_output(out, "sft", SftExample)
     assert {e.id for e in sft} == kept and result.sft_rows == len(sft)
     by_id = {r.id: r for r in scored}
     for example in sft:
@@ -111,7 +132,7 @@ def test_curate_scores_verifies_selects_and_pairs(tmp_path, distill_dir, tiny_qw
         )
         assert example.enable_thinking is True and example.rv == by_id[example.id].rv
 
-    pairs = {p.id: p for p in read_jsonl(os.path.join(out, "preference.jsonl"), PreferencePair)}
+    pairs = {p.id: p for p in read_output(out, "preference", PreferencePair)}
     assert result.pairs == len(pairs) and {"p1/pair", "p4/pair"} <= set(pairs) and "p3/pair" not in pairs
     assert pairs["p1/pair"].chosen[0].content.endswith("\\boxed{7}.")
     assert pairs["p1/pair"].rejected[0].content.endswith("\\boxed{8}.")
@@ -138,7 +159,8 @@ def test_curate_scores_verifies_selects_and_pairs(tmp_path, distill_dir, tiny_qw
         require_correct=False,
         keep_unverified=False,
     )
-    again = {r.id: r for r in read_jsonl(run(narrow).scored_uri, Scored)}
+    run(narrow)
+    again = {r.id: r for r in read_output(str(tmp_path / "narrow"), "scored", Scored)}
     assert {i: (r.rv, r.cd) for i, r in again.items()} == {r.id: (r.rv, r.cd) for r in scored}
     assert {i for i, r in again.items() if r.kept} == {
         r.id for r in scored if r.rv <= cut and r.correct is not None
@@ -162,10 +184,11 @@ def test_curate_refuses_data_without_marker(tmp_path, tiny_qwen3):
 
 def test_curate_generate_mode_counts_unparseable_judgments(tmp_path, distill_dir, tiny_qwen3):
     # A random-weight judge writes no <score> tag: every trace is reported, none is given a score.
-    result = run(curate_config(str(tmp_path / "curate"), distill_dir, tiny_qwen3, mode="generate"))
+    out = str(tmp_path / "curate")
+    result = run(curate_config(out, distill_dir, tiny_qwen3, mode="generate"))
     assert result.judge_failures == len(TRACES) and result.scored == 0 and result.kept == 0
-    assert read_jsonl(result.scored_uri, Scored, allow_empty=True) == []
-    failures = [json.loads(line) for line in uris.read_text(result.failures_uri).splitlines()]
+    assert read_output(out, "scored", Scored) == []
+    failures = read_failures(out)
     assert {f["id"] for f in failures} == set(EXPECTED) and {f["kind"] for f in failures} == {
         "rv",
         "cd",
@@ -234,7 +257,7 @@ def test_distill_and_curate_components_chain(tmp_path, problems_file, tiny_qwen3
     with open(extra["report"].path, encoding="utf-8") as f:
         assert "<svg" in f.read()
     assert curated.metadata["uri"] == os.path.join(root, "curate")
-    assert len(read_jsonl(os.path.join(root, "curate", "scored.jsonl"), Scored)) == 2
+    assert len(read_output(os.path.join(root, "curate"), "scored", Scored)) == 2
     assert os.path.exists(os.path.join(root, "curate", MARKER))
 
 
@@ -254,15 +277,16 @@ def test_curate_selection_options_report_and_curriculum(tmp_path, distill_dir, t
         pair_beta=0.1,
     )
     result = run(config)
-    scored = {r.id: r for r in read_jsonl(result.scored_uri, Scored)}
+    out = str(tmp_path / "curate")
+    scored = {r.id: r for r in read_output(out, "scored", Scored)}
     assert {i for i, r in scored.items() if r.dropped_by == "contaminated"} == {"p1/t/0", "p1/t/1"}
     assert result.dropped["contaminated"] == 2 and result.kept == len(TRACES) - 2
     assert all(r.kept == (r.dropped_by is None) for r in scored.values())
-    sft = read_jsonl(result.sft_uri, SftExample)
+    sft = read_output(out, "sft", SftExample)
     stages = [e.curriculum_stage for e in sft]
     assert len(sft) == result.kept and stages == sorted(stages)
     assert all(e.curriculum_stage == (0 if e.cd < 3 else 1 if e.cd < 6 else 2) for e in sft)
-    pairs = read_jsonl(result.preference_uri, PreferencePair, allow_empty=True)
+    pairs = read_output(out, "preference", PreferencePair)
     assert "p1/pair" not in {p.id for p in pairs} and all(p.beta and p.beta >= 0.1 for p in pairs)
     manifest = json.loads(uris.read_text(os.path.join(str(tmp_path / "curate"), MANIFEST)))
     assert manifest["counts"]["dropped_contaminated"] == 2 and manifest["inputs"]["decontaminate_0"] == evals
@@ -374,8 +398,8 @@ def test_curate_crv_on_tiny_model_records_every_decision(tmp_path, distill_dir, 
         str(tmp_path / "curate"), distill_dir, tiny_qwen3, crv=True, crv_critic="cd",
         crv_easy_below=4.5, crv_hard_above=4.5, require_correct=False,
     )  # fmt: skip
-    result = run(config)
-    scored = read_jsonl(result.scored_uri, Scored)
+    run(config)
+    scored = read_output(str(tmp_path / "curate"), "scored", Scored)
     original = {f"{pid}/t/{s}": (reasoning, content) for pid, s, _, _, reasoning, content, _ in TRACES}
     assert len(scored) == len(TRACES)
     for r in scored:
@@ -394,12 +418,6 @@ def count_cache_entries(folder: str) -> int:
     return sum(name.endswith(".json") for _, _, names in os.walk(folder) for name in names)
 
 
-def read_output(folder: str, kind: str, model) -> list:
-    from distilflow.records import iter_output_rows
-
-    return list(iter_output_rows(folder, kind, model))
-
-
 def test_curate_writes_shards_listed_in_the_manifest_and_resumes_from_the_cache(
     tmp_path, distill_dir, tiny_qwen3
 ):
@@ -407,7 +425,9 @@ def test_curate_writes_shards_listed_in_the_manifest_and_resumes_from_the_cache(
     from distilflow.records import output_shards
 
     out = str(tmp_path / "curate")
-    result = run(curate_config(out, distill_dir, tiny_qwen3, shard_rows=3, require_correct=False))
+    result = run(
+        curate_config(out, distill_dir, tiny_qwen3, shard_rows=3, single_files=True, require_correct=False)
+    )
     manifest = json.loads(uris.read_text(os.path.join(out, MANIFEST)))
     assert manifest["result"]["shards"] == result.shards
     assert result.shards["scored"] == [
@@ -420,9 +440,10 @@ def test_curate_writes_shards_listed_in_the_manifest_and_resumes_from_the_cache(
     for kind, names in result.shards.items():
         assert output_shards(out, kind) == [os.path.join(out, n) for n in names]
         assert all(len(uris.read_text(os.path.join(out, n)).splitlines()) <= 3 for n in names)
-    # the shards hold, in order, exactly what the single files (read by sft/dpo/reward today) hold
+    # single_files: the shards hold, in order, exactly what the whole files beside them hold
     first = read_output(out, "scored", Scored)
-    assert first == read_jsonl(os.path.join(out, "scored.jsonl"), Scored)
+    assert result.scored_uri == os.path.join(out, "scored.jsonl")
+    assert first == read_jsonl(result.scored_uri, Scored)
     assert read_output(out, "sft", SftExample) == read_jsonl(result.sft_uri, SftExample)
     assert len(read_output(out, "preference", PreferencePair)) == result.pairs
     # judge cost and KFP metrics: 3 one-token judgments per trace, rows in/out per filter
@@ -431,18 +452,14 @@ def test_curate_writes_shards_listed_in_the_manifest_and_resumes_from_the_cache(
     assert metrics["duplicate_in"] == metrics["contaminated_out"] == len(TRACES)
     assert metrics["domain_quota_out"] == metrics["rows_out"] == result.kept
 
-    # Another layout of the same judgments: every answer comes from the cache, so the judge is
-    # never loaded; the earlier shards and single files do not survive.
+    # Another layout of the same judgments (the default: shards only): every answer comes from the
+    # cache, so the judge is never loaded; the earlier shards and single files do not survive.
     def no_judge(*args, **kwargs):
         raise AssertionError("the judge was loaded although the cache holds every judgment")
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(TransformersTeacher, "__init__", no_judge)
-        again = run(
-            curate_config(
-                out, distill_dir, tiny_qwen3, shard_rows=5, single_files=False, require_correct=False
-            )
-        )
+        again = run(curate_config(out, distill_dir, tiny_qwen3, shard_rows=5, require_correct=False))
     assert (again.judge_requests, again.cache_hits) == (0, 21)
     assert again.scored_uri is None and again.shards["scored"] == [
         "scored-00000-of-00002.jsonl",
@@ -542,7 +559,7 @@ def test_curate_scores_through_an_openai_endpoint_in_both_modes(tmp_path, distil
     assert len(bodies) == 3 * len(TRACES) and result.judge_tokens == 3 * len(TRACES)
     assert all(b["max_tokens"] == 1 and b["logprobs"] and b["top_logprobs"] == 20 for b in bodies)
     assert result.judge_failures == 1 and result.judge_failures_by_kind == {"rv": 1, "cd": 1, "logic": 1}
-    failures = [json.loads(line) for line in uris.read_text(result.failures_uri).splitlines()]
+    failures = read_failures(str(tmp_path / "lp"))
     assert {(f["id"], f["reason"].split(" (")[0]) for f in failures} == {("p3/t/0", "no score digit")}
     scored = read_output(str(tmp_path / "lp"), "scored", Scored)
     assert len(scored) == result.scored == len(TRACES) - 1
@@ -559,7 +576,7 @@ def test_curate_scores_through_an_openai_endpoint_in_both_modes(tmp_path, distil
             for kind in ("rv", "cd", "logic")
         ]
         assert [row.rv, row.cd, row.logic] == expected
-    failures = [json.loads(line) for line in uris.read_text(result.failures_uri).splitlines()]
+    failures = read_failures(str(tmp_path / "gen"))
     assert {(f["id"], f["kind"]) for f in failures} == {("p3/t/0", k) for k in ("rv", "cd", "logic")}
     assert all(f["reason"].startswith("no <score>") and "steps are clear" in f["judgment"] for f in failures)
 
@@ -753,14 +770,14 @@ def test_curate_shards_and_cache_on_object_storage(tmp_path, distill_dir, tiny_q
     from distilflow.records import output_shards
 
     out = f"s3://{s3_bucket}/run/curate"
-    first = run(curate_config(out, distill_dir, tiny_qwen3, shard_rows=3, require_correct=False))
+    first = run(
+        curate_config(out, distill_dir, tiny_qwen3, shard_rows=3, single_files=True, require_correct=False)
+    )
     assert first.judge_requests == 21 and uris.exists(f"{out}/scored-00002-of-00003.jsonl")
     rows = read_output(out, "scored", Scored)
     assert [r.id for r in rows] == [r.id for r in read_jsonl(f"{out}/scored.jsonl", Scored)]
     # a new layout from the cache in the bucket: the old shards and single files are gone
-    again = run(
-        curate_config(out, distill_dir, tiny_qwen3, shard_rows=4, single_files=False, require_correct=False)
-    )
+    again = run(curate_config(out, distill_dir, tiny_qwen3, shard_rows=4, require_correct=False))
     assert (again.judge_requests, again.cache_hits) == (0, 21)
     assert output_shards(out, "scored") == [f"{out}/scored-0000{i}-of-00002.jsonl" for i in range(2)]
     assert not uris.exists(f"{out}/scored-00002-of-00003.jsonl") and not uris.exists(f"{out}/scored.jsonl")

@@ -13,7 +13,7 @@ import pytest
 
 from distilflow.client import run_local
 from distilflow.outputs import MARKER
-from distilflow.records import Scored, SftExample, read_jsonl
+from distilflow.records import Scored, SftExample, iter_output_rows
 
 STAGES = ["validate", "distill", "curate", "sft", "evaluate", "deploy"]
 
@@ -37,10 +37,11 @@ def check_run(root: str) -> dict:
     for stage in STAGES:
         assert os.path.exists(os.path.join(root, stage, MARKER)), f"{stage} has no completion marker"
     manifests = {s: load(root, s, "manifest.json") for s in STAGES}
-    scored = read_jsonl(os.path.join(root, "curate", "scored.jsonl"), Scored)
+    curate = os.path.join(root, "curate")
+    scored = list(iter_output_rows(curate, "scored", Scored))
     assert len(scored) == 8 * 2  # 8 problems, 2 samples each
     assert all(0 <= r.rv <= 9 and 0 <= r.cd <= 9 for r in scored)
-    sft_rows = read_jsonl(os.path.join(root, "curate", "sft.jsonl"), SftExample)
+    sft_rows = list(iter_output_rows(curate, "sft", SftExample))
     assert len(sft_rows) == sum(r.kept for r in scored) > 0
     sft = manifests["sft"]["result"]
     assert sft["steps"] > 0 and sft["final_loss"] < sft["first_loss"]

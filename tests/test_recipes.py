@@ -83,7 +83,10 @@ def _stage(root, name: str, result: dict) -> str:
     return out.uri
 
 
-def test_both_modes_writes_every_example_with_thinking_on_and_off(tmp_path):
+@pytest.mark.parametrize("layout", ["shards", "single_file"])
+def test_both_modes_writes_every_example_with_thinking_on_and_off(tmp_path, layout):
+    """curate's SFT shards (listed in its manifest) are read in order; an older or hand-made curate
+    output holding one sft.jsonl is read too."""
     from kfp import dsl
 
     from distilflow.outputs import MARKER
@@ -95,8 +98,15 @@ def test_both_modes_writes_every_example_with_thinking_on_and_off(tmp_path):
         {"role": "assistant", "content": "2", "reasoning_content": "one and one"},
     ]
     rows = [SftExample(id=f"t{i}", messages=chat, curriculum_stage=i) for i in range(3)]
-    curate = _stage(str(tmp_path), "curate", {})
-    write_jsonl(os.path.join(curate, "sft.jsonl"), rows)
+    folder = os.path.join(str(tmp_path), "curate")
+    if layout == "shards":
+        names = ["sft-00000-of-00002.jsonl", "sft-00001-of-00002.jsonl"]
+        write_jsonl(os.path.join(folder, names[0]), rows[:2])
+        write_jsonl(os.path.join(folder, names[1]), rows[2:])
+        curate = _stage(str(tmp_path), "curate", {"shards": {"sft": names}})
+    else:
+        curate = _stage(str(tmp_path), "curate", {})
+        write_jsonl(os.path.join(curate, "sft.jsonl"), rows)
     curated = dsl.Dataset(name="curated", uri=curate, metadata={"uri": curate, "stage_uri": curate})
     out = dsl.Dataset(name="examples", uri=str(tmp_path / "a"), metadata={})
     both_modes.python_func(output_uri=str(tmp_path), curated=curated, examples=out)
@@ -221,7 +231,7 @@ def test_thoughtx_end_to_end_on_tiny_models(tmp_path, tiny_qwen2):
     """Two teachers, RV/CD judging, a curriculum mix, curriculum SFT and evaluation under kfp.local
     (about 45 s on two idle cores)."""
     from distilflow.client import run_local
-    from distilflow.records import Scored, SftExample, Trace, read_jsonl
+    from distilflow.records import Scored, SftExample, Trace, iter_output_rows, read_jsonl
 
     # "python3" in the path: kfp.local would corrupt it without distilflow's workaround (client.py).
     root = str(tmp_path / "python3-thoughtx")
@@ -229,12 +239,13 @@ def test_thoughtx_end_to_end_on_tiny_models(tmp_path, tiny_qwen2):
     assert list(summary.stages) == THOUGHTX
     traces = read_jsonl(os.path.join(root, "distill", "traces.jsonl"), Trace)
     assert {t.teacher for t in traces} == {"teacher-a", "teacher-b"}  # both teachers answered
-    scored = read_jsonl(os.path.join(root, "curate", "scored.jsonl"), Scored)
+    curate = os.path.join(root, "curate")
+    scored = list(iter_output_rows(curate, "scored", Scored))
     assert len(scored) == len(traces) == 4 * 2  # 4 problems, 2 samples each, shared by the teachers
     assert all(0 <= r.rv <= 9 and 0 <= r.cd <= 9 for r in scored)
-    rows = read_jsonl(os.path.join(root, "curate", "sft.jsonl"), SftExample)
+    rows = list(iter_output_rows(curate, "sft", SftExample))
     stages = [r.curriculum_stage for r in rows]
-    assert rows and stages == sorted(stages), "sft.jsonl is not in curriculum order"
+    assert rows and stages == sorted(stages), "curate's sft rows are not in curriculum order"
     with open(os.path.join(root, "sft", "manifest.json")) as f:
         sft = json.load(f)["result"]
     assert sft["steps"] == 8 and sft["final_loss"] < sft["first_loss"]
@@ -283,11 +294,11 @@ def test_thoughty_end_to_end_in_both_modes(tmp_path, tiny_qwen3):
     """thoughty on tiny models: every curated example in both modes, evaluation with thinking on and off
     in separate folders (about 70 s on two idle cores)."""
     from distilflow.client import run_local
-    from distilflow.records import SftExample, read_jsonl
+    from distilflow.records import SftExample, iter_output_rows, read_jsonl
 
     root = str(tmp_path / "thoughty")
     run_local("thoughty", overrides=tiny_thoughtx_overrides(tiny_qwen3), output_uri=root)
-    curated = read_jsonl(os.path.join(root, "curate", "sft.jsonl"), SftExample)
+    curated = list(iter_output_rows(os.path.join(root, "curate"), "sft", SftExample))
     both = read_jsonl(os.path.join(root, "modes", "sft.jsonl"), SftExample)
     assert len(both) == 2 * len(curated) and {r.enable_thinking for r in both} == {True, False}
     with open(os.path.join(root, "sft", "manifest.json")) as f:

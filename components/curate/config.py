@@ -22,8 +22,7 @@ WIRED = ("output_uri", "data_uri")
 JUDGE_TEMPLATES = {"rv": "judge_rv_v1", "cd": "judge_cd_v1", "logic": "judge_logic_v1"}
 FORMAT_TEMPLATES = {"logprobs": "judge_format_logprobs_v1", "generate": "judge_format_generate_v1"}
 
-# RV targets named by level (on the 0-9 RV scale).
-RV_LEVELS = {"low": 2.0, "medium": 4.5, "high": 7.0}
+# RV targets named by level (on the 0-9 RV scale): distilflow.preference.RV_LEVELS
 RvTarget = float | Literal["low", "medium", "high", "matched"]
 
 # Student-size presets (ThoughtX/ThoughtY-style selection, OmniThought arXiv:2505.10937): CD bins
@@ -224,9 +223,10 @@ class CurateConfig(SelectConfig):
         "<kind>-NNNNN-of-NNNNN.jsonl files of at most this many rows, listed in the manifest",
     )
     single_files: bool = Field(
-        True,
+        False,
         description="Also write each output whole (scored.jsonl, sft.jsonl, preference.jsonl, "
-        "judge_failures.jsonl), the layout sft/dpo/reward read by name; false: shards only (half the disk)",
+        "judge_failures.jsonl) beside its shards, for tools that read one file by name (twice the disk); "
+        "the stages read the shards (distilflow.records.iter_output_rows)",
     )
 
     def selection(self) -> SelectConfig:

@@ -361,7 +361,12 @@ CASES = [
     Case(
         "complete-output-without-file",
         lambda c: sft(c, complete(c, "curate", {})),
-        ["has no sft.jsonl", "data_uri"],
+        [
+            "upstream-curate",
+            "data_uri",
+            "neither sft shards in its manifest nor sft.jsonl",
+            "point at the output",
+        ],
     ),
     Case(
         "bad-trace-line",

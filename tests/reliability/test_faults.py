@@ -18,7 +18,7 @@ import pytest
 
 from distilflow import uri as uris
 from distilflow.outputs import MARKER
-from distilflow.records import Scored, Trace, read_jsonl
+from distilflow.records import Scored, Trace, iter_output_rows, output_shards, read_jsonl
 from tests.fault_server import FAULTS, FaultServer
 from tests.reliability.conftest import (
     JUDGE_KEY_ENV,
@@ -153,12 +153,14 @@ def test_distill_and_curate_through_endpoint_and_s3_faults(work, faulty_s3):
         done = cli("stage", "curate", "--config", cfg, log=log)
         assert done.returncode == 0, done.stderr[-3000:]
         curated = result_of(done)
-    scored = read_jsonl(f"{out}/curate/scored.jsonl", Scored)
-    ref_scored = read_jsonl(os.path.join(ref, "curate", "scored.jsonl"), Scored)
+    scored = list(iter_output_rows(f"{out}/curate", "scored", Scored, unique_ids=False))
+    ref_scored = list(iter_output_rows(os.path.join(ref, "curate"), "scored", Scored))
     assert [r.model_dump() for r in scored] == [r.model_dump() for r in ref_scored]
     assert curated["scored"] == n_problems * n and curated["judge_failures"] == 0
-    for name in ("sft.jsonl", "preference.jsonl"):
-        assert uris.read_text(f"{out}/curate/{name}") == Path(ref, "curate", name).read_text()
+    for kind in ("sft", "preference"):  # the same shards, byte for byte
+        mine, theirs = output_shards(f"{out}/curate", kind), output_shards(os.path.join(ref, "curate"), kind)
+        assert [u.rsplit("/", 1)[-1] for u in mine] == [os.path.basename(u) for u in theirs], kind
+        assert [uris.read_text(u) for u in mine] == [Path(u).read_text() for u in theirs], kind
     jkinds = collections.Counter(e["fault"] for e in judge_server.log if e["fault"])
     jsent = judge_server.sent()
     assert set(jkinds) == set(FAULTS), jkinds
