@@ -203,7 +203,10 @@ def resolve_data(data_uri: str, default_name: str, what: str) -> tuple[str, dict
 def read_rows(data_uri: str, kind: str, model: type[R], what: str) -> list[R]:
     """All ``kind`` rows (e.g. ``sft``) of an upstream stage output (the shards its manifest lists, or
     its ``<kind>.jsonl``) or of a ``.jsonl`` file; an unfinished output or no rows at all is an error."""
-    rows = list(records.iter_output_rows(data_uri, kind, model))
+    try:
+        rows = list(records.iter_output_rows(data_uri, kind, model))
+    except ConfigError as exc:  # name the setting to change
+        raise ConfigError(f"{what}: data_uri {exc}") from None
     if not rows:
         raise records.RecordError(f"{what}: {data_uri} holds no {kind} rows; nothing to train on")
     return rows

@@ -77,7 +77,7 @@ def test_sft_learns_saves_and_reuses(tiny_qwen3, tmp_path):
     assert os.path.exists(os.path.join(cfg.output_uri, MARKER))
     manifest = json.loads(uris.read_text(os.path.join(cfg.output_uri, MANIFEST)))
     assert manifest["result"] == result.model_dump()
-    assert manifest["counts"] == {"rows_read": 8, "rows_used": 8, "rows_dropped": 0}
+    assert manifest["counts"] == {"rows_read": 8, "rows_used": 8, "rows_dropped": 0, "rows_rejected": 0}
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     assert model.config.model_type == "qwen3"
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
