@@ -257,11 +257,10 @@ def test_thoughtx_end_to_end_on_tiny_models(tmp_path, tiny_qwen2):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["mean_tokens"] > 0
 
 
-@pytest.mark.slow
 def test_example_notebook_runs(tmp_path, monkeypatch):
     """examples/recipes.ipynb executes top to bottom with nbclient: it builds tiny models, runs thoughtx
-    locally, shows every stage's report, compiles, and skips submission without KF_PIPELINES_ENDPOINT.
-    Slow: a second local thoughtx run (about a minute on two idle cores)."""
+    locally, shows every stage's report, compiles, and skips submission without KF_PIPELINES_ENDPOINT
+    (a second local thoughtx run: about a minute on two idle cores)."""
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
@@ -308,7 +307,6 @@ def test_thoughty_end_to_end_in_both_modes(tmp_path, tiny_qwen3):
             assert json.load(f)["protocol"]["enable_thinking"] is thinking
 
 
-@pytest.mark.slow
 def test_reward_rl_end_to_end(tmp_path, tiny_qwen3, tiny_reward):
     """reward_rl on tiny models: the reward model (gate opened for a random tiny judge) feeds GRPO's
     reward_model term, with curate's CD for the length term (about 75 s on two cores)."""

@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from distilflow import uri as uris
 from distilflow.cli import main
 from distilflow.outputs import MARKER
-from distilflow.records import Message, SftExample, Trace, read_jsonl, write_jsonl
+from distilflow.records import Message, SftExample, Trace, output_shards, read_jsonl, write_jsonl
 from tests.fault_server import FaultServer
 from tests.reliability.conftest import (
     SECRETS,
@@ -168,9 +168,13 @@ def test_curate_killed_at_random_points_reruns_to_the_same_selection(work):
         assert done.returncode == 0, done.stderr[-3000:]
         last = server.requests - begin
     final = result_of(done)
-    for name in ("scored.jsonl", "sft.jsonl", "preference.jsonl"):
-        assert Path(out, name).read_text() == Path(ref, name).read_text(), name
-    scored = [json.loads(line) for line in Path(out, "scored.jsonl").read_text().splitlines()]
+    for kind in ("scored", "sft", "preference"):  # the same shards, byte for byte
+        ours, theirs = output_shards(out, kind), output_shards(ref, kind)
+        assert [os.path.basename(u) for u in ours] == [os.path.basename(u) for u in theirs], kind
+        assert [Path(u).read_text() for u in ours] == [Path(u).read_text() for u in theirs], kind
+    scored = [
+        json.loads(line) for u in output_shards(out, "scored") for line in Path(u).read_text().splitlines()
+    ]
     ids = collections.Counter(r["id"] for r in scored)
     assert len(ids) == n_problems and max(ids.values()) == 1
     figure(
