@@ -363,7 +363,7 @@ def test_crv_keeps_verified_rewrites_and_rejects_changed_answers():
 
 def test_crv_rewrites_are_scored_again(tmp_path, tiny_qwen3):
     from distilflow.cache import TeacherCache
-    from distilflow.components.curate.judging import CachedTeacher
+    from distilflow.cached_teacher import CachedTeacher
     from distilflow.components.curate.run import _refine
     from distilflow.teacher import TeacherConfig
 

@@ -412,7 +412,7 @@ def test_reward_stage_with_a_biased_judge(tiny_qwen3, judge_server, tmp_path):
     teacher contract; the counts reach the result and manifest; an all-inconsistent judge fails the stage."""
     from distilflow.components.reward.run import run
 
-    _, url = judge_server(0.3)
+    server, url = judge_server(0.3)
     data = curate_output(str(tmp_path), "preference.jsonl", carry_pairs(20))
     cfg = config(
         tiny_qwen3,
@@ -431,6 +431,23 @@ def test_reward_stage_with_a_biased_judge(tiny_qwen3, judge_server, tmp_path):
     assert manifest["counts"]["judge_disagreed"] == 10
     pairs = uris.read_text(os.path.join(cfg.output_uri, "pairs.jsonl")).splitlines()
     assert len(pairs) == 20
+    assert manifest["counts"]["judge_requests"] == 40 and manifest["counts"]["judge_cache_hits"] == 0
+
+    # killed before pairs.jsonl was written: the rerun takes every verdict from the teacher cache
+    from distilflow.components.reward.run import build_pairs
+    from distilflow.outputs import StageOutput
+
+    asked = len(server.prompts)
+    again = RewardConfig.model_validate(
+        cfg.to_dict()
+        | {"output_uri": str(tmp_path / "again"), "cache_uri": os.path.join(cfg.output_uri, "cache")}
+    )
+    rebuilt, counts, _ = build_pairs(again, StageOutput(again.output_uri, "reward"))
+    assert len(server.prompts) == asked and counts["judge_requests"] == 0 and counts["judge_cache_hits"] == 40
+    written = [json.loads(line)["pair"] for line in pairs]
+    assert {p.pair.id: p.pair.chosen[0].content for p in rebuilt} == {
+        w["id"]: w["chosen"][0]["content"] for w in written
+    }
 
     _, biased = judge_server(0.45)
     bad = cfg.model_copy(update={"output_uri": str(tmp_path / "bad"), "judge": judge_config(biased)})

@@ -38,9 +38,9 @@ from pydantic import BaseModel, Field
 from distilflow import answers
 from distilflow import uri as uris
 from distilflow.cache import TeacherCache
+from distilflow.cached_teacher import CachedTeacher
 from distilflow.components.curate import report, shards
 from distilflow.components.curate.config import FORMAT_TEMPLATES, JUDGE_TEMPLATES, CurateConfig
-from distilflow.components.curate.judging import CachedTeacher
 from distilflow.components.curate.select import filter_flow, iter_lines, select_stream
 from distilflow.errors import RecordError
 from distilflow.outputs import StageOutput, require_complete

@@ -47,6 +47,11 @@ class RewardConfig(LauncherFields, ScaleAndCheckpointFields):
         "both answers of each pair in both orders (to cancel position bias); a pair whose two verdicts disagree is "
         "dropped and counted; null: no judging",
     )
+    cache_uri: Uri | None = Field(
+        None,
+        description="Teacher cache of the judge's verdicts (distilflow.cache); None: <output_uri>/cache. Share it "
+        "with curate's or distill's cache_uri: keys cover the model and the whole request",
+    )
     judge_mode: Literal["logprobs", "generate"] = Field(
         "logprobs",
         description="logprobs: the judge answers one digit (1 or 2) and its next-token probabilities are used; "

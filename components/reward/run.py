@@ -110,14 +110,18 @@ def build_pairs(config: RewardConfig, out: StageOutput) -> tuple[list[Pair], dic
     pairs, data_file = candidate_pairs(config)
     counts: dict[str, Any] = {"pairs_read": len(pairs)}
     if config.judge is not None:
-        from distilflow.teacher import make_teacher
+        from distilflow.cache import TeacherCache
+        from distilflow.cached_teacher import CachedTeacher
 
-        judge = make_teacher(config.judge)
+        # every verdict is stored as it arrives: a killed run's rerun asks only for the missing ones
+        cache = TeacherCache(config.cache_uri or uris.join(config.output_uri, "cache"))
+        judge = CachedTeacher(config.judge, cache)
         try:
             pairs, jc = judge_pairs(pairs, judge, config.judge_mode, config.judge_policy)
         finally:
             judge.close()
         counts.update(judge_counts(jc))
+        counts.update(judge_requests=judge.asked, judge_cache_hits=cache.hits)
         print(
             f"[{STAGE}] judge: {jc.judged} pairs in both orders; {jc.inconsistent} inconsistent and "
             f"{jc.unparsed} unparsed dropped; {jc.disagreed} consistent verdicts against curate's order; "

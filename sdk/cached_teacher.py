@@ -1,10 +1,10 @@
-"""Judge and CRV calls through the teacher contract, cached like distill's teacher calls.
+"""Judge, critic and rewriter calls through the teacher contract, cached like distill's teacher calls.
 
 ``CachedTeacher`` answers ``generate`` and ``digit_probs`` for a ``TeacherConfig`` (any backend).
 Every answer is looked up in the content-addressed teacher cache first (``distilflow.cache``: the
-key is the backend, the model and the full request) and stored the moment it arrives, so a curate
-run that was killed or failed re-sends none of the judgments it had received: the rerun takes them
-from the cache and asks only for the rest.
+key is the backend, the model and the full request) and stored the moment it arrives, so a stage run
+(curate's judge and CRV, reward's pairwise judge) that was killed or failed re-sends none of the
+answers it had received: the rerun takes them from the cache and asks only for the rest.
 
 An endpoint judge gets one request per judgment with ``concurrency`` in flight. Once a request
 fails for good no new request is sent; those in flight finish and are stored, then the error is
