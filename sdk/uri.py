@@ -306,23 +306,3 @@ def materialize(uri: str, cache_dir: str | None = None) -> str:
             else:
                 os.remove(target)
     return os.path.join(dest, name) if name else dest
-    fs, path = _fresh(uri)
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=key + ".partial-", dir=os.path.dirname(dest))
-    try:
-        if fs.isdir(path):
-            name = ""
-            fs.get(path.rstrip("/") + "/", staging + "/", recursive=True)
-        else:
-            name = posixpath.basename(path.rstrip("/"))
-            fs.get(path, os.path.join(staging, name))
-    except FileNotFoundError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise _not_found(fs, uri) from None
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    shutil.rmtree(dest, ignore_errors=True)
-    os.replace(staging, dest)
-    Path(done).write_text(name)
-    return os.path.join(dest, name) if name else dest
