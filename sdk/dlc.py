@@ -26,12 +26,12 @@ from __future__ import annotations
 import os
 import shlex
 import time
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field
 
 from distilflow import uri as uris
-from distilflow.config import BaseConfig
+from distilflow.aliyun import AliyunApiFields, openapi_config
 from distilflow.errors import ConfigError, DistilflowError
 from distilflow.outputs import StageOutput, require_complete
 
@@ -43,14 +43,10 @@ FAILED = {"Failed", "Stopped", "Stopping"}
 """DLC job states that end the wait (Stopping: someone stopped the job; it will not succeed)."""
 
 
-class DlcSettings(BaseConfig):
-    """Where and how a PAI-DLC job runs (used with ``launcher: dlc``)."""
+class DlcSettings(AliyunApiFields):
+    """Where and how a PAI-DLC job runs (used with ``launcher: dlc``); region, endpoint and credential
+    variables as ``distilflow.aliyun.AliyunApiFields``."""
 
-    region: str = Field("cn-hangzhou", description="Alibaba Cloud region of the PAI workspace")
-    endpoint: str | None = Field(
-        None, description="DLC API endpoint; None uses pai-dlc.<region>.aliyuncs.com"
-    )
-    protocol: Literal["https", "http"] = Field("https", description="Protocol of the DLC API endpoint")
     workspace_id: str | None = Field(None, description="PAI workspace the job belongs to (required for dlc)")
     resource_id: str | None = Field(
         None, description="Dedicated resource group (quota) id; None runs on public pay-as-you-go resources"
@@ -76,16 +72,6 @@ class DlcSettings(BaseConfig):
         description="Names of secret variables copied from this process's environment into the job's Envs "
         "(DLC has no Kubernetes Secrets); never printed, but visible to readers of the job in the workspace",
     )
-    access_key_id_env: str = Field(
-        "ALIBABA_CLOUD_ACCESS_KEY_ID", description="Name of the variable holding the AccessKey id"
-    )
-    access_key_secret_env: str = Field(
-        "ALIBABA_CLOUD_ACCESS_KEY_SECRET", description="Name of the variable holding the AccessKey secret"
-    )
-    security_token_env: str = Field(
-        "ALIBABA_CLOUD_SECURITY_TOKEN",
-        description="Name of the variable holding an STS token (used when set)",
-    )
 
 
 def job_command(stage: str, config_uri: str, gpus_per_node: int) -> str:
@@ -98,30 +84,11 @@ def job_command(stage: str, config_uri: str, gpus_per_node: int) -> str:
     return f"{torchrun} distilflow stage {shlex.quote(stage)} --config {shlex.quote(config_uri)}"
 
 
-def _env(name: str, required: bool = True) -> str | None:
-    value = os.environ.get(name)
-    if required and not value:
-        raise ConfigError(
-            f"${name} is unset or empty; export the Alibaba Cloud credential in it (or fix dlc.*_env)"
-        )
-    return value or None
-
-
 def dlc_client(settings: DlcSettings) -> Any:
     """A DLC API client for ``settings`` (credentials from the environment)."""
     from alibabacloud_pai_dlc20201203.client import Client
-    from alibabacloud_tea_openapi import models as open_api_models
 
-    return Client(
-        open_api_models.Config(
-            access_key_id=_env(settings.access_key_id_env),
-            access_key_secret=_env(settings.access_key_secret_env),
-            security_token=_env(settings.security_token_env, required=False),
-            region_id=settings.region,
-            endpoint=settings.endpoint or f"pai-dlc.{settings.region}.aliyuncs.com",
-            protocol=settings.protocol,
-        )
-    )
+    return Client(openapi_config(settings, "pai-dlc", "dlc"))
 
 
 def job_request(

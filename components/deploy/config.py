@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from distilflow.aliyun import AliyunApiFields
 from distilflow.config import BaseConfig
 from distilflow.uri import Uri
 
@@ -85,24 +86,10 @@ class KServeConfig(BaseConfig):
         return value
 
 
-class EasConfig(BaseConfig):
-    """Where and how the PAI-EAS service runs (``target: pai-eas``)."""
+class EasConfig(AliyunApiFields):
+    """Where and how the PAI-EAS service runs (``target: pai-eas``); region (also the EAS cluster id),
+    endpoint and credential variables as ``distilflow.aliyun.AliyunApiFields``."""
 
-    region: str = Field("cn-hangzhou", description="Alibaba Cloud region id; also the EAS cluster id")
-    endpoint: str | None = Field(
-        None, description="EAS API endpoint; None = pai-eas.<region>.aliyuncs.com (its VPC twin inside PAI)"
-    )
-    protocol: Literal["https", "http"] = Field("https", description="Protocol of the EAS API endpoint")
-    access_key_id_env: str = Field(
-        "ALIBABA_CLOUD_ACCESS_KEY_ID", description="Name of the variable holding the AccessKey id"
-    )
-    access_key_secret_env: str = Field(
-        "ALIBABA_CLOUD_ACCESS_KEY_SECRET", description="Name of the variable holding the AccessKey secret"
-    )
-    security_token_env: str = Field(
-        "ALIBABA_CLOUD_SECURITY_TOKEN",
-        description="Name of the variable holding an STS token (used when set)",
-    )
     workspace_id: str | None = Field(None, description="PAI workspace id (metadata.workspace_id)")
     resource: str | None = Field(
         None, description="Dedicated resource group id (metadata.resource); None = the public resource group"

@@ -10,14 +10,14 @@ the new version fails, the service is set back to the version that ran before (U
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import time
 from typing import Any
 
+from distilflow.aliyun import openapi_config
 from distilflow.components.deploy.config import DeployConfig
 from distilflow.components.deploy.vllm_server import VLLM_MODULE, server_image, vllm_args
-from distilflow.errors import BackendError, ConfigError
+from distilflow.errors import BackendError
 
 RUNNING, FAILED = "Running", ("Failed", "UpdateFailed")
 
@@ -53,30 +53,10 @@ def render(config: DeployConfig, thinking: bool) -> dict[str, Any]:
     return description
 
 
-def _env(name: str, required: bool = True) -> str | None:
-    value = os.environ.get(name)
-    if required and not value:
-        raise ConfigError(
-            f"${name} is unset or empty; export the Alibaba Cloud credential in it (or fix eas.*_env)"
-        )
-    return value or None
-
-
 def eas_client(config: DeployConfig) -> Any:
     from alibabacloud_eas20210701.client import Client
-    from alibabacloud_tea_openapi import models as open_api_models
 
-    e = config.eas
-    return Client(
-        open_api_models.Config(
-            access_key_id=_env(e.access_key_id_env),
-            access_key_secret=_env(e.access_key_secret_env),
-            security_token=_env(e.security_token_env, required=False),
-            region_id=e.region,
-            endpoint=e.endpoint or f"pai-eas.{e.region}.aliyuncs.com",
-            protocol=e.protocol,
-        )
-    )
+    return Client(openapi_config(config.eas, "pai-eas", "eas"))
 
 
 class EasDeployment:
