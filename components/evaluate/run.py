@@ -342,6 +342,8 @@ def _resume(out: StageOutput, key: str) -> list[dict[str, Any]]:
     """Rows of an interrupted run with the same config, data and models; else nothing."""
     if not (uris.exists(out.path(PARTIAL_KEY)) and uris.read_text(out.path(PARTIAL_KEY)).strip() == key):
         return []
+    if not uris.exists(out.path(PARTIAL)):
+        return []
     rows = [json.loads(line) for line in uris.read_text(out.path(PARTIAL)).splitlines() if line.strip()]
     print(f"[{STAGE}] resuming: {len(rows)} answers already done", flush=True)
     return rows
@@ -396,6 +398,11 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     ]
     key = hashlib.sha256(":".join(key_parts).encode()).hexdigest()
     rows = _resume(out, key)
+    if not rows:
+        # The key goes down before any row, and a stale partial from another config is dropped
+        # first, so a kill between two writes never pairs rows with the wrong key or loses the key.
+        uris.remove(out.path(PARTIAL))
+        uris.write_text(out.path(PARTIAL_KEY), key + "\n")
     finished = {(r["model"], r["benchmark"], r["problem_id"]) for r in rows}
     total = sum(len(b.items) for b in benches) * len(entries)
     progress = Progress(STAGE, "problems", total)
@@ -414,7 +421,6 @@ def run(config: EvaluateConfig) -> EvaluateResult:
                         teacher = make_teacher(teacher_config(config, entry.spec, entry.enable_thinking))
                     rows.extend(_generate_and_score(teacher, entry, bench, chunk, config, pool))
                     write_jsonl(out.path(PARTIAL), rows)
-                    uris.write_text(out.path(PARTIAL_KEY), key + "\n")
                     progress.update(len(chunk))
             if teacher is not None:
                 teacher.close()
