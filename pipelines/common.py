@@ -27,7 +27,8 @@ ARGS = """
         student_model: The student to train: a Hugging Face model id or a model folder in object storage.
         problems_uri: JSONL of training problems, one {"id", "problem", "answer"} object per line.
         gpu_type: Kubernetes resource name of one GPU, e.g. nvidia.com/gpu or nvidia.com/mig-3g.40gb.
-        gpu_count: GPUs of each training step's pod (evaluation and serving take one).
+        gpu_count: GPUs of each training step's pod (evaluation and serving take one; none for a stage
+            whose launcher is trainjob or dlc: its job's nodes request theirs).
         gpu_node_selector: Node labels GPU steps need, e.g. {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}.
         preset: Settings for the student's size: 1.5b-1node, 7b-1node or 32b-4nodes (empty: none).
         overrides: JSON object of config sections for everything else, e.g. {"sft": {"max_steps": 200}}.
@@ -92,12 +93,14 @@ def prepare_data(
     teacher_key_secret: Any,
     student_model: Any,
     problems_uri: Any,
+    gpu_count: Any = 0,
     distill_name: str = "distill",
     curate_name: str = "curate",
-) -> tuple[Any, Any]:
+) -> tuple[Any, Any, dict[str, Any]]:
     """The start every recipe shares, called inside its pipeline function: configure -> validate ->
-    distill -> curate. Returns the run's config (the ``configure`` output every stage reads) and the
-    curate task (its ``curated`` output feeds the training stages)."""
+    distill -> curate. Returns the run's config (the ``configure`` output every stage reads), the
+    curate task (its ``curated`` output feeds the training stages) and the GPUs of each training
+    stage's pod by stage name (``gpu_count``, or 0 where the stage's launcher is trainjob or dlc)."""
     from distilflow.components.curate.component import curate
     from distilflow.components.distill.component import distill
     from distilflow.components.validate.component import validate
@@ -114,9 +117,12 @@ def prepare_data(
         teacher_model=teacher_model,
         student_model=student_model,
         problems_uri=problems_uri,
+        gpu_count=gpu_count,
     )
     cpu_step(config_task, "configure", cache=True)  # a pure function of its inputs and the image
-    cfg = config_task.output
+    cfg = config_task.outputs["config"]
+    # GPUs of each training stage's pod: gpu_count, or none when its launcher runs the job elsewhere.
+    pod_gpus = {stage: config_task.outputs[f"{stage}_gpus"] for stage in ("sft", "dpo", "reward", "rl")}
     # Fail fast on bad configs, data, models and endpoints, before any GPU is claimed (no cache: it
     # checks the world as it is now).
     validate_task = cpu_step(
@@ -128,4 +134,4 @@ def prepare_data(
     # Judge RV/CD/logic, verify answers (CRV when configured), select, build preference pairs.
     curate_task = curate(config=cfg, output_uri=output_uri, traces=distill_task.outputs["traces"])
     cpu_step(curate_task, curate_name, teacher_key_secret)
-    return cfg, curate_task
+    return cfg, curate_task, pod_gpus

@@ -46,11 +46,11 @@ def dpo_on_gpus(
     data: dsl.Input[dsl.Dataset],
     student: dsl.Input[dsl.Model],
     gpu_type: str,
-    gpu_count: int,
+    dpo_gpus: int,
     gpu_node_selector: dict,
 ) -> dsl.Model:
     dpo_task = dpo(config=config, output_uri=output_uri, data=data, student=student)
-    common.gpu_step(dpo_task, "dpo (CogPO)", gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(dpo_task, "dpo (CogPO)", gpu_type, dpo_gpus, gpu_node_selector)
     return dpo_task.outputs["model"]
 
 
@@ -61,12 +61,13 @@ def reward_rl_on_gpus(
     data: dsl.Input[dsl.Dataset],
     student: dsl.Input[dsl.Model],
     gpu_type: str,
-    gpu_count: int,
+    reward_gpus: int,
+    rl_gpus: int,
     gpu_node_selector: dict,
 ) -> dsl.Model:
     # Distilled reward model; fails unless calibrated on held-out pairs (reward.min_heldout_accuracy).
     reward_task = reward(config=config, output_uri=output_uri, data=data)
-    common.gpu_step(reward_task, "reward (calibration gate)", gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(reward_task, "reward (calibration gate)", gpu_type, reward_gpus, gpu_node_selector)
     # GRPO on the newest model: correctness + reward model + CD-aware length.
     rl_task = rl(
         config=config,
@@ -75,7 +76,7 @@ def reward_rl_on_gpus(
         reward_model=reward_task.outputs["model"],
         difficulty=data,
     )
-    common.gpu_step(rl_task, "rl (GRPO)", gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(rl_task, "rl (GRPO)", gpu_type, rl_gpus, gpu_node_selector)
     return rl_task.outputs["model"]
 
 
@@ -104,7 +105,7 @@ def lifecycle(
     with_rl: bool = True,
     with_deploy: bool = True,
 ):
-    cfg, curate_task = common.prepare_data(
+    cfg, curate_task, pod_gpus = common.prepare_data(
         recipe=NAME,
         stages=STAGES,
         output_uri=output_uri,
@@ -116,10 +117,11 @@ def lifecycle(
         teacher_key_secret=teacher_key_secret,
         student_model=student_model,
         problems_uri=problems_uri,
+        gpu_count=gpu_count,
     )
     # Curriculum SFT.
     sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
-    common.gpu_step(sft_task, "sft", gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(sft_task, "sft", gpu_type, pod_gpus["sft"], gpu_node_selector)
     # CogPO, or the SFT model handed on.
     with dsl.If(with_dpo == True, name="with dpo"):  # noqa: E712 - a KFP condition, not a Python comparison
         dpo_task = dpo_on_gpus(
@@ -128,7 +130,7 @@ def lifecycle(
             data=curate_task.outputs["curated"],
             student=sft_task.outputs["model"],
             gpu_type=gpu_type,
-            gpu_count=gpu_count,
+            dpo_gpus=pod_gpus["dpo"],
             gpu_node_selector=gpu_node_selector,
         )
         dpo_task.set_display_name("dpo (CogPO)")
@@ -144,7 +146,8 @@ def lifecycle(
             data=curate_task.outputs["curated"],
             student=policy,
             gpu_type=gpu_type,
-            gpu_count=gpu_count,
+            reward_gpus=pod_gpus["reward"],
+            rl_gpus=pod_gpus["rl"],
             gpu_node_selector=gpu_node_selector,
         )
         rl_task.set_display_name("reward, rl")

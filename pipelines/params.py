@@ -149,6 +149,15 @@ def resolve_config(
     return {k: v for k, v in merged.items() if k in stages}
 
 
+def pod_gpus(resolved: dict[str, Any], stage: str, gpu_count: int) -> int:
+    """GPUs the pod of training ``stage`` requests: ``gpu_count`` when it trains in its pod, none when
+    its ``launcher`` (trainjob, dlc) only submits and follows a job whose nodes request their own GPUs,
+    so the follower never holds GPUs the job may be waiting for."""
+    section = resolved.get(stage)
+    launcher = section.get("launcher", "local") if isinstance(section, dict) else "local"
+    return gpu_count if launcher == "local" else 0
+
+
 def _drop_replaced_models(merged: dict[str, Any], layer: dict[str, Any]) -> dict[str, Any]:
     """A model setting that names its ``model`` (or a ``teachers`` list) replaces the one below it
     instead of merging into it: a local transformers teacher does not inherit an endpoint's

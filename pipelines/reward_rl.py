@@ -46,7 +46,7 @@ def reward_rl(
     overrides: str = "{}",
     config: dict = {},  # noqa: B006
 ):
-    cfg, curate_task = common.prepare_data(
+    cfg, curate_task, pod_gpus = common.prepare_data(
         recipe=NAME,
         stages=STAGES,
         output_uri=output_uri,
@@ -58,14 +58,15 @@ def reward_rl(
         teacher_key_secret=teacher_key_secret,
         student_model=student_model,
         problems_uri=problems_uri,
+        gpu_count=gpu_count,
         curate_name="curate (pairs)",
     )
     # Cold start of the policy.
     sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
-    common.gpu_step(sft_task, "sft", gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(sft_task, "sft", gpu_type, pod_gpus["sft"], gpu_node_selector)
     # Distilled reward model (Bradley-Terry on the judged pairs); fails unless calibrated on held-out pairs.
     reward_task = reward(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
-    common.gpu_step(reward_task, "reward (calibration gate)", gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(reward_task, "reward (calibration gate)", gpu_type, pod_gpus["reward"], gpu_node_selector)
     # GRPO from the SFT student: correctness + reward model + CD-aware length.
     rl_task = rl(
         config=cfg,
@@ -74,7 +75,7 @@ def reward_rl(
         reward_model=reward_task.outputs["model"],
         difficulty=curate_task.outputs["curated"],
     )
-    common.gpu_step(rl_task, "rl (GRPO)", gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(rl_task, "rl (GRPO)", gpu_type, pod_gpus["rl"], gpu_node_selector)
     # Accuracy, pass@k and tokens of the policy.
     evaluate_task = evaluate(config=cfg, output_uri=output_uri, model=rl_task.outputs["model"])
     common.gpu_step(evaluate_task, "evaluate", gpu_type, 1, gpu_node_selector)

@@ -44,7 +44,7 @@ def slow_thinking(
     overrides: str = "{}",
     config: dict = {},  # noqa: B006
 ):
-    cfg, curate_task = common.prepare_data(
+    cfg, curate_task, pod_gpus = common.prepare_data(
         recipe=NAME,
         stages=STAGES,
         output_uri=output_uri,
@@ -56,10 +56,11 @@ def slow_thinking(
         teacher_key_secret=teacher_key_secret,
         student_model=student_model,
         problems_uri=problems_uri,
+        gpu_count=gpu_count,
     )
     # Fine-tune the student on the curated chains.
     sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
-    common.gpu_step(sft_task, "sft", gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(sft_task, "sft", gpu_type, pod_gpus["sft"], gpu_node_selector)
     # CogPO: DPO with per-pair beta on the curated preference pairs.
     dpo_task = dpo(
         config=cfg,
@@ -67,7 +68,7 @@ def slow_thinking(
         data=curate_task.outputs["curated"],
         student=sft_task.outputs["model"],
     )
-    common.gpu_step(dpo_task, "dpo (CogPO)", gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(dpo_task, "dpo (CogPO)", gpu_type, pod_gpus["dpo"], gpu_node_selector)
     # Accuracy, pass@k and tokens on the evaluation problems.
     evaluate_task = evaluate(config=cfg, output_uri=output_uri, model=dpo_task.outputs["model"])
     common.gpu_step(evaluate_task, "evaluate", gpu_type, 1, gpu_node_selector)

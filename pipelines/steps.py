@@ -2,6 +2,7 @@
 
 - ``configure``: the run's whole config from the recipe defaults, the preset, the top-level
   parameters, ``config`` and the ``overrides`` JSON (see ``params.py``); every stage reads its output.
+  It also says how many GPUs each training stage's own pod requests (``pod_gpus``).
 - ``variant``: the same config with a patch, and a sub-folder of the run for the stages that run
   again with it (e.g. evaluation with thinking off), so the two runs of a stage do not share a folder.
 - ``both_modes``: curate's SFT examples with thinking on and off (Qwen3 students).
@@ -27,11 +28,13 @@ def configure(
     teacher_model: str,
     student_model: str,
     problems_uri: str,
-) -> dict:
-    """The run's config: recipe defaults < preset < top-level parameters < config < overrides."""
+    gpu_count: int = 0,
+) -> NamedTuple("Configured", config=dict, sft_gpus=int, dpo_gpus=int, reward_gpus=int, rl_gpus=int):
+    """The run's config: recipe defaults < preset < top-level parameters < config < overrides; and
+    the GPUs of each training stage's pod (``pod_gpus``: none when it only follows a multi-node job)."""
     import json
 
-    from distilflow.pipelines.params import resolve_config
+    from distilflow.pipelines.params import pod_gpus, resolve_config
 
     resolved = resolve_config(
         recipe,
@@ -45,7 +48,8 @@ def configure(
         problems_uri=problems_uri,
     )
     print(f"[configure] {recipe} (preset {preset or 'none'}):\n{json.dumps(resolved, indent=2)}", flush=True)
-    return resolved
+    gpus = [pod_gpus(resolved, stage, gpu_count) for stage in ("sft", "dpo", "reward", "rl")]
+    return (resolved, *gpus)  # in the order of the outputs
 
 
 @dsl.component(base_image=image("base"), install_kfp_package=False)

@@ -43,7 +43,7 @@ def thoughtx(
     overrides: str = "{}",
     config: dict = {},  # noqa: B006
 ):
-    cfg, curate_task = common.prepare_data(
+    cfg, curate_task, pod_gpus = common.prepare_data(
         recipe=NAME,
         stages=STAGES,
         output_uri=output_uri,
@@ -55,12 +55,13 @@ def thoughtx(
         teacher_key_secret=teacher_key_secret,
         student_model=student_model,
         problems_uri=problems_uri,
+        gpu_count=gpu_count,
         distill_name="distill (teachers)",
         curate_name="curate (RV/CD)",
     )
     # Curriculum SFT: curate's order, easiest CD bin first, no shuffling.
     sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
-    common.gpu_step(sft_task, "sft (curriculum)", gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(sft_task, "sft (curriculum)", gpu_type, pod_gpus["sft"], gpu_node_selector)
     # Accuracy, pass@k and tokens spent.
     evaluate_task = evaluate(config=cfg, output_uri=output_uri, model=sft_task.outputs["model"])
     common.gpu_step(evaluate_task, "evaluate", gpu_type, 1, gpu_node_selector)

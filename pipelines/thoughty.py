@@ -41,7 +41,7 @@ def thoughty(
     overrides: str = "{}",
     config: dict = {},  # noqa: B006
 ):
-    cfg, curate_task = common.prepare_data(
+    cfg, curate_task, pod_gpus = common.prepare_data(
         recipe=NAME,
         stages=STAGES,
         output_uri=output_uri,
@@ -53,6 +53,7 @@ def thoughty(
         teacher_key_secret=teacher_key_secret,
         student_model=student_model,
         problems_uri=problems_uri,
+        gpu_count=gpu_count,
         distill_name="distill (teachers)",
         curate_name="curate (RV/CD)",
     )
@@ -61,7 +62,7 @@ def thoughty(
     common.cpu_step(modes_task, "thinking on + off")
     # Curriculum SFT on both modes.
     sft_task = sft(config=cfg, output_uri=output_uri, data=modes_task.outputs["examples"])
-    common.gpu_step(sft_task, "sft (both modes)", gpu_type, gpu_count, gpu_node_selector)
+    common.gpu_step(sft_task, "sft (both modes)", gpu_type, pod_gpus["sft"], gpu_node_selector)
     # Evaluate with thinking on ...
     evaluate_task = evaluate(config=cfg, output_uri=output_uri, model=sft_task.outputs["model"])
     common.gpu_step(evaluate_task, "evaluate (thinking)", gpu_type, 1, gpu_node_selector)

@@ -169,7 +169,8 @@ def test_gpu_placement_in_platform_spec(compiled):
         placed += 1
         accel = resources[label]["accelerator"]
         assert "gpu_type" in accel["resourceType"]
-        expected = "gpu_count" if stage in TRAINING else "1"
+        # A training stage's pod takes configure's <stage>_gpus: gpu_count, or 0 with launcher trainjob/dlc.
+        expected = f"{stage}_gpus" if stage in TRAINING else "1"
         assert expected in accel["resourceCount"], f"{name}: {label} GPUs {accel}"
         # Inside a condition the parameter reaches the task as "pipelinechannel--gpu_node_selector".
         selector = ex["nodeSelector"]["nodeSelectorJson"]["componentInputParameter"]
@@ -315,3 +316,32 @@ def test_presets_and_recipe_defaults_set_different_keys():
         for recipe in RECIPES:
             both = _leaves(load_preset(preset)) & _leaves(recipe_defaults(recipe))
             assert not both, f"preset {preset} and {recipe}.yaml both set {sorted(both)}"
+
+
+def test_a_stage_that_launches_a_multi_node_job_takes_no_gpus_in_its_own_pod():
+    """configure hands each training stage's pod gpu_count GPUs, or none when its launcher only
+    submits and follows a TrainJob / PAI-DLC job (32b-4nodes: sft), so the follower holds no GPU the
+    job's nodes may be waiting for."""
+    import json
+
+    from distilflow.pipelines.steps import configure
+
+    module = load_pipeline("lifecycle")
+    common = {
+        "recipe": "lifecycle",
+        "stages": module.STAGES,
+        "config": {},
+        "teacher_base_url": "http://127.0.0.1:9/v1",
+        "teacher_model": "teacher",
+        "student_model": "Qwen/Qwen2.5-32B-Instruct",
+        "problems_uri": "s3://b/problems.jsonl",
+        "gpu_count": 8,
+    }
+    config, *gpus = configure.python_func(preset="32b-4nodes", overrides="{}", **common)
+    assert config["sft"]["launcher"] == "trainjob" and config["sft"]["nodes"] == 4
+    assert gpus == [0, 8, 8, 8]  # sft, dpo, reward, rl
+    overrides = json.dumps({"sft": {"launcher": "local"}, "rl": {"launcher": "dlc"}})
+    _, *gpus = configure.python_func(preset="32b-4nodes", overrides=overrides, **common)
+    assert gpus == [8, 8, 8, 0]
+    _, *gpus = configure.python_func(preset="7b-1node", overrides="{}", **common)
+    assert gpus == [8, 8, 8, 8]
