@@ -94,13 +94,16 @@ def prepare_data(
     student_model: Any,
     problems_uri: Any,
     gpu_count: Any = 0,
+    switches: dict[str, Any] | None = None,
     distill_name: str = "distill",
     curate_name: str = "curate",
 ) -> tuple[Any, Any, dict[str, Any]]:
     """The start every recipe shares, called inside its pipeline function: configure -> validate ->
     distill -> curate. Returns the run's config (the ``configure`` output every stage reads), the
     curate task (its ``curated`` output feeds the training stages) and the GPUs of each training
-    stage's pod by stage name (``gpu_count``, or 0 where the stage's launcher is trainjob or dlc)."""
+    stage's pod by stage name (``gpu_count``, or 0 where the stage's launcher is trainjob or dlc).
+    ``switches`` (``lifecycle``: ``with_dpo``, ...) leave the stages they turn off out of the config
+    and out of validate's checks."""
     from distilflow.components.curate.component import curate
     from distilflow.components.distill.component import distill
     from distilflow.components.validate.component import validate
@@ -118,6 +121,7 @@ def prepare_data(
         student_model=student_model,
         problems_uri=problems_uri,
         gpu_count=gpu_count,
+        **(switches or {}),
     )
     cpu_step(config_task, "configure", cache=True)  # a pure function of its inputs and the image
     cfg = config_task.outputs["config"]
@@ -126,7 +130,9 @@ def prepare_data(
     # Fail fast on bad configs, data, models and endpoints, before any GPU is claimed (no cache: it
     # checks the world as it is now).
     validate_task = cpu_step(
-        validate(config=cfg, output_uri=output_uri, stages=stages), "validate", teacher_key_secret
+        validate(config=cfg, output_uri=output_uri, stages=config_task.outputs["stages"]),
+        "validate",
+        teacher_key_secret,
     )
     # Teacher chains of thought; distill's own request cache makes reruns free, KFP's would skip new data.
     distill_task = distill(config=cfg, output_uri=output_uri).after(validate_task)

@@ -5,7 +5,9 @@ evaluate -> [deploy]. ``with_dpo``, ``with_rl`` and ``with_deploy`` switch the b
 off (``dsl.If`` / ``dsl.Else``): the next stage takes the newest model that was made (``dsl.OneOf``).
 RL starts from the DPO model when DPO ran, else from the SFT model.
 
-Runs on a KFP cluster; not under ``kfp.local``, which does not resolve ``dsl.OneOf`` in kfp 2.17.
+A switch that is off also leaves its stages out of the config and out of validate's checks. Runs on
+a KFP cluster and under ``kfp.local`` (``distilflow run``: kfp 2.17's local runner resolves
+``dsl.OneOf`` over artifacts with distilflow's fix in ``client.py``).
 
 Needs: everything the other recipes need (teacher endpoint and key Secret, student, problems and
 evaluation JSONL in object storage, GPU nodes).
@@ -118,6 +120,7 @@ def lifecycle(
         student_model=student_model,
         problems_uri=problems_uri,
         gpu_count=gpu_count,
+        switches={"with_dpo": with_dpo, "with_rl": with_rl, "with_deploy": with_deploy},
     )
     # Curriculum SFT.
     sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])

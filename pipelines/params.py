@@ -26,6 +26,13 @@ from distilflow.errors import ConfigError
 PRESETS = ("1.5b-1node", "7b-1node", "32b-4nodes")
 """Student-size presets shipped in ``pipelines/presets/``."""
 
+SWITCHES: dict[str, tuple[str, ...]] = {
+    "with_dpo": ("dpo",),
+    "with_rl": ("reward", "rl"),
+    "with_deploy": ("deploy",),
+}
+"""``lifecycle``'s switches and the stages each one turns off when false."""
+
 TEACHER_KEY_ENV = "TEACHER_API_KEY"
 """Environment variable holding the teacher's key inside a step; filled from the Secret named by the
 ``teacher_key_secret`` parameter (its key ``api-key``)."""
@@ -147,6 +154,16 @@ def resolve_config(
             f"config: unknown section(s) {unknown}; sections are stage names: {', '.join(stages)}"
         )
     return {k: v for k, v in merged.items() if k in stages}
+
+
+def running_stages(stages: list[str] | tuple[str, ...], **switches: bool) -> list[str]:
+    """The stages a run executes: ``stages`` less those a false switch (``SWITCHES``) turns off, so
+    validate and the config skip what will not run."""
+    unknown = sorted(set(switches) - set(SWITCHES))
+    if unknown:
+        raise ConfigError(f"unknown switch(es) {unknown}; switches are {', '.join(SWITCHES)}")
+    off = {stage for name, on in switches.items() if not on for stage in SWITCHES[name]}
+    return [stage for stage in stages if stage not in off]
 
 
 def pod_gpus(resolved: dict[str, Any], stage: str, gpu_count: int) -> int:

@@ -29,16 +29,23 @@ def configure(
     student_model: str,
     problems_uri: str,
     gpu_count: int = 0,
-) -> NamedTuple("Configured", config=dict, sft_gpus=int, dpo_gpus=int, reward_gpus=int, rl_gpus=int):
-    """The run's config: recipe defaults < preset < top-level parameters < config < overrides; and
-    the GPUs of each training stage's pod (``pod_gpus``: none when it only follows a multi-node job)."""
+    with_dpo: bool = True,
+    with_rl: bool = True,
+    with_deploy: bool = True,
+) -> NamedTuple(
+    "Configured", config=dict, stages=list, sft_gpus=int, dpo_gpus=int, reward_gpus=int, rl_gpus=int
+):
+    """The run's config: recipe defaults < preset < top-level parameters < config < overrides, for the
+    stages that run (``lifecycle``'s switches turn some off); those stages; and the GPUs of each
+    training stage's pod (``pod_gpus``: none when it only follows a multi-node job)."""
     import json
 
-    from distilflow.pipelines.params import pod_gpus, resolve_config
+    from distilflow.pipelines.params import pod_gpus, resolve_config, running_stages
 
+    running = running_stages(stages, with_dpo=with_dpo, with_rl=with_rl, with_deploy=with_deploy)
     resolved = resolve_config(
         recipe,
-        stages,
+        running,
         preset=preset,
         config=config,
         overrides=overrides,
@@ -49,7 +56,7 @@ def configure(
     )
     print(f"[configure] {recipe} (preset {preset or 'none'}):\n{json.dumps(resolved, indent=2)}", flush=True)
     gpus = [pod_gpus(resolved, stage, gpu_count) for stage in ("sft", "dpo", "reward", "rl")]
-    return (resolved, *gpus)  # in the order of the outputs
+    return (resolved, running, *gpus)  # in the order of the outputs
 
 
 @dsl.component(base_image=image("base"), install_kfp_package=False)

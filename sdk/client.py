@@ -126,6 +126,44 @@ def _keep_executor_args_intact() -> None:
     handler.replace_python_executable = replace
 
 
+def _resolve_oneof_artifacts() -> None:
+    """Let kfp 2.17's local orchestrator resolve ``dsl.OneOf`` over artifacts, as it already does over
+    parameters: a DAG output fed by several conditional branches takes the one branch that produced it
+    (``lifecycle``'s model after its optional dpo / rl). kfp.local otherwise stops with "Expected 1
+    artifact in ArtifactSelectorSpec"; a KFP cluster resolves it itself."""
+    from kfp.local.orchestrator.orchestrator_utils import OrchestratorUtils
+    from kfp.pipeline_spec import pipeline_spec_pb2
+
+    original = OrchestratorUtils.get_dag_output_artifacts
+    if getattr(original, "_distilflow_patched", False):
+        return
+
+    def get_dag_output_artifacts(dag_outputs_spec: Any, io_store: Any) -> dict[str, Any]:
+        plain = pipeline_spec_pb2.DagOutputsSpec()
+        chosen = {}
+        for key, spec in dag_outputs_spec.artifacts.items():
+            if len(spec.artifact_selectors) <= 1:
+                plain.artifacts[key].CopyFrom(spec)
+                continue
+            produced = []
+            for selector in spec.artifact_selectors:
+                try:
+                    produced.append(
+                        io_store.get_task_output(selector.producer_subtask, selector.output_artifact_key)
+                    )
+                except (KeyError, ValueError):  # that branch did not run
+                    continue
+            if len(produced) != 1:
+                raise ValueError(
+                    f"dsl.OneOf output {key!r}: {len(produced)} branches produced it, expected 1"
+                )
+            chosen[key] = produced[0]
+        return {**original(plain, io_store), **chosen}
+
+    get_dag_output_artifacts._distilflow_patched = True  # type: ignore[attr-defined]
+    OrchestratorUtils.get_dag_output_artifacts = staticmethod(get_dag_output_artifacts)
+
+
 def run_local(
     name: str,
     config_file: str | None = None,
@@ -156,6 +194,7 @@ def run_local(
     # Stage images are only references here; SubprocessRunner runs them in this environment on purpose.
     warnings.filterwarnings("ignore", message="You may be attemping to run a task that uses custom")
     _keep_executor_args_intact()
+    _resolve_oneof_artifacts()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=os.path.join(run_dir, "kfp"))
     try:
         module.pipeline(output_uri=output_uri, config=config, **arguments)

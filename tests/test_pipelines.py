@@ -337,11 +337,37 @@ def test_a_stage_that_launches_a_multi_node_job_takes_no_gpus_in_its_own_pod():
         "problems_uri": "s3://b/problems.jsonl",
         "gpu_count": 8,
     }
-    config, *gpus = configure.python_func(preset="32b-4nodes", overrides="{}", **common)
+    config, _, *gpus = configure.python_func(preset="32b-4nodes", overrides="{}", **common)
     assert config["sft"]["launcher"] == "trainjob" and config["sft"]["nodes"] == 4
     assert gpus == [0, 8, 8, 8]  # sft, dpo, reward, rl
     overrides = json.dumps({"sft": {"launcher": "local"}, "rl": {"launcher": "dlc"}})
-    _, *gpus = configure.python_func(preset="32b-4nodes", overrides=overrides, **common)
+    _, _, *gpus = configure.python_func(preset="32b-4nodes", overrides=overrides, **common)
     assert gpus == [8, 8, 8, 0]
-    _, *gpus = configure.python_func(preset="7b-1node", overrides="{}", **common)
+    _, _, *gpus = configure.python_func(preset="7b-1node", overrides="{}", **common)
     assert gpus == [8, 8, 8, 8]
+
+
+def test_lifecycle_switches_leave_their_stages_out_of_config_and_validate():
+    from distilflow.errors import ConfigError
+    from distilflow.pipelines.params import running_stages
+    from distilflow.pipelines.steps import configure
+
+    stages = load_pipeline("lifecycle").STAGES
+    config, running, *_ = configure.python_func(
+        recipe="lifecycle",
+        stages=stages,
+        preset="7b-1node",
+        config={},
+        overrides="{}",
+        teacher_base_url="http://127.0.0.1:9/v1",
+        teacher_model="teacher",
+        student_model="Qwen/Qwen2.5-7B-Instruct",
+        problems_uri="s3://b/problems.jsonl",
+        with_rl=False,
+        with_deploy=False,
+    )
+    assert running == ["validate", "distill", "curate", "sft", "dpo", "evaluate"]
+    assert set(config) <= set(running) and "rl" not in config and "dpo" in config
+    assert running_stages(stages) == stages
+    with pytest.raises(ConfigError, match="unknown switch.*with_rm"):
+        running_stages(stages, with_rm=False)

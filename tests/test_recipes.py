@@ -257,6 +257,35 @@ def test_thoughtx_end_to_end_on_tiny_models(tmp_path, tiny_qwen2):
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["mean_tokens"] > 0
 
 
+def test_lifecycle_runs_locally_and_its_switches_pick_the_newest_model(tmp_path, tiny_qwen3):
+    """lifecycle under kfp.local with dpo on and rl off: evaluate gets the dpo model through one
+    dsl.OneOf (the branch that ran) and the sft model handed on through the other (the skip branch);
+    kfp 2.17's local runner needs distilflow's OneOf-over-artifacts fix (client.py)."""
+    from distilflow.client import run_local
+
+    root = str(tmp_path / "lifecycle")
+    overrides = tiny_thoughtx_overrides(tiny_qwen3) + [
+        "with_rl=false",
+        "with_deploy=false",
+        "curate.crv=false",  # CRV rewrites need a teacher that can write; the tiny judge cannot
+        "dpo.max_steps=2",
+        "dpo.max_length=1024",
+        "dpo.deepspeed=none",
+        "dpo.gradient_checkpointing=false",
+        "dpo.gradient_accumulation_steps=1",
+        "dpo.per_device_train_batch_size=2",
+    ]
+    summary = run_local("lifecycle", overrides=overrides, output_uri=root)
+    assert list(summary.stages) == ["validate", "distill", "curate", "sft", "dpo", "evaluate"]
+    for skipped in ("reward", "rl", "deploy"):
+        assert not os.path.exists(os.path.join(root, skipped))
+    with open(os.path.join(root, "dpo", "manifest.json")) as f:
+        assert json.load(f)["result"]["steps"] == 2
+    with open(os.path.join(root, "evaluate", "manifest.json")) as f:
+        evaluated = json.dumps(json.load(f)["inputs"])
+    assert os.path.join(root, "dpo") in evaluated and os.path.join(root, "sft") not in evaluated
+
+
 def test_example_notebook_runs(tmp_path, monkeypatch):
     """examples/recipes.ipynb executes top to bottom with nbclient: it builds tiny models, runs thoughtx
     locally, shows every stage's report, compiles, and skips submission without KF_PIPELINES_ENDPOINT
