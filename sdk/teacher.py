@@ -444,7 +444,9 @@ class TransformersTeacher:
                     **sampling,
                 )
             gen = out[:, batch["input_ids"].shape[1] :]
+            prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()  # without the left padding
             for i in range(0, gen.shape[0], per_prompt):
+                prompt = int(prompt_lengths[i // per_prompt])
                 row = []
                 for seq in gen[i : i + per_prompt].tolist() * (n // per_prompt):
                     length = next((j for j, t in enumerate(seq) if t in stop_ids), len(seq))
@@ -453,7 +455,11 @@ class TransformersTeacher:
                     for special in self._strip:
                         text = text.replace(special, "")
                     reasoning, content = split_reasoning(text)
-                    row.append(Completion(reasoning, content, length + (finish == "stop"), finish))
+                    row.append(
+                        Completion(
+                            reasoning, content, length + (finish == "stop"), finish, prompt_tokens=prompt
+                        )
+                    )
                 results.append(row)
         return results
 

@@ -63,6 +63,17 @@ def test_distill_transformers_writes_traces_manifest_and_marker(
         assert os.path.exists(os.path.join(out, name)), name
     assert "Output length" in uris.read_text(os.path.join(out, REPORT_MD))
     assert result.failed == 0 and result.requests == 8 and result.cache_hits == 0
+    # Measured for an in-process teacher too: each of the 8 answers counts its prompt (no padding).
+    from transformers import AutoTokenizer
+
+    from distilflow.components.distill.run import build_chat, system_prompt
+    from distilflow.records import Problem
+
+    tok = AutoTokenizer.from_pretrained(tiny_qwen3)
+    chats = [build_chat(p, system_prompt(config)) for p in read_jsonl(problems_file, Problem)]
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert result.prompt_tokens == 2 * sum(lengths) and result.mean_latency_s > 0
     manifest = json.loads(uris.read_text(os.path.join(out, MANIFEST)))
     assert manifest["inputs"]["prompt_template"] == "cot_thought_solution_v1"
     assert manifest["counts"]["traces"] == 8 and manifest["result"]["teacher"] == "tiny-teacher"
@@ -75,6 +86,21 @@ def test_distill_transformers_writes_traces_manifest_and_marker(
         mp.setattr(TransformersTeacher, "__init__", no_teacher)
         assert run(config) == result
     assert count_generate == [2, 2]
+
+
+def test_transformers_teacher_counts_each_prompt_without_its_padding(tiny_qwen3):
+    from distilflow.teacher import TeacherConfig
+
+    teacher = TransformersTeacher(
+        TeacherConfig(backend="transformers", model=tiny_qwen3, max_new_tokens=2, batch_size=2)
+    )
+    chats = [[{"role": "user", "content": "Hi"}], [{"role": "user", "content": "What is 12 + 30? " * 5}]]
+    tok = teacher.tokenizer
+    texts = [tok.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in chats]
+    lengths = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    assert lengths[0] < lengths[1]  # one batch, the first prompt left-padded
+    got = teacher.generate(chats, n=1)
+    assert [a[0].prompt_tokens for a in got] == lengths
 
 
 def test_distill_resumes_after_a_crash(tmp_path, problems_file, tiny_qwen3, monkeypatch):

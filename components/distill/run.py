@@ -343,10 +343,11 @@ def ask_in_process(
     cache: TeacherCache,
     shards: Shards,
     progress: Progress,
-) -> tuple[int, int]:
+) -> tuple[int, int, int, float]:
     """Answer ``jobs`` with an in-process teacher, ``batch_size`` problems per call.
 
-    Returns the prompts generated and the completion tokens they spent.
+    Returns the prompts generated, the completion and prompt tokens they spent (per answer, as an
+    endpoint counts one request per sample) and their summed latency (each answer waited for its call).
 
     A problem with any sample missing from the cache is generated whole (``n`` samples in one call)
     and only its missing samples are used and cached; each batch is written as a shard.
@@ -357,14 +358,17 @@ def ask_in_process(
     for job in jobs:
         by_problem[job.problem.id].append(job)
     groups = list(by_problem.values())
-    asked = spent = 0
+    asked = spent = prompt_tokens = 0
+    latency = 0.0
     for start in range(0, len(groups), config.batch_size):
         batch = groups[start : start + config.batch_size]
         answers = {job.key: cache.get(job.key) for group in batch for job in group}
         missing = [group for group in batch if any(answers[j.key] is None for j in group)]
         if missing:
             system = system_prompt(config, teacher.name)
+            called = time.monotonic()
             got = teacher.generate([build_chat(g[0].problem, system) for g in missing], n=config.n)
+            latency += (time.monotonic() - called) * len(missing) * config.n
             if len(got) != len(missing) or any(len(a) != config.n for a in got):
                 raise BackendError(
                     f"teacher {teacher.name} returned {[len(a) for a in got]} answers "
@@ -372,6 +376,7 @@ def ask_in_process(
                 )
             asked += len(missing)
             spent += sum(c.tokens for a in got for c in a)
+            prompt_tokens += sum(c.prompt_tokens for a in got for c in a)
             for group, completions in zip(missing, got, strict=True):
                 for job in group:
                     if answers[job.key] is None:
@@ -390,7 +395,7 @@ def ask_in_process(
                 shards.add(trace_of(job, completion_of(answers[job.key]), teacher.name))
             progress.update(len(group))
         shards.write(shards.take())
-    return asked, spent
+    return asked, spent, prompt_tokens, latency
 
 
 def reject_hostile(problems: list[Problem]) -> tuple[list[Problem], list[dict[str, Any]]]:
@@ -455,7 +460,7 @@ def run(config: DistillConfig) -> DistillResult:
     budget = Budget(config.min_success_ratio, len(wanted))
     teachers = [make_teacher(spec) if todo_i else None for spec, todo_i in zip(specs, jobs, strict=True)]
     progress = Progress("distill", "traces", total=todo)
-    start, asked, generated_tokens = time.monotonic(), 0, 0
+    start, asked, generated_tokens, prompt_tokens, latency = time.monotonic(), 0, 0, 0, 0.0
     try:
         endpoint_work = [
             (t, j) for t, j in zip(teachers, jobs, strict=True) if t and t.config.backend == "openai"
@@ -466,6 +471,7 @@ def run(config: DistillConfig) -> DistillResult:
             if t is not None and t.config.backend != "openai":
                 got = ask_in_process(config, t, j, cache, shards, progress)
                 asked, generated_tokens = asked + got[0], generated_tokens + got[1]
+                prompt_tokens, latency = prompt_tokens + got[2], latency + got[3]
     except BudgetExceeded:
         pass
     finally:
@@ -516,11 +522,11 @@ def run(config: DistillConfig) -> DistillResult:
         failed=len(budget.failures),
         failures_by_kind=dict(collections.Counter(f["kind"] for f in budget.failures)),
         errors_by_kind=dict(stats.errors),
-        prompt_tokens=stats.prompt_tokens,
+        prompt_tokens=stats.prompt_tokens + prompt_tokens,
         completion_tokens=completion_tokens,
         tokens_per_s=completion_tokens / wall if wall > 0 else 0.0,
         requests_per_s=answered / wall if wall > 0 else 0.0,
-        mean_latency_s=stats.mean_latency_s,
+        mean_latency_s=(stats.latency_s + latency) / answered if answered else 0.0,
         wall_s=round(wall, 3),
         failures_uri=failures_uri,
         rejected=len(shards.rejected),
