@@ -14,14 +14,15 @@ import json
 import re
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
+
+from tests.loopback import LoopbackHandler, LoopbackServer
 
 JOB = re.compile(r"^/api/v1/jobs/(?P<job>[^/]+)(?:/pods/(?P<pod>[^/]+)/logs)?$")
 
 
-class FakeDlc:
+class FakeDlc(LoopbackServer):
     def __init__(
         self,
         on_finish: Callable[[dict[str, Any]], tuple[str, str] | None],
@@ -34,7 +35,6 @@ class FakeDlc:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
 
     def created(self) -> list[dict[str, Any]]:
         """The CreateJob bodies, in order."""
@@ -69,23 +69,18 @@ class FakeDlc:
         }
 
     def start(self) -> str:
+        super().start()
+        return self.address
+
+    def handler(self) -> type[LoopbackHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(LoopbackHandler):
             def _send(self, code: int, payload: dict[str, Any]) -> None:
-                data = json.dumps({"RequestId": "test-request", **payload}).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                super()._send(code, {"RequestId": "test-request", **payload})
 
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length).decode() if length else ""
+                raw = self._read_body().decode()
                 url = urlsplit(self.path)
                 body = json.loads(raw) if raw else None
                 with fake._lock:
@@ -123,11 +118,4 @@ class FakeDlc:
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return f"127.0.0.1:{self._httpd.server_address[1]}"
-
-    def stop(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        return Handler

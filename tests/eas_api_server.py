@@ -11,14 +11,15 @@ from __future__ import annotations
 import json
 import re
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.loopback import LoopbackHandler, LoopbackServer
 
 SERVICE = re.compile(r"^/api/v2/services/(?P<cluster>[^/]+)/(?P<name>[^/]+)(?P<version>/version)?$")
 
 
-class FakeEas:
+class FakeEas(LoopbackServer):
     def __init__(self, endpoint_url: str, access_token: str, ready_after: int = 2):
         self.endpoint_url = endpoint_url  # the service endpoint EAS reports (a real OpenAI server here)
         self.access_token = access_token
@@ -27,7 +28,6 @@ class FakeEas:
         self.services: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
 
     def _new_version(self, svc: dict[str, Any], config: dict[str, Any]) -> None:
         svc["LatestVersion"] = svc.get("LatestVersion", 0) + 1
@@ -46,25 +46,19 @@ class FakeEas:
         return {k: v for k, v in svc.items() if k != "polls"}
 
     def start(self) -> str:
+        super().start()
+        return self.address
+
+    def handler(self) -> type[LoopbackHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
+        class Handler(LoopbackHandler):
             def _send(self, code: int, payload: dict[str, Any]) -> None:
-                data = json.dumps({"RequestId": "test-request", **payload}).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                super()._send(code, {"RequestId": "test-request", **payload})
 
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length).decode() if length else ""
+                body = self._read_json()
                 url = urlsplit(self.path)
-                body = json.loads(raw) if raw else None
                 with fake._lock:
                     fake.requests.append(
                         {
@@ -116,11 +110,4 @@ class FakeEas:
 
             do_GET = do_POST = do_PUT = do_DELETE = _handle
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return f"127.0.0.1:{self._httpd.server_address[1]}"
-
-    def stop(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        return Handler

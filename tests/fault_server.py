@@ -28,8 +28,10 @@ import struct
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
+
+from tests.loopback import LoopbackHandler, LoopbackServer
 
 # New kinds go at the end: the draws of a given rate table stay as they were.
 FAULTS = ("429", "500", "timeout", "drop", "malformed", "503", "reset", "truncated")
@@ -80,7 +82,13 @@ def respond(body: dict[str, Any]) -> tuple[dict[str, Any], str, int, int]:
     return message, finish, prompt, len(words) + 4
 
 
-class FaultServer:
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 256  # the default backlog of 5 drops bursts of new connections
+
+
+class FaultServer(LoopbackServer):
     """Serve on 127.0.0.1; ``start()`` returns the base URL ending in ``/v1``.
 
     Args:
@@ -94,6 +102,8 @@ class FaultServer:
         script: Faults of the first requests, in arrival order (None: answer); the draws follow.
         responder: ``responder(body) -> message dict`` replaces the answer's message (None: ``respond``).
     """
+
+    server_class = _Server
 
     def __init__(
         self,
@@ -120,7 +130,6 @@ class FaultServer:
         self.log: list[dict[str, Any]] = []  # one entry per chat request: fingerprint, fault, time, headers
         self.answered: collections.Counter[str] = collections.Counter()  # fingerprint -> 200 answers
         self.in_flight = self.max_in_flight = 0
-        self._httpd: ThreadingHTTPServer | None = None
 
     @property
     def requests(self) -> int:
@@ -144,26 +153,16 @@ class FaultServer:
         return None
 
     def start(self) -> str:
+        return super().start() + "/v1"
+
+    def handler(self) -> type[LoopbackHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(LoopbackHandler):
             protocol_version = "HTTP/1.1"  # keep-alive, as real servers and httpx's pool expect
             # Headers and body leave in two writes: with Nagle's algorithm on, the body waits for the
             # client's delayed ACK (about 40 ms on Linux) and every request looks 40 ms slower.
             disable_nagle_algorithm = True
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
 
             def do_GET(self) -> None:
                 if self.path.rstrip("/").endswith("/_stats"):  # for a client in another process
@@ -172,7 +171,7 @@ class FaultServer:
                 self._send(200, {"object": "list", "data": [{"id": "teacher", "object": "model"}]})
 
             def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                body = self._read_json()
                 if server.api_key and self.headers.get("Authorization") != f"Bearer {server.api_key}":
                     self._send(401, {"error": {"message": "invalid API key"}})
                     return
@@ -265,25 +264,7 @@ class FaultServer:
                     },
                 }
 
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            block_on_close = False
-            request_queue_size = 256  # the default backlog of 5 drops bursts of new connections
-
-        self._httpd = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def stop(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
-
-    def __enter__(self) -> str:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
+        return Handler
 
 
 def serve_forever(port_queue: Any, **kwargs: Any) -> None:

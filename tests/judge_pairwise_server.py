@@ -11,13 +11,12 @@ code with distilflow, so the judging code is not checked against itself.
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+
+from tests.loopback import LoopbackHandler, LoopbackServer
 
 SUM_RE = re.compile(r"What is (\d+) \+ (\d+)\?")
 BOXED_RE = re.compile(r"\\boxed\{([^{}]*)\}")
@@ -38,31 +37,22 @@ def first_probability(prompt: str, position_bias: float) -> float:
     return min(max(p, 0.01), 0.99)
 
 
-class PairwiseJudgeServer:
+class PairwiseJudgeServer(LoopbackServer):
     """Serve the rule-based judge as model ``served_name``; ``base_url`` ends in ``/v1``."""
 
     def __init__(self, position_bias: float = 0.0, served_name: str = "pairwise-judge"):
         self.position_bias = position_bias
         self.served_name = served_name
         self.prompts: list[str] = []  # the comparison prompts received, in order, for asserts
-        self._httpd: ThreadingHTTPServer | None = None
         self._lock = threading.Lock()
 
     def start(self) -> str:
+        return super().start() + "/v1"
+
+    def handler(self) -> type[LoopbackHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(LoopbackHandler):
             def do_GET(self) -> None:
                 if self.path.rstrip("/") == "/v1/models":
                     self._send(
@@ -75,7 +65,7 @@ class PairwiseJudgeServer:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                body = self._read_json()
                 if body.get("model") != server.served_name:
                     self._send(404, {"error": {"message": f"model {body.get('model')!r} is not served"}})
                     return
@@ -84,14 +74,7 @@ class PairwiseJudgeServer:
                     server.prompts.append(prompt)
                 self._send(200, server.reply(body, first_probability(prompt, server.position_bias)))
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def stop(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        return Handler
 
     def reply(self, body: dict, p_first: float) -> dict:
         if body.get("logprobs"):

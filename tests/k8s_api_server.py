@@ -15,8 +15,9 @@ import json
 import re
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.loopback import LoopbackHandler, LoopbackServer
 
 PATH = re.compile(
     r"^/apis/serving\.kserve\.io/v1beta1/namespaces/(?P<ns>[^/]+)/inferenceservices(?:/(?P<name>[^/?]+))?(?:\?.*)?$"
@@ -36,7 +37,7 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return out
 
 
-class FakeKServe:
+class FakeKServe(LoopbackServer):
     """The API server plus a simulated KServe controller."""
 
     def __init__(self, predictor_url: str, ready_after: int = 2):
@@ -47,7 +48,6 @@ class FakeKServe:
         self.state: dict[tuple[str, str], dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
 
     # --- the simulated controller -------------------------------------------------------------
     @staticmethod
@@ -132,21 +132,10 @@ class FakeKServe:
         obj["status"] = status
 
     # --- HTTP -----------------------------------------------------------------------------------
-    def start(self) -> str:
+    def handler(self) -> type[LoopbackHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, code: int, payload: dict[str, Any]) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(LoopbackHandler):
             def _status(self, code: int, reason: str, message: str) -> None:
                 self._send(
                     code,
@@ -161,9 +150,7 @@ class FakeKServe:
                 )
 
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length).decode() if length else ""
-                body = json.loads(raw) if raw else None
+                body = self._read_json()
                 with fake._lock:
                     fake.requests.append(
                         {
@@ -209,14 +196,7 @@ class FakeKServe:
 
             do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def stop(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        return Handler
 
     def methods(self) -> list[str]:
         return [r["method"] for r in self.requests]

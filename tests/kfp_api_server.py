@@ -23,11 +23,12 @@ import threading
 import uuid
 from email.parser import BytesParser
 from email.policy import HTTP
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
+
+from tests.loopback import LoopbackHandler, LoopbackServer
 
 API = "/apis/v2beta1"
 
@@ -59,7 +60,7 @@ def _multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, byt
     return fields
 
 
-class KfpApiServer:
+class KfpApiServer(LoopbackServer):
     def __init__(
         self,
         token: str | None = None,
@@ -77,25 +78,15 @@ class KfpApiServer:
         self.uploads: list[dict[str, Any]] = []
         self._polls: dict[str, int] = {}
         self._lock = threading.Lock()
+
+    def handler(self) -> type[LoopbackHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args) -> None:  # keep test output quiet
-                pass
-
-            def _send(self, code: int, body: dict) -> None:
-                data = json.dumps(body).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(LoopbackHandler):
             def _handle(self) -> None:
                 url = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
+                raw = self._read_body()
                 ctype = self.headers.get("Content-Type", "")
                 if ctype.startswith("multipart/form-data"):
                     body: Any = {
@@ -121,9 +112,7 @@ class KfpApiServer:
 
             do_GET = do_POST = do_DELETE = _handle
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        return Handler
 
     # --- the API ------------------------------------------------------------------------------
 
@@ -281,9 +270,5 @@ class KfpApiServer:
         return [(c["method"], c["path"], c["body"]) for c in self.calls]
 
     def __enter__(self) -> KfpApiServer:
-        self.thread.start()
+        self.start()
         return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()

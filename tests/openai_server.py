@@ -10,15 +10,15 @@ distilflow's teacher code, so tests of that code are not checked against themsel
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from tests.loopback import LoopbackHandler, LoopbackServer
 
-class TinyOpenAIServer:
+
+class TinyOpenAIServer(LoopbackServer):
     """Serve ``model_dir`` on 127.0.0.1; ``base_url`` ends in ``/v1``."""
 
     def __init__(self, model_dir: str, api_key: str | None = None, served_name: str | None = None):
@@ -31,23 +31,14 @@ class TinyOpenAIServer:
         self.model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         self.requests: list[dict[str, Any]] = []  # what clients sent (headers and bodies), for asserts
         self._lock = threading.Lock()  # one generation at a time: torch on 2 shared cores
-        self._httpd: ThreadingHTTPServer | None = None
 
     def start(self) -> str:
+        return super().start() + "/v1"
+
+    def handler(self) -> type[LoopbackHandler]:
         server = self
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: Any) -> None:  # keep test output quiet
-                pass
-
-            def _send(self, status: int, payload: dict) -> None:
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
+        class Handler(LoopbackHandler):
             def _authorised(self) -> bool:
                 header = self.headers.get("Authorization", "")
                 # Handlers run concurrently: keep this request's own entry, not requests[-1].
@@ -76,7 +67,7 @@ class TinyOpenAIServer:
                 if self.path.rstrip("/") != "/v1/chat/completions":
                     self._send(404, {"error": {"message": f"no route {self.path}"}})
                     return
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+                body = self._read_json()
                 self.entry["body"] = body
                 if body.get("model") != server.served_name:
                     self._send(404, {"error": {"message": f"model {body.get('model')!r} is not served"}})
@@ -84,14 +75,7 @@ class TinyOpenAIServer:
                 with server._lock:
                     self._send(200, server.complete(body))
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
-
-    def stop(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        return Handler
 
     def complete(self, body: dict) -> dict:
         import torch

@@ -21,11 +21,12 @@ import datetime as _dt
 import hashlib
 import threading
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 from xml.etree import ElementTree
 from xml.sax.saxutils import escape
+
+from tests.loopback import LoopbackHandler, LoopbackServer
 
 
 def crc64(data: bytes) -> str:
@@ -55,13 +56,12 @@ class OssObject:
         return hashlib.md5(self.data).hexdigest().upper()
 
 
-class FakeOss:
+class FakeOss(LoopbackServer):
     def __init__(self, buckets: tuple[str, ...] = ()) -> None:
         self.buckets: dict[str, dict[str, OssObject]] = {b: {} for b in buckets}
         self.uploads: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
 
     # --- the API ------------------------------------------------------------------------------
 
@@ -249,20 +249,16 @@ class FakeOss:
 
     # --- the HTTP server ----------------------------------------------------------------------
 
-    def start(self) -> str:
+    def handler(self) -> type[LoopbackHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(LoopbackHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
 
             def _handle(self) -> None:
                 url = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
+                body = self._read_body()
                 if self.headers.get("Content-MD5") and body:
                     expected = base64.b64encode(hashlib.md5(body).digest()).decode()
                     assert self.headers["Content-MD5"] == expected, "Content-MD5 mismatch"
@@ -288,14 +284,7 @@ class FakeOss:
 
             do_GET = do_PUT = do_POST = do_DELETE = do_HEAD = _handle
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def stop(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        return Handler
 
     def keys(self, bucket: str) -> list[str]:
         return sorted(self.buckets[bucket])

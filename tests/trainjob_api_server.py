@@ -17,9 +17,10 @@ import re
 import threading
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from tests.loopback import LoopbackHandler, LoopbackServer
 
 API = "/apis/trainer.kubeflow.org/v1alpha1"
 STAMP = "2026-11-26T12:00:00Z"
@@ -73,7 +74,7 @@ def cluster_runtime(name: str = "torch-distributed") -> dict[str, Any]:
     }
 
 
-class FakeTrainer:
+class FakeTrainer(LoopbackServer):
     """The API server plus a simulated Trainer controller."""
 
     def __init__(
@@ -90,7 +91,6 @@ class FakeTrainer:
         self.polls: dict[tuple[str, str], int] = {}
         self.requests: list[dict[str, Any]] = []
         self._lock = threading.Lock()
-        self._httpd: ThreadingHTTPServer | None = None
 
     def _advance(self, key: tuple[str, str]) -> None:
         """One status read of a job: the controller moves it on."""
@@ -138,22 +138,11 @@ class FakeTrainer:
             )
         return pods
 
-    def start(self) -> str:
+    def handler(self) -> type[LoopbackHandler]:
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(LoopbackHandler):
             protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-            def _send(self, code: int, payload: Any, content_type: str = "application/json") -> None:
-                data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
 
             def _missing(self, what: str) -> None:
                 self._send(
@@ -169,8 +158,7 @@ class FakeTrainer:
                 )
 
             def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length).decode() if length else ""
+                raw = self._read_body().decode()
                 body = json.loads(raw) if raw else None
                 url = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
@@ -219,19 +207,12 @@ class FakeTrainer:
                         return self._send(200, {"apiVersion": "v1", "kind": "PodList", "items": items})
                     if route == "log":
                         text = "".join(line + "\n" for line in fake.log_lines)
-                        return self._send(200, text, "text/plain")
+                        return self._send(200, text, content_type="text/plain")
                     return self._send(405, {"kind": "Status", "status": "Failure", "code": 405})
 
             do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _handle
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._httpd.server_address[1]}"
-
-    def stop(self) -> None:
-        if self._httpd:
-            self._httpd.shutdown()
-            self._httpd.server_close()
+        return Handler
 
     def posted(self) -> list[dict[str, Any]]:
         """The bodies POSTed to the trainjobs collection."""
