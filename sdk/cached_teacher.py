@@ -29,6 +29,7 @@ from distilflow.errors import BackendError
 from distilflow.teacher import (
     Completion,
     TeacherConfig,
+    answer_of_completion,
     completion_of,
     normalise_digit_probs,
     request_body,
@@ -149,15 +150,7 @@ class CachedTeacher:
         for row, completions in zip(rows, got, strict=True):
             for ask in row:
                 if ask.answer is None:
-                    c = completions[ask.sample]
-                    ask.answer = {
-                        "content": c.content,
-                        "reasoning": c.reasoning,
-                        "split": True,
-                        "finish_reason": c.finish_reason,
-                        "prompt_tokens": c.prompt_tokens,
-                        "completion_tokens": c.tokens,
-                    }
+                    ask.answer = answer_of_completion(completions[ask.sample])
                     self._received(ask.answer)
                     new.append(ask)
         self._store(new)

@@ -346,6 +346,18 @@ def answer_of(reply: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def answer_of_completion(c: Completion) -> dict[str, Any]:
+    """An in-process teacher's Completion as a raw answer (what the caches keep), already split."""
+    return {
+        "content": c.content,
+        "reasoning": c.reasoning,
+        "split": True,
+        "finish_reason": c.finish_reason,
+        "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.tokens,
+    }
+
+
 def completion_of(answer: dict[str, Any]) -> Completion:
     """A raw answer (``answer_of``, or a cache entry) as a Completion with the reasoning split off
     (``split: true``: an in-process teacher already split it)."""

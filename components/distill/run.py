@@ -352,7 +352,7 @@ def ask_in_process(
     A problem with any sample missing from the cache is generated whole (``n`` samples in one call)
     and only its missing samples are used and cached; each batch is written as a shard.
     """
-    from distilflow.teacher import completion_of
+    from distilflow.teacher import answer_of_completion, completion_of
 
     by_problem: dict[str, list[Job]] = collections.defaultdict(list)
     for job in jobs:
@@ -380,15 +380,7 @@ def ask_in_process(
             for group, completions in zip(missing, got, strict=True):
                 for job in group:
                     if answers[job.key] is None:
-                        c = completions[job.sample]
-                        answers[job.key] = {
-                            "content": c.content,
-                            "reasoning": c.reasoning,
-                            "split": True,
-                            "finish_reason": c.finish_reason,
-                            "prompt_tokens": c.prompt_tokens,
-                            "completion_tokens": c.tokens,
-                        }
+                        answers[job.key] = answer_of_completion(completions[job.sample])
                         cache.put(job.key, teacher.config.model, job.request, answers[job.key])
         for group in batch:
             for job in group:
