@@ -80,49 +80,42 @@ def gpu_step(task: Any, name: str, gpu_type: Any, gpus: Any, node_selector: Any)
     return on_gpus(task, gpu_type, gpus, node_selector)
 
 
+# The recipe parameters ``configure`` reads (with ``lifecycle``'s switches, where a recipe has them).
+CONFIGURE_PARAMETERS = (
+    "preset",
+    "config",
+    "overrides",
+    "teacher_base_url",
+    "teacher_model",
+    "student_model",
+    "problems_uri",
+    "gpu_count",
+)
+
+
 def prepare_data(
-    *,
     recipe: str,
     stages: list[str],
-    output_uri: Any,
-    preset: Any,
-    config: Any,
-    overrides: Any,
-    teacher_base_url: Any,
-    teacher_model: Any,
-    teacher_key_secret: Any,
-    student_model: Any,
-    problems_uri: Any,
-    gpu_count: Any = 0,
-    switches: dict[str, Any] | None = None,
+    parameters: dict[str, Any],
     distill_name: str = "distill",
     curate_name: str = "curate",
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """The start every recipe shares, called inside its pipeline function: configure -> validate ->
-    distill -> curate. Returns the run's config (the ``configure`` output every stage reads), the
-    curate task (its ``curated`` output feeds the training stages) and the GPUs of each training
-    stage's pod by stage name (``gpu_count``, or 0 where the stage's launcher is trainjob or dlc).
-    ``switches`` (``lifecycle``: ``with_dpo``, ...) leave the stages they turn off out of the config
-    and out of validate's checks."""
+    """The start every recipe shares, called first in its pipeline function with ``locals()`` (its
+    console parameters): configure -> validate -> distill -> curate. Returns the run's config (the
+    ``configure`` output every stage reads), the curate task (its ``curated`` output feeds the
+    training stages) and the GPUs of each training stage's pod by stage name (``gpu_count``, or 0
+    where the stage's launcher is trainjob or dlc). ``lifecycle``'s switches (``with_dpo``, ...)
+    leave the stages they turn off out of the config and out of validate's checks."""
     from distilflow.components.curate.component import curate
     from distilflow.components.distill.component import distill
     from distilflow.components.validate.component import validate
+    from distilflow.pipelines.params import SWITCHES
     from distilflow.pipelines.steps import configure
 
+    output_uri, teacher_key_secret = parameters["output_uri"], parameters["teacher_key_secret"]
     # The run's whole config: recipe defaults < preset < parameters < config < overrides.
-    config_task = configure(
-        recipe=recipe,
-        stages=stages,
-        preset=preset,
-        config=config,
-        overrides=overrides,
-        teacher_base_url=teacher_base_url,
-        teacher_model=teacher_model,
-        student_model=student_model,
-        problems_uri=problems_uri,
-        gpu_count=gpu_count,
-        **(switches or {}),
-    )
+    wanted = (*CONFIGURE_PARAMETERS, *(name for name in SWITCHES if name in parameters))
+    config_task = configure(recipe=recipe, stages=stages, **{name: parameters[name] for name in wanted})
     cpu_step(config_task, "configure", cache=True)  # a pure function of its inputs and the image
     cfg = config_task.outputs["config"]
     # GPUs of each training stage's pod: gpu_count, or none when its launcher runs the job elsewhere.

@@ -44,20 +44,8 @@ def slow_thinking(
     overrides: str = "{}",
     config: dict = {},  # noqa: B006
 ):
-    cfg, curate_task, pod_gpus = common.prepare_data(
-        recipe=NAME,
-        stages=STAGES,
-        output_uri=output_uri,
-        preset=preset,
-        config=config,
-        overrides=overrides,
-        teacher_base_url=teacher_base_url,
-        teacher_model=teacher_model,
-        teacher_key_secret=teacher_key_secret,
-        student_model=student_model,
-        problems_uri=problems_uri,
-        gpu_count=gpu_count,
-    )
+    # locals(): the console parameters above, as configure and validate read them.
+    cfg, curate_task, pod_gpus = common.prepare_data(NAME, STAGES, locals())
     # Fine-tune the student on the curated chains.
     sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
     common.gpu_step(sft_task, "sft", gpu_type, pod_gpus["sft"], gpu_node_selector)

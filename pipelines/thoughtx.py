@@ -43,21 +43,9 @@ def thoughtx(
     overrides: str = "{}",
     config: dict = {},  # noqa: B006
 ):
+    # locals(): the console parameters above, as configure and validate read them.
     cfg, curate_task, pod_gpus = common.prepare_data(
-        recipe=NAME,
-        stages=STAGES,
-        output_uri=output_uri,
-        preset=preset,
-        config=config,
-        overrides=overrides,
-        teacher_base_url=teacher_base_url,
-        teacher_model=teacher_model,
-        teacher_key_secret=teacher_key_secret,
-        student_model=student_model,
-        problems_uri=problems_uri,
-        gpu_count=gpu_count,
-        distill_name="distill (teachers)",
-        curate_name="curate (RV/CD)",
+        NAME, STAGES, locals(), distill_name="distill (teachers)", curate_name="curate (RV/CD)"
     )
     # Curriculum SFT: curate's order, easiest CD bin first, no shuffling.
     sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
