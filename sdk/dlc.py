@@ -30,10 +30,8 @@ from typing import Any
 
 from pydantic import Field
 
-from distilflow import uri as uris
 from distilflow.aliyun import AliyunApiFields, openapi_config
 from distilflow.errors import ConfigError, DistilflowError
-from distilflow.outputs import StageOutput, require_complete
 
 CONFIG_FILE = "dlc-config.yaml"
 """The config the job's nodes run with, written to ``<output_uri>/dlc-config.yaml``."""
@@ -187,7 +185,7 @@ def launch(
             a complete output.
     """
     from distilflow.images import stage_image
-    from distilflow.trainjob import job_config, node_env
+    from distilflow.trainjob import job_result, node_env, stage_job
 
     settings = settings or getattr(config, "dlc", None) or DlcSettings()
     nodes = nodes if nodes is not None else getattr(config, "nodes", 1)
@@ -205,14 +203,9 @@ def launch(
     if clash:
         raise ConfigError(f"{', '.join(clash)} is in both env and dlc.secret_env_names; list a secret once")
 
-    local = job_config(config)
-    out = StageOutput(local.output_uri, stage)
-    stored = out.reusable(local)
+    local, config_uri, stored = stage_job(stage, config)
     if stored is not None:
-        print(f"[{stage}] reusing finished output {out.uri}", flush=True)
-        return stored["result"]
-    config_uri = out.path(CONFIG_FILE)
-    uris.write_text(config_uri, local.to_yaml())
+        return stored
 
     client = client or dlc_client(settings)
     name = f"distilflow-{stage}-{local.fingerprint()[:8]}"
@@ -239,14 +232,7 @@ def launch(
             f"{stage}: PAI-DLC job {where} {status.status.lower()}: {reason}. The nodes' logs are in the PAI "
             "console (job details); a rerun resumes from the newest complete checkpoint"
         )
-    manifest = require_complete(local.output_uri, f"{stage} output of PAI-DLC job {job_id}")
-    if manifest.get("config_fingerprint") != local.fingerprint():
-        raise DistilflowError(
-            f"{stage}: PAI-DLC job {job_id} succeeded, but {local.output_uri} holds the output of another config "
-            f"(fingerprint {manifest.get('config_fingerprint')}, expected {local.fingerprint()})"
-        )
-    print(f"[{stage}] PAI-DLC job {job_id} succeeded: {local.output_uri}", flush=True)
-    return manifest["result"]
+    return job_result(stage, local, f"PAI-DLC job {job_id}")
 
 
 def _wait(stage: str, client: Any, job_id: str, poll_interval: float, timeout: float) -> Any:

@@ -34,6 +34,34 @@ def job_config(config: Any) -> Any:
     return type(config).model_validate({**config.to_dict(), "launcher": "local"})
 
 
+def stage_job(stage: str, config: Any) -> tuple[Any, str, dict[str, Any] | None]:
+    """What a launcher submits: the nodes' config (``job_config``), its URI in the stage output (written
+    there for the nodes to read), and the stored result when a finished output of the same config
+    already stands there (then nothing is written and nothing is to be submitted)."""
+    local = job_config(config)
+    out = StageOutput(local.output_uri, stage)
+    stored = out.reusable(local)
+    if stored is not None:
+        print(f"[{stage}] reusing finished output {out.uri}", flush=True)
+        return local, out.path(CONFIG_FILE), stored["result"]
+    config_uri = out.path(CONFIG_FILE)
+    uris.write_text(config_uri, local.to_yaml())
+    return local, config_uri, None
+
+
+def job_result(stage: str, local: Any, job: str) -> dict[str, Any]:
+    """The result of a job that ended well (``job`` names it): its output must be complete and of
+    this config, or the step fails saying which."""
+    manifest = require_complete(local.output_uri, f"{stage} output of {job}")
+    if manifest.get("config_fingerprint") != local.fingerprint():
+        raise DistilflowError(
+            f"{stage}: {job} succeeded, but {local.output_uri} holds the output of another config "
+            f"(fingerprint {manifest.get('config_fingerprint')}, expected {local.fingerprint()})"
+        )
+    print(f"[{stage}] {job} succeeded: {local.output_uri}", flush=True)
+    return manifest["result"]
+
+
 def job_command(stage: str, config_uri: str) -> list[str]:
     """The container command of every node."""
     return ["torchrun", "--no-python", "distilflow", "stage", stage, "--config", config_uri]
@@ -137,14 +165,9 @@ def launch(
             f"{', '.join(clash)} is in both env and secret_env; a secret goes in secret_env only"
         )
 
-    local = job_config(config)
-    out = StageOutput(local.output_uri, stage)
-    stored = out.reusable(local)
+    local, config_uri, stored = stage_job(stage, config)
     if stored is not None:
-        print(f"[{stage}] reusing finished output {out.uri}", flush=True)
-        return stored["result"]
-    config_uri = out.path(CONFIG_FILE)
-    uris.write_text(config_uri, local.to_yaml())
+        return stored
 
     from kubeflow.trainer import CustomTrainerContainer
     from kubeflow.trainer.options import (
@@ -217,11 +240,4 @@ def launch(
             )
         time.sleep(poll_interval)
 
-    manifest = require_complete(local.output_uri, f"{stage} output of TrainJob {where}")
-    if manifest.get("config_fingerprint") != local.fingerprint():
-        raise DistilflowError(
-            f"{stage}: TrainJob {where} completed, but {local.output_uri} holds the output of another config "
-            f"(fingerprint {manifest.get('config_fingerprint')}, expected {local.fingerprint()})"
-        )
-    print(f"[{stage}] TrainJob {where} complete: {local.output_uri}", flush=True)
-    return manifest["result"]
+    return job_result(stage, local, f"TrainJob {where}")

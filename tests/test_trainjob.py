@@ -275,3 +275,26 @@ def test_launcher_dlc_dispatches_to_distilflow_dlc(stage, tmp_path, monkeypatch)
     assert calls == [(stage, config)] and calls[0][1].dlc.workspace_id == "ws-1"
     assert got.steps == 3 and got.model_uri == result["model_uri"]
     assert not os.path.exists(tmp_path / "out")  # nothing trained or written here
+
+
+def test_a_job_that_ends_well_but_wrote_another_configs_output_fails_the_step(cluster, tmp_path):
+    """What both launchers (TrainJob, PAI-DLC) check after the job: its output must be of this config."""
+    from distilflow import trainjob
+
+    def other_config_job(body: dict) -> None:
+        config = SftConfig.load(the_config_uri(body))
+        finished_job({"spec": {"trainer": {"command": ["--config", _other(config, tmp_path)]}}})
+
+    cluster(other_config_job)
+    with pytest.raises(
+        DistilflowError, match=r"TrainJob .* succeeded, but .* holds the output of another config"
+    ):
+        trainjob.launch("sft", make_config(tmp_path), poll_interval=0.05)
+
+
+def _other(config: SftConfig, tmp_path) -> str:
+    """A config file of the same output with another learning rate."""
+    path = str(tmp_path / "other.yaml")
+    with open(path, "w") as f:
+        f.write(config.model_copy(update={"learning_rate": config.learning_rate * 2}).to_yaml())
+    return path
