@@ -567,6 +567,19 @@ def progress_callback(stage: str) -> Any:
     return _ProgressCallback()
 
 
+def lora_config(config: Any, task_type: str = "CAUSAL_LM") -> Any:
+    """peft's LoRA settings of a training stage (``lora``, ``lora_r``, ``lora_alpha``; every linear
+    layer), or None for full fine-tuning. ``SEQ_CLS`` (reward) trains and saves the new scalar head
+    beside the adapter."""
+    if not config.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type=task_type
+    )
+
+
 def quiet_trainer(trainer: Any, stage: str) -> Any:
     """Swap the trainer's raw log-dict printer for the progress callback; return the trainer."""
     from transformers.trainer_callback import PrinterCallback

@@ -103,13 +103,7 @@ def make_trainer(
         from transformers import AutoModelForCausalLM
 
         ref_model = AutoModelForCausalLM.from_pretrained(ref_model, **(args.model_init_kwargs or {}))
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
-        )
+    peft_config = training.lora_config(config)
     collator = collator_cls(pad_token_id=tokenizer.pad_token_id, max_length=config.max_length)
     trainer = trainer_cls(
         model=model_path,

@@ -491,14 +491,7 @@ def make_trainer(
         max_length=config.max_length,
         center_rewards_coefficient=config.center_rewards_coefficient,
     )
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
-
-        # SEQ_CLS trains (and saves) the new scalar head beside the adapter
-        peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="SEQ_CLS"
-        )
+    peft_config = training.lora_config(config, "SEQ_CLS")
     # A string model lets TRL load it as AutoModelForSequenceClassification(num_labels=1): a causal LM
     # folder gets a fresh scalar head, a reward folder keeps its own.
     trainer = RewardTrainer(

@@ -188,13 +188,7 @@ def make_trainer(
         reward_weights=list(config.weights().values()),
         **vllm,
     )
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
-        )
+    peft_config = training.lora_config(config)
     trainer = GRPOTrainer(
         model=model_path,
         reward_funcs=funcs,

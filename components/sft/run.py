@@ -103,13 +103,7 @@ def make_trainer(
             "sft.packing=true needs a GPU with a flash-attention kernel (packed rows are kept apart by the "
             "varlen kernel, which the CPU does not have); set sft.packing=false on a CPU"
         )
-    peft_config = None
-    if config.lora:
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear", task_type="CAUSAL_LM"
-        )
+    peft_config = training.lora_config(config)
     init_kwargs: dict[str, Any] = {"dtype": "float32"}
     if config.attn_implementation:
         init_kwargs["attn_implementation"] = config.attn_implementation
