@@ -221,3 +221,21 @@ def test_explicit_reference_model(tiny_qwen3, tmp_path):
     result = run(cfg)
     assert abs(result.final_reward_margin) > 1e-4
     assert '"ref_model"' in uris.read_text(os.path.join(result.model_uri, "README.md"))
+
+
+def test_lora_uses_the_policy_with_its_adapter_off_as_reference(tiny_qwen3, tmp_path):
+    """With LoRA and no ref_model the reference is the policy with its adapter disabled (no copy):
+    the first step's loss is log 2 (policy == reference), training lowers it, and the saved model is
+    the merged one, with no adapter weights left in it."""
+    from safetensors.torch import load_file
+
+    from distilflow.components.dpo.run import run
+
+    data = curate_output(str(tmp_path), "preference.jsonl", pairs(8))
+    cfg = config(tiny_qwen3, data, str(tmp_path / "dpo"), lora=True, lora_r=8, lora_alpha=16, save_steps=0)
+    result = run(cfg)
+    assert result.first_loss == pytest.approx(0.6931, abs=1e-3)
+    assert result.final_loss < result.first_loss - 0.05, result
+    weights = load_file(os.path.join(result.model_uri, "model.safetensors"))
+    assert weights and not any("lora" in name for name in weights)
+    assert '"lora": true' in uris.read_text(os.path.join(result.model_uri, "README.md"))
