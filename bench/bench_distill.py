@@ -1,6 +1,6 @@
 """Throughput of the ``distill`` stage against a local endpoint with a known physical limit.
 
-The fault server (``tests/fault_server.py``, no faults here) answers each request after a fixed
+The fault server (``tests/fakes/fault_server.py``, no faults here) answers each request after a fixed
 latency L and serves at most C requests at once, so no client can exceed C/L requests per second.
 This measures ``distill`` end to end (cache lookups and writes, shards, traces, report included)
 with ``teacher.concurrency = C``, and a sequential client (one request at a time, as EasyDistill
@@ -96,7 +96,7 @@ def main() -> None:
     import httpx
 
     from distilflow.records import Problem, write_jsonl
-    from tests.fault_server import serve_forever
+    from tests.fakes.fault_server import serve_forever
 
     limit = args.cap / args.latency
     total = args.problems * args.n

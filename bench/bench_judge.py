@@ -1,7 +1,7 @@
 """Judge cost of curate's two scoring modes on the same rows: generated tokens per score.
 
 Runs the ``curate`` stage twice on the same synthetic traces against a local OpenAI-compatible
-server (``tests/openai_server.py``: a real model on CPU that returns top logprobs), once with
+server (``tests/fakes/openai_server.py``: a real model on CPU that returns top logprobs), once with
 ``mode: logprobs`` (the judge answers one digit; the score is the expected value of its next-token
 distribution) and once with ``mode: generate`` (the judge explains, then writes ``<score>N</score>``),
 each with a fresh teacher cache so that every judgment is asked. For each mode it prints the judge
@@ -101,8 +101,8 @@ def write_traces(folder: str, count: int) -> str:
 
 
 def counting_server(model_dir: str):
-    """tests/openai_server.py's server, also summing the completion tokens it reports."""
-    from tests.openai_server import TinyOpenAIServer
+    """tests/fakes/openai_server.py's server, also summing the completion tokens it reports."""
+    from tests.fakes.openai_server import TinyOpenAIServer
 
     class Server(TinyOpenAIServer):
         completion_tokens = 0

@@ -1,7 +1,7 @@
 """Compile every registered pipeline into ``pipelines/golden/<name>.yaml`` (the golden specs).
 
 ``python -m distilflow.pipelines.compile_all`` rewrites them; ``--check`` only reports which differ.
-tests/test_pipelines.py fails when a golden spec is stale, so a change to a recipe, a component or an
+tests/pipelines/test_pipelines.py fails when a golden spec is stale, so a change to a recipe, a component or an
 image shows up in review as a diff of the compiled YAML. Compilation is made deterministic by clearing
 the build-time environment that changes the spec (image registry, pull secrets): run it in a fresh
 interpreter, as the pipelines read it when their modules are imported.

@@ -4,7 +4,7 @@ A teacher answers chats (``generate``) and, for judging, gives the next-token pr
 each candidate score digit (``digit_probs``, OmniThought-style expected scores). Three backends:
 
 * ``openai``: any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, SGLang, DashScope,
-  PAI-EAS, ``transformers serve``), called through ``distilflow.endpoint`` (requests in flight,
+  PAI-EAS, ``transformers serve``), called through ``distilflow.teachers.endpoint`` (requests in flight,
   rate budgets, retries with backoff). The API key is read from the environment variable named by
   ``api_key_env``; the key itself never enters a config, a log, a manifest or the teacher cache.
 * ``transformers``: the model runs in-process (CPU or one GPU) from a local folder or a URI.
@@ -213,7 +213,7 @@ def make_teacher(config: TeacherConfig) -> Teacher:
 class OpenAITeacher:
     """An OpenAI-compatible chat endpoint, called with ``concurrency`` requests in flight.
 
-    Requests go through ``distilflow.endpoint.AsyncEndpoint`` (budgets, timeouts, retries with
+    Requests go through ``distilflow.teachers.endpoint.AsyncEndpoint`` (budgets, timeouts, retries with
     backoff). Each of the ``n`` samples is its own request (with ``seed + sample`` when a seed is
     set): several servers (``transformers serve``, some gateways) silently ignore ``n`` and return
     one choice, and one seed shared by ``n`` separate requests would give ``n`` equal samples.
@@ -221,7 +221,7 @@ class OpenAITeacher:
     """
 
     def __init__(self, config: TeacherConfig):
-        from distilflow.endpoint import EndpointStats
+        from distilflow.teachers.endpoint import EndpointStats
 
         self.config = config
         self.name = config.display_name
@@ -229,7 +229,7 @@ class OpenAITeacher:
 
     def endpoint(self):
         """A fresh ``AsyncEndpoint`` for this teacher (enter it inside the event loop that uses it)."""
-        from distilflow.endpoint import AsyncEndpoint
+        from distilflow.teachers.endpoint import AsyncEndpoint
 
         c = self.config
         # The key is read here and handed to the HTTP client only; it is never stored on the config.
@@ -252,7 +252,7 @@ class OpenAITeacher:
 
     def error(self, exc: Exception) -> BackendError:
         """A failed request as a BackendError naming the endpoint, the model and the fix."""
-        from distilflow.endpoint import CLIENT_ERROR
+        from distilflow.teachers.endpoint import CLIENT_ERROR
 
         c = self.config
         status = getattr(exc, "status", None)
@@ -281,7 +281,7 @@ class OpenAITeacher:
             return pool.submit(asyncio.run, main()).result()
 
     def generate(self, chats: list[list[dict]], n: int = 1) -> list[list[Completion]]:
-        from distilflow.endpoint import RequestError
+        from distilflow.teachers.endpoint import RequestError
 
         async def all_samples(ep: Any) -> list[dict]:
             jobs = [self.acomplete(ep, self.request(chat, s)) for chat in chats for s in range(n)]
@@ -294,7 +294,7 @@ class OpenAITeacher:
         return [flat[i * n : (i + 1) * n] for i in range(len(chats))]
 
     def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
-        from distilflow.endpoint import RequestError
+        from distilflow.teachers.endpoint import RequestError
 
         c = self.config
 

@@ -36,8 +36,8 @@ from pydantic import Field, model_validator
 from distilflow import records
 from distilflow import uri as uris
 from distilflow.config import BaseConfig
-from distilflow.dlc import DlcSettings
 from distilflow.errors import ConfigError
+from distilflow.launch.dlc import DlcSettings
 from distilflow.outputs import require_complete
 
 R = TypeVar("R")
@@ -103,7 +103,7 @@ class ScaleAndCheckpointFields(BaseConfig):
 
 class LauncherFields(BaseConfig):
     """Config fields of a training stage that can run elsewhere than in its own pod: a Kubeflow Trainer
-    ``TrainJob`` (``distilflow.trainjob``) or an Alibaba Cloud PAI-DLC job (``distilflow.dlc``) of
+    ``TrainJob`` (``distilflow.launch.trainjob``) or an Alibaba Cloud PAI-DLC job (``distilflow.launch.dlc``) of
     ``nodes`` nodes. Plain fields and their checks; the stage's ``run`` dispatches with ``dispatch``."""
 
     launcher: Literal["local", "trainjob", "dlc"] = Field(
@@ -162,11 +162,11 @@ def dispatch(stage: str, config: Any) -> dict[str, Any] | None:
     """
     launcher = getattr(config, "launcher", "local")
     if launcher == "trainjob":  # many nodes: a Kubeflow TrainJob trains, this process waits
-        from distilflow import trainjob
+        from distilflow.launch import trainjob
 
         return trainjob.launch(stage, config)
     if launcher == "dlc":  # many nodes on Alibaba Cloud PAI-DLC
-        from distilflow import dlc
+        from distilflow.launch import dlc
 
         return dlc.launch(stage, config)
     return None

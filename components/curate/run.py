@@ -37,8 +37,6 @@ from pydantic import BaseModel, Field
 
 from distilflow import answers
 from distilflow import uri as uris
-from distilflow.cache import TeacherCache
-from distilflow.cached_teacher import CachedTeacher
 from distilflow.components.curate import report, shards
 from distilflow.components.curate.config import FORMAT_TEMPLATES, JUDGE_TEMPLATES, CurateConfig
 from distilflow.components.curate.select import filter_flow, iter_lines, select_stream
@@ -46,6 +44,8 @@ from distilflow.errors import RecordError
 from distilflow.outputs import StageOutput, require_complete
 from distilflow.progress import Progress
 from distilflow.records import Scored, Trace, template_tokens
+from distilflow.teachers.cache import TeacherCache
+from distilflow.teachers.cached import CachedTeacher
 
 TRACES = "traces.jsonl"
 SELECTION, REPORT = "selection.json", "report.html"

@@ -7,8 +7,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from distilflow.aliyun import AliyunApiFields
 from distilflow.config import BaseConfig
+from distilflow.launch.aliyun import AliyunApiFields
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "model")
@@ -88,7 +88,7 @@ class KServeConfig(BaseConfig):
 
 class EasConfig(AliyunApiFields):
     """Where and how the PAI-EAS service runs (``target: pai-eas``); region (also the EAS cluster id),
-    endpoint and credential variables as ``distilflow.aliyun.AliyunApiFields``."""
+    endpoint and credential variables as ``distilflow.launch.aliyun.AliyunApiFields``."""
 
     workspace_id: str | None = Field(None, description="PAI workspace id (metadata.workspace_id)")
     resource: str | None = Field(

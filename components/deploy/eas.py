@@ -14,10 +14,10 @@ import shlex
 import time
 from typing import Any
 
-from distilflow.aliyun import openapi_config
 from distilflow.components.deploy.config import DeployConfig
 from distilflow.components.deploy.vllm_server import VLLM_MODULE, server_image, vllm_args
 from distilflow.errors import BackendError
+from distilflow.launch.aliyun import openapi_config
 
 RUNNING, FAILED = "Running", ("Failed", "UpdateFailed")
 

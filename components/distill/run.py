@@ -2,9 +2,9 @@
 
 Reads ``problems_uri`` (records.Problem) and asks the teacher ``n`` times per problem. An endpoint
 teacher keeps ``teacher.concurrency`` requests in flight (budgets, timeouts, retries: see
-``distilflow.endpoint``); an in-process teacher answers ``batch_size`` problems per call.
+``distilflow.teachers.endpoint``); an in-process teacher answers ``batch_size`` problems per call.
 
-Nothing is paid for twice. Every answer goes to a content-addressed cache (``distilflow.cache``,
+Nothing is paid for twice. Every answer goes to a content-addressed cache (``distilflow.teachers.cache``,
 default ``<output_uri>/cache``) the moment it arrives, and answered traces are written as numbered
 shards under ``parts/<generation key>/`` as they complete. After a crash or a kill at any point, a
 rerun with the same config takes the shards' rows as done, takes answers the cache holds without a
@@ -32,13 +32,13 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from distilflow import uri as uris
-from distilflow.cache import TeacherCache, cache_key
 from distilflow.components.distill.config import PROMPT_TEMPLATES, DistillConfig
 from distilflow.errors import BackendError, RecordError
 from distilflow.outputs import StageOutput
 from distilflow.progress import Progress
 from distilflow.records import Problem, Trace, read_jsonl, template_tokens, write_jsonl
 from distilflow.teacher import request_body
+from distilflow.teachers.cache import TeacherCache, cache_key
 
 TRACES = "traces.jsonl"
 FAILURES = "failures.jsonl"
@@ -268,8 +268,8 @@ async def ask_endpoint(
     the cache, so a kill at any point loses at most ``concurrency`` sent-but-unsaved requests. Twice
     as many workers as slots do the rest (cache lookups, traces, shards) while the slots stay busy.
     """
-    from distilflow.endpoint import RequestError
     from distilflow.teacher import completion_of
+    from distilflow.teachers.endpoint import RequestError
 
     pending = iter(jobs)
     name = teacher.name
@@ -562,7 +562,7 @@ def run(config: DistillConfig) -> DistillResult:
 
 def sum_stats(stats: list[Any]) -> Any:
     """The endpoint stats of several teachers added up (in-process teachers have none)."""
-    from distilflow.endpoint import EndpointStats
+    from distilflow.teachers.endpoint import EndpointStats
 
     total = EndpointStats()
     for one in stats:

@@ -49,7 +49,7 @@ class RewardConfig(LauncherFields, ScaleAndCheckpointFields):
     )
     cache_uri: Uri | None = Field(
         None,
-        description="Teacher cache of the judge's verdicts (distilflow.cache); None: <output_uri>/cache. Share it "
+        description="Teacher cache of the judge's verdicts (distilflow.teachers.cache); None: <output_uri>/cache. Share it "
         "with curate's or distill's cache_uri: keys cover the model and the whole request",
     )
     judge_mode: Literal["logprobs", "generate"] = Field(

@@ -110,8 +110,8 @@ def build_pairs(config: RewardConfig, out: StageOutput) -> tuple[list[Pair], dic
     pairs, data_file = candidate_pairs(config)
     counts: dict[str, Any] = {"pairs_read": len(pairs)}
     if config.judge is not None:
-        from distilflow.cache import TeacherCache
-        from distilflow.cached_teacher import CachedTeacher
+        from distilflow.teachers.cache import TeacherCache
+        from distilflow.teachers.cached import CachedTeacher
 
         # every verdict is stored as it arrives: a killed run's rerun asks only for the missing ones
         cache = TeacherCache(config.cache_uri or uris.join(config.output_uri, "cache"))

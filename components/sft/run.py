@@ -142,8 +142,8 @@ def run(config: SftConfig) -> SftResult:
     A rerun of a finished output returns the stored result; a rerun of an unfinished one (preempted,
     killed) with the same config continues from its newest complete checkpoint, optimizer, schedule,
     RNG and data position included (see ``distilflow.training.resume_point`` for a changed config).
-    With ``launcher: trainjob`` (or ``dlc``) it trains nothing here: ``distilflow.trainjob.launch``
-    submits a Kubeflow TrainJob (``distilflow.dlc.launch`` a PAI-DLC job) of ``nodes`` nodes that runs
+    With ``launcher: trainjob`` (or ``dlc``) it trains nothing here: ``distilflow.launch.trainjob.launch``
+    submits a Kubeflow TrainJob (``distilflow.launch.dlc.launch`` a PAI-DLC job) of ``nodes`` nodes that runs
     this stage with ``launcher: local`` and returns its result.
     It does not pack sequences on a CPU.
     """

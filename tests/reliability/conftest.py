@@ -131,7 +131,7 @@ def faulty_s3(s3_env, monkeypatch):
     Yields ``(proxy, bucket)``; the default faults are set per test on ``proxy.faults``."""
     import s3fs
 
-    from tests.reliability.s3_proxy import FaultyS3Proxy
+    from tests.fakes.s3_proxy import FaultyS3Proxy
 
     bucket, upstream = s3_env
     proxy = FaultyS3Proxy(upstream, faults={}, seed=7)

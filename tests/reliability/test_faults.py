@@ -2,7 +2,7 @@
 row, and cost only the requests they broke.
 
 Each stage runs as users run it (``distilflow stage NAME --config``, a subprocess) against
-``tests/fault_server.py`` (every fault kind forced at least once, then drawn at random) with its
+``tests/fakes/fault_server.py`` (every fault kind forced at least once, then drawn at random) with its
 outputs and cache on S3 behind ``s3_proxy.FaultyS3Proxy`` (slow writes, 500/503, dropped connections
 before and after the store applied a write). The result must equal a fault-free run's, row for row.
 """
@@ -19,7 +19,7 @@ import pytest
 from distilflow import uri as uris
 from distilflow.outputs import MARKER
 from distilflow.records import Scored, Trace, iter_output_rows, output_shards, read_jsonl
-from tests.fault_server import FAULTS, FaultServer
+from tests.fakes.fault_server import FAULTS, FaultServer
 from tests.reliability.conftest import (
     JUDGE_KEY_ENV,
     SECRETS,

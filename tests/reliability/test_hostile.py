@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from distilflow.records import Message, SftExample, Trace, iter_output_rows, read_jsonl, template_tokens
-from tests.fault_server import FaultServer, respond
+from tests.fakes.fault_server import FaultServer, respond
 from tests.reliability.conftest import SECRETS, TEACHER_KEY_ENV, endpoint_teacher, figure
 
 pytestmark = pytest.mark.reliability

@@ -25,7 +25,7 @@ from distilflow import uri as uris
 from distilflow.cli import main
 from distilflow.outputs import MARKER
 from distilflow.records import Message, SftExample, Trace, output_shards, read_jsonl, write_jsonl
-from tests.fault_server import FaultServer
+from tests.fakes.fault_server import FaultServer
 from tests.reliability.conftest import (
     SECRETS,
     TEACHER_KEY_ENV,

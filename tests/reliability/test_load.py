@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.fault_server import FaultServer
+from tests.fakes.fault_server import FaultServer
 from tests.reliability.conftest import ROOT, SECRETS, TEACHER_KEY_ENV, endpoint_teacher, figure, write_config
 
 pytestmark = pytest.mark.reliability

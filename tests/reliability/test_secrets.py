@@ -20,7 +20,7 @@ from click.testing import CliRunner
 
 from distilflow.cli import main
 from distilflow.pipelines import PIPELINES
-from tests.fault_server import FaultServer
+from tests.fakes.fault_server import FaultServer
 from tests.reliability.conftest import (
     JUDGE_KEY_ENV,
     SECRETS,

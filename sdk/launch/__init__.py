@@ -1,0 +1,1 @@
+"""Launchers: run a training stage elsewhere than in this process and return the result it wrote."""

@@ -1,0 +1,1 @@
+"""Tests of the stages, one folder per stage (mirroring `components/`)."""

@@ -1,0 +1,1 @@
+"""Tests of the `curate` stage (`components/curate/`)."""

@@ -1,0 +1,1 @@
+"""Tests of the `dpo` stage (`components/dpo/`)."""

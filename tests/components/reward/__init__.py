@@ -1,0 +1,1 @@
+"""Tests of the `reward` stage (`components/reward/`)."""

@@ -1,0 +1,1 @@
+"""Tests of the `rl` stage (`components/rl/`)."""

@@ -1,0 +1,1 @@
+"""Tests of the core SDK (`sdk/`, imported as `distilflow`), mirroring its packages."""

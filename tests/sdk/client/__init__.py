@@ -1,0 +1,1 @@
+"""Tests of `distilflow.client`: the CLI over the SDK."""

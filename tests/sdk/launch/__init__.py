@@ -1,0 +1,1 @@
+"""Tests of `distilflow.launch`: Kubeflow TrainJob and PAI-DLC launchers."""

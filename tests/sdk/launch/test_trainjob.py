@@ -1,0 +1,300 @@
+"""sft with launcher=trainjob: the stage submits a Kubeflow Trainer TrainJob through the `kubeflow` SDK
+to a loopback Kubernetes API server (tests/fakes/trainjob_api_server.py, playing the Trainer controller),
+streams node-0's log, waits, and returns the result the job wrote (or fails with the job's reason).
+The "job" here is the test's stand-in for the nodes: it reads the config URI from the submitted
+command and writes the finished sft output (manifest + marker) with that config, as the real
+`distilflow stage sft` would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from distilflow.components.sft.config import SftConfig, SftResult
+from distilflow.errors import DistilflowError
+from distilflow.outputs import StageOutput
+from tests.fakes.k8s_api_server import write_kubeconfig
+from tests.fakes.trainjob_api_server import FakeTrainer
+
+SECRET_VALUE = "s3cr3t-value-never-sent"
+LOG = ["[sft] 40 examples, 0 dropped", "[sft] step 10/20 loss 2.31 eta 0:01:10", "[sft] complete"]
+
+
+def the_config_uri(trainjob: dict) -> str:
+    command = trainjob["spec"]["trainer"]["command"]
+    return command[command.index("--config") + 1]
+
+
+def finished_job(trainjob: dict) -> None:
+    """What the nodes do: run sft with the config the command names (here: write its finished output)."""
+    config = SftConfig.load(the_config_uri(trainjob))
+    out = StageOutput(config.output_uri, "sft")
+    out.begin(config)
+    result = SftResult(
+        model_uri=os.path.join(config.output_uri, "model"),
+        first_loss=2.5,
+        final_loss=1.25,
+        steps=20,
+        rows_used=40,
+        rows_dropped=0,
+        seed=config.seed,
+    )
+    out.finish(result=result.model_dump())
+    return None
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    servers = []
+
+    def start(job_body, finish_at=3):
+        fake = FakeTrainer(job_body, LOG, finish_at=finish_at)
+        url = fake.start()
+        servers.append(fake)
+        monkeypatch.setenv("KUBECONFIG", write_kubeconfig(str(tmp_path / "kubeconfig"), url, "tok", "team-a"))
+        return fake
+
+    monkeypatch.setenv("DISTILFLOW_S3_ENDPOINT_URL", "http://minio.storage:9000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET_VALUE)
+    yield start
+    for fake in servers:
+        fake.stop()
+
+
+def make_config(tmp_path, **extra) -> SftConfig:
+    fields = dict(
+        output_uri=str(tmp_path / "run" / "sft"),
+        data_uri=str(tmp_path / "curate"),
+        model=str(tmp_path / "student"),
+        launcher="trainjob",
+        nodes=3,
+        gpus_per_node=8,
+        env=["DISTILFLOW_S3_ENDPOINT_URL"],
+        secret_env={"AWS_SECRET_ACCESS_KEY": "s3-creds/secret-key"},
+    )
+    fields.update(extra)
+    return SftConfig(**fields)
+
+
+def test_trainjob_submits_streams_and_returns_result(cluster, tmp_path, capsys):
+    from distilflow.images import image
+    from distilflow.launch import trainjob
+
+    fake = cluster(finished_job)
+    config = make_config(tmp_path)
+    result = SftResult.model_validate(trainjob.launch("sft", config, poll_interval=0.05))
+
+    [job] = fake.posted()
+    assert job["apiVersion"] == "trainer.kubeflow.org/v1alpha1" and job["kind"] == "TrainJob"
+    assert job["spec"]["runtimeRef"]["name"] == "torch-distributed"
+    trainer = job["spec"]["trainer"]
+    assert trainer["numNodes"] == 3
+    assert trainer["resourcesPerNode"]["limits"]["nvidia.com/gpu"] in (8, "8")
+    assert trainer["image"] == image("train")
+    command = " ".join(trainer["command"])
+    assert "distilflow stage sft --config" in command and command.startswith("torchrun")
+    assert {"name": "DISTILFLOW_S3_ENDPOINT_URL", "value": "http://minio.storage:9000"} in trainer["env"]
+    # the secret goes by reference only
+    container = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][
+        0
+    ]["template"]["spec"]["template"]["spec"]["containers"][0]
+    assert container["name"] == "node"
+    assert container["env"] == [
+        {
+            "name": "AWS_SECRET_ACCESS_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "secret-key"}},
+        }
+    ]
+    assert all(SECRET_VALUE not in r["raw"] for r in fake.requests)
+    assert all(
+        r["path"].startswith(("/api/v1/namespaces/team-a/", "/api/v1/namespaces/kubeflow-system/", "/apis/"))
+        for r in fake.requests
+    )
+
+    # the job ran with launcher=local and the same output_uri
+    job_config = SftConfig.load(the_config_uri(job))
+    assert job_config.launcher == "local" and job_config.output_uri == config.output_uri
+    assert job_config.nodes == 3 and job_config.secret_env == config.secret_env
+
+    # node-0's log was streamed (follow) into this step's log
+    logs = [r for r in fake.requests if r["path"].endswith("/log")]
+    assert (
+        logs
+        and logs[0]["query"].get("follow", "").lower() == "true"
+        and logs[0]["query"].get("container") == "node"
+    )
+    assert "-node-0-0-" in logs[0]["path"]
+    printed = capsys.readouterr().out
+    for line in LOG:
+        assert f"[sft][node-0] {line}" in printed
+
+    assert result.steps == 20 and result.final_loss == 1.25
+    assert result.model_uri == os.path.join(config.output_uri, "model")
+
+    # a rerun of the same config reuses the finished output without submitting again
+    again = trainjob.launch("sft", config, poll_interval=0.05)
+    assert again == result.model_dump() and len(fake.posted()) == 1
+
+
+def test_trainjob_failure_fails_the_step_with_the_reason(cluster, tmp_path, monkeypatch):
+    import distilflow.launch.trainjob
+    from distilflow.components.sft.run import run
+
+    fake = cluster(lambda job: ("JobSetFailed", "node-1 exited with code 1: CUDA out of memory"))
+    config = make_config(tmp_path, nodes=2, gpus_per_node=0, secret_env={}, env=[])
+    original = distilflow.launch.trainjob.launch
+    monkeypatch.setattr(
+        distilflow.launch.trainjob, "launch", lambda stage, cfg: original(stage, cfg, poll_interval=0.05)
+    )
+    with pytest.raises(
+        DistilflowError, match=r"failed: JobSetFailed: node-1 exited with code 1: CUDA out of memory"
+    ):
+        run(config)  # the sft stage dispatches to the launcher
+    [job] = fake.posted()
+    assert job["spec"]["trainer"]["numNodes"] == 2 and "resourcesPerNode" not in job["spec"]["trainer"]
+    assert not os.path.exists(os.path.join(config.output_uri, "_COMPLETE"))
+
+
+def test_trainjob_completed_without_output_is_an_error(cluster, tmp_path):
+    from distilflow.launch import trainjob
+
+    cluster(lambda job: None)  # "completes" but writes nothing
+    with pytest.raises(DistilflowError, match="no completion marker"):
+        trainjob.launch("sft", make_config(tmp_path), poll_interval=0.05)
+
+
+def test_secret_env_must_be_a_reference(tmp_path):
+    with pytest.raises(Exception, match="secret-name/key"):
+        make_config(tmp_path, secret_env={"AWS_SECRET_ACCESS_KEY": SECRET_VALUE})
+
+
+def test_launcher_path_imports_no_torch():
+    code = (
+        "import sys, distilflow.launch.trainjob, distilflow.components.sft.run, kubeflow.trainer\n"
+        "print([m for m in ('torch', 'transformers', 'trl') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+
+
+def test_dpo_runs_as_a_trainjob(cluster, tmp_path, monkeypatch):
+    """dpo shares the launcher fields (training.LauncherFields): launcher=trainjob submits a TrainJob
+    running `distilflow stage dpo` on every node with launcher=local."""
+    import distilflow.launch.trainjob
+    from distilflow.components.dpo.config import DpoConfig, DpoResult
+    from distilflow.components.dpo.run import run
+
+    def finished_dpo(trainjob: dict) -> None:
+        cfg = DpoConfig.load(the_config_uri(trainjob))
+        out = StageOutput(cfg.output_uri, "dpo")
+        out.begin(cfg)
+        result = DpoResult(
+            model_uri=os.path.join(cfg.output_uri, "model"),
+            first_loss=0.69,
+            final_loss=0.2,
+            final_reward_accuracy=1.0,
+            steps=12,
+            rows_used=8,
+            rows_dropped=0,
+            per_sample_beta=True,
+        )
+        out.finish(result=result.model_dump())
+
+    fake = cluster(finished_dpo)
+    original = distilflow.launch.trainjob.launch
+    monkeypatch.setattr(
+        distilflow.launch.trainjob, "launch", lambda stage, cfg: original(stage, cfg, poll_interval=0.05)
+    )
+    config = DpoConfig(
+        output_uri=str(tmp_path / "run" / "dpo"),
+        data_uri=str(tmp_path / "curate"),
+        model=str(tmp_path / "sft-model"),
+        launcher="trainjob",
+        nodes=2,
+        gpus_per_node=8,
+        deepspeed="zero3",
+    )
+    result = run(config)
+    assert result.steps == 12 and result.final_reward_accuracy == 1.0
+    [job] = fake.posted()
+    assert "distilflow stage dpo --config" in " ".join(job["spec"]["trainer"]["command"])
+    assert job["spec"]["trainer"]["numNodes"] == 2
+    job_config = DpoConfig.load(the_config_uri(job))
+    assert job_config.launcher == "local" and job_config.deepspeed == "zero3"
+
+
+@pytest.mark.parametrize("stage", ["sft", "dpo", "reward", "rl"])
+def test_launcher_dlc_dispatches_to_distilflow_dlc(stage, tmp_path, monkeypatch):
+    """launcher=dlc hands the stage and its config to distilflow.launch.dlc.launch (imported only then), whose
+    result (read back from the job's finished output) becomes the stage's result."""
+    import importlib
+
+    import distilflow.launch.dlc
+
+    calls = []
+    result = {
+        "model_uri": str(tmp_path / "out" / "model"),
+        "first_loss": 1.0,
+        "final_loss": 0.5,
+        "steps": 3,
+        "rows_used": 4,
+        "rows_dropped": 0,
+    }
+    inputs = {"data_uri": str(tmp_path / "curate")}
+    if stage == "dpo":
+        result.update(final_reward_accuracy=1.0, per_sample_beta=False)
+    if stage == "reward":
+        result.update(train_accuracy_before=0.5, train_accuracy=1.0, heldout_accuracy=0.9, rows_heldout=2)
+    if stage == "rl":
+        del result["rows_used"], result["rows_dropped"]
+        result.update(first_reward=0.1, final_reward=0.7, problems_used=4, problems_skipped=0)
+        inputs = {"problems_uri": str(tmp_path / "problems.jsonl")}
+
+    def launch(name, cfg):
+        calls.append((name, cfg))
+        return result
+
+    monkeypatch.setattr(distilflow.launch.dlc, "launch", launch, raising=False)
+    config_module = importlib.import_module(f"distilflow.components.{stage}.config")
+    run = importlib.import_module(f"distilflow.components.{stage}.run").run
+    cls = getattr(config_module, f"{stage.capitalize()}Config")
+    config = cls(
+        output_uri=str(tmp_path / "out"),
+        **inputs,
+        model=str(tmp_path / "student"),
+        launcher="dlc",
+        nodes=4,
+        gpus_per_node=8,
+        dlc={"region": "cn-beijing", "workspace_id": "ws-1", "resource_id": "quota-1"},
+    )
+    got = run(config)
+    assert calls == [(stage, config)] and calls[0][1].dlc.workspace_id == "ws-1"
+    assert got.steps == 3 and got.model_uri == result["model_uri"]
+    assert not os.path.exists(tmp_path / "out")  # nothing trained or written here
+
+
+def test_a_job_that_ends_well_but_wrote_another_configs_output_fails_the_step(cluster, tmp_path):
+    """What both launchers (TrainJob, PAI-DLC) check after the job: its output must be of this config."""
+    from distilflow.launch import trainjob
+
+    def other_config_job(body: dict) -> None:
+        config = SftConfig.load(the_config_uri(body))
+        finished_job({"spec": {"trainer": {"command": ["--config", _other(config, tmp_path)]}}})
+
+    cluster(other_config_job)
+    with pytest.raises(
+        DistilflowError, match=r"TrainJob .* succeeded, but .* holds the output of another config"
+    ):
+        trainjob.launch("sft", make_config(tmp_path), poll_interval=0.05)
+
+
+def _other(config: SftConfig, tmp_path) -> str:
+    """A config file of the same output with another learning rate."""
+    path = str(tmp_path / "other.yaml")
+    with open(path, "w") as f:
+        f.write(config.model_copy(update={"learning_rate": config.learning_rate * 2}).to_yaml())
+    return path
