@@ -203,7 +203,7 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
 def iter_config_classes() -> list[type[BaseConfig]]:
     """Every config class the project ships (used by validate and by the documentation test)."""
     from distilflow.components import STAGES, load_config_class
-    from distilflow.teacher import TeacherConfig
+    from distilflow.teachers.config import TeacherConfig
 
     classes: list[type[BaseConfig]] = [TeacherConfig]
     for stage in STAGES:

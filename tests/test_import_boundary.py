@@ -10,7 +10,7 @@ HEAVY = ("torch", "transformers", "trl", "vllm", "deepspeed", "peft", "accelerat
 
 SCRIPT = """
 import sys, tempfile, os
-import distilflow, distilflow.client, distilflow.cli, distilflow.teacher, distilflow.records, distilflow.models
+import distilflow, distilflow.client, distilflow.cli, distilflow.teachers, distilflow.teachers.openai, distilflow.teachers.transformers, distilflow.teachers.vllm, distilflow.records, distilflow.models
 from distilflow.components import STAGES, load_component, load_config_class
 from distilflow.pipelines import PIPELINES
 from distilflow.client import compile_pipeline

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distilflow.config import BaseConfig
-from distilflow.teacher import TeacherConfig
+from distilflow.teachers.config import TeacherConfig
 from distilflow.uri import Uri
 
 # Fields the pipeline fills in: this stage's folder and the distill output folder it reads.

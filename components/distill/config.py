@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from distilflow.config import BaseConfig
-from distilflow.teacher import TeacherConfig
+from distilflow.teachers.config import TeacherConfig
 from distilflow.uri import Uri
 
 # Fields the pipeline fills in; problems_uri comes from the user's distill section.

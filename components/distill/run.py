@@ -37,8 +37,8 @@ from distilflow.errors import BackendError, RecordError
 from distilflow.outputs import StageOutput
 from distilflow.progress import Progress
 from distilflow.records import Problem, Trace, read_jsonl, template_tokens, write_jsonl
-from distilflow.teacher import request_body
 from distilflow.teachers.cache import TeacherCache, cache_key
+from distilflow.teachers.protocol import request_body
 
 TRACES = "traces.jsonl"
 FAILURES = "failures.jsonl"
@@ -268,8 +268,8 @@ async def ask_endpoint(
     the cache, so a kill at any point loses at most ``concurrency`` sent-but-unsaved requests. Twice
     as many workers as slots do the rest (cache lookups, traces, shards) while the slots stay busy.
     """
-    from distilflow.teacher import completion_of
     from distilflow.teachers.endpoint import RequestError
+    from distilflow.teachers.protocol import completion_of
 
     pending = iter(jobs)
     name = teacher.name
@@ -352,7 +352,7 @@ def ask_in_process(
     A problem with any sample missing from the cache is generated whole (``n`` samples in one call)
     and only its missing samples are used and cached; each batch is written as a shard.
     """
-    from distilflow.teacher import answer_of_completion, completion_of
+    from distilflow.teachers.protocol import answer_of_completion, completion_of
 
     by_problem: dict[str, list[Job]] = collections.defaultdict(list)
     for job in jobs:
@@ -413,7 +413,7 @@ def run(config: DistillConfig) -> DistillResult:
     the same config returns the stored result without loading the teacher. Fails (after writing
     ``failures.jsonl`` and the shards) when fewer than ``min_success_ratio`` of the rows succeed.
     """
-    from distilflow.teacher import make_teacher
+    from distilflow.teachers import make_teacher
 
     out = StageOutput(config.output_uri, "distill")
     manifest = out.reusable(config)

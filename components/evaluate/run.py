@@ -135,7 +135,7 @@ def wired_spec(config: EvaluateConfig) -> ModelSpec | None:
 
 def teacher_config(config: EvaluateConfig, spec: ModelSpec | None = None, enable_thinking: Any = "spec"):
     """The generation settings the protocol pins, for one model."""
-    from distilflow.teacher import TeacherConfig
+    from distilflow.teachers.config import TeacherConfig
 
     spec = spec or wired_spec(config)
     if spec is None:
@@ -382,7 +382,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     with ``seed``, which keeps a resumed run's answers identical to an uninterrupted one.
     """
     from distilflow import sandbox
-    from distilflow.teacher import make_teacher
+    from distilflow.teachers import make_teacher
 
     out = StageOutput(config.output_uri, STAGE)
     done = out.reusable(config)

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distilflow.teacher import TeacherConfig
+from distilflow.teachers.config import TeacherConfig
 from distilflow.training import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
 

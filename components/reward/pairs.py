@@ -215,7 +215,7 @@ def judge_pairs(
 
     Args:
         pairs: Candidate pairs; ``chosen`` is curate's preferred answer (A), ``rejected`` the other (B).
-        judge: A teacher (``distilflow.teacher``): ``digit_probs`` in logprobs mode, ``generate`` otherwise.
+        judge: A teacher (``distilflow.teachers``): ``digit_probs`` in logprobs mode, ``generate`` otherwise.
         mode: ``logprobs`` or ``generate``.
         policy: ``label``: the judge's winner becomes ``chosen`` (source ``judge``); ``agree``: a pair is
             kept, as curate ordered it, only when the judge's winner is curate's chosen answer.

@@ -188,7 +188,7 @@ class RewardModelScore:
         """The completion as the reward stage rendered its training answers: the thinking block as
         ``reasoning_content`` for templates that place it, else folded into the content as
         ``<think>\nR\n</think>\n\nC`` (``distilflow.training.message_dicts``)."""
-        from distilflow.teacher import split_reasoning
+        from distilflow.teachers.protocol import split_reasoning
         from distilflow.training import renders_reasoning
 
         text = completion_text(completion)

@@ -40,7 +40,7 @@ def stage_config(stage: str, section: dict[str, Any], run_uri: str) -> BaseConfi
 def _teachers(config: BaseModel) -> list[tuple[str, Any]]:
     """Every model a stage generates with: teacher configs, and model entries of the same shape
     (``backend``, ``model``, ``base_url``, ...) such as evaluate's ``models``, named by field[index]."""
-    from distilflow.teacher import TeacherConfig
+    from distilflow.teachers.config import TeacherConfig
 
     def generates(value: Any) -> bool:
         if isinstance(value, TeacherConfig):

@@ -25,15 +25,15 @@ from typing import Any
 
 from distilflow import uri as uris
 from distilflow.errors import BackendError
-from distilflow.teacher import (
+from distilflow.teachers.cache import TeacherCache, cache_key
+from distilflow.teachers.config import TeacherConfig
+from distilflow.teachers.protocol import (
     Completion,
-    TeacherConfig,
     answer_of_completion,
     completion_of,
     normalise_digit_probs,
     request_body,
 )
-from distilflow.teachers.cache import TeacherCache, cache_key
 
 TOP_LOGPROBS = 20
 NO_DIGIT = "none of the digits"  # how teacher.normalise_digit_probs says a judgment has no digit
@@ -84,7 +84,7 @@ class CachedTeacher:
     def teacher(self) -> Any:
         """The backend, built on first use (a fully cached run never loads a model)."""
         if self._teacher is None:
-            from distilflow.teacher import make_teacher
+            from distilflow.teachers import make_teacher
 
             self._teacher = make_teacher(self.config)
         return self._teacher

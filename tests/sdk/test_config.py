@@ -289,7 +289,7 @@ def test_undocumented_field_is_detected():
 def test_every_config_field_is_documented():
     """Walks every shipped config class (and the configs nested in them)."""
     from distilflow.components import STAGES, load_config_class
-    from distilflow.teacher import TeacherConfig
+    from distilflow.teachers.config import TeacherConfig
 
     present, missing = [TeacherConfig], []
     for stage in STAGES:

@@ -15,7 +15,7 @@ from distilflow.components.distill.config import DistillConfig
 from distilflow.errors import ConfigError, IncompleteOutputError
 from distilflow.outputs import MANIFEST, MARKER, StageOutput
 from distilflow.records import PreferencePair, Scored, SftExample, Trace, read_jsonl, write_jsonl
-from distilflow.teacher import TransformersTeacher
+from distilflow.teachers.transformers import TransformersTeacher
 
 # (problem id, sample, problem, reference, reasoning, answer section, correct?)
 TRACES = [
@@ -304,7 +304,7 @@ class ScriptedTeacher:
         self.levels, self.rewrites, self.prompts = levels, rewrites, []
 
     def generate(self, chats, n=1):
-        from distilflow.teacher import Completion
+        from distilflow.teachers.protocol import Completion
 
         replies = []
         for chat in chats:
@@ -363,9 +363,9 @@ def test_crv_keeps_verified_rewrites_and_rejects_changed_answers():
 
 def test_crv_rewrites_are_scored_again(tmp_path, tiny_qwen3):
     from distilflow.components.curate.run import _refine
-    from distilflow.teacher import TeacherConfig
     from distilflow.teachers.cache import TeacherCache
     from distilflow.teachers.cached import CachedTeacher
+    from distilflow.teachers.config import TeacherConfig
 
     config = curate_config("o", "d", tiny_qwen3, crv=True)
     base = Scored(

@@ -15,7 +15,7 @@ from distilflow.components.distill.run import FAILURES, PARTS, REPORT_HTML, REPO
 from distilflow.errors import ConfigError
 from distilflow.outputs import MANIFEST, MARKER, RESOLVED_CONFIG
 from distilflow.records import Trace, read_jsonl
-from distilflow.teacher import TransformersTeacher
+from distilflow.teachers.transformers import TransformersTeacher
 from tests.fakes.openai_server import TinyOpenAIServer
 
 
@@ -89,7 +89,7 @@ def test_distill_transformers_writes_traces_manifest_and_marker(
 
 
 def test_transformers_teacher_counts_each_prompt_without_its_padding(tiny_qwen3):
-    from distilflow.teacher import TeacherConfig
+    from distilflow.teachers.config import TeacherConfig
 
     teacher = TransformersTeacher(
         TeacherConfig(backend="transformers", model=tiny_qwen3, max_new_tokens=2, batch_size=2)

@@ -98,7 +98,7 @@ def test_evaluate_writes_results_metrics_and_reports(tiny_qwen3, problems_file, 
 def test_accuracy_really_checks_answers(tiny_qwen3, tmp_path):
     """References equal to what the model states score 1.0; references it does not state score 0.0."""
     from distilflow.answers import extract_answer
-    from distilflow.teacher import TransformersTeacher
+    from distilflow.teachers.transformers import TransformersTeacher
 
     candidates = [
         Problem(id=f"q{i}", problem=f"What is {i} + {i}?", answer="0", domain="math") for i in range(8)
@@ -129,7 +129,7 @@ def test_accuracy_really_checks_answers(tiny_qwen3, tmp_path):
 
 
 def test_interrupted_run_resumes_with_identical_answers(tiny_qwen3, problems_file, tmp_path, monkeypatch):
-    from distilflow.teacher import TransformersTeacher
+    from distilflow.teachers.transformers import TransformersTeacher
 
     whole = run(_config(tiny_qwen3, problems_file, str(tmp_path / "whole"), batch_size=2))
 
@@ -343,7 +343,7 @@ class ScriptedTeacher:
         return f"So the answer is \\boxed{{{item.answer if good else '-1'}}}."
 
     def generate(self, chats, n=1):
-        from distilflow.teacher import Completion
+        from distilflow.teachers.protocol import Completion
 
         out = []
         for chat in chats:
@@ -372,7 +372,7 @@ def _sample_items():
 
 def test_several_models_compared_on_four_benchmarks_with_thinking_on_and_off(tmp_path, monkeypatch):
     """Two models x thinking on/off x four benchmarks in one run: checks, comparison table, report."""
-    import distilflow.teacher as teacher_mod
+    import distilflow.teachers as teacher_mod
     from tests.browser import render_dom
 
     items = _sample_items()

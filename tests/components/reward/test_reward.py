@@ -358,7 +358,7 @@ def judge_server():
 
 
 def judge_config(base_url: str):
-    from distilflow.teacher import TeacherConfig
+    from distilflow.teachers.config import TeacherConfig
 
     return TeacherConfig(backend="openai", base_url=base_url, model="pairwise-judge", max_retries=0)
 
@@ -368,7 +368,7 @@ def test_judge_sees_both_orders_and_labels_pairs_despite_position_bias(judge_ser
     """A judge that favours the first answer (+0.3) still labels every pair right once both orders are
     asked; curate's reversed pairs are relabelled (label) or dropped (agree)."""
     from distilflow.components.reward.pairs import Pair, judge_pairs
-    from distilflow.teacher import make_teacher
+    from distilflow.teachers import make_teacher
 
     server, url = judge_server(0.3)
     candidates = [Pair(p, None, "curate", p.id) for p in carry_pairs(6)]  # pairs 1, 3, 5 reversed
@@ -399,7 +399,7 @@ def test_judge_that_picks_by_position_is_dropped_and_counted(judge_server):
     """A judge whose position bias outweighs the answers' quality contradicts itself across the two
     orders on every pair: all are dropped and counted, and the stage refuses to train on nothing."""
     from distilflow.components.reward.pairs import Pair, judge_pairs
-    from distilflow.teacher import make_teacher
+    from distilflow.teachers import make_teacher
 
     _, url = judge_server(0.45)
     candidates = [Pair(p, None, "curate", p.id) for p in carry_pairs(4)]

@@ -7,7 +7,9 @@ import math
 import pytest
 
 from distilflow.errors import BackendError
-from distilflow.teacher import TeacherConfig, make_teacher, normalise_digit_probs, split_reasoning
+from distilflow.teachers import make_teacher
+from distilflow.teachers.config import TeacherConfig
+from distilflow.teachers.protocol import normalise_digit_probs, split_reasoning
 from tests.conftest import free_port
 from tests.fakes.openai_server import TinyOpenAIServer
 
@@ -123,7 +125,7 @@ def test_openai_backend_unreachable_names_base_url():
 def test_openai_reasoning_field_is_read_from_the_message():
     from openai.types.chat import ChatCompletionMessage
 
-    from distilflow.teacher import _reasoning_of
+    from distilflow.teachers.openai import _reasoning_of
 
     for key in ("reasoning_content", "reasoning"):
         message = ChatCompletionMessage.model_validate(

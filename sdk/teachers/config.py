@@ -1,0 +1,91 @@
+"""The teacher config: which model answers (or judges), where it runs and how it samples."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from distilflow.config import BaseConfig
+
+
+class TeacherConfig(BaseConfig):
+    """Which model answers (or judges), where it runs and how it samples."""
+
+    backend: Literal["openai", "transformers", "vllm"] = Field(
+        "openai",
+        description="openai: an OpenAI-compatible endpoint; transformers: load the model in-process; vllm: "
+        "vLLM offline batch inference in-process (GPU image, tensor parallel over the pod's GPUs)",
+    )
+    model: str = Field(
+        description="Model name served by the endpoint, or a model folder/URI for transformers"
+    )
+    name: str | None = Field(None, description="Name recorded in every trace (default: the model)")
+    base_url: str | None = Field(
+        None, description="Endpoint base URL, e.g. http://host:8000/v1 (openai backend)"
+    )
+    api_key_env: str = Field(
+        "OPENAI_API_KEY", description="Name of the environment variable holding the API key (never the key)"
+    )
+    gguf_file: str | None = Field(
+        None, description="GGUF file inside the model folder (transformers backend)"
+    )
+    max_new_tokens: int = Field(512, ge=1, description="Maximum tokens generated per answer")
+    temperature: float = Field(0.6, ge=0, le=2, description="Sampling temperature (0 = greedy)")
+    top_p: float = Field(0.95, gt=0, le=1, description="Nucleus sampling threshold")
+    seed: int | None = Field(None, description="Sampling seed, where the backend supports one")
+    concurrency: int = Field(8, ge=1, description="Requests in flight at once (openai backend)")
+    timeout_s: float = Field(600, gt=0, description="Per-request timeout in seconds (openai backend)")
+    max_retries: int = Field(
+        6,
+        ge=0,
+        description="Retries of a request after 429, 408/409, 5xx, a timeout, a dropped connection or a "
+        "malformed reply (openai backend); other 4xx answers are not retried",
+    )
+    retry_backoff_s: float = Field(
+        1.0,
+        ge=0,
+        description="Base of the exponential backoff: retry k waits a random 0..min(retry_max_backoff_s, "
+        "retry_backoff_s * 2**k) seconds, or the server's Retry-After when it sends one (openai backend)",
+    )
+    retry_max_backoff_s: float = Field(
+        60.0, ge=0, description="Longest wait between two attempts of a request, in seconds (openai backend)"
+    )
+    requests_per_minute: float | None = Field(
+        None, gt=0, description="Requests-per-minute budget of the endpoint (None: no limit; openai backend)"
+    )
+    tokens_per_minute: float | None = Field(
+        None,
+        gt=0,
+        description="Tokens-per-minute budget (prompt + completion; each request is charged an estimate "
+        "up front and its real usage afterwards; None: no limit; openai backend)",
+    )
+    batch_size: int = Field(8, ge=1, description="Prompts per generate() call (transformers backend)")
+    tensor_parallel_size: int | None = Field(
+        None, ge=1, description="GPUs one vLLM engine spans (vllm backend; None: every visible GPU)"
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Fraction of each GPU's memory vLLM may take (vllm backend)"
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="Longest prompt + answer vLLM plans for (vllm backend; None: the model's)"
+    )
+    device: str = Field("auto", description="auto, cpu or cuda (transformers backend)")
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None,
+        description="Extra chat-template arguments, e.g. {enable_thinking: false} for Qwen3 "
+        "(sent as chat_template_kwargs to vLLM/SGLang/transformers serve; passed to apply_chat_template)",
+    )
+
+    @model_validator(mode="after")
+    def _check_backend(self) -> TeacherConfig:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError(
+                f"backend='openai' needs base_url (the endpoint serving {self.model!r}), "
+                "e.g. http://127.0.0.1:8000/v1; or use backend='transformers' with a model folder"
+            )
+        return self
+
+    @property
+    def display_name(self) -> str:
+        return self.name or self.model.rstrip("/").split("/")[-1]

