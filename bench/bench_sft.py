@@ -198,7 +198,7 @@ def make_long_data(path: str, model: str, rows: int, seq: int) -> None:
     """``rows`` chats of nearly ``seq`` tokens each (a short question, a long answer)."""
     from distilflow.models import load_tokenizer
     from distilflow.records import Message, SftExample, write_jsonl
-    from distilflow.training import chat_length, message_dicts
+    from distilflow.training.data import chat_length, message_dicts
 
     tokenizer = load_tokenizer(model)
     rng = random.Random(0)
@@ -425,7 +425,7 @@ def main() -> None:
 
     from distilflow.models import load_tokenizer
     from distilflow.tiny import build_tiny
-    from distilflow.training import chat_length, message_dicts
+    from distilflow.training.data import chat_length, message_dicts
 
     work = tempfile.mkdtemp(prefix="bench-sft-")
     model = build_tiny(os.path.join(work, "model"), hidden=opts.hidden)

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distilflow.training import LauncherFields, ScaleAndCheckpointFields
+from distilflow.training.fields import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri", "model")

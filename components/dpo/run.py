@@ -22,7 +22,7 @@ def build_rows(
     (TRL would truncate it). With per-pair betas, every row gets a ``beta`` column; pairs without one
     take ``config.beta``.
     """
-    from distilflow.training import preference_rows
+    from distilflow.training.data import preference_rows
 
     kept, dropped = preference_rows(pairs, tokenizer, config.max_length)
     use_beta = config.per_sample_beta and any(p.beta is not None for p, _ in kept)
@@ -87,13 +87,15 @@ def make_trainer(
     from datasets import Dataset
     from trl import DPOConfig
 
-    from distilflow import training
+    from distilflow.training.arguments import lora_config, training_arguments
+    from distilflow.training.callbacks import quiet_trainer
+    from distilflow.training.checkpointing import scratch_dir
 
     trainer_cls, collator_cls = trainer_class()
-    args = training.training_arguments(
+    args = training_arguments(
         DPOConfig,
         config,
-        training.scratch_dir(STAGE, config.output_uri),
+        scratch_dir(STAGE, config.output_uri),
         beta=config.beta,
         loss_type=[config.loss_type],
         max_length=config.max_length,
@@ -103,7 +105,7 @@ def make_trainer(
         from transformers import AutoModelForCausalLM
 
         ref_model = AutoModelForCausalLM.from_pretrained(ref_model, **(args.model_init_kwargs or {}))
-    peft_config = training.lora_config(config)
+    peft_config = lora_config(config)
     collator = collator_cls(pad_token_id=tokenizer.pad_token_id, max_length=config.max_length)
     trainer = trainer_cls(
         model=model_path,
@@ -114,7 +116,7 @@ def make_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    return training.quiet_trainer(trainer, STAGE)
+    return quiet_trainer(trainer, STAGE)
 
 
 def run(config: DpoConfig) -> DpoResult:
@@ -134,10 +136,14 @@ def run(config: DpoConfig) -> DpoResult:
     trains and this process waits for its result. It does not precompute reference log-probabilities
     or sync the reference model.
     """
-    from distilflow import training
+    from distilflow.launch import dispatch, torchrun
+    from distilflow.training.checkpointing import train_resumable
+    from distilflow.training.data import read_rows, without_template_tokens
+    from distilflow.training.report import first_last, logged, write_report
+    from distilflow.training.save import lineage, model_card, save_trained
 
     # many nodes: a TrainJob or a PAI-DLC job trains, this process waits for its result
-    launched = training.dispatch(STAGE, config)
+    launched = dispatch(STAGE, config)
     if launched is not None:
         return DpoResult.model_validate(launched)
     out = StageOutput(config.output_uri, STAGE)
@@ -149,16 +155,16 @@ def run(config: DpoConfig) -> DpoResult:
     from distilflow.models import load_tokenizer, resolve_model
 
     data_file = config.data_uri
-    pairs = training.read_rows(data_file, "preference", records.PreferencePair, "dpo data")
-    if training.needs_launch(config):  # several GPUs: one process each, under torchrun
-        return DpoResult.model_validate(training.launch(STAGE, config))
+    pairs = read_rows(data_file, "preference", records.PreferencePair, "dpo data")
+    if torchrun.needs_launch(config):  # several GPUs: one process each, under torchrun
+        return DpoResult.model_validate(torchrun.launch(STAGE, config))
     was_complete = out.is_complete()
     out.begin(config)
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
     read = len(pairs)
-    pairs, rejected = training.without_template_tokens(pairs, STAGE)
+    pairs, rejected = without_template_tokens(pairs, STAGE)
     if not pairs:
         raise ConfigError(
             f"dpo: every pair of {data_file} holds chat-template control tokens; clean the data"
@@ -172,36 +178,36 @@ def run(config: DpoConfig) -> DpoResult:
         )
     ref_path = resolve_model(config.ref_model) if config.ref_model else None
     trainer = make_trainer(config, rows, tokenizer, model_path, ref_path)
-    start_step = training.train_resumable(trainer, out.uri, config, STAGE, was_complete)
+    start_step = train_resumable(trainer, out.uri, config, STAGE, was_complete)
 
     history = trainer.state.log_history
-    first, final = training.first_last(training.logged(history, "loss"))
+    first, final = first_last(logged(history, "loss"))
     result = DpoResult(
         model_uri=uris.join(out.uri, "model"),
         first_loss=first,
         final_loss=final,
-        final_reward_accuracy=training.first_last(training.logged(history, "rewards/accuracies"))[1],
+        final_reward_accuracy=first_last(logged(history, "rewards/accuracies"))[1],
         steps=trainer.state.global_step,
         rows_used=len(rows),
         rows_dropped=dropped,
         rows_rejected=rejected,
         per_sample_beta=use_beta,
-        final_reward_margin=training.first_last(training.logged(history, "rewards/margins"))[1],
+        final_reward_margin=first_last(logged(history, "rewards/margins"))[1],
         resumed_from_step=start_step or None,
         seed=config.seed,
     )
-    card = training.model_card(
+    card = model_card(
         STAGE,
         config.model,
         data_file,
         result.model_dump(),
         config.to_dict(),
-        origin=training.lineage(config.data_uri),
+        origin=lineage(config.data_uri),
     )
-    training.save_trained(trainer, result.model_uri, card)
+    save_trained(trainer, result.model_uri, card)
     betas = [row["beta"] for row in rows] if use_beta else [config.beta]
     keys = ("loss", "rewards/margins", "rewards/accuracies", "learning_rate")
-    report = training.write_report(out.uri, STAGE, history, keys, result.model_dump())
+    report = write_report(out.uri, STAGE, history, keys, result.model_dump())
     out.finish(
         result=result.model_dump(),
         inputs={"data": data_file, "model": config.model},

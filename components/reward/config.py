@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distilflow.teachers.config import TeacherConfig
-from distilflow.training import LauncherFields, ScaleAndCheckpointFields
+from distilflow.training.fields import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri")

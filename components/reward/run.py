@@ -70,7 +70,7 @@ def pairs_fingerprint(config: RewardConfig) -> str:
 
 def candidate_pairs(config: RewardConfig) -> tuple[list[Pair], str]:
     """Pairs from curate's output as ``pairs_from`` says, with each problem's CD; and the file read."""
-    from distilflow import training
+    from distilflow.training.data import read_rows
 
     folder = None if config.data_uri.rstrip("/").endswith(".jsonl") else config.data_uri
     data_file = config.data_uri
@@ -82,7 +82,7 @@ def candidate_pairs(config: RewardConfig) -> tuple[list[Pair], str]:
                 "made; sample more traces per problem (distill.n) or use pairs_from=preference"
             )
         return pairs, data_file
-    preference = training.read_rows(data_file, "preference", records.PreferencePair, "reward data")
+    preference = read_rows(data_file, "preference", records.PreferencePair, "reward data")
     scored = {}
     if folder:
         try:  # the traces' CD for accuracy by CD bin, when curate wrote them
@@ -253,11 +253,11 @@ def gate_verdict(config: RewardConfig, heldout: float | None, agreement: float |
 
 def report_page(history: list[dict[str, Any]], result: dict[str, Any]) -> str:
     """The training curves (loss, accuracy, margin, learning rate), the gate and accuracy by CD bin."""
-    from distilflow import training
+    from distilflow.training.report import report_html
 
     gate = result.get("gate") or {}
     summary = {k: v for k, v in result.items() if not isinstance(v, dict)}
-    page = training.report_html(STAGE, history, ("loss", "accuracy", "margin", "learning_rate"), summary)
+    page = report_html(STAGE, history, ("loss", "accuracy", "margin", "learning_rate"), summary)
     esc = html.escape
     verdict = "passed" if gate.get("passed") else "FAILED: the model was not published"
     lines = [f'<h2 id="gate">Calibration gate: {esc(verdict)}</h2><table id="gate-figures">']
@@ -303,10 +303,10 @@ def run(config: RewardConfig) -> RewardResult:
     the report and the manifest (with the score mean/std that the rl stage standardises with) are written.
     It does not use per-pair margins or ensembles.
     """
-    from distilflow import training
+    from distilflow.launch import dispatch, torchrun
 
     # many nodes: a TrainJob or a PAI-DLC job trains, this process waits for its result
-    launched = training.dispatch(STAGE, config)
+    launched = dispatch(STAGE, config)
     if launched is not None:
         return RewardResult.model_validate(launched)
     out = StageOutput(config.output_uri, STAGE)
@@ -325,8 +325,8 @@ def run(config: RewardConfig) -> RewardResult:
         first = contextlib.nullcontext()
     with first:
         pairs, counts, data_file = build_pairs(config, out)
-    if training.needs_launch(config):  # several GPUs: one process each, under torchrun
-        return RewardResult.model_validate(training.launch(STAGE, config))
+    if torchrun.needs_launch(config):  # several GPUs: one process each, under torchrun
+        return RewardResult.model_validate(torchrun.launch(STAGE, config))
     out.begin(config)
     return train(config, out, pairs, counts, data_file, labels, was_complete)
 
@@ -341,13 +341,16 @@ def train(
     was_complete: bool,
 ) -> RewardResult:
     """The training part of ``run`` (heavy imports live here)."""
-    from distilflow import training
     from distilflow.models import load_tokenizer, resolve_model
+    from distilflow.training.checkpointing import scratch_dir, train_resumable
+    from distilflow.training.data import preference_rows, without_template_tokens
+    from distilflow.training.report import first_last, logged
+    from distilflow.training.save import model_card, save_trained
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
-    clean, rejected = training.without_template_tokens([p.pair for p in pairs], STAGE)
-    kept, dropped = training.preference_rows(clean, tokenizer, config.max_length)
+    clean, rejected = without_template_tokens([p.pair for p in pairs], STAGE)
+    kept, dropped = preference_rows(clean, tokenizer, config.max_length)
     meta = {id(p.pair): p for p in pairs}
     items = [(meta[id(pair)], row) for pair, row in kept]
     if not items:
@@ -360,16 +363,16 @@ def train(
     )
     train_rows = [row for _, row in train_items]
     held_rows = [row for _, row in held_items]
-    label_rows = [row for _, row in training.preference_rows(labels, tokenizer, config.max_length)[0]]
+    label_rows = [row for _, row in preference_rows(labels, tokenizer, config.max_length)[0]]
     print(
         f"[{STAGE}] {len(train_rows)} pairs to train, {len(held_rows)} held out, {dropped} dropped "
         f"(> {config.max_length} tokens), {len(label_rows)} labelled pairs to check",
         flush=True,
     )
 
-    trainer = make_trainer(config, train_rows, tokenizer, model_path, training.scratch_dir(STAGE, out.uri))
+    trainer = make_trainer(config, train_rows, tokenizer, model_path, scratch_dir(STAGE, out.uri))
     accuracy_before = pairwise_accuracy(trainer.model, tokenizer, train_rows)
-    start_step = training.train_resumable(trainer, out.uri, config, STAGE, was_complete)
+    start_step = train_resumable(trainer, out.uri, config, STAGE, was_complete)
     model = trainer.accelerator.unwrap_model(trainer.model)
 
     held_scores = pairwise_scores(model, tokenizer, held_rows)
@@ -381,7 +384,7 @@ def train(
     std = math.sqrt(sum((s - mean) ** 2 for s in evaluated) / len(evaluated))
     by_cd = by_group(held_scores, [bin_label(it.cd, config.cd_bins) for it, _ in held_items])
     history = trainer.state.log_history
-    first, final = training.first_last(training.logged(history, "loss"))
+    first, final = first_last(logged(history, "loss"))
     result = RewardResult(
         model_uri=uris.join(out.uri, "model"),
         first_loss=first,
@@ -422,7 +425,7 @@ def train(
     if not result.gate["passed"]:
         fail_gate(trainer, out, result)
 
-    card = training.model_card(
+    card = model_card(
         STAGE,
         config.model,
         data_file,
@@ -430,7 +433,7 @@ def train(
         config.to_dict(),
         "AutoModelForSequenceClassification",
     )
-    training.save_trained(trainer, result.model_uri, card)
+    save_trained(trainer, result.model_uri, card)
     counts = {k: v for k, v in counts.items() if isinstance(v, int)}
     out.finish(
         result=result.model_dump(),
@@ -455,13 +458,13 @@ def train(
 
 def fail_gate(trainer: Any, out: StageOutput, result: RewardResult) -> None:
     """Record the failed gate (``gate.json``), delete checkpoints and scratch, and raise with the figures."""
-    from distilflow import training
+    from distilflow.training.checkpointing import CHECKPOINTS
 
     trainer.accelerator.wait_for_everyone()
     if trainer.is_world_process_zero():
         uris.write_text(out.path("gate.json"), json.dumps(result.model_dump(), indent=2, default=str))
         # the run is finished, only rejected: a rerun with a new config must start afresh, not resume
-        uris.remove(uris.join(out.uri, training.CHECKPOINTS), recursive=True)
+        uris.remove(uris.join(out.uri, CHECKPOINTS), recursive=True)
     shutil.rmtree(trainer.args.output_dir, ignore_errors=True)
     bins = ", ".join(
         f"{k} {v['accuracy']:.3f} ({v['pairs']})" for k, v in result.heldout_accuracy_by_cd.items()
@@ -482,16 +485,17 @@ def make_trainer(
     from trl import RewardConfig as TrlRewardConfig
     from trl import RewardTrainer
 
-    from distilflow import training
+    from distilflow.training.arguments import lora_config, training_arguments
+    from distilflow.training.callbacks import quiet_trainer
 
-    args = training.training_arguments(
+    args = training_arguments(
         TrlRewardConfig,
         config,
         scratch,
         max_length=config.max_length,
         center_rewards_coefficient=config.center_rewards_coefficient,
     )
-    peft_config = training.lora_config(config, "SEQ_CLS")
+    peft_config = lora_config(config, "SEQ_CLS")
     # A string model lets TRL load it as AutoModelForSequenceClassification(num_labels=1): a causal LM
     # folder gets a fresh scalar head, a reward folder keeps its own.
     trainer = RewardTrainer(
@@ -501,7 +505,7 @@ def make_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    return training.quiet_trainer(trainer, STAGE)
+    return quiet_trainer(trainer, STAGE)
 
 
 def metrics_of(result: RewardResult) -> dict[str, float]:

@@ -187,9 +187,9 @@ class RewardModelScore:
     def reply(self, completion: Any) -> dict[str, str]:
         """The completion as the reward stage rendered its training answers: the thinking block as
         ``reasoning_content`` for templates that place it, else folded into the content as
-        ``<think>\nR\n</think>\n\nC`` (``distilflow.training.message_dicts``)."""
+        ``<think>\nR\n</think>\n\nC`` (``distilflow.training.data.message_dicts``)."""
         from distilflow.teachers.protocol import split_reasoning
-        from distilflow.training import renders_reasoning
+        from distilflow.training.data import renders_reasoning
 
         text = completion_text(completion)
         if THINK_END not in text:

@@ -84,11 +84,11 @@ def rollout_engine(config: RlConfig) -> str:
     """``vllm`` or ``transformers``, as ``config.rollouts`` asks and this machine allows."""
     import importlib.util
 
-    from distilflow import training
+    from distilflow.training.arguments import on_gpu
 
     if config.rollouts == "transformers":
         return "transformers"
-    gpu = training.on_gpu()
+    gpu = on_gpu()
     has_vllm = importlib.util.find_spec("vllm") is not None
     if config.rollouts == "vllm":
         if not gpu:
@@ -161,7 +161,8 @@ def make_trainer(
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from distilflow import training
+    from distilflow.training.arguments import lora_config, training_arguments
+    from distilflow.training.callbacks import quiet_trainer
 
     vllm: dict[str, Any] = {"use_vllm": engine == "vllm"}
     if engine == "vllm":
@@ -173,7 +174,7 @@ def make_trainer(
                 vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
                 vllm_tensor_parallel_size=config.vllm_tensor_parallel_size,
             )
-    args = training.training_arguments(
+    args = training_arguments(
         GRPOConfig,
         config,
         scratch,
@@ -188,7 +189,7 @@ def make_trainer(
         reward_weights=list(config.weights().values()),
         **vllm,
     )
-    peft_config = training.lora_config(config)
+    peft_config = lora_config(config)
     trainer = GRPOTrainer(
         model=model_path,
         reward_funcs=funcs,
@@ -197,7 +198,7 @@ def make_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    return training.quiet_trainer(trainer, STAGE)
+    return quiet_trainer(trainer, STAGE)
 
 
 def run(config: RlConfig) -> RlResult:
@@ -215,10 +216,11 @@ def run(config: RlConfig) -> RlResult:
     resume and multi-GPU self-launch (torchrun, DeepSpeed ZeRO) work as in the sft stage. It does not
     train on problems without a reference answer, or run multi-turn/tool rollouts.
     """
-    from distilflow import training
+    from distilflow.launch import dispatch, torchrun
+    from distilflow.training.data import resolve_data
 
     # many nodes: a TrainJob or a PAI-DLC job trains, this process waits for its result
-    launched = training.dispatch(STAGE, config)
+    launched = dispatch(STAGE, config)
     if launched is not None:
         return RlResult.model_validate(launched)
     out = StageOutput(config.output_uri, STAGE)
@@ -227,7 +229,7 @@ def run(config: RlConfig) -> RlResult:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return RlResult.model_validate(stored["result"])
 
-    problems_file, _ = training.resolve_data(config.problems_uri, "problems.jsonl", "rl problems")
+    problems_file, _ = resolve_data(config.problems_uri, "problems.jsonl", "rl problems")
     problems = records.read_jsonl(problems_file, records.Problem)
     # checked before any process starts: RL never begins on a reward model that failed its gate
     reward_model = (
@@ -240,8 +242,8 @@ def run(config: RlConfig) -> RlResult:
             f"rl: none of the {len(problems)} problems in {problems_file} has a reference answer; "
             "the correctness reward needs an 'answer' on each problem"
         )
-    if training.needs_launch(config):  # several GPUs: one process each, under torchrun
-        return RlResult.model_validate(training.launch(STAGE, config))
+    if torchrun.needs_launch(config):  # several GPUs: one process each, under torchrun
+        return RlResult.model_validate(torchrun.launch(STAGE, config))
     was_complete = out.is_complete()
     out.begin(config)
     with_cd = sum(row["cd"] is not None for row in rows)
@@ -263,50 +265,50 @@ def train(
     was_complete: bool,
 ) -> RlResult:
     """The training part of ``run`` (heavy imports live here)."""
-    from distilflow import training
     from distilflow.models import load_tokenizer, resolve_model
+    from distilflow.training.checkpointing import scratch_dir, train_resumable
+    from distilflow.training.report import first_last, logged, write_report
+    from distilflow.training.save import model_card, save_trained
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
     engine = rollout_engine(config)
     funcs = reward_functions(config, reward_model)
-    trainer = make_trainer(
-        config, rows, model_path, tokenizer, funcs, engine, training.scratch_dir(STAGE, out.uri)
-    )
-    start_step = training.train_resumable(trainer, out.uri, config, STAGE, was_complete)
+    trainer = make_trainer(config, rows, model_path, tokenizer, funcs, engine, scratch_dir(STAGE, out.uri))
+    start_step = train_resumable(trainer, out.uri, config, STAGE, was_complete)
 
     history = trainer.state.log_history
     weights = config.weights()
 
-    def first_last(key: str) -> tuple[float | None, float | None]:
-        return training.first_last(training.logged(history, key))
+    def ends(key: str) -> tuple[float | None, float | None]:
+        return first_last(logged(history, key))
 
-    terms = {name: first_last(f"rewards/{name}/mean")[1] for name in weights}
+    terms = {name: ends(f"rewards/{name}/mean")[1] for name in weights}
     result = RlResult(
         model_uri=uris.join(out.uri, "model"),
-        first_reward=first_last("reward")[0],
-        final_reward=first_last("reward")[1],
-        first_loss=first_last("loss")[0],
-        final_loss=first_last("loss")[1],
+        first_reward=ends("reward")[0],
+        final_reward=ends("reward")[1],
+        first_loss=ends("loss")[0],
+        final_loss=ends("loss")[1],
         steps=trainer.state.global_step,
         problems_used=len(rows),
         problems_skipped=len(problems) - len(rows),
-        first_accuracy=first_last("accuracy")[0],
-        final_accuracy=first_last("accuracy")[1],
+        first_accuracy=ends("accuracy")[0],
+        final_accuracy=ends("accuracy")[1],
         final_terms={k: v for k, v in terms.items() if v is not None},
         weights=weights,
-        final_kl=first_last("kl")[1],
-        final_completion_length=first_last("completions/mean_length")[1],
+        final_kl=ends("kl")[1],
+        final_completion_length=ends("completions/mean_length")[1],
         problems_with_cd=sum(row["cd"] is not None for row in rows),
         rollouts=engine,
         resumed_from_step=start_step or None,
         seed=config.seed,
     )
-    card = training.model_card(STAGE, config.model, problems_file, result.model_dump(), config.to_dict())
-    training.save_trained(trainer, result.model_uri, card)
+    card = model_card(STAGE, config.model, problems_file, result.model_dump(), config.to_dict())
+    save_trained(trainer, result.model_uri, card)
     keys = (*REPORT_KEYS[:2], *(f"rewards/{n}/mean" for n in weights), *REPORT_KEYS[2:])
     summary = {**result.model_dump(), "weights": json.dumps(weights)}
-    report = training.write_report(out.uri, STAGE, history, keys, summary)
+    report = write_report(out.uri, STAGE, history, keys, summary)
     inputs = {"problems": problems_file, "model": config.model}
     if reward_model is not None:
         inputs["reward_model"] = reward_model[0]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from distilflow.training import LauncherFields, ScaleAndCheckpointFields
+from distilflow.training.fields import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri")

@@ -26,7 +26,7 @@ def build_rows(
     Lengths are measured the same way TRL tokenizes (``chat_template`` is the one TRL uses, None for
     the tokenizer's own), so no kept row is truncated.
     """
-    from distilflow.training import chat_length, message_dicts, renders_reasoning
+    from distilflow.training.data import chat_length, message_dicts, renders_reasoning
 
     rows: list[dict[str, Any]] = []
     dropped = 0
@@ -96,18 +96,19 @@ def make_trainer(
     from datasets import Dataset
     from trl import SFTConfig
 
-    from distilflow import training
+    from distilflow.training.arguments import lora_config, on_gpu, training_arguments
+    from distilflow.training.callbacks import quiet_trainer
 
-    if config.packing and not training.on_gpu():
+    if config.packing and not on_gpu():
         raise ConfigError(
             "sft.packing=true needs a GPU with a flash-attention kernel (packed rows are kept apart by the "
             "varlen kernel, which the CPU does not have); set sft.packing=false on a CPU"
         )
-    peft_config = training.lora_config(config)
+    peft_config = lora_config(config)
     init_kwargs: dict[str, Any] = {"dtype": "float32"}
     if config.attn_implementation:
         init_kwargs["attn_implementation"] = config.attn_implementation
-    args = training.training_arguments(
+    args = training_arguments(
         SFTConfig,
         config,
         scratch,
@@ -124,7 +125,7 @@ def make_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
-    return training.quiet_trainer(trainer, STAGE)
+    return quiet_trainer(trainer, STAGE)
 
 
 def run(config: SftConfig) -> SftResult:
@@ -141,16 +142,17 @@ def run(config: SftConfig) -> SftResult:
     starts itself under ``torchrun`` on this node (data parallel, or DeepSpeed ZeRO with ``deepspeed``).
     A rerun of a finished output returns the stored result; a rerun of an unfinished one (preempted,
     killed) with the same config continues from its newest complete checkpoint, optimizer, schedule,
-    RNG and data position included (see ``distilflow.training.resume_point`` for a changed config).
+    RNG and data position included (see ``distilflow.training.checkpointing.resume_point`` for a changed config).
     With ``launcher: trainjob`` (or ``dlc``) it trains nothing here: ``distilflow.launch.trainjob.launch``
     submits a Kubeflow TrainJob (``distilflow.launch.dlc.launch`` a PAI-DLC job) of ``nodes`` nodes that runs
     this stage with ``launcher: local`` and returns its result.
     It does not pack sequences on a CPU.
     """
-    from distilflow import training
+    from distilflow.launch import dispatch, torchrun
+    from distilflow.training.data import read_rows
 
     # many nodes: a TrainJob or a PAI-DLC job trains, this process waits for its result
-    launched = training.dispatch(STAGE, config)
+    launched = dispatch(STAGE, config)
     if launched is not None:
         return SftResult.model_validate(launched)
     out = StageOutput(config.output_uri, STAGE)
@@ -160,9 +162,9 @@ def run(config: SftConfig) -> SftResult:
         return SftResult.model_validate(stored["result"])
 
     data_file = config.data_uri
-    examples = training.read_rows(data_file, "sft", records.SftExample, "sft data")
-    if training.needs_launch(config):  # several GPUs: one process each, under torchrun
-        return SftResult.model_validate(training.launch(STAGE, config))
+    examples = read_rows(data_file, "sft", records.SftExample, "sft data")
+    if torchrun.needs_launch(config):  # several GPUs: one process each, under torchrun
+        return SftResult.model_validate(torchrun.launch(STAGE, config))
     was_complete = out.is_complete()
     out.begin(config)
     return train(config, out, data_file, examples, was_complete)
@@ -176,13 +178,16 @@ def train(
     was_complete: bool = False,
 ) -> SftResult:
     """The training part of ``run`` (heavy imports live here)."""
-    from distilflow import training
     from distilflow.models import load_tokenizer, resolve_model
+    from distilflow.training.checkpointing import scratch_dir, train_resumable
+    from distilflow.training.data import without_template_tokens
+    from distilflow.training.report import first_last, logged, write_report
+    from distilflow.training.save import lineage, model_card, save_trained
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
     template = training_template(tokenizer, config)
-    examples, rejected = training.without_template_tokens(examples, STAGE)
+    examples, rejected = without_template_tokens(examples, STAGE)
     if not examples:
         raise ConfigError(
             f"sft: every example of {data_file} holds chat-template control tokens; clean the data"
@@ -195,11 +200,11 @@ def train(
             "tokens; raise sft.max_length"
         )
 
-    trainer = make_trainer(config, rows, tokenizer, model_path, training.scratch_dir(STAGE, out.uri))
-    start_step = training.train_resumable(trainer, out.uri, config, STAGE, was_complete)
+    trainer = make_trainer(config, rows, tokenizer, model_path, scratch_dir(STAGE, out.uri))
+    start_step = train_resumable(trainer, out.uri, config, STAGE, was_complete)
 
     history = trainer.state.log_history
-    first, final = training.first_last(training.logged(history, "loss"))
+    first, final = first_last(logged(history, "loss"))
     result = SftResult(
         model_uri=uris.join(out.uri, "model"),
         first_loss=first,
@@ -211,16 +216,16 @@ def train(
         resumed_from_step=start_step or None,
         seed=config.seed,
     )
-    card = training.model_card(
+    card = model_card(
         STAGE,
         config.model,
         data_file,
         result.model_dump(),
         config.to_dict(),
-        origin=training.lineage(config.data_uri),
+        origin=lineage(config.data_uri),
     )
-    training.save_trained(trainer, result.model_uri, card)
-    report = training.write_report(
+    save_trained(trainer, result.model_uri, card)
+    report = write_report(
         out.uri, STAGE, history, ("loss", "learning_rate", "grad_norm"), result.model_dump()
     )
     out.finish(

@@ -202,7 +202,7 @@ def test_sft_rejects_control_tokens_in_user_data(tiny_qwen3):
     """sft reads any .jsonl a user points it at: rows with control tokens must not reach training."""
     from distilflow.components.sft.run import build_rows
     from distilflow.models import load_tokenizer
-    from distilflow.training import without_template_tokens
+    from distilflow.training.data import without_template_tokens
 
     tok = load_tokenizer(tiny_qwen3)
     examples = hostile_examples()

@@ -208,7 +208,7 @@ def sft_examples(n: int = 8) -> list[SftExample]:
 
 
 def _complete_steps(output_uri: str) -> list[int]:
-    from distilflow.training import list_checkpoints
+    from distilflow.training.checkpointing import list_checkpoints
 
     return [c.step for c in list_checkpoints(output_uri) if c.marker is not None]
 

@@ -172,7 +172,7 @@ def test_dpo_resumes_from_newest_complete_checkpoint(tiny_qwen3, tmp_path):
 
     from distilflow.components.dpo.run import run
     from distilflow.errors import ConfigError
-    from distilflow.training import list_checkpoints
+    from distilflow.training.checkpointing import list_checkpoints
 
     data = curate_output(str(tmp_path), "preference.jsonl", pairs(8))
     cfg = config(

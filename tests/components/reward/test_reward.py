@@ -117,7 +117,7 @@ def test_reward_learns_a_separable_preference_and_passes_the_gate(tiny_qwen3, tm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from distilflow.components.reward.run import run
-    from distilflow.training import list_checkpoints
+    from distilflow.training.checkpointing import list_checkpoints
 
     data = scored_output(str(tmp_path), carry_scored())
     labels = str(tmp_path / "labels.jsonl")
@@ -196,7 +196,7 @@ def test_gate_fails_a_reward_model_trained_on_shuffled_labels(tiny_qwen3, tmp_pa
     """Half the problems have their answer checks swapped: the model cannot rank held-out pairs, the
     stage fails with the figures, and nothing is published or marked complete."""
     from distilflow.components.reward.run import CalibrationGateError, run
-    from distilflow.training import list_checkpoints
+    from distilflow.training.checkpointing import list_checkpoints
 
     flip = set(random.Random(0).sample(range(25), 12))
     data = scored_output(str(tmp_path), carry_scored(flip=flip))

@@ -198,14 +198,14 @@ def test_rl_config_checks_groups_terms_and_inputs():
 
 
 def test_rollouts_follow_config_and_machine(monkeypatch):
-    from distilflow import training
     from distilflow.components.rl.run import rollout_engine
+    from distilflow.training import arguments
 
     base = {"output_uri": "/o", "model": "/m", "problems_uri": "/p.jsonl"}
     assert rollout_engine(RlConfig(**base)) == "transformers"  # auto on a CPU
     with pytest.raises(ConfigError, match="needs a CUDA GPU"):
         rollout_engine(RlConfig(**base, rollouts="vllm"))
-    monkeypatch.setattr(training, "on_gpu", lambda: True)
+    monkeypatch.setattr(arguments, "on_gpu", lambda: True)
     import importlib.util
 
     real = importlib.util.find_spec
@@ -234,7 +234,7 @@ def test_rl_trains_every_term_checkpoints_reports_and_reuses(
 
     from distilflow.components.rl.component import rl
     from distilflow.components.rl.run import run
-    from distilflow.training import list_checkpoints
+    from distilflow.training.checkpointing import list_checkpoints
 
     problems = read_jsonl(problems_file, Problem) + [Problem(id="open", problem="Why is the sky blue?")]
     path = str(tmp_path / "problems.jsonl")

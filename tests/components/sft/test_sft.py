@@ -231,7 +231,7 @@ def test_sft_writes_to_s3(tiny_qwen3, tmp_path, s3_bucket):
 
 
 def _complete_steps(output_uri: str) -> list[int]:
-    from distilflow.training import list_checkpoints
+    from distilflow.training.checkpointing import list_checkpoints
 
     return [c.step for c in list_checkpoints(output_uri) if c.marker is not None]
 
@@ -425,12 +425,12 @@ def test_deepspeed_config_is_valid(zero, offload, tiny_qwen3, tmp_path):
     from transformers import TrainingArguments
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig
 
-    from distilflow import training
+    from distilflow.training import arguments
 
     cfg = config(tiny_qwen3, "/unused.jsonl", str(tmp_path / "o"), deepspeed=zero, offload=offload)
-    kwargs = training.training_arguments(lambda **kw: kw, cfg, str(tmp_path / "scratch"))
+    kwargs = arguments.training_arguments(lambda **kw: kw, cfg, str(tmp_path / "scratch"))
     ds = kwargs["deepspeed"]
-    assert ds == training.deepspeed_config(zero, offload)
+    assert ds == arguments.deepspeed_config(zero, offload)
 
     hf = HfTrainerDeepSpeedConfig(ds)
     args = TrainingArguments(
@@ -461,7 +461,7 @@ def test_offload_needs_deepspeed(tiny_qwen3, tmp_path):
 
 
 def test_report_plots_logged_curves():
-    from distilflow.training import report_html
+    from distilflow.training.report import report_html
 
     history = [
         {"step": 1, "loss": 3.0, "learning_rate": 1e-3},
@@ -495,7 +495,7 @@ def test_sft_bf16_zero2_on_gpu(tiny_qwen3, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from distilflow.components.sft.run import run
-    from distilflow.training import list_checkpoints
+    from distilflow.training.checkpointing import list_checkpoints
 
     data = str(tmp_path / "sft.jsonl")
     write_jsonl(data, examples(8))
@@ -595,15 +595,15 @@ def test_fsdp_arguments_are_valid(mode, offload, tiny_qwen3, tmp_path, monkeypat
     from accelerate.utils import FullyShardedDataParallelPlugin
     from transformers import AutoModelForCausalLM, TrainingArguments
 
-    from distilflow import training
+    from distilflow.training import arguments
 
     cfg = config(tiny_qwen3, "/unused.jsonl", str(tmp_path / "o"), fsdp=mode, offload=offload)
-    monkeypatch.setattr(training, "on_gpu", lambda: True)  # the arguments a GPU run gets
-    kwargs = training.training_arguments(lambda **kw: kw, cfg, str(tmp_path / "scratch"))
+    monkeypatch.setattr(arguments, "on_gpu", lambda: True)  # the arguments a GPU run gets
+    kwargs = arguments.training_arguments(lambda **kw: kw, cfg, str(tmp_path / "scratch"))
     assert kwargs["fsdp"] is True and kwargs["bf16"] is True
     # FSDP's own activation checkpointing replaces the model's (on by default on a GPU)
     assert kwargs["gradient_checkpointing"] is False
-    assert kwargs["fsdp_config"] == training.fsdp_config(mode, offload, True)
+    assert kwargs["fsdp_config"] == arguments.fsdp_config(mode, offload, True)
     assert "deepspeed" not in kwargs
 
     args = TrainingArguments(
@@ -644,9 +644,9 @@ def test_lora_merge_by_reloading_base_equals_base_plus_adapter(tiny_qwen3, tmp_p
     import torch
     from safetensors.torch import load_file
 
-    from distilflow import training
     from distilflow.components.sft.run import build_rows, make_trainer
     from distilflow.models import load_tokenizer
+    from distilflow.training import save
 
     cfg = config(tiny_qwen3, "/unused.jsonl", str(tmp_path / "o"), max_steps=3, lora=True, lora_r=4)
     tokenizer = load_tokenizer(tiny_qwen3)
@@ -656,9 +656,9 @@ def test_lora_merge_by_reloading_base_equals_base_plus_adapter(tiny_qwen3, tmp_p
     adapter = tmp_path / "adapter"
     trainer.model.save_pretrained(str(adapter))  # what the Trainer's save_model writes for a PeftModel
 
-    monkeypatch.setattr(training, "params_sharded", lambda trainer: True)
+    monkeypatch.setattr(save, "params_sharded", lambda trainer: True)
     out = str(tmp_path / "merged")
-    training.save_trained(trainer, out, "card")
+    save.save_trained(trainer, out, "card")
 
     merged = load_file(os.path.join(out, "model.safetensors"))
     base = load_file(os.path.join(tiny_qwen3, "model.safetensors"))
@@ -684,7 +684,7 @@ def test_lora_merge_by_reloading_base_equals_base_plus_adapter(tiny_qwen3, tmp_p
 
 
 def test_assign_uploads_gives_every_file_to_exactly_one_process():
-    from distilflow.training import assign_uploads
+    from distilflow.training.checkpointing import assign_uploads
 
     node_a = {
         "model.safetensors": 900,
@@ -725,7 +725,7 @@ def _run_ranks(monkeypatch, world: int, target, fail_rank: int | None = None):
     ``upload_checkpoint`` become a thread barrier; a rank that raises breaks the barrier for all."""
     import threading
 
-    from distilflow import training
+    from distilflow.training import checkpointing
 
     barrier = threading.Barrier(world, timeout=30)
     gathered: dict[int, object] = {}
@@ -736,9 +736,9 @@ def _run_ranks(monkeypatch, world: int, target, fail_rank: int | None = None):
         barrier.wait()
         return [gathered[r] for r in range(world)]
 
-    monkeypatch.setattr(training, "_all_gather", all_gather)
-    monkeypatch.setattr(training, "_barrier", lambda: barrier.wait())
-    real_upload = training._upload_files
+    monkeypatch.setattr(checkpointing, "_all_gather", all_gather)
+    monkeypatch.setattr(checkpointing, "_barrier", lambda: barrier.wait())
+    real_upload = checkpointing._upload_files
 
     def upload(folder, paths, dest):
         if local.rank == fail_rank:
@@ -746,7 +746,7 @@ def _run_ranks(monkeypatch, world: int, target, fail_rank: int | None = None):
             raise OSError("node lost")
         real_upload(folder, paths, dest)
 
-    monkeypatch.setattr(training, "_upload_files", upload)
+    monkeypatch.setattr(checkpointing, "_upload_files", upload)
     errors: dict[int, BaseException] = {}
 
     def body(rank):
@@ -768,8 +768,13 @@ def test_checkpoint_complete_only_when_every_rank_uploaded(tmp_path, monkeypatch
     """Two nodes with two processes each write their own parts locally; each process uploads its share
     and its done marker; rank 0 writes _COMPLETE after all four. If a process dies mid-upload, the
     checkpoint has no _COMPLETE and a rerun deletes it instead of resuming from it."""
-    from distilflow import training
-    from distilflow.training import CHECKPOINT_MARKER, list_checkpoints, resume_point, upload_checkpoint
+    from distilflow.training import checkpointing
+    from distilflow.training.checkpointing import (
+        CHECKPOINT_MARKER,
+        list_checkpoints,
+        resume_point,
+        upload_checkpoint,
+    )
 
     nodes = {0: tmp_path / "a", 1: tmp_path / "a", 2: tmp_path / "b", 3: tmp_path / "b"}
     for rank, node in nodes.items():  # what the trainer writes: rank 0 the shared state, each rank its RNG
@@ -782,7 +787,7 @@ def test_checkpoint_complete_only_when_every_rank_uploaded(tmp_path, monkeypatch
     cfg = config("/m", "/d.jsonl", f"s3://{s3_bucket}/run/sft", save_steps=4)
     dest = f"{cfg.output_uri}/checkpoints/checkpoint-4"
     uris.write_bytes(f"{dest}/stale-from-an-interrupted-upload", b"x")
-    marker = {"step": 4, "config_fingerprint": training.checkpoint_fingerprint(cfg), "config": {}}
+    marker = {"step": 4, "config_fingerprint": checkpointing.checkpoint_fingerprint(cfg), "config": {}}
 
     def save(rank):
         upload_checkpoint(
@@ -858,7 +863,7 @@ def test_sft_two_nodes_checkpoint_from_every_node_and_resume(tiny_qwen3, tmp_pat
     in the model, the final loss equals the uninterrupted run only if both ranks' RNG were restored."""
     import shutil
 
-    from distilflow.training import list_checkpoints
+    from distilflow.training.checkpointing import list_checkpoints
 
     model = tmp_path / "dropout-model"  # dropout makes the result depend on every rank's RNG stream
     shutil.copytree(tiny_qwen3, model)
@@ -898,7 +903,7 @@ def test_sft_two_nodes_checkpoint_from_every_node_and_resume(tiny_qwen3, tmp_pat
 def test_model_card_names_data_teacher_recipe_and_metrics(tmp_path):
     """The card follows the data back through curate's manifest to distill's resolved config."""
     from distilflow.outputs import StageOutput
-    from distilflow.training import lineage, model_card
+    from distilflow.training.save import lineage, model_card
 
     distill = StageOutput(str(tmp_path / "distill"), "distill")
     uris.write_text(
@@ -928,7 +933,7 @@ def test_model_card_names_data_teacher_recipe_and_metrics(tmp_path):
 
 
 def test_progress_eta_counts_only_steps_taken_by_this_run():
-    from distilflow.training import progress_line
+    from distilflow.training.callbacks import progress_line
 
     assert progress_line("sft", 30, 100, 0, 15.0) == "[sft] step 30/100 (30%) 2.00 steps/s ETA 0:00:35"
     # resumed at step 20: 10 steps in 5 s, not 30
@@ -972,7 +977,7 @@ def test_bench_gpu_model_and_training_config(tmp_path, monkeypatch):
     arguments: bf16 on a GPU, DeepSpeed ZeRO-2, no checkpoints."""
     import argparse
 
-    from distilflow import training
+    from distilflow.training import arguments
 
     bench = _bench()
     cfg = bench.qwen2_config("0.5b")
@@ -989,8 +994,8 @@ def test_bench_gpu_model_and_training_config(tmp_path, monkeypatch):
     )
     sft = bench.gpu_sft_config(opts, "/model", "/data.jsonl", str(tmp_path / "out"), processes=8)
     assert sft.max_steps == 35 and sft.deepspeed == "zero2" and sft.save_steps == 0 and sft.processes == 8
-    monkeypatch.setattr(training, "on_gpu", lambda: True)
-    kwargs = training.training_arguments(lambda **kw: kw, sft, str(tmp_path / "scratch"))
+    monkeypatch.setattr(arguments, "on_gpu", lambda: True)
+    kwargs = arguments.training_arguments(lambda **kw: kw, sft, str(tmp_path / "scratch"))
     assert kwargs["bf16"] is True and kwargs["gradient_checkpointing"] is False
     assert kwargs["deepspeed"]["zero_optimization"]["stage"] == 2
     assert kwargs["save_strategy"] == "no" and kwargs["per_device_train_batch_size"] == 4

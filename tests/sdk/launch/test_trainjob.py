@@ -182,7 +182,7 @@ def test_launcher_path_imports_no_torch():
 
 
 def test_dpo_runs_as_a_trainjob(cluster, tmp_path, monkeypatch):
-    """dpo shares the launcher fields (training.LauncherFields): launcher=trainjob submits a TrainJob
+    """dpo shares the launcher fields (distilflow.training.fields.LauncherFields): launcher=trainjob submits a TrainJob
     running `distilflow stage dpo` on every node with launcher=local."""
     import distilflow.launch.trainjob
     from distilflow.components.dpo.config import DpoConfig, DpoResult

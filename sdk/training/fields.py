@@ -1,0 +1,123 @@
+"""Config fields shared unchanged by the training stages (sft, dpo, reward, rl): plain pydantic fields
+and their cross-checks, no behaviour. A stage config inherits the blocks it needs; this is the only
+module of ``distilflow.training`` a config module imports."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from distilflow.config import BaseConfig
+from distilflow.launch.dlc import DlcSettings
+
+
+class ScaleAndCheckpointFields(BaseConfig):
+    """Config fields shared unchanged by the training stages: processes per node, DeepSpeed or FSDP, and
+    checkpoints in object storage. Plain fields and their cross-checks, no behaviour."""
+
+    processes: int | Literal["auto"] = Field(
+        "auto",
+        description="Training processes on this node: auto = one per visible GPU (1 on a CPU); more than 1 "
+        "makes the stage launch itself with torchrun (data parallel, or ZeRO/FSDP sharding)",
+    )
+    deepspeed: Literal["none", "zero2", "zero3"] = Field(
+        "none",
+        description="DeepSpeed ZeRO stage for multi-GPU runs (launch with torchrun/accelerate, one process "
+        "per GPU): zero2 shards optimizer states and gradients, zero3 also the parameters",
+    )
+    fsdp: Literal["none", "full_shard", "shard_grad_op"] = Field(
+        "none",
+        description="PyTorch FSDP2 instead of DeepSpeed (GPU only, one process per GPU): full_shard shards "
+        "parameters, gradients and optimizer states and re-gathers parameters for the backward pass "
+        "(like ZeRO-3); shard_grad_op keeps them gathered between forward and backward (like ZeRO-2). "
+        "Checkpoints are sharded per rank; the final model is gathered into one Hugging Face folder",
+    )
+    offload: bool = Field(
+        False,
+        description="With deepspeed: offload optimizer states (and zero3 parameters) to CPU memory; with "
+        "fsdp: offload parameters, gradients and optimizer states to CPU memory",
+    )
+    save_steps: int = Field(
+        200,
+        ge=0,
+        description="Write a checkpoint (model, optimizer, scheduler, RNG states, data position) to "
+        "<output_uri>/checkpoints every this many optimizer steps; 0 writes none",
+    )
+    save_total_limit: int = Field(
+        2, ge=1, description="Complete checkpoints kept in <output_uri>/checkpoints"
+    )
+    resume: bool = Field(
+        True,
+        description="Continue an unfinished run from its newest complete checkpoint (same config); false "
+        "deletes the checkpoints and trains from step 0",
+    )
+
+    @model_validator(mode="after")
+    def _check_scale(self) -> ScaleAndCheckpointFields:
+        if self.deepspeed != "none" and self.fsdp != "none":
+            raise ValueError(
+                f"deepspeed={self.deepspeed!r} and fsdp={self.fsdp!r} both shard the model; choose one "
+                "(set the other to none)"
+            )
+        if self.offload and self.deepspeed == "none" and self.fsdp == "none":
+            raise ValueError(
+                f"offload=true needs deepspeed=zero2 or zero3 (or fsdp), but deepspeed={self.deepspeed!r} "
+                f"and fsdp={self.fsdp!r}; set one of them or offload=false"
+            )
+        if isinstance(self.processes, int) and self.processes < 1:
+            raise ValueError(f"processes={self.processes} starts no process; use auto or a count >= 1")
+        return self
+
+
+class LauncherFields(BaseConfig):
+    """Config fields of a training stage that can run elsewhere than in its own pod: a Kubeflow Trainer
+    ``TrainJob`` (``distilflow.launch.trainjob``) or an Alibaba Cloud PAI-DLC job (``distilflow.launch.dlc``) of
+    ``nodes`` nodes. Plain fields and their checks; the stage's ``run`` dispatches with ``dispatch``."""
+
+    launcher: Literal["local", "trainjob", "dlc"] = Field(
+        "local",
+        description="local trains in this pod (torchrun on this node when processes > 1); trainjob submits a "
+        "Kubeflow Trainer TrainJob of `nodes` nodes (kubeflow SDK), dlc a PAI-DLC job (settings in `dlc`); "
+        "either streams node-0's log, waits for the job and returns the result it wrote to output_uri",
+    )
+    nodes: int = Field(1, ge=1, description="With launcher=trainjob or dlc: training nodes (pods) of the job")
+    gpus_per_node: int = Field(
+        1,
+        ge=0,
+        description="With launcher=trainjob or dlc: GPUs requested per node (one training process each)",
+    )
+    runtime: str = Field(
+        "torch-distributed",
+        description="With launcher=trainjob: the (Cluster)TrainingRuntime the TrainJob references",
+    )
+    namespace: str | None = Field(
+        None,
+        description="With launcher=trainjob: namespace of the TrainJob; None uses the kubeconfig's or this "
+        "pod's namespace",
+    )
+    env: list[str] = Field(
+        default_factory=list,
+        description="With launcher=trainjob or dlc: names of non-secret environment variables copied from "
+        "this process's environment into every node (e.g. DISTILFLOW_S3_ENDPOINT_URL, AWS_DEFAULT_REGION)",
+    )
+    secret_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="With launcher=trainjob: environment variables of every node read from Kubernetes "
+        "Secrets, NAME: secret-name/key (e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key); only the "
+        "reference goes into the TrainJob, never the value",
+    )
+    dlc: DlcSettings = Field(
+        default_factory=DlcSettings,
+        description="With launcher=dlc: where the PAI-DLC job runs (region, workspace, resource group or "
+        "instance type, job type); credentials come from the environment, never from the config",
+    )
+
+    @model_validator(mode="after")
+    def _check_launcher(self) -> LauncherFields:
+        bad = {k: v for k, v in self.secret_env.items() if v.count("/") != 1 or "" in v.split("/")}
+        if bad:
+            raise ValueError(
+                f"secret_env values must be secret-name/key, got {bad}; e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key"
+            )
+        return self
