@@ -10,10 +10,10 @@ HEAVY = ("torch", "transformers", "trl", "vllm", "deepspeed", "peft", "accelerat
 
 SCRIPT = """
 import sys, tempfile, os
-import distilflow, distilflow.client, distilflow.cli, distilflow.teachers, distilflow.teachers.openai, distilflow.teachers.transformers, distilflow.teachers.vllm, distilflow.records, distilflow.models
+import distilflow, distilflow.client, distilflow.client.cli, distilflow.teachers, distilflow.teachers.openai, distilflow.teachers.transformers, distilflow.teachers.vllm, distilflow.records, distilflow.models
 from distilflow.components import STAGES, load_component, load_config_class
 from distilflow.pipelines import PIPELINES
-from distilflow.client import compile_pipeline
+from distilflow.client.pipelines import compile_pipeline
 for stage in STAGES:
     load_config_class(stage)
     load_component(stage)
@@ -21,7 +21,7 @@ with tempfile.TemporaryDirectory() as tmp:
     for name in PIPELINES:
         compile_pipeline(name, os.path.join(tmp, name + ".yaml"))
 from click.testing import CliRunner
-assert CliRunner().invoke(distilflow.cli.main, ["--help"]).exit_code == 0
+assert CliRunner().invoke(distilflow.client.cli.main, ["--help"]).exit_code == 0
 heavy = [m for m in %r if m in sys.modules]
 print("HEAVY=" + ",".join(heavy))
 """

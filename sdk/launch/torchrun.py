@@ -33,7 +33,7 @@ def needs_launch(config: Any) -> bool:
 
 
 def launch(stage: str, config: Any) -> dict[str, Any]:
-    """Run the stage as ``torchrun --standalone --nproc_per_node N -m distilflow.cli stage STAGE``.
+    """Run the stage as ``torchrun --standalone --nproc_per_node N -m distilflow.client.cli stage STAGE``.
 
     The processes inherit this one's stdout/stderr (so their progress reaches the KFP log); the result
     is read back from the finished output's manifest.
@@ -55,7 +55,7 @@ def launch(stage: str, config: Any) -> dict[str, Any]:
         with open(path, "w", encoding="utf-8") as f:
             f.write(config.to_yaml())
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}"]
-        command += ["-m", "distilflow.cli", "stage", stage, "--config", path]
+        command += ["-m", "distilflow.client.cli", "stage", stage, "--config", path]
         print(f"[{stage}] launching {n} processes: torchrun --nproc_per_node={n}", flush=True)
         code = subprocess.call(command)
     if code != 0:

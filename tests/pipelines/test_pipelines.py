@@ -13,7 +13,7 @@ from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from distilflow import __version__
-from distilflow.client import compile_pipeline, pipeline_config
+from distilflow.client.pipelines import compile_pipeline, pipeline_config
 from distilflow.components import STAGES as ALL_STAGES
 from distilflow.images import FAMILIES, image, stage_image
 from distilflow.pipelines import PIPELINES, load_pipeline

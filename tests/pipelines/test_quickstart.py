@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from distilflow.client import run_local
+from distilflow.client.local import run_local
 from distilflow.outputs import MARKER
 from distilflow.records import Scored, SftExample, iter_output_rows
 

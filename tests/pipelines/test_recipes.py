@@ -168,7 +168,7 @@ def test_recipe_uploads_and_submits_with_console_parameters(recipe):
     from google.protobuf import json_format
     from kfp.pipeline_spec import pipeline_spec_pb2
 
-    from distilflow.client import Client
+    from distilflow.client.remote import Client
     from tests.fakes.kfp_api_server import KfpApiServer
 
     with KfpApiServer() as server:
@@ -230,7 +230,7 @@ def tiny_thoughtx_overrides(model: str) -> list[str]:
 def test_thoughtx_end_to_end_on_tiny_models(tmp_path, tiny_qwen2):
     """Two teachers, RV/CD judging, a curriculum mix, curriculum SFT and evaluation under kfp.local
     (about 45 s on two idle cores)."""
-    from distilflow.client import run_local
+    from distilflow.client.local import run_local
     from distilflow.records import Scored, SftExample, Trace, iter_output_rows, read_jsonl
 
     # "python3" in the path: kfp.local would corrupt it without distilflow's workaround (client.py).
@@ -261,7 +261,7 @@ def test_lifecycle_runs_locally_and_its_switches_pick_the_newest_model(tmp_path,
     """lifecycle under kfp.local with dpo on and rl off: evaluate gets the dpo model through one
     dsl.OneOf (the branch that ran) and the sft model handed on through the other (the skip branch);
     kfp 2.17's local runner needs distilflow's OneOf-over-artifacts fix (client.py)."""
-    from distilflow.client import run_local
+    from distilflow.client.local import run_local
 
     root = str(tmp_path / "lifecycle")
     overrides = tiny_thoughtx_overrides(tiny_qwen3) + [
@@ -321,7 +321,7 @@ def test_example_notebook_runs(tmp_path, monkeypatch):
 def test_thoughty_end_to_end_in_both_modes(tmp_path, tiny_qwen3):
     """thoughty on tiny models: every curated example in both modes, evaluation with thinking on and off
     in separate folders (about 70 s on two idle cores)."""
-    from distilflow.client import run_local
+    from distilflow.client.local import run_local
     from distilflow.records import SftExample, iter_output_rows, read_jsonl
 
     root = str(tmp_path / "thoughty")
@@ -339,7 +339,7 @@ def test_thoughty_end_to_end_in_both_modes(tmp_path, tiny_qwen3):
 def test_reward_rl_end_to_end(tmp_path, tiny_qwen3, tiny_reward):
     """reward_rl on tiny models: the reward model (gate opened for a random tiny judge) feeds GRPO's
     reward_model term, with curate's CD for the length term (about 75 s on two cores)."""
-    from distilflow.client import run_local
+    from distilflow.client.local import run_local
     from distilflow.pipelines.common import data_file
 
     root = str(tmp_path / "reward_rl")

@@ -76,7 +76,7 @@ def write_config(path: str, data: dict[str, Any]) -> str:
 
 
 def cli_command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "distilflow.cli", *args]
+    return [sys.executable, "-m", "distilflow.client.cli", *args]
 
 
 def cli(*args: str, log: str | None = None, timeout: float = 300, env: dict | None = None):

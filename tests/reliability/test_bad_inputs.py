@@ -19,7 +19,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from distilflow.cli import main
+from distilflow.client.cli import main
 from distilflow.outputs import MANIFEST, MARKER
 from distilflow.records import MAX_LINE_BYTES
 from tests.reliability.conftest import figure

@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from distilflow import uri as uris
-from distilflow.cli import main
+from distilflow.client.cli import main
 from distilflow.outputs import MARKER
 from distilflow.records import Message, SftExample, Trace, output_shards, read_jsonl, write_jsonl
 from tests.fakes.fault_server import FaultServer

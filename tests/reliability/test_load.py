@@ -24,7 +24,7 @@ PEAK = (
     "hwm = lambda: int(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))\n"
     "atexit.register(lambda: sys.stderr.write('PEAK_RSS_KB=%d HEAVY=%s\\n' % (hwm(), "
     "','.join(m for m in ('torch', 'transformers', 'math_verify') if m in sys.modules) or 'none')))\n"
-    "from distilflow.cli import main\n"
+    "from distilflow.client.cli import main\n"
     "sys.argv[0] = 'distilflow'\n"
     "main()\n"
 )

@@ -18,7 +18,7 @@ import urllib.parse
 import pytest
 from click.testing import CliRunner
 
-from distilflow.cli import main
+from distilflow.client.cli import main
 from distilflow.pipelines import PIPELINES
 from tests.fakes.fault_server import FaultServer
 from tests.reliability.conftest import (

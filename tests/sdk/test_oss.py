@@ -154,7 +154,7 @@ def test_multipart_upload(oss):
 
 def test_a_stage_runs_end_to_end_on_oss(oss, problems_file, tiny_qwen3):
     """distill reads its problems from oss:// and writes its whole output there; a rerun reuses it."""
-    from distilflow.client import run_stage
+    from distilflow.client.local import run_stage
     from distilflow.records import Trace
 
     uris.write_bytes("oss://runs/data/problems.jsonl", Path(problems_file).read_bytes())

@@ -434,7 +434,7 @@ def test_distill_fans_out_over_shards_with_parallel_for_and_merges(tmp_path):
     merge joins them in problem order, and refuses when a shard is not complete."""
     from kfp import local
 
-    from distilflow.client import _keep_executor_args_intact
+    from distilflow.client._kfp_local import keep_executor_args_intact
     from distilflow.components.distill.fanout import sharded
     from distilflow.components.distill.run import merge, shard_uri
     from distilflow.errors import IncompleteOutputError
@@ -452,7 +452,7 @@ def test_distill_fans_out_over_shards_with_parallel_for_and_merges(tmp_path):
         }
         for name in ("big", "small")
     ]
-    _keep_executor_args_intact()
+    keep_executor_args_intact()
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(tmp_path / "kfp"))
     server = FaultServer(faults={"500": 0.2}, seed=2)
     with server as base_url:

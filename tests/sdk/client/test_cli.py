@@ -9,7 +9,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from distilflow.cli import main
+from distilflow.client.cli import main
 from tests.fakes.kfp_api_server import KfpApiServer
 
 
@@ -195,7 +195,7 @@ def posted_runs(server) -> list[dict]:
 
 
 def every_pipeline() -> list[str]:
-    from distilflow.client import list_pipelines
+    from distilflow.client.pipelines import list_pipelines
 
     return list(list_pipelines())
 
@@ -367,7 +367,7 @@ def test_submit_needs_a_host(monkeypatch):
 
 def test_sdk_client_for_notebooks(tmp_path):
     """The notebook path: Client.upload, submit, status, wait, run_url; the token file is reread."""
-    from distilflow.client import Client
+    from distilflow.client.remote import Client
 
     token_file = tmp_path / "token"
     token_file.write_text("first-token")
@@ -398,7 +398,7 @@ def test_sdk_client_for_notebooks(tmp_path):
 
 
 def test_token_sources_in_order(tmp_path):
-    from distilflow.client import resolve_token
+    from distilflow.client.auth import resolve_token
 
     f = tmp_path / "t"
     f.write_text(" from-file \n")
@@ -415,7 +415,7 @@ def test_token_sources_in_order(tmp_path):
 
 def test_run_arguments_follow_the_spec_types():
     """--set NAME=VALUE sets a pipeline parameter typed as its spec says; other keys go to the config."""
-    from distilflow.client import run_arguments
+    from distilflow.client.arguments import run_arguments
     from distilflow.errors import ConfigError
 
     params = {
@@ -470,7 +470,7 @@ def test_run_arguments_follow_the_spec_types():
 def test_local_run_routes_pipeline_parameters_from_set():
     """`distilflow run thoughtx --local --set preset=1.5b-1node` sets the pipeline parameter (typed as the
     pipeline declares it); other --set items stay config overrides."""
-    from distilflow.client import local_arguments
+    from distilflow.client.arguments import local_arguments
     from distilflow.errors import ConfigError
     from distilflow.pipelines import load_pipeline
 
@@ -489,7 +489,7 @@ def test_local_run_routes_pipeline_parameters_from_set():
 def test_summary_lists_stage_outputs_below_the_run(tmp_path):
     """A recipe that writes a stage output under a sub-folder (thoughty's no-thinking/evaluate) shows it
     in the run summary; unfinished outputs and checkpoints do not."""
-    from distilflow.client import summarize
+    from distilflow.client.local import summarize
     from distilflow.config import BaseConfig
     from distilflow.outputs import StageOutput
 

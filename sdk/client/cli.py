@@ -1,4 +1,4 @@
-"""The ``distilflow`` command line: thin over ``distilflow.client``.
+"""The ``distilflow`` command line: thin over the rest of ``distilflow.client``.
 
 Each command calls one SDK function, prints what it made and the next command to run, and on
 failure prints a one-line reason and exits 1.
@@ -28,7 +28,7 @@ def main() -> None:
 @main.command("pipelines")
 def pipelines_cmd() -> None:
     """List the pipelines."""
-    from distilflow.client import list_pipelines
+    from distilflow.client.pipelines import list_pipelines
 
     for name, text in list_pipelines().items():
         click.echo(f"{name:<14} {text}")
@@ -58,7 +58,7 @@ def kfp_options(command):
 
 
 def _client(host, token_file, namespace):
-    from distilflow.client import Client
+    from distilflow.client.remote import Client
 
     return Client(host, token_file=token_file, namespace=namespace)
 
@@ -82,16 +82,16 @@ def _wait(client, run_id, timeout, poll_interval) -> None:
 @click.option("--runs-dir", default="runs", show_default=True, help="Parent folder of local runs.")
 def run_cmd(pipeline, local_, host, config_file, overrides, output_uri, runs_dir) -> None:
     """Run PIPELINE locally (--local) or submit it to a KFP backend (--host; see also `submit`)."""
-    from distilflow import client
+    from distilflow.client import local, remote
 
     try:
         if local_ == bool(host):
             raise DistilflowError("give exactly one of --local (run here) or --host URL (submit to KFP)")
         if local_:
-            summary = client.run_local(pipeline, config_file, list(overrides), output_uri, runs_dir)
+            summary = local.run_local(pipeline, config_file, list(overrides), output_uri, runs_dir)
             click.echo("\n".join(summary.lines()))
         else:
-            run_id = client.submit(pipeline, host, config_file, list(overrides), output_uri)
+            run_id = remote.submit(pipeline, host, config_file, list(overrides), output_uri)
             click.echo(f"submitted run {run_id} to {host}")
     except (DistilflowError, KeyError, OSError) as exc:
         _fail(exc)
@@ -204,10 +204,10 @@ def status_cmd(run_id, host, token_file, namespace, wait_, timeout, poll_interva
 @click.option("-o", "--output", required=True, help="Where to write the compiled pipeline YAML.")
 def compile_cmd(pipeline, output) -> None:
     """Compile PIPELINE to a KFP pipeline spec (YAML) for upload."""
-    from distilflow import client
+    from distilflow.client.pipelines import compile_pipeline
 
     try:
-        path = client.compile_pipeline(pipeline, output)
+        path = compile_pipeline(pipeline, output)
     except (DistilflowError, KeyError, OSError) as exc:
         _fail(exc)
     click.echo(
@@ -221,10 +221,10 @@ def compile_cmd(pipeline, output) -> None:
 @click.option("--set", "overrides", multiple=True, help="Override a config value: --set max_steps=20")
 def stage_cmd(name, config_file, overrides) -> None:
     """Run one stage NAME in this process, without KFP."""
-    from distilflow import client
+    from distilflow.client.local import run_stage
 
     try:
-        result = client.run_stage(name, config_file, list(overrides))
+        result = run_stage(name, config_file, list(overrides))
     except (DistilflowError, KeyError, OSError) as exc:
         _fail(exc)
     click.echo(result.model_dump_json(indent=2) if hasattr(result, "model_dump_json") else str(result))
@@ -236,10 +236,10 @@ def stage_cmd(name, config_file, overrides) -> None:
 @click.option("--set", "overrides", multiple=True, help="Override a config value: --set sft.max_steps=20")
 def validate_cmd(config_file, pipeline, overrides) -> None:
     """Check a pipeline config file: every section, input file, model folder and endpoint."""
-    from distilflow import client
+    from distilflow.client.local import validate_config
 
     try:
-        result = client.validate_config(pipeline, config_file, list(overrides))
+        result = validate_config(pipeline, config_file, list(overrides))
     except (DistilflowError, KeyError, OSError) as exc:
         _fail(exc)
     for line in result.checked:
