@@ -312,7 +312,7 @@ def compiled_image_refs(registry: str | None = None) -> dict[str, set[str]]:
     are made when the components are imported, so the registry has to be set before that)."""
     code = (
         "import json, re, sys, tempfile, os\n"
-        "from distilflow.client import compile_pipeline, list_pipelines\n"
+        "from distilflow.client.pipelines import compile_pipeline, list_pipelines\n"
         "out = {}\n"
         "with tempfile.TemporaryDirectory() as tmp:\n"
         "    for name in list_pipelines():\n"

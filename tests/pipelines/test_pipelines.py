@@ -224,7 +224,7 @@ def test_pull_secrets_from_the_environment_reach_every_task(tmp_path):
     import sys
 
     path = str(tmp_path / "t.yaml")
-    code = f"from distilflow.client import compile_pipeline; compile_pipeline('thoughtx', {path!r})"
+    code = f"from distilflow.client.pipelines import compile_pipeline; compile_pipeline('thoughtx', {path!r})"
     env = {**os.environ, "DISTILFLOW_IMAGE_PULL_SECRETS": "regcred, other"}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
     with open(path) as f:
