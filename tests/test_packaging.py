@@ -61,6 +61,7 @@ def dockerfile(family: str) -> str:
 # --- packages and the stage registry ---------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_pins_parser():
     assert pins(["transformers[serving]==5.17.0", "torch>=2.6", "Math_Verify == 0.9.0  # c"]) == {
         "transformers": "5.17.0",
@@ -68,6 +69,7 @@ def test_pins_parser():
     }
 
 
+@pytest.mark.unit
 def test_every_stage_folder_is_packaged():
     packages = set(PYPROJECT["tool"]["setuptools"]["packages"])
     folders = stage_folders()
@@ -78,17 +80,20 @@ def test_every_stage_folder_is_packaged():
     assert missing == [], f"add to [tool.setuptools] packages in pyproject.toml: {missing}"
 
 
+@pytest.mark.unit
 def test_every_packaged_stage_exists():
     packages = PYPROJECT["tool"]["setuptools"]["packages"]
     listed = [p.split(".")[-1] for p in packages if p.startswith("distilflow.components.")]
     assert sorted(listed) == stage_folders()
 
 
+@pytest.mark.unit
 def test_every_stage_folder_is_registered():
     assert sorted(STAGES) == stage_folders()
     assert len(set(STAGES)) == len(STAGES)
 
 
+@pytest.mark.unit
 def test_package_dirs_map_to_the_import_root():
     assert PYPROJECT["tool"]["setuptools"]["package-dir"] == {
         "distilflow": "sdk",
@@ -106,6 +111,7 @@ def test_package_dirs_map_to_the_import_root():
         assert (ROOT / folder / Path(*rest) / "__init__.py").exists(), package
 
 
+@pytest.mark.unit
 def test_version_matches_pyproject():
     assert distilflow.__version__ == PYPROJECT["project"]["version"]
 
@@ -113,11 +119,13 @@ def test_version_matches_pyproject():
 # --- images ----------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_every_stage_has_an_image_family():
     assert sorted(images.STAGE_IMAGE_FAMILY) == sorted(STAGES)
     assert set(images.STAGE_IMAGE_FAMILY.values()) == set(FAMILIES)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stage", STAGES)
 def test_stage_image_is_versioned(stage, monkeypatch):
     monkeypatch.delenv("DISTILFLOW_IMAGE_REGISTRY", raising=False)
@@ -127,6 +135,7 @@ def test_stage_image_is_versioned(stage, monkeypatch):
     )
 
 
+@pytest.mark.unit
 def test_registry_override(monkeypatch):
     monkeypatch.setenv("DISTILFLOW_IMAGE_REGISTRY", "registry.example.com:5000/team/")
     assert (
@@ -137,6 +146,7 @@ def test_registry_override(monkeypatch):
     assert images.stage_image("validate").endswith(f"/team/distilflow-base:{distilflow.__version__}")
 
 
+@pytest.mark.unit
 def test_unknown_stage_or_family():
     with pytest.raises(KeyError, match="no image for stage 'sfft'"):
         images.stage_image("sfft")
@@ -144,6 +154,7 @@ def test_unknown_stage_or_family():
         images.image("gpu")
 
 
+@pytest.mark.unit
 def test_image_refs_live_only_in_the_images_module():
     """No hard-coded distilflow image reference outside sdk/images.py (components use stage_image)."""
     offenders = []
@@ -159,6 +170,7 @@ def test_image_refs_live_only_in_the_images_module():
 # --- containers ------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stage", STAGES)
 def test_every_stage_has_a_dockerfile(stage):
     family = images.STAGE_IMAGE_FAMILY[stage]
@@ -166,6 +178,7 @@ def test_every_stage_has_a_dockerfile(stage):
     assert (ROOT / "containers" / family / "requirements.txt").is_file()
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dockerfile_installs_the_package(family):
     text = dockerfile(family)
@@ -183,6 +196,7 @@ def test_dockerfile_installs_the_package(family):
     assert re.search(r"python3? -c \"import distilflow", text)  # a smoke import at build time
 
 
+@pytest.mark.unit
 def test_base_images_are_pinned():
     froms = {
         family: re.findall(r"^(?:ARG BASE_IMAGE=|FROM )(\S+)", dockerfile(family), re.M)
@@ -196,6 +210,7 @@ def test_base_images_are_pinned():
     assert m and 22 <= int(m.group(1)) <= 31, f"trl 1.16 supports vllm 0.22-0.31, got {vllm_base}"
 
 
+@pytest.mark.unit
 def test_train_dockerfile_installs_deepspeed_without_building_ops():
     text = dockerfile("train")
     m = re.search(r"DS_BUILD_OPS=0 pip install [^\n]*--no-build-isolation[^\n]*deepspeed==(\S+)", text)
@@ -203,6 +218,7 @@ def test_train_dockerfile_installs_deepspeed_without_building_ops():
     assert m.group(1) == pyproject_pins()["deepspeed"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("family", FAMILIES)
 def test_requirements_agree_with_pyproject(family):
     ours = requirements(family)
@@ -221,6 +237,7 @@ def test_requirements_agree_with_pyproject(family):
     assert disagree == {}, f"containers/{family}/requirements.txt vs pyproject.toml: {disagree}"
 
 
+@pytest.mark.unit
 def test_every_base_dependency_is_pinned_in_every_image():
     base_names = {
         re.split(r"[<>=!~\[; ]", dep, maxsplit=1)[0].lower() for dep in PYPROJECT["project"]["dependencies"]
@@ -230,6 +247,7 @@ def test_every_base_dependency_is_pinned_in_every_image():
         assert missing == set(), f"containers/{family}/requirements.txt lacks {sorted(missing)}"
 
 
+@pytest.mark.unit
 def test_images_agree_with_each_other():
     reqs = {family: requirements(family) for family in FAMILIES}
     for name in set().union(*reqs.values()):
@@ -237,17 +255,20 @@ def test_images_agree_with_each_other():
         assert len(set(versions.values())) == 1, f"{name} pinned differently: {versions}"
 
 
+@pytest.mark.unit
 def test_vllm_image_keeps_transformers_below_5_18():
     major, minor = (int(x) for x in requirements("vllm")["transformers"].split(".")[:2])
     assert (major, minor) < (5, 18)
 
 
+@pytest.mark.unit
 def test_train_image_has_every_train_and_eval_pin():
     project = PYPROJECT["project"]["optional-dependencies"]
     wanted = pins(project["train"] + project["eval"])
     assert {name: requirements("train").get(name) for name in wanted} == wanted
 
 
+@pytest.mark.unit
 def test_containers_readme_documents_the_version_tag():
     text = (ROOT / "containers" / "README.md").read_text()
     assert "distilflow.__version__" in text
@@ -263,6 +284,7 @@ BUILD = ROOT / "containers" / "build.py"
 IMAGE_LINE = re.compile(r"^\s*image: (\S+)\s*$", re.M)
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("family", FAMILIES)
 def test_images_run_as_a_numeric_non_root_user(family):
     text = dockerfile(family)
@@ -278,6 +300,7 @@ def test_images_run_as_a_numeric_non_root_user(family):
     assert f"chown {uid}:" in text and text.rindex("WORKDIR /workspace") > last_user
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("family", FAMILIES)
 def test_dockerfile_version_defaults_to_the_package_version(family):
     text = dockerfile(family)
@@ -287,6 +310,7 @@ def test_dockerfile_version_defaults_to_the_package_version(family):
     assert "distilflow.__version__ == '${DISTILFLOW_VERSION}'" in text
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("family", FAMILIES)
 def test_hadolint_passes(family):
     if not HADOLINT:
@@ -296,6 +320,7 @@ def test_hadolint_passes(family):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.unit
 def test_hadolint_fails_a_bad_dockerfile(tmp_path):
     """The lint above can fail: an unpinned base image and apt install run as root are findings."""
     if not HADOLINT:
@@ -359,6 +384,7 @@ def test_every_image_a_compiled_pipeline_references_is_built_here():
     assert sorted(built.values()) == sorted(FAMILIES)
 
 
+@pytest.mark.unit
 def test_build_script_tags_with_the_package_version():
     plan = build_plan("train", "vllm", "--base-image", "vllm=vllm/vllm-openai:v0.30.0")
     assert [cmd[:2] for cmd in plan] == [["docker", "build"], ["docker", "build"]]

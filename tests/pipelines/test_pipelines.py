@@ -307,6 +307,7 @@ def _leaves(tree: dict, prefix: str = "") -> set[str]:
     return out
 
 
+@pytest.mark.unit
 def test_presets_and_recipe_defaults_set_different_keys():
     """The SDK folds a recipe's defaults into ``config``, which ranks above the preset: a preset must not
     set what the recipe defaults set, or the defaults would silently undo it."""
@@ -347,6 +348,7 @@ def test_a_stage_that_launches_a_multi_node_job_takes_no_gpus_in_its_own_pod():
     assert gpus == [8, 8, 8, 8]
 
 
+@pytest.mark.unit
 def test_lifecycle_switches_leave_their_stages_out_of_config_and_validate():
     from distilflow.errors import ConfigError
     from distilflow.pipelines.params import running_stages

@@ -14,6 +14,7 @@ from distilflow.pipelines.params import parse_overrides_json, resolve_config
 THOUGHTX = ["validate", "distill", "curate", "sft", "evaluate"]
 
 
+@pytest.mark.unit
 def test_precedence_defaults_preset_parameters_config_overrides():
     config = resolve_config(
         "thoughtx",
@@ -40,6 +41,7 @@ def test_precedence_defaults_preset_parameters_config_overrides():
     assert set(config) == {"distill", "curate", "sft", "evaluate"}
 
 
+@pytest.mark.unit
 def test_several_teacher_models_make_several_teachers_and_a_named_teacher_replaces_them():
     two = resolve_config("thoughtx", THOUGHTX, teacher_model="r1, qwq", teacher_base_url="http://t/v1")
     assert [t["model"] for t in two["distill"]["teachers"]] == ["r1", "qwq"]
@@ -62,6 +64,7 @@ def test_several_teacher_models_make_several_teachers_and_a_named_teacher_replac
     )
 
 
+@pytest.mark.unit
 def test_bad_overrides_and_presets_are_named():
     with pytest.raises(ConfigError, match="overrides: not valid JSON at line 1"):
         parse_overrides_json('{"sft": ')
@@ -83,6 +86,7 @@ def _stage(root, name: str, result: dict) -> str:
     return out.uri
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("layout", ["shards", "single_file"])
 def test_both_modes_writes_every_example_with_thinking_on_and_off(tmp_path, layout):
     """curate's SFT shards (listed in its manifest) are read in order; an older or hand-made curate
@@ -119,6 +123,7 @@ def test_both_modes_writes_every_example_with_thinking_on_and_off(tmp_path, layo
     ]
 
 
+@pytest.mark.unit
 def test_placement_literal_values(tmp_path):
     """Fixed values (not pipeline parameters) compile too: GPU count, node selector, tolerations."""
     import yaml

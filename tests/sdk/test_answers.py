@@ -6,6 +6,8 @@ import pytest
 
 from distilflow.answers import checker, extract_answer, is_correct, last_boxed, normalise, strip_thinking
 
+pytestmark = pytest.mark.unit
+
 # --- extraction ------------------------------------------------------------------------------
 
 

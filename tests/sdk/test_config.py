@@ -13,6 +13,8 @@ from distilflow.config import BaseConfig, deep_merge, iter_config_classes, parse
 from distilflow.errors import ConfigError, DistilflowError
 from distilflow.uri import Uri
 
+pytestmark = pytest.mark.unit
+
 
 class Optim(BaseConfig):
     lr: float = Field(1e-4, gt=0, le=1, description="Learning rate")

@@ -71,6 +71,7 @@ def check_finished_folder(uri: str, config: ToyConfig, manifest: dict) -> None:
     assert uris.read_text(uris.join(uri, MARKER)).strip() == on_disk["finished_at"]
 
 
+@pytest.mark.unit
 def test_begin_finish_writes_config_manifest_then_marker(tmp_path, monkeypatch):
     uri = str(tmp_path / "toy")
     config = ToyConfig(output_uri=uri)
@@ -83,6 +84,7 @@ def test_begin_finish_writes_config_manifest_then_marker(tmp_path, monkeypatch):
     assert require_complete(uri) == manifest
 
 
+@pytest.mark.unit
 def test_require_complete_names_uri_and_fix(tmp_path):
     uri = str(tmp_path / "half")
     out = StageOutput(uri, "toy")
@@ -97,6 +99,7 @@ def test_require_complete_names_uri_and_fix(tmp_path):
         require_complete(str(tmp_path / "never-written"))
 
 
+@pytest.mark.unit
 def test_reusable_only_for_the_same_fingerprint(tmp_path):
     uri = str(tmp_path / "toy")
     config = ToyConfig(output_uri=uri)
@@ -106,6 +109,7 @@ def test_reusable_only_for_the_same_fingerprint(tmp_path):
     assert StageOutput(uri, "toy").reusable(ToyConfig(output_uri=uri, steps=4)) is None
 
 
+@pytest.mark.unit
 def test_reusable_ignores_an_unfinished_run(tmp_path):
     uri = str(tmp_path / "toy")
     config = ToyConfig(output_uri=uri)
@@ -113,6 +117,7 @@ def test_reusable_ignores_an_unfinished_run(tmp_path):
     assert StageOutput(uri, "toy").reusable(config) is None
 
 
+@pytest.mark.unit
 def test_begin_on_a_complete_folder_drops_the_stale_marker(tmp_path):
     uri = str(tmp_path / "toy")
     run_stage(uri, ToyConfig(output_uri=uri))
@@ -128,12 +133,14 @@ def test_begin_on_a_complete_folder_drops_the_stale_marker(tmp_path):
     assert require_complete(uri)["result"] == {"rows": 2}
 
 
+@pytest.mark.unit
 def test_trailing_slash_and_path(tmp_path):
     out = StageOutput("s3://bucket/runs/r1/toy/", "toy")
     assert out.uri == "s3://bucket/runs/r1/toy"
     assert out.path("a", "b.json") == "s3://bucket/runs/r1/toy/a/b.json"
 
 
+@pytest.mark.unit
 def test_package_versions_lists_only_installed():
     found = package_versions(("kfp", "surely-not-installed-pkg"))
     assert set(found) == {"python", "distilflow", "kfp"}
@@ -146,6 +153,7 @@ def fake_artifact(metadata: dict | None = None):
     return SimpleNamespace(metadata={} if metadata is None else metadata)
 
 
+@pytest.mark.unit
 def test_publish_and_consume(tmp_path):
     stage_uri = str(tmp_path / "curate")
     run_stage(stage_uri, ToyConfig(output_uri=stage_uri))
@@ -156,12 +164,14 @@ def test_publish_and_consume(tmp_path):
     assert artifacts.consume(art) == data_uri
 
 
+@pytest.mark.unit
 def test_publish_without_stage_uri_vouches_for_itself(tmp_path):
     art = fake_artifact()
     artifacts.publish(art, "s3://b/model")
     assert art.metadata == {"uri": "s3://b/model", "stage_uri": "s3://b/model"}
 
 
+@pytest.mark.unit
 def test_consume_refuses_an_incomplete_stage(tmp_path):
     stage_uri = str(tmp_path / "sft")
     StageOutput(stage_uri, "sft").begin(ToyConfig())
@@ -171,6 +181,7 @@ def test_consume_refuses_an_incomplete_stage(tmp_path):
         artifacts.consume(art, "model")
 
 
+@pytest.mark.unit
 def test_consume_refuses_an_artifact_without_uri():
     with pytest.raises(ValueError, match="carries no 'uri'"):
         artifacts.consume(fake_artifact(), "data")
@@ -178,6 +189,7 @@ def test_consume_refuses_an_artifact_without_uri():
         artifacts.consume(SimpleNamespace(metadata=None), "data")
 
 
+@pytest.mark.unit
 def test_section():
     cfg = {"sft": {"max_steps": 3}, "dpo": None}
     part = artifacts.section(cfg, "sft")

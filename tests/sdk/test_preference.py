@@ -6,6 +6,8 @@ import subprocess
 import sys
 from types import SimpleNamespace
 
+import pytest
+
 from distilflow.preference import (
     CORRECT_RANK,
     RV_LEVELS,
@@ -17,6 +19,8 @@ from distilflow.preference import (
     prompt_messages,
 )
 from distilflow.records import Scored
+
+pytestmark = pytest.mark.unit
 
 
 def row(k: int, correct: bool | None, rv: float, cd: float = 4.0, logic: float = 0.9) -> Scored:

@@ -81,6 +81,7 @@ def errors_of(uri: str, model) -> list[str]:
 # --- good files ------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(("model", "sample"), SAMPLES, ids=lambda x: getattr(x, "__name__", ""))
 def test_round_trip(tmp_path, model, sample):
     rows = [model.model_validate(sample)]
@@ -95,6 +96,7 @@ def test_round_trip(tmp_path, model, sample):
     ]
 
 
+@pytest.mark.unit
 def test_round_trip_keeps_nulls_and_unicode(tmp_path):
     row = Scored.model_validate(
         {**SCORED, "correct": None, "predicted": None, "reasoning": "π ≈ 3.14 — 思考"}
@@ -106,6 +108,7 @@ def test_round_trip_keeps_nulls_and_unicode(tmp_path):
     assert read_jsonl(path, Scored) == [row]
 
 
+@pytest.mark.unit
 def test_blank_lines_skipped_and_crlf_accepted(tmp_path):
     body = (json.dumps(PROBLEM) + "\r\n\n   \n" + json.dumps({**PROBLEM, "id": "p2"}) + "\n\n").encode()
     path = tmp_path / "p.jsonl"
@@ -113,12 +116,14 @@ def test_blank_lines_skipped_and_crlf_accepted(tmp_path):
     assert [p.id for p in read_jsonl(str(path), Problem)] == ["p1", "p2"]
 
 
+@pytest.mark.unit
 def test_utf8_bom_accepted(tmp_path):
     path = tmp_path / "bom.jsonl"
     path.write_bytes(b"\xef\xbb\xbf" + json.dumps(PROBLEM).encode() + b"\n")
     assert [p.id for p in read_jsonl(str(path), Problem)] == ["p1"]
 
 
+@pytest.mark.unit
 def test_problem_ignores_extra_keys_and_reads_numbers_as_text(tmp_path):
     path = write_lines(tmp_path, [json.dumps({"id": 1, "problem": "1+41?", "answer": 42, "source": "gsm8k"})])
     (p,) = read_jsonl(path, Problem)
@@ -126,6 +131,7 @@ def test_problem_ignores_extra_keys_and_reads_numbers_as_text(tmp_path):
     assert "source" not in p.model_dump()
 
 
+@pytest.mark.unit
 def test_write_dicts_and_empty(tmp_path):
     path = str(tmp_path / "d.jsonl")
     assert write_jsonl(path, [PROBLEM]) == 1
@@ -135,6 +141,7 @@ def test_write_dicts_and_empty(tmp_path):
     assert read_jsonl(path, Problem, allow_empty=True) == []
 
 
+@pytest.mark.unit
 def test_duplicate_ids_allowed_when_asked(tmp_path):
     path = write_lines(tmp_path, [json.dumps(PROBLEM), json.dumps(PROBLEM)])
     assert len(read_jsonl(path, Problem, unique_ids=False)) == 2
@@ -143,6 +150,7 @@ def test_duplicate_ids_allowed_when_asked(tmp_path):
 # --- bad files -------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_empty_file_is_an_error(tmp_path):
     path = tmp_path / "empty.jsonl"
     path.write_text("\n\n")
@@ -150,11 +158,13 @@ def test_empty_file_is_an_error(tmp_path):
         read_jsonl(str(path), Problem)
 
 
+@pytest.mark.unit
 def test_missing_file(tmp_path):
     with pytest.raises(RecordError, match=r"nope\.jsonl: file not found"):
         read_jsonl(str(tmp_path / "nope.jsonl"), Problem)
 
 
+@pytest.mark.unit
 def test_each_kind_of_bad_line_is_reported_with_file_and_line(tmp_path):
     lines: list[str | bytes] = [
         json.dumps(PROBLEM),  # 1 ok
@@ -179,6 +189,7 @@ def test_each_kind_of_bad_line_is_reported_with_file_and_line(tmp_path):
     assert errs[6].startswith(f"{path}:9: Problem field 'id': String should have at least 1 character")
 
 
+@pytest.mark.unit
 def test_error_header_counts_bad_lines(tmp_path):
     path = write_lines(tmp_path, ["nope", json.dumps(PROBLEM), "[]"])
     with pytest.raises(RecordError) as info:
@@ -186,6 +197,7 @@ def test_error_header_counts_bad_lines(tmp_path):
     assert str(info.value).startswith("2 bad line(s):")
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("model", "sample"), [s for s in SAMPLES if s[0] is not Problem], ids=lambda x: getattr(x, "__name__", "")
 )
@@ -194,6 +206,7 @@ def test_unknown_field_rejected(tmp_path, model, sample):
     assert errors_of(path, model) == [f"{path}:2: {model.__name__} field 'surprise': unknown field"]
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("model", "sample", "field"),
     [
@@ -210,6 +223,7 @@ def test_missing_required_field(tmp_path, model, sample, field):
     assert errors_of(path, model) == [f"{path}:1: {model.__name__} field {field!r}: Field required"]
 
 
+@pytest.mark.unit
 def test_wrong_types_and_ranges(tmp_path):
     path = write_lines(
         tmp_path,
@@ -225,6 +239,7 @@ def test_wrong_types_and_ranges(tmp_path):
     assert errs[2].startswith(f"{path}:3: Scored field 'correct': Input should be a valid boolean")
 
 
+@pytest.mark.unit
 def test_nested_message_errors_name_the_position(tmp_path):
     bad_role = {**SFT, "messages": [{"role": "user", "content": "q"}, {"role": "robot", "content": "a"}]}
     path = write_lines(tmp_path, [json.dumps(bad_role), json.dumps({**PAIR, "beta": 0})])
@@ -238,6 +253,7 @@ def test_nested_message_errors_name_the_position(tmp_path):
     assert errs[-1].startswith(f"{path}:2: PreferencePair field 'beta': Input should be greater than 0")
 
 
+@pytest.mark.unit
 def test_several_errors_on_one_line_are_joined(tmp_path):
     path = write_lines(tmp_path, [json.dumps({"id": "x", "problem_id": "p"})])
     (err,) = errors_of(path, Trace)
@@ -246,6 +262,7 @@ def test_several_errors_on_one_line_are_joined(tmp_path):
         assert f"field {field!r}: Field required" in err
 
 
+@pytest.mark.unit
 def test_more_than_max_errors_are_truncated_with_a_count(tmp_path):
     total = MAX_REPORTED + 7
     path = write_lines(tmp_path, ["not json"] * total)
@@ -259,6 +276,7 @@ def test_more_than_max_errors_are_truncated_with_a_count(tmp_path):
     assert msg.splitlines()[-1].strip() == "... and 7 more"
 
 
+@pytest.mark.unit
 def test_iter_jsonl_raises_before_yielding_anything(tmp_path):
     path = write_lines(tmp_path, [json.dumps(PROBLEM), "oops"])
     it = iter_jsonl(path, Problem)
@@ -266,6 +284,7 @@ def test_iter_jsonl_raises_before_yielding_anything(tmp_path):
         next(it)
 
 
+@pytest.mark.unit
 def test_message_model():
     m = Message(role="assistant", content="7", reasoning_content="because")
     assert m.model_dump() == {"role": "assistant", "content": "7", "reasoning_content": "because"}

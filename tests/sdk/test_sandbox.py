@@ -68,6 +68,7 @@ def test_stdin_and_call_programs_are_graded():
     assert not run_tests("", call, FAST, func_name="twoLargest").passed
 
 
+@pytest.mark.unit
 def test_outputs_match_trims_whitespace_and_tolerates_float_noise():
     assert outputs_match("1 2\n3  \n\n", "1 2\n3")
     assert outputs_match("0.3333333333\n", "0.333333333")
@@ -169,6 +170,7 @@ def test_kernel_layers_contain_without_the_audit_hook(listener, tmp_path):
     assert _wait_no_leftovers() == []
 
 
+@pytest.mark.unit
 def test_isolation_is_described():
     info = sandbox.describe()
     assert {"namespaces", "network", "user", "limits", "files"} <= set(info)

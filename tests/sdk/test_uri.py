@@ -15,6 +15,7 @@ from distilflow.uri import Uri, check_uri
 # --- check_uri -------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     "value",
     [
@@ -34,6 +35,7 @@ def test_check_uri_accepts(value):
     assert check_uri(value) == value
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("value", "says"),
     [
@@ -59,6 +61,7 @@ def test_check_uri_refuses(value, says):
             assert scheme in msg, msg
 
 
+@pytest.mark.unit
 def test_uri_type_in_a_model():
     class M(BaseModel):
         where: Uri
@@ -68,6 +71,7 @@ def test_uri_type_in_a_model():
         M(where="http://x/y")
 
 
+@pytest.mark.unit
 def test_scheme_and_locality():
     assert (
         uris.scheme("s3://b/k") == "s3"
@@ -82,6 +86,7 @@ def test_scheme_and_locality():
     assert uris.bucket("s3://my-bucket/a/b") == "my-bucket"
 
 
+@pytest.mark.unit
 def test_storage_options_endpoint(monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.delenv("DISTILFLOW_S3_ENDPOINT_URL", raising=False)
@@ -96,6 +101,7 @@ def test_storage_options_endpoint(monkeypatch):
 # --- join ------------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_join():
     assert uris.join("s3://b/runs/", "r1", "sft") == "s3://b/runs/r1/sft"
     assert uris.join("s3://b", "a/b.json") == "s3://b/a/b.json"
@@ -108,6 +114,7 @@ def test_join():
 # --- local I/O -------------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_local_read_write_exists_remove(tmp_path):
     target = str(tmp_path / "deep" / "er" / "f.txt")
     assert not uris.exists(target)
@@ -125,11 +132,13 @@ def test_local_read_write_exists_remove(tmp_path):
     assert not (tmp_path / "deep").exists()
 
 
+@pytest.mark.unit
 def test_local_read_missing(tmp_path):
     with pytest.raises(FileNotFoundError):
         uris.read_text(str(tmp_path / "missing.txt"))
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("fail_in", ["fsync", "replace"])
 def test_failed_local_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypatch, fail_in):
     target = tmp_path / "data.jsonl"
@@ -146,6 +155,7 @@ def test_failed_local_write_keeps_old_file_and_leaves_no_temp(tmp_path, monkeypa
     assert os.listdir(tmp_path) == ["data.jsonl"]
 
 
+@pytest.mark.unit
 def test_local_upload_dir_and_materialize(tmp_path):
     src = tmp_path / "src"
     (src / "a" / "b").mkdir(parents=True)
@@ -161,6 +171,7 @@ def test_local_upload_dir_and_materialize(tmp_path):
         uris.upload_dir(str(tmp_path / "nope"), str(tmp_path / "x"))
 
 
+@pytest.mark.unit
 def test_oss_without_ossfs_says_which_extra(monkeypatch):
     import importlib
     import sys

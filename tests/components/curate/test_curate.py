@@ -197,6 +197,7 @@ def test_curate_generate_mode_counts_unparseable_judgments(tmp_path, distill_dir
     assert "judge_format_generate_v1" in result.templates
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "kind", "expected"),
     [
@@ -213,6 +214,7 @@ def test_parse_score(text, kind, expected):
     assert parse_score(text, kind) == expected
 
 
+@pytest.mark.unit
 def test_curate_config_rejects_inverted_ranges():
     with pytest.raises(ConfigError, match=r"rv_min=6.0 is above rv_max=2.0"):
         CurateConfig.from_dict(
@@ -730,6 +732,7 @@ def test_curate_report_renders_in_headless_chromium(tmp_path, distill_dir, tiny_
     assert flow["contaminated"][0] == str(len(TRACES)) and flow["domain_quota"][-1] == str(result.kept)
 
 
+@pytest.mark.unit
 def test_output_shards_fall_back_to_single_files_and_check_ids_across_shards(tmp_path):
     from distilflow.records import iter_output_rows, output_shards
     from tests.conftest import curate_output

@@ -23,6 +23,8 @@ from distilflow.components.curate.select import (
 from distilflow.errors import ConfigError, RecordError
 from distilflow.records import PreferencePair, Problem, Scored, SftExample, read_jsonl, write_jsonl
 
+pytestmark = pytest.mark.unit
+
 
 def scored(pid, sample, rv, cd, logic=0.9, correct=True, domain="math", problem=None) -> Scored:
     return Scored(

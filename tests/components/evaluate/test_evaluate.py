@@ -195,6 +195,7 @@ def test_problem_without_reference_is_refused(tiny_qwen3, tmp_path):
     assert not os.path.exists(tmp_path / "out" / MARKER)
 
 
+@pytest.mark.unit
 def test_config_rejects_greedy_with_several_samples_and_bad_template(tmp_path):
     with pytest.raises(ConfigError) as err:
         EvaluateConfig.from_dict(
@@ -431,6 +432,7 @@ def test_several_models_compared_on_four_benchmarks_with_thinking_on_and_off(tmp
     assert "blocked" in dom  # a sample failure of the hostile code shows its test status
 
 
+@pytest.mark.unit
 def test_benchmark_adapters_read_the_hub_formats(tmp_path):
     from distilflow.components.evaluate.benchmarks import load_benchmark, sample_path
     from distilflow.components.evaluate.config import BenchmarkConfig
@@ -499,6 +501,7 @@ def test_hub_loading_uses_the_real_dataset_ids(monkeypatch):
     )
 
 
+@pytest.mark.unit
 def test_pass_at_k_is_the_unbiased_estimator():
     from math import comb
 
@@ -511,6 +514,7 @@ def test_pass_at_k_is_the_unbiased_estimator():
         pass_at_k(2, 1, 3)
 
 
+@pytest.mark.unit
 def test_config_defaults_follow_the_reports_and_stay_backward_compatible(tmp_path):
     from distilflow.components.evaluate.benchmarks import effective_samples
 

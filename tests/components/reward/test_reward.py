@@ -256,6 +256,7 @@ def test_reward_refuses_incomplete_upstream(tiny_qwen3, tmp_path):
         run(config(tiny_qwen3, data, str(tmp_path / "reward")))
 
 
+@pytest.mark.unit
 def test_reward_config_checks_the_gate_settings():
     base = {"output_uri": "/o", "data_uri": "/d", "model": "/m"}
     with pytest.raises(ConfigError, match="holds none out"):
@@ -268,6 +269,7 @@ def test_reward_config_checks_the_gate_settings():
 # ---------------------------------------------------------------- data
 
 
+@pytest.mark.unit
 def test_split_heldout_is_seeded_keeps_problems_together_and_training_rows():
     from distilflow.components.reward.run import split_heldout
 
@@ -284,6 +286,7 @@ def test_split_heldout_is_seeded_keeps_problems_together_and_training_rows():
     assert {r["i"] // 2 for r in train}.isdisjoint({r["i"] // 2 for r in held}) and len(held) == 4
 
 
+@pytest.mark.unit
 def test_pairs_from_scored_order_by_correctness_then_rv_fit(tmp_path):
     """Up to pairs_per_problem pairs per problem: right before unverified before wrong, then RV closer to
     the target for the problem's CD (curate's rule and settings); ties make no pair; dropped problems none."""

@@ -19,6 +19,7 @@ from tests.browser import render_dom
 # ---------------------------------------------------------------- reward terms
 
 
+@pytest.mark.unit
 def test_correctness_reward_checks_final_answers_and_logs_accuracy():
     from distilflow.components.rl.rewards import correctness
 
@@ -44,6 +45,7 @@ def test_correctness_reward_checks_final_answers_and_logs_accuracy():
     assert logged == [("accuracy", pytest.approx(4 / 6))]
 
 
+@pytest.mark.unit
 def test_format_reward_wants_a_thinking_block_then_a_boxed_answer():
     from distilflow.components.rl.rewards import completion_text, format_reward, format_score
 
@@ -63,6 +65,7 @@ def test_format_reward_wants_a_thinking_block_then_a_boxed_answer():
     assert format_reward.__name__ == "format"
 
 
+@pytest.mark.unit
 def test_length_reward_penalises_tokens_beyond_the_difficulty_budget():
     from distilflow.components.rl.rewards import LengthReward, length_budget, length_penalty
 
@@ -146,6 +149,7 @@ def scored(problem_id: str, problem: str, cd: float, sample: int = 0) -> Scored:
     )
 
 
+@pytest.mark.unit
 def test_build_rows_skips_unanswered_problems_and_attaches_cd(tmp_path):
     from distilflow.components.rl.run import build_rows, problem_cds
 
@@ -180,6 +184,7 @@ def test_build_rows_skips_unanswered_problems_and_attaches_cd(tmp_path):
     assert build_rows(problems, None)[0][0]["prompt"] == [{"role": "user", "content": "What is 1 + 1?"}]
 
 
+@pytest.mark.unit
 def test_rl_config_checks_groups_terms_and_inputs():
     base = {"output_uri": "/o", "model": "/m", "problems_uri": "/p.jsonl"}
     with pytest.raises(ConfigError, match="multiple of num_generations"):
@@ -197,6 +202,7 @@ def test_rl_config_checks_groups_terms_and_inputs():
     assert cfg.weights() == {"correctness": 0.0, "format": 0.2, "length": 0.1}
 
 
+@pytest.mark.unit
 def test_rollouts_follow_config_and_machine(monkeypatch):
     from distilflow.components.rl.run import rollout_engine
     from distilflow.training import arguments

@@ -460,6 +460,7 @@ def test_offload_needs_deepspeed(tiny_qwen3, tmp_path):
         config(tiny_qwen3, "/unused.jsonl", str(tmp_path / "o"), offload=True)
 
 
+@pytest.mark.unit
 def test_report_plots_logged_curves():
     from distilflow.training.report import report_html
 
@@ -683,6 +684,7 @@ def test_lora_merge_by_reloading_base_equals_base_plus_adapter(tiny_qwen3, tmp_p
 # ---- checkpoints written by several processes and nodes ----
 
 
+@pytest.mark.unit
 def test_assign_uploads_gives_every_file_to_exactly_one_process():
     from distilflow.training.checkpointing import assign_uploads
 
@@ -900,6 +902,7 @@ def test_sft_two_nodes_checkpoint_from_every_node_and_resume(tiny_qwen3, tmp_pat
     assert again["final_loss"] == pytest.approx(first["final_loss"], rel=1e-5)
 
 
+@pytest.mark.unit
 def test_model_card_names_data_teacher_recipe_and_metrics(tmp_path):
     """The card follows the data back through curate's manifest to distill's resolved config."""
     from distilflow.outputs import StageOutput
@@ -932,6 +935,7 @@ def test_model_card_names_data_teacher_recipe_and_metrics(tmp_path):
     assert "not recorded" in model_card("sft", "m", "rows.jsonl", result, {})
 
 
+@pytest.mark.unit
 def test_progress_eta_counts_only_steps_taken_by_this_run():
     from distilflow.training.callbacks import progress_line
 
@@ -957,6 +961,7 @@ def _bench():
     return module
 
 
+@pytest.mark.unit
 def test_bench_gpu_peak_flops_and_mfu():
     bench = _bench()
     assert bench.peak_flops("NVIDIA H100 80GB HBM3") == 989e12

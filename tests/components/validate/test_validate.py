@@ -90,6 +90,7 @@ def test_unreachable_endpoint_is_named(tmp_path, problems_file, tiny_qwen3):
     assert url in str(exc.value)
 
 
+@pytest.mark.unit
 def test_unknown_stage_and_section(tmp_path):
     with pytest.raises(ValueError, match="unknown stage"):
         ValidateConfig(output_uri="o", run_uri="r", stages=["validate", "sftt"])

@@ -17,12 +17,14 @@ def invoke(*args: str):
     return CliRunner().invoke(main, list(args))
 
 
+@pytest.mark.unit
 def test_pipelines_lists_quickstart():
     res = invoke("pipelines")
     assert res.exit_code == 0
     assert res.output.split()[0] == "quickstart"
 
 
+@pytest.mark.unit
 def test_compile_writes_spec(tmp_path):
     out = tmp_path / "q.yaml"
     res = invoke("compile", "quickstart", "-o", str(out))
@@ -32,24 +34,28 @@ def test_compile_writes_spec(tmp_path):
     assert "next:" in res.output
 
 
+@pytest.mark.unit
 def test_run_needs_local_or_host():
     res = invoke("run", "quickstart")
     assert res.exit_code == 1
     assert "--local" in res.output and "--host" in res.output
 
 
+@pytest.mark.unit
 def test_unknown_pipeline_is_named():
     res = invoke("run", "nosuch", "--local")
     assert res.exit_code == 1
     assert "nosuch" in res.output and "quickstart" in res.output
 
 
+@pytest.mark.unit
 def test_stage_with_missing_config_file(tmp_path):
     res = invoke("stage", "sft", "--config", str(tmp_path / "missing.yaml"))
     assert res.exit_code == 1
     assert "missing.yaml" in res.output and "not found" in res.output
 
 
+@pytest.mark.unit
 def test_stage_unknown_name(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("{}")
@@ -58,6 +64,7 @@ def test_stage_unknown_name(tmp_path):
     assert "nosuch" in res.output and "sft" in res.output
 
 
+@pytest.mark.unit
 def test_stage_reports_bad_fields_together(tmp_path):
     cfg = tmp_path / "sft.yaml"
     cfg.write_text("output_uri: out\nbogus_key: 1\nlearning_rate: -1\n")
@@ -67,6 +74,7 @@ def test_stage_reports_bad_fields_together(tmp_path):
     assert "learning_rate" in res.output and str(cfg) in res.output
 
 
+@pytest.mark.unit
 def test_bad_set_syntax(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("{}")
@@ -75,6 +83,7 @@ def test_bad_set_syntax(tmp_path):
     assert "KEY=VALUE" in res.output
 
 
+@pytest.mark.unit
 def test_validate_lists_every_problem(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
@@ -91,6 +100,7 @@ def test_validate_lists_every_problem(tmp_path):
     assert "no-model" in res.output
 
 
+@pytest.mark.unit
 def test_validate_unknown_section(tmp_path):
     cfg = tmp_path / "run.yaml"
     cfg.write_text("sftt: {max_steps: 3}\n")
@@ -150,6 +160,7 @@ def test_run_host_submits_to_kfp_api(monkeypatch):
     assert secret not in json.dumps(server.requests)
 
 
+@pytest.mark.unit
 def test_run_host_refuses_local_output_uri():
     res = invoke("run", "quickstart", "--host", "http://127.0.0.1:9", "--output-uri", "runs/x")
     assert res.exit_code == 1
@@ -332,6 +343,7 @@ def test_wrong_token_is_refused_without_printing_it(tmp_path):
     assert TOKEN not in res.output
 
 
+@pytest.mark.unit
 def test_missing_token_file_is_named(tmp_path):
     res = invoke(
         "submit", "quickstart", "--host", "http://127.0.0.1:9", "--token-file", str(tmp_path / "nope")
@@ -359,6 +371,7 @@ def test_submit_an_uploaded_version():
     assert "no uploaded version 'v9'" in missing.output and "distilflow upload quickstart" in missing.output
 
 
+@pytest.mark.unit
 def test_submit_needs_a_host(monkeypatch):
     monkeypatch.delenv("KF_PIPELINES_ENDPOINT", raising=False)
     res = invoke("submit", "quickstart", "--output-uri", "s3://b/r")
@@ -397,6 +410,7 @@ def test_sdk_client_for_notebooks(tmp_path):
     assert posted["runtime_config"]["parameters"]["config"]["distill"]["n"] == 2
 
 
+@pytest.mark.unit
 def test_token_sources_in_order(tmp_path):
     from distilflow.client.auth import resolve_token
 
@@ -413,6 +427,7 @@ def test_token_sources_in_order(tmp_path):
         resolve_token(None, str(f), {})
 
 
+@pytest.mark.unit
 def test_run_arguments_follow_the_spec_types():
     """--set NAME=VALUE sets a pipeline parameter typed as its spec says; other keys go to the config."""
     from distilflow.client.arguments import run_arguments
@@ -467,6 +482,7 @@ def test_run_arguments_follow_the_spec_types():
         )
 
 
+@pytest.mark.unit
 def test_local_run_routes_pipeline_parameters_from_set():
     """`distilflow run thoughtx --local --set preset=1.5b-1node` sets the pipeline parameter (typed as the
     pipeline declares it); other --set items stay config overrides."""
@@ -486,6 +502,7 @@ def test_local_run_routes_pipeline_parameters_from_set():
     assert quick == {} and rest == ["sft.max_steps=1"]
 
 
+@pytest.mark.unit
 def test_summary_lists_stage_outputs_below_the_run(tmp_path):
     """A recipe that writes a stage output under a sub-folder (thoughty's no-thinking/evaluate) shows it
     in the run summary; unfinished outputs and checkpoints do not."""

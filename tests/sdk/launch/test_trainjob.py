@@ -166,6 +166,7 @@ def test_trainjob_completed_without_output_is_an_error(cluster, tmp_path):
         trainjob.launch("sft", make_config(tmp_path), poll_interval=0.05)
 
 
+@pytest.mark.unit
 def test_secret_env_must_be_a_reference(tmp_path):
     with pytest.raises(Exception, match="secret-name/key"):
         make_config(tmp_path, secret_env={"AWS_SECRET_ACCESS_KEY": SECRET_VALUE})
@@ -227,6 +228,7 @@ def test_dpo_runs_as_a_trainjob(cluster, tmp_path, monkeypatch):
     assert job_config.launcher == "local" and job_config.deepspeed == "zero3"
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize("stage", ["sft", "dpo", "reward", "rl"])
 def test_launcher_dlc_dispatches_to_distilflow_dlc(stage, tmp_path, monkeypatch):
     """launcher=dlc hands the stage and its config to distilflow.launch.dlc.launch (imported only then), whose

@@ -14,6 +14,7 @@ from tests.conftest import free_port
 from tests.fakes.openai_server import TinyOpenAIServer
 
 
+@pytest.mark.unit
 @pytest.mark.parametrize(
     ("text", "reasoning", "expected"),
     [
@@ -43,6 +44,7 @@ def test_split_reasoning(text, reasoning, expected):
     assert split_reasoning(text, reasoning) == expected
 
 
+@pytest.mark.unit
 def test_normalise_digit_probs_merges_spaced_tokens_and_renormalises():
     probs = normalise_digit_probs({"7": 0.3, " 7": 0.1, "3": 0.1, "x": 0.5}, "0123456789")
     assert math.isclose(sum(probs.values()), 1.0)
@@ -114,6 +116,7 @@ def test_openai_backend_names_the_key_variable_when_refused(openai_server, tiny_
         make_teacher(config).generate([[{"role": "user", "content": "hi"}]])
 
 
+@pytest.mark.unit
 def test_openai_backend_unreachable_names_base_url():
     base_url = f"http://127.0.0.1:{free_port()}/v1"
     config = TeacherConfig(backend="openai", model="m", base_url=base_url, max_retries=0, timeout_s=5)
@@ -256,6 +259,7 @@ def test_token_bucket_paces_requests_and_charges_real_usage():
     assert 0.18 <= paced < 0.4 and 0.18 <= charged < 0.4
 
 
+@pytest.mark.unit
 def test_retry_after_headers_and_backoff():
     import email.utils
     import time
