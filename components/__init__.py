@@ -1,12 +1,18 @@
 """The stages, one folder each: ``config.py`` (the pydantic config), ``run.py`` (``run(config)``,
 heavy imports inside it) and ``component.py`` (the thin KFP component).
 
-``STAGES`` is the explicit registry, in lifecycle order.
+``STAGES`` is the explicit registry, in lifecycle order; ``iter_config_classes`` walks every config
+class the stages use.
 """
 
 from __future__ import annotations
 
 import importlib
+import typing
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distilflow.config import BaseConfig
 
 STAGES: tuple[str, ...] = (
     "validate",
@@ -55,3 +61,34 @@ def load_component(stage: str):
     """The KFP component of a stage."""
     _check(stage)
     return getattr(importlib.import_module(f"distilflow.components.{stage}.component"), stage)
+
+
+def iter_config_classes() -> list[type[BaseConfig]]:
+    """Every config class the project ships: the teacher's, each stage's and every config nested in
+    them (the documentation test walks them all)."""
+    from distilflow.teachers.config import TeacherConfig
+
+    classes: list[type[BaseConfig]] = [TeacherConfig]
+    for stage in STAGES:
+        classes.append(load_config_class(stage))
+    seen: list[type[BaseConfig]] = []
+    stack = list(classes)
+    while stack:
+        cls = stack.pop()
+        if cls in seen:
+            continue
+        seen.append(cls)
+        for field in cls.model_fields.values():
+            stack.extend(_nested_models(field.annotation))
+    return seen
+
+
+def _nested_models(annotation: Any) -> list[type[BaseConfig]]:
+    from distilflow.config import BaseConfig
+
+    found = []
+    if isinstance(annotation, type) and issubclass(annotation, BaseConfig):
+        found.append(annotation)
+    for arg in typing.get_args(annotation):
+        found.extend(_nested_models(arg))
+    return found

@@ -198,36 +198,3 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
         else:
             merged[key] = value
     return merged
-
-
-def iter_config_classes() -> list[type[BaseConfig]]:
-    """Every config class the project ships (used by validate and by the documentation test)."""
-    from distilflow.components import STAGES, load_config_class
-    from distilflow.teachers.config import TeacherConfig
-
-    classes: list[type[BaseConfig]] = [TeacherConfig]
-    for stage in STAGES:
-        cls = load_config_class(stage)
-        classes.append(cls)
-    seen: list[type[BaseConfig]] = []
-    stack = list(classes)
-    while stack:
-        cls = stack.pop()
-        if cls in seen:
-            continue
-        seen.append(cls)
-        for field in cls.model_fields.values():
-            for sub in _nested_models(field.annotation):
-                stack.append(sub)
-    return seen
-
-
-def _nested_models(annotation: Any) -> list[type[BaseConfig]]:
-    import typing
-
-    found = []
-    if isinstance(annotation, type) and issubclass(annotation, BaseConfig):
-        found.append(annotation)
-    for arg in typing.get_args(annotation):
-        found.extend(_nested_models(arg))
-    return found

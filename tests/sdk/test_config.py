@@ -9,7 +9,8 @@ import pytest
 import yaml
 from pydantic import Field
 
-from distilflow.config import BaseConfig, deep_merge, iter_config_classes, parse_overrides
+from distilflow.components import iter_config_classes
+from distilflow.config import BaseConfig, deep_merge, parse_overrides
 from distilflow.errors import ConfigError, DistilflowError
 from distilflow.uri import Uri
 
