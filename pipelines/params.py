@@ -20,7 +20,7 @@ import json
 from importlib import resources
 from typing import Any
 
-from distilflow.config import deep_merge, load_yaml
+from distilflow.config import load_yaml, merge_layers
 from distilflow.errors import ConfigError
 
 PRESETS = ("1.5b-1node", "7b-1node", "32b-4nodes")
@@ -143,9 +143,7 @@ def resolve_config(
         config or {},
         parse_overrides_json(overrides),
     ]
-    merged: dict[str, Any] = {}
-    for layer in layers:
-        merged = deep_merge(_drop_replaced_models(merged, layer), layer)
+    merged = merge_layers(*layers, replace=_drop_replaced_models)
     from distilflow.components import STAGES as ALL_STAGES
 
     unknown = sorted(k for k in merged if k not in ALL_STAGES)

@@ -1,6 +1,13 @@
-"""Configuration: one pydantic base class for every stage config.
+"""Configuration: one pydantic base class for every stage config, and one way to layer configs.
 
-Precedence, lowest first: field defaults < YAML/JSON file < ``--set a.b=c`` overrides.
+Every config is built from layers merged by ``merge_layers``, lowest precedence first:
+
+- a stage config: field defaults < YAML/JSON file < ``--set a.b=c`` overrides (``BaseConfig.load``);
+- a pipeline config from the SDK or CLI: the pipeline's defaults < config file < ``--set``
+  (``distilflow.client.pipelines.pipeline_config``);
+- a recipe's run config inside its ``configure`` step: recipe defaults < preset < the top-level
+  parameters < ``config`` < ``overrides`` (``distilflow.pipelines.params.resolve_config``).
+
 Unknown keys are rejected; every field carries a description (a test checks it).
 Secrets never live here: configs name the environment variable that holds a key.
 """
@@ -11,6 +18,7 @@ import copy
 import hashlib
 import json
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -39,7 +47,7 @@ class BaseConfig(BaseModel):
             where = str(source)
             data = read_config_file(source)
         patch = parse_overrides(overrides or [])
-        data = deep_merge(data, patch)
+        data = merge_layers(data, patch)
         try:
             return cls.model_validate(data)
         except ValidationError as exc:
@@ -197,4 +205,22 @@ def deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]
             merged[key] = deep_merge(merged[key], value)
         else:
             merged[key] = value
+    return merged
+
+
+def merge_layers(
+    *layers: dict[str, Any],
+    replace: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Config layers merged into one, lowest precedence first (``deep_merge`` of each onto the rest).
+
+    Args:
+        layers: Mappings, each overriding the ones before it.
+        replace: Called as ``replace(merged, layer)`` before a layer is merged in: returns ``merged``
+            less what the layer replaces instead of merging into (the recipes' rule for a teacher or
+            judge that names its own model).
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = deep_merge(replace(merged, layer) if replace else merged, layer)
     return merged

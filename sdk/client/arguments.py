@@ -8,7 +8,7 @@ from typing import Any
 
 from distilflow import uri as uris
 from distilflow.client.pipelines import pipeline_config
-from distilflow.config import deep_merge, parse_overrides, read_config_file
+from distilflow.config import deep_merge, merge_layers, parse_overrides, read_config_file
 from distilflow.errors import ConfigError
 
 CONFIG_PARAMETERS = ("config", "overrides")
@@ -118,7 +118,7 @@ def run_arguments(
         if config_param == "config":
             config = pipeline_config(name, config_file, rest)
         else:
-            config = deep_merge(read_config_file(config_file) if config_file else {}, parse_overrides(rest))
+            config = merge_layers(read_config_file(config_file) if config_file else {}, parse_overrides(rest))
         config_output = config.pop("output_uri", None)
         if config or config_param == "config":
             string = parameters[config_param].get("parameterType") == "STRING"

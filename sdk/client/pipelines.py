@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from distilflow.config import deep_merge, parse_overrides, read_config_file
+from distilflow.config import merge_layers, parse_overrides, read_config_file
 from distilflow.errors import ConfigError
 
 RESERVED_KEYS = ("output_uri",)
@@ -26,10 +26,11 @@ def pipeline_config(
 
     module = load_pipeline(name)
     default = getattr(module, "DEFAULT_CONFIG", None)
-    config = read_config_file(module.data_file(default)) if default else {}
-    if config_file:
-        config = deep_merge(config, read_config_file(config_file))
-    config = deep_merge(config, parse_overrides(overrides or []))
+    config = merge_layers(
+        read_config_file(module.data_file(default)) if default else {},
+        read_config_file(config_file) if config_file else {},
+        parse_overrides(overrides or []),
+    )
     unknown = sorted(set(config) - set(module.STAGES) - set(RESERVED_KEYS))
     if unknown:
         where = config_file or "--set"

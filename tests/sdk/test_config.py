@@ -10,7 +10,7 @@ import yaml
 from pydantic import Field
 
 from distilflow.components import iter_config_classes
-from distilflow.config import BaseConfig, deep_merge, parse_overrides
+from distilflow.config import BaseConfig, deep_merge, merge_layers, parse_overrides
 from distilflow.errors import ConfigError, DistilflowError
 from distilflow.uri import Uri
 
@@ -181,6 +181,28 @@ def test_deep_merge_does_not_touch_inputs():
     out = deep_merge(base, {"a": {"b": 9}, "d": {"x": 1}})
     assert out == {"a": {"b": 9, "c": 2}, "d": {"x": 1}}
     assert base == {"a": {"b": 1, "c": 2}, "d": 1}
+
+
+def test_merge_layers_lowest_first_and_the_replace_rule():
+    defaults = {"sft": {"max_steps": 10, "lr": 1.0}, "distill": {"teacher": {"model": "a", "url": "u"}}}
+    preset = {"sft": {"max_steps": 20}}
+    overrides = {"sft": {"lr": 3.0}, "distill": {"teacher": {"model": "b"}}}
+    assert merge_layers(defaults, preset, overrides) == {
+        "sft": {"max_steps": 20, "lr": 3.0},
+        "distill": {"teacher": {"model": "b", "url": "u"}},
+    }
+    assert merge_layers() == {} and merge_layers(preset) == preset
+
+    def drop_teacher(merged, layer):  # a teacher that names its model replaces the one below
+        named = "model" in layer.get("distill", {}).get("teacher", {})
+        return {**merged, "distill": {}} if named else merged
+
+    seen = []
+    merged = merge_layers(
+        defaults, preset, overrides, replace=lambda m, layer: seen.append(layer) or drop_teacher(m, layer)
+    )
+    assert merged["distill"] == {"teacher": {"model": "b"}} and seen == [defaults, preset, overrides]
+    assert defaults["distill"]["teacher"] == {"model": "a", "url": "u"}  # inputs untouched
 
 
 # --- error messages --------------------------------------------------------------------------
