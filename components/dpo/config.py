@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from distilflow.outputs import COUNT, METRIC
-from distilflow.training.fields import LauncherFields, ScaleAndCheckpointFields
+from distilflow.training.fields import TrainingConfig
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri", "model")
 """Fields the pipeline fills in: this stage's output folder, curate's output folder, the SFT model."""
 
 
-class DpoConfig(LauncherFields, ScaleAndCheckpointFields):
+class DpoConfig(TrainingConfig):
     """Preference optimisation of the student (TRL ``DPOTrainer``); CogPO when pairs carry a per-sample beta."""
 
     output_uri: Uri = Field(description="This stage's output folder; the model goes to <output_uri>/model")
@@ -37,13 +37,7 @@ class DpoConfig(LauncherFields, ScaleAndCheckpointFields):
     loss_type: Literal["sigmoid", "ipo", "hinge"] = Field(
         "sigmoid", description="DPO loss: sigmoid (DPO), ipo or hinge"
     )
-    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 trains for num_train_epochs instead")
-    num_train_epochs: float = Field(1.0, gt=0, description="Passes over the pairs when max_steps is -1")
     learning_rate: float = Field(5e-7, gt=0, description="Peak AdamW learning rate (linear decay)")
-    per_device_train_batch_size: int = Field(1, ge=1, description="Pairs per device per micro-batch")
-    gradient_accumulation_steps: int = Field(
-        8, ge=1, description="Micro-batches accumulated per optimizer step"
-    )
     max_length: int = Field(
         8192,
         ge=16,
@@ -52,21 +46,6 @@ class DpoConfig(LauncherFields, ScaleAndCheckpointFields):
     lora: bool = Field(
         False, description="Train a LoRA adapter (the reference is the base without it) and merge it"
     )
-    lora_r: int = Field(16, ge=1, description="LoRA rank (with lora=true)")
-    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (with lora=true)")
-    gradient_checkpointing: bool | None = Field(
-        None, description="Recompute activations in the backward pass to save memory; None: on a GPU only"
-    )
-    seed: int = Field(0, description="Seed for data order, dropout and LoRA init")
-    logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps")
-
-    @model_validator(mode="after")
-    def _check_steps(self) -> DpoConfig:
-        if self.max_steps == 0:
-            raise ValueError(
-                "max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count"
-            )
-        return self
 
 
 class DpoResult(BaseModel):

@@ -8,14 +8,14 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distilflow.outputs import COUNT, METRIC
 from distilflow.teachers.config import TeacherConfig
-from distilflow.training.fields import LauncherFields, ScaleAndCheckpointFields
+from distilflow.training.fields import TrainingConfig
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri")
 """Fields the pipeline fills in: this stage's output folder and curate's output folder."""
 
 
-class RewardConfig(LauncherFields, ScaleAndCheckpointFields):
+class RewardConfig(TrainingConfig):
     """A Bradley-Terry reward model distilled from preference pairs (TRL ``RewardTrainer``), published only
     after a calibration gate on held-out pairs."""
 
@@ -95,11 +95,9 @@ class RewardConfig(LauncherFields, ScaleAndCheckpointFields):
         description="CD bin edges for the held-out accuracy by cognitive difficulty in the report (bin i is "
         "[edge_i, edge_i+1), the last closed); a pair's CD is its problem's mean judged CD from scored.jsonl",
     )
-    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 trains for num_train_epochs instead")
     num_train_epochs: float = Field(
         1.0, gt=0, description="Passes over the training pairs when max_steps is -1"
     )
-    learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate (linear decay)")
     per_device_train_batch_size: int = Field(4, ge=1, description="Pairs per device per micro-batch")
     gradient_accumulation_steps: int = Field(
         2, ge=1, description="Micro-batches accumulated per optimizer step"
@@ -116,19 +114,11 @@ class RewardConfig(LauncherFields, ScaleAndCheckpointFields):
         False,
         description="Train a LoRA adapter (and the scalar head) instead of all weights; merged before saving",
     )
-    lora_r: int = Field(16, ge=1, description="LoRA rank (with lora=true)")
-    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (with lora=true)")
-    gradient_checkpointing: bool | None = Field(
-        None, description="Recompute activations in the backward pass to save memory; None: on a GPU only"
-    )
     seed: int = Field(0, description="Seed for the head init, the held-out split and data order")
-    logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps")
 
     @model_validator(mode="after")
-    def _check_steps(self) -> RewardConfig:
+    def _check_gates(self) -> RewardConfig:
         problems = []
-        if self.max_steps == 0:
-            problems.append("max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count")
         if self.min_heldout_accuracy is not None and self.heldout_fraction <= 0:
             problems.append(
                 f"min_heldout_accuracy={self.min_heldout_accuracy} gates on held-out pairs but heldout_fraction="

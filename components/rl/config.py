@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distilflow.outputs import COUNT, METRIC
-from distilflow.training.fields import LauncherFields, ScaleAndCheckpointFields
+from distilflow.training.fields import RESUME_NEUTRAL, TrainingConfig
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "model", "reward_model_uri", "difficulty_uri")
@@ -22,7 +22,7 @@ REWARD_TERMS = ("correctness", "reward_model", "format", "length")
 """Names of the reward terms (see ``distilflow.components.rl.rewards``)."""
 
 
-class RlConfig(LauncherFields, ScaleAndCheckpointFields):
+class RlConfig(TrainingConfig):
     """GRPO on the student (TRL ``GRPOTrainer``) with a weighted sum of named reward terms."""
 
     output_uri: Uri = Field(description="This stage's output folder; the model goes to <output_uri>/model")
@@ -119,8 +119,6 @@ class RlConfig(LauncherFields, ScaleAndCheckpointFields):
     vllm_tensor_parallel_size: int = Field(
         1, ge=1, description="With vllm_mode=colocate: GPUs one vLLM engine spans"
     )
-    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 trains for num_train_epochs instead")
-    num_train_epochs: float = Field(1.0, gt=0, description="Passes over the problems when max_steps is -1")
     learning_rate: float = Field(1e-6, gt=0, description="Peak AdamW learning rate (linear decay)")
     per_device_train_batch_size: int = Field(
         8,
@@ -135,19 +133,17 @@ class RlConfig(LauncherFields, ScaleAndCheckpointFields):
         description="Train a LoRA adapter on all linear layers (the KL reference is the base without it) and "
         "merge it before saving",
     )
-    lora_r: int = Field(16, ge=1, description="LoRA rank (with lora=true)")
-    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (with lora=true)")
-    gradient_checkpointing: bool | None = Field(
-        None, description="Recompute activations in the backward pass to save memory; None: on a GPU only"
-    )
     seed: int = Field(0, description="Seed for sampling and data order")
-    logging_steps: int = Field(1, ge=1, description="Log loss and rewards every this many optimizer steps")
+    logging_steps: int = Field(
+        1,
+        ge=1,
+        description="Log loss and rewards every this many optimizer steps",
+        json_schema_extra=RESUME_NEUTRAL,
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RlConfig:
         problems = []
-        if self.max_steps == 0:
-            problems.append("max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
             problems.append(

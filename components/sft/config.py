@@ -5,14 +5,14 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distilflow.outputs import COUNT, METRIC
-from distilflow.training.fields import LauncherFields, ScaleAndCheckpointFields
+from distilflow.training.fields import TrainingConfig
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri")
 """Fields the pipeline fills in: this stage's output folder and curate's output folder."""
 
 
-class SftConfig(LauncherFields, ScaleAndCheckpointFields):
+class SftConfig(TrainingConfig):
     """Supervised fine-tuning of the student on curated reasoning traces (TRL ``SFTTrainer``)."""
 
     output_uri: Uri = Field(description="This stage's output folder; the model goes to <output_uri>/model")
@@ -23,23 +23,12 @@ class SftConfig(LauncherFields, ScaleAndCheckpointFields):
     model: Uri = Field(
         description="The student to fine-tune: a Hugging Face model folder or URI with a chat template"
     )
-    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 trains for num_train_epochs instead")
     num_train_epochs: float = Field(2.0, gt=0, description="Passes over the data when max_steps is -1")
-    learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate (linear decay)")
-    per_device_train_batch_size: int = Field(1, ge=1, description="Examples per device per micro-batch")
-    gradient_accumulation_steps: int = Field(
-        8, ge=1, description="Micro-batches accumulated per optimizer step"
-    )
     max_length: int = Field(
         8192,
         ge=16,
         description="Longest rendered example in tokens; longer rows are dropped and counted, never truncated",
     )
-    lora: bool = Field(
-        False, description="Train a LoRA adapter on all linear layers and merge it before saving"
-    )
-    lora_r: int = Field(16, ge=1, description="LoRA rank (with lora=true)")
-    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (with lora=true)")
     assistant_only_loss: bool = Field(
         True,
         description="Loss on assistant tokens only; needs a chat template with {% generation %} markers",
@@ -60,18 +49,9 @@ class SftConfig(LauncherFields, ScaleAndCheckpointFields):
         description="Attention kernel for from_pretrained, e.g. flash_attention_2 or "
         "kernels-community/flash-attn2; None uses transformers' default (sdpa)",
     )
-    gradient_checkpointing: bool | None = Field(
-        None, description="Recompute activations in the backward pass to save memory; None: on a GPU only"
-    )
-    seed: int = Field(0, description="Seed for weight init (LoRA), data order and dropout")
-    logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps")
 
     @model_validator(mode="after")
-    def _check_steps(self) -> SftConfig:
-        if self.max_steps == 0:
-            raise ValueError(
-                "max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count"
-            )
+    def _check_packing(self) -> SftConfig:
         if self.packing and "flash" not in (self.attn_implementation or ""):
             raise ValueError(
                 f"packing=true needs a varlen flash-attention kernel, but attn_implementation="

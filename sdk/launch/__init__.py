@@ -10,16 +10,19 @@ Each ``launch(stage, config)`` returns the result the stage wrote to ``config.ou
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from distilflow.training.fields import LauncherFields
 
 
-def dispatch(stage: str, config: Any) -> dict[str, Any] | None:
+def dispatch(stage: str, config: LauncherFields) -> dict[str, Any] | None:
     """The stage's result when ``config.launcher`` runs it elsewhere (trainjob, dlc), else None.
 
     The launcher module is imported only when used; it submits a job whose nodes run the same stage
     with ``launcher: local`` and returns the result the job wrote to ``config.output_uri``.
     """
-    launcher = getattr(config, "launcher", "local")
+    launcher = config.launcher
     if launcher == "trainjob":  # many nodes: a Kubeflow TrainJob trains, this process waits
         from distilflow.launch import trainjob
 

@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distilflow.outputs import require_complete
 
+if TYPE_CHECKING:
+    from distilflow.training.fields import ScaleAndCheckpointFields
 
-def process_count(config: Any) -> int:
+
+def process_count(config: ScaleAndCheckpointFields) -> int:
     """Training processes for one launch: ``config.processes``, where ``"auto"`` is one per visible GPU
     (1 on a CPU)."""
-    wanted = getattr(config, "processes", 1)
+    wanted = config.processes
     if wanted != "auto":
         return int(wanted)
     import torch
@@ -21,14 +24,14 @@ def process_count(config: Any) -> int:
     return max(torch.cuda.device_count(), 1)
 
 
-def needs_launch(config: Any) -> bool:
+def needs_launch(config: ScaleAndCheckpointFields) -> bool:
     """Whether ``run`` must start ``torchrun`` itself: more than one process wanted (or DeepSpeed or FSDP,
     which need a launcher's environment even for one: without it accelerate trains unsharded), and this
     process is not already one of a distributed launch (torchrun, accelerate and a Kubeflow TrainJob set
     LOCAL_RANK)."""
     if "LOCAL_RANK" in os.environ:
         return False
-    sharded = getattr(config, "deepspeed", "none") != "none" or getattr(config, "fsdp", "none") != "none"
+    sharded = config.deepspeed != "none" or config.fsdp != "none"
     return process_count(config) > 1 or sharded
 
 

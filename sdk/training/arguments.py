@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from distilflow.errors import ConfigError
+from distilflow.training.fields import TrainingConfig
 
 
 def on_gpu() -> bool:
@@ -14,14 +15,13 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def training_arguments(cls: type, config: Any, output_dir: str, **extra: Any) -> Any:
+def training_arguments(cls: type, config: TrainingConfig, output_dir: str, **extra: Any) -> Any:
     """A TRL ``*Config`` (``cls``) filled from a stage config's common fields, with CPU-safe defaults.
 
     bf16 mixed precision only on a GPU: TRL defaults ``bf16=True``, which raises on a CPU without bf16.
-    Gradient checkpointing follows ``config.gradient_checkpointing`` when the stage has that field and
-    it is set, else it is on on a GPU only (it only costs time on small CPU runs; under FSDP it becomes
-    FSDP's own activation checkpointing). Checkpoints are
-    written every ``config.save_steps`` steps when the stage has that field and it is positive (see
+    Gradient checkpointing follows ``config.gradient_checkpointing`` when it is set, else it is on on a
+    GPU only (it only costs time on small CPU runs; under FSDP it becomes FSDP's own activation
+    checkpointing). Checkpoints are written every ``config.save_steps`` steps when it is positive (see
     ``train_resumable``, which uploads them); otherwise none (``save_strategy="no"``): the stage saves
     the final model itself. ``config.deepspeed`` (``zero2``/``zero3``, with ``config.offload``) adds a
     ``deepspeed_config``, ``config.fsdp`` (``full_shard``/``shard_grad_op``) ``fsdp=True`` with an
@@ -35,7 +35,7 @@ def training_arguments(cls: type, config: Any, output_dir: str, **extra: Any) ->
         **extra: Stage-specific arguments (override the defaults).
     """
     gpu = on_gpu()
-    if getattr(config, "fsdp", "none") != "none" and not gpu:
+    if config.fsdp != "none" and not gpu:
         # accelerate applies FSDP to GPU processes only: on a CPU it would silently train unsharded (DDP)
         raise ConfigError(
             f"fsdp={config.fsdp!r} needs GPUs (FSDP shards across CUDA devices; on a CPU accelerate ignores "
@@ -54,7 +54,7 @@ def training_arguments(cls: type, config: Any, output_dir: str, **extra: Any) ->
         "data_seed": config.seed,
         "bf16": gpu,
         "gradient_checkpointing": gpu
-        if getattr(config, "gradient_checkpointing", None) is None
+        if config.gradient_checkpointing is None
         else config.gradient_checkpointing,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": gpu,
@@ -66,9 +66,9 @@ def training_arguments(cls: type, config: Any, output_dir: str, **extra: Any) ->
         # fp32 master weights everywhere; on a GPU bf16 comes from autocast (mixed precision), as TRL intends
         "model_init_kwargs": {"dtype": "float32"},
     }
-    if getattr(config, "deepspeed", "none") != "none":
+    if config.deepspeed != "none":
         kwargs["deepspeed"] = deepspeed_config(config.deepspeed, config.offload)
-    if getattr(config, "fsdp", "none") != "none":
+    if config.fsdp != "none":
         # FSDP recomputes activations per wrapped layer itself; the model's own gradient checkpointing
         # would add a redundant all-gather in the backward pass
         kwargs.update(
@@ -76,7 +76,7 @@ def training_arguments(cls: type, config: Any, output_dir: str, **extra: Any) ->
             fsdp_config=fsdp_config(config.fsdp, config.offload, kwargs["gradient_checkpointing"]),
             gradient_checkpointing=False,
         )
-    if getattr(config, "save_steps", 0) > 0:
+    if config.save_steps > 0:
         # full checkpoints (optimizer, scheduler, RNG) so a rerun resumes exactly; the local copies are
         # scratch: train_resumable uploads each and keeps save_total_limit of them in object storage
         kwargs.update(
@@ -158,7 +158,7 @@ def fsdp_config(mode: str, offload: bool = False, activation_checkpointing: bool
     }
 
 
-def lora_config(config: Any, task_type: str = "CAUSAL_LM") -> Any:
+def lora_config(config: TrainingConfig, task_type: str = "CAUSAL_LM") -> Any:
     """peft's LoRA settings of a training stage (``lora``, ``lora_r``, ``lora_alpha``; every linear
     layer), or None for full fine-tuning. ``SEQ_CLS`` (reward) trains and saves the new scalar head
     beside the adapter."""

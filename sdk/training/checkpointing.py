@@ -34,22 +34,6 @@ CHECKPOINT_MARKER = "_COMPLETE"
 """Written last into an uploaded checkpoint folder; a folder without it is never resumed from."""
 
 
-RESUME_NEUTRAL = (
-    "save_steps",
-    "save_total_limit",
-    "logging_steps",
-    "resume",
-    # where and how a job is submitted, not what it trains (nodes and GPUs do change the world size)
-    "launcher",
-    "runtime",
-    "namespace",
-    "env",
-    "secret_env",
-    "dlc",
-)
-"""Config fields that do not change what is trained: changing them does not prevent resuming."""
-
-
 class Checkpoint(NamedTuple):
     step: int
     uri: str
@@ -58,8 +42,12 @@ class Checkpoint(NamedTuple):
 
 
 def checkpoint_config(config: Any) -> dict[str, Any]:
-    """The config fields that shape training (all but ``RESUME_NEUTRAL``), as checkpoints record them."""
-    return {k: v for k, v in config.to_dict().items() if k not in RESUME_NEUTRAL}
+    """The config fields that shape training (all but those declared ``RESUME_NEUTRAL``), as checkpoints
+    record them."""
+    from distilflow.training.fields import resume_neutral
+
+    neutral = resume_neutral(config)
+    return {k: v for k, v in config.to_dict().items() if k not in neutral}
 
 
 def checkpoint_fingerprint(config: Any) -> str:
@@ -118,7 +106,7 @@ def resume_point(output_uri: str, config: Any, stage: str, was_complete: bool) -
     - ``config.resume`` false: every checkpoint is deleted; training starts at step 0.
     - Folders without a completion marker are deleted (an interrupted upload; never resumed from).
     - Complete checkpoints written with a config that trains differently (fields other than
-      ``RESUME_NEUTRAL`` differ): deleted when the previous run finished (``was_complete``: a new config
+      those declared ``RESUME_NEUTRAL`` differ): deleted when the previous run finished (``was_complete``: a new config
       means new training, as for any stage); refused with a ``ConfigError`` naming the differing fields
       when it did not (a preempted run whose config was changed: resuming would mix two recipes, and
       starting over would throw away its progress without being asked).
@@ -127,7 +115,7 @@ def resume_point(output_uri: str, config: Any, stage: str, was_complete: bool) -
     found = list_checkpoints(output_uri)
     if not found:
         return None
-    if not getattr(config, "resume", True):
+    if not config.resume:
         print(
             f"[{stage}] resume=false: deleting {len(found)} checkpoint(s); training from step 0", flush=True
         )

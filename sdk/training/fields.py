@@ -1,15 +1,34 @@
-"""Config fields shared unchanged by the training stages (sft, dpo, reward, rl): plain pydantic fields
-and their cross-checks, no behaviour. A stage config inherits the blocks it needs; this is the only
-module of ``distilflow.training`` a config module imports."""
+"""Config fields shared by the training stages (sft, dpo, reward, rl): plain pydantic fields and their
+cross-checks, no behaviour. This is the only module of ``distilflow.training`` a config module imports.
+
+``TrainingConfig`` is the base of the four stage configs (as TRL's ``*Config`` classes inherit
+``TrainingArguments``): the optimisation settings every stage has, plus processes, sharding and
+checkpoints (``ScaleAndCheckpointFields``) and where the training runs (``LauncherFields``). A stage
+config redeclares a field only where its default or meaning differs. Fields that do not change what
+is trained (how often to log or checkpoint, where a job is submitted) say so with
+``json_schema_extra=RESUME_NEUTRAL``: changing them does not prevent resuming from a checkpoint.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
 from distilflow.config import BaseConfig
 from distilflow.launch.dlc import DlcSettings
+
+RESUME_NEUTRAL: dict[str, Any] = {"resume_neutral": True}
+"""``json_schema_extra`` of a field that does not change what is trained (see ``resume_neutral``)."""
+
+
+def resume_neutral(config: BaseConfig) -> set[str]:
+    """The names of ``config``'s fields declared ``RESUME_NEUTRAL``."""
+    return {
+        name
+        for name, info in type(config).model_fields.items()
+        if isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("resume_neutral")
+    }
 
 
 class ScaleAndCheckpointFields(BaseConfig):
@@ -43,14 +62,19 @@ class ScaleAndCheckpointFields(BaseConfig):
         ge=0,
         description="Write a checkpoint (model, optimizer, scheduler, RNG states, data position) to "
         "<output_uri>/checkpoints every this many optimizer steps; 0 writes none",
+        json_schema_extra=RESUME_NEUTRAL,
     )
     save_total_limit: int = Field(
-        2, ge=1, description="Complete checkpoints kept in <output_uri>/checkpoints"
+        2,
+        ge=1,
+        description="Complete checkpoints kept in <output_uri>/checkpoints",
+        json_schema_extra=RESUME_NEUTRAL,
     )
     resume: bool = Field(
         True,
         description="Continue an unfinished run from its newest complete checkpoint (same config); false "
         "deletes the checkpoints and trains from step 0",
+        json_schema_extra=RESUME_NEUTRAL,
     )
 
     @model_validator(mode="after")
@@ -80,6 +104,7 @@ class LauncherFields(BaseConfig):
         description="local trains in this pod (torchrun on this node when processes > 1); trainjob submits a "
         "Kubeflow Trainer TrainJob of `nodes` nodes (kubeflow SDK), dlc a PAI-DLC job (settings in `dlc`); "
         "either streams node-0's log, waits for the job and returns the result it wrote to output_uri",
+        json_schema_extra=RESUME_NEUTRAL,
     )
     nodes: int = Field(1, ge=1, description="With launcher=trainjob or dlc: training nodes (pods) of the job")
     gpus_per_node: int = Field(
@@ -90,27 +115,32 @@ class LauncherFields(BaseConfig):
     runtime: str = Field(
         "torch-distributed",
         description="With launcher=trainjob: the (Cluster)TrainingRuntime the TrainJob references",
+        json_schema_extra=RESUME_NEUTRAL,
     )
     namespace: str | None = Field(
         None,
         description="With launcher=trainjob: namespace of the TrainJob; None uses the kubeconfig's or this "
         "pod's namespace",
+        json_schema_extra=RESUME_NEUTRAL,
     )
     env: list[str] = Field(
         default_factory=list,
         description="With launcher=trainjob or dlc: names of non-secret environment variables copied from "
         "this process's environment into every node (e.g. DISTILFLOW_S3_ENDPOINT_URL, AWS_DEFAULT_REGION)",
+        json_schema_extra=RESUME_NEUTRAL,
     )
     secret_env: dict[str, str] = Field(
         default_factory=dict,
         description="With launcher=trainjob: environment variables of every node read from Kubernetes "
         "Secrets, NAME: secret-name/key (e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key); only the "
         "reference goes into the TrainJob, never the value",
+        json_schema_extra=RESUME_NEUTRAL,
     )
     dlc: DlcSettings = Field(
         default_factory=DlcSettings,
         description="With launcher=dlc: where the PAI-DLC job runs (region, workspace, resource group or "
         "instance type, job type); credentials come from the environment, never from the config",
+        json_schema_extra=RESUME_NEUTRAL,
     )
 
     @model_validator(mode="after")
@@ -119,5 +149,43 @@ class LauncherFields(BaseConfig):
         if bad:
             raise ValueError(
                 f"secret_env values must be secret-name/key, got {bad}; e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key"
+            )
+        return self
+
+
+class TrainingConfig(LauncherFields, ScaleAndCheckpointFields):
+    """The base of the training stage configs: the optimisation settings every stage has. A stage
+    redeclares a field only where its default or meaning differs (its ``learning_rate``, say)."""
+
+    max_steps: int = Field(-1, ge=-1, description="Optimizer steps; -1 trains for num_train_epochs instead")
+    num_train_epochs: float = Field(
+        1.0, gt=0, description="Passes over the training rows when max_steps is -1"
+    )
+    learning_rate: float = Field(1e-5, gt=0, description="Peak AdamW learning rate (linear decay)")
+    per_device_train_batch_size: int = Field(1, ge=1, description="Rows per device per micro-batch")
+    gradient_accumulation_steps: int = Field(
+        8, ge=1, description="Micro-batches accumulated per optimizer step"
+    )
+    lora: bool = Field(
+        False, description="Train a LoRA adapter on all linear layers and merge it before saving"
+    )
+    lora_r: int = Field(16, ge=1, description="LoRA rank (with lora=true)")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (with lora=true)")
+    gradient_checkpointing: bool | None = Field(
+        None, description="Recompute activations in the backward pass to save memory; None: on a GPU only"
+    )
+    seed: int = Field(0, description="Seed for weight init (LoRA), data order and dropout")
+    logging_steps: int = Field(
+        10,
+        ge=1,
+        description="Log the loss every this many optimizer steps",
+        json_schema_extra=RESUME_NEUTRAL,
+    )
+
+    @model_validator(mode="after")
+    def _check_steps(self) -> TrainingConfig:
+        if self.max_steps == 0:
+            raise ValueError(
+                "max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count"
             )
         return self
