@@ -1,15 +1,23 @@
 """Checkpoints in object storage, and resuming from them.
 
-The protocol: every process writes its part of ``checkpoint-<step>`` to its node's local scratch folder
-every ``save_steps`` optimizer steps (model, optimizer, scheduler, trainer state with the data position
-from rank 0; one RNG state per rank; ZeRO or FSDP shards per rank). Every process then uploads its
-share of its node's files to ``<output_uri>/checkpoints/checkpoint-<step>/`` (a file named for a rank,
-e.g. ``rng_state_3.pth``, by that rank) and writes its done marker ``_ranks/rank-<r>.json``; after a
-barrier, rank 0 checks that all ranks' markers are there, writes ``_COMPLETE`` last, then deletes
-all but the newest ``save_total_limit`` complete checkpoints. A rerun of an unfinished stage with
-the same config downloads the newest complete checkpoint on every node and continues from it, each
-rank with its own RNG state; a checkpoint without ``_COMPLETE`` (a process died during the upload)
-is never used.
+The protocol (written here once; the functions below name their step):
+
+1. Every ``save_steps`` optimizer steps every process writes its part of ``checkpoint-<step>`` to its
+   node's local scratch folder (``scratch_dir``): model, optimizer, scheduler and trainer state with
+   the data position from rank 0; one RNG state per rank; ZeRO or FSDP shards per rank.
+2. Rank 0 removes what an interrupted upload of the same step left in object storage; every process
+   lists its node's files and all lists are exchanged (which also waits for rank 0).
+3. Each process uploads its share to ``<output_uri>/checkpoints/checkpoint-<step>/`` (``assign_uploads``:
+   a file named for a rank, e.g. ``rng_state_3.pth``, by that rank; shared files spread over the
+   processes of the node holding them), then writes its done marker ``_ranks/rank-<r>.json``.
+4. After a barrier rank 0 checks that every rank's marker is there, writes ``_COMPLETE`` last (the
+   config fingerprint, the world size and the file list), then deletes all but the newest
+   ``save_total_limit`` complete checkpoints. A process that dies before its marker leaves the
+   checkpoint incomplete: the job fails at the barrier, and a checkpoint without ``_COMPLETE`` is
+   never used.
+5. A rerun of an unfinished stage with the same config (``resume_point`` says which checkpoints stay)
+   downloads the newest complete checkpoint on every node and continues from it, each rank with its
+   own RNG state (``train_resumable``).
 """
 
 from __future__ import annotations
@@ -264,16 +272,9 @@ def rank_markers(checkpoint_uri: str) -> set[int]:
 def upload_checkpoint(
     local: str, dest: str, rank: int, world_size: int, node: str, marker: dict[str, Any]
 ) -> dict[int, tuple[str, dict[str, int]]]:
-    """Upload one checkpoint from every process's node and mark it complete; called by every process.
-
-    The protocol (every step but the uploads is collective, so all processes call it together):
-
-    1. rank 0 removes what an interrupted upload of the same step left at ``dest``; every process
-       lists its node's ``local`` folder and all lists are exchanged (which also waits for rank 0);
-    2. each process uploads its share (``assign_uploads``), then writes ``_ranks/rank-<r>.json``;
-    3. after a barrier rank 0 checks that every rank's marker is there and writes ``_COMPLETE``
-       (``marker`` plus the world size and the file list) last. A process that dies before its marker
-       leaves the checkpoint incomplete: the job fails at the barrier and the folder is never resumed from.
+    """Steps 2-4 of the protocol (module docstring) for one checkpoint, but the rotation, which
+    ``checkpoint_callback`` does: upload it from every process's node and mark it complete. Every step
+    but the uploads is collective: every process calls it.
 
     Returns:
         Every rank's ``(node, files)``, for the caller to tidy local copies.
