@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import html
 import json
 import math
 import os
@@ -15,6 +14,7 @@ from typing import Any
 
 from distilflow import records
 from distilflow import uri as uris
+from distilflow.components.reward import report
 from distilflow.components.reward.config import RewardConfig, RewardResult
 from distilflow.components.reward.pairs import (
     JudgeCounts,
@@ -249,40 +249,6 @@ def gate_verdict(config: RewardConfig, heldout: float | None, agreement: float |
     }
 
 
-# ---------------------------------------------------------------- report
-
-
-def report_page(history: list[dict[str, Any]], result: dict[str, Any]) -> str:
-    """The training curves (loss, accuracy, margin, learning rate), the gate and accuracy by CD bin."""
-    from distilflow.training.report import report_html
-
-    gate = result.get("gate") or {}
-    summary = {k: v for k, v in result.items() if not isinstance(v, dict)}
-    page = report_html(STAGE, history, ("loss", "accuracy", "margin", "learning_rate"), summary)
-    esc = html.escape
-    verdict = "passed" if gate.get("passed") else "FAILED: the model was not published"
-    lines = [f'<h2 id="gate">Calibration gate: {esc(verdict)}</h2><table id="gate-figures">']
-    for key in ("heldout_accuracy", "min_heldout_accuracy", "label_agreement", "min_label_agreement"):
-        lines.append(f"<tr><th>{key}</th><td>{esc(str(gate.get(key)))}</td></tr>")
-    lines.append("</table>")
-    for failure in gate.get("failures") or []:
-        lines.append(f"<p class='failure'>{esc(failure)}</p>")
-    for title, key in (
-        ("Held-out accuracy by CD bin", "heldout_accuracy_by_cd"),
-        ("by label source", "heldout_accuracy_by_source"),
-    ):
-        table = result.get(key) or {}
-        lines.append(
-            f'<h2>{esc(title)}</h2><table id="{key}"><tr><th>group</th><th>accuracy</th><th>pairs</th></tr>'
-        )
-        for name, cell in table.items():
-            acc = cell.get("accuracy")
-            shown = "n/a" if acc is None else f"{acc:.3f}"
-            lines.append(f"<tr><td>{esc(name)}</td><td>{shown}</td><td>{cell.get('pairs')}</td></tr>")
-        lines.append("</table>")
-    return page.replace("</h1>", "</h1>" + "".join(lines), 1)
-
-
 # ---------------------------------------------------------------- the stage
 
 
@@ -364,9 +330,9 @@ def train(
     accuracy_before = pairwise_accuracy(trainer.model, tokenizer, rows.train)
     start_step = train_resumable(trainer, out.uri, config, STAGE, was_complete)
     result = measure(config, out, trainer, tokenizer, rows, counts, (accuracy_before, start_step))
-    report = out.path("report.html")
     if trainer.is_world_process_zero():
-        uris.write_text(report, report_page(trainer.state.log_history, result.model_dump()))
+        page = report.report_page(trainer.state.log_history, result.model_dump())
+        uris.write_text(out.path("report.html"), page)
     if not result.gate["passed"]:
         fail_gate(trainer, out, result)
     publish(config, out, trainer, result, counts, data_file)
