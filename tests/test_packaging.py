@@ -116,6 +116,68 @@ def test_version_matches_pyproject():
     assert distilflow.__version__ == PYPROJECT["project"]["version"]
 
 
+# --- documentation: every stage folder tells its whole story -----------------------------------
+
+
+def _result_class(stage: str):
+    import importlib
+
+    for module in ("config", "run"):
+        found = importlib.import_module(f"distilflow.components.{stage}.{module}")
+        for name, value in vars(found).items():
+            if name.lower() == f"{stage}result":
+                return value
+    raise AssertionError(f"components/{stage} has no {stage.capitalize()}Result")
+
+
+def _readme_section(text: str, title: str) -> str:
+    start = text.index(f"## {title}")
+    end = text.find("\n## ", start + 1)
+    return text[start : end if end != -1 else len(text)]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("stage", STAGES)
+def test_every_stage_folder_has_a_readme_with_its_story(stage):
+    """What it reads and writes, its config (every field its table names exists), its metrics (every
+    count and metric its Result declares is named), how to run it alone."""
+    from distilflow.components import load_config_class
+    from distilflow.outputs import COUNT, METRIC
+
+    text = (ROOT / "components" / stage / "README.md").read_text()
+    assert "**Reads**" in text and "**Writes**" in text
+    cls = load_config_class(stage)
+    config = _readme_section(text, f"Config (`{cls.__name__}`)")
+    named = re.findall(r"^\| `(\w+)` \|", config, re.M)
+    assert named, f"components/{stage}/README.md: the config table is empty"
+    assert [n for n in named if n not in cls.model_fields] == [], f"{stage}: README names unknown fields"
+    metrics = _readme_section(text, "Metrics")
+    declared = [
+        name
+        for name, info in _result_class(stage).model_fields.items()
+        if isinstance(info.json_schema_extra, dict)
+        and info.json_schema_extra.get("manifest") in (COUNT["manifest"], METRIC["manifest"])
+        and not isinstance(info.json_schema_extra.get("each"), str)
+        and not str(info.annotation).startswith("dict")
+    ]
+    assert [n for n in declared if f"`{n}`" not in metrics] == [], f"{stage}: README's metrics miss some"
+    run_alone = "distilflow validate" if stage == "validate" else f"distilflow stage {stage} --config"
+    assert run_alone in _readme_section(text, "Run it alone")
+
+
+@pytest.mark.unit
+def test_root_readme_links_every_stage_and_keeps_the_ci_command():
+    text = (ROOT / "README.md").read_text()
+    for stage in STAGES:
+        assert f"(components/{stage}/README.md)" in text, f"README.md does not link the {stage} stage"
+    for doc in re.findall(r"\]\(((?:docs|components|pipelines|tests|containers)/[^)#]+)", text):
+        assert (ROOT / doc).is_file(), f"README.md links a missing file {doc}"
+    ci = (ROOT / ".ci" / "run").read_text()
+    commands = re.findall(r"```bash\n(.*?)\n```", text, re.S)
+    assert len(commands) >= 2 and "distilflow run quickstart --local" in commands[0]
+    assert commands[1] in ci, "README's test command and .ci/run disagree"
+
+
 # --- images ----------------------------------------------------------------------------------
 
 
