@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from distilflow.outputs import COUNT, METRIC
 from distilflow.teachers.config import TeacherConfig
-from distilflow.training.fields import TrainingConfig
+from distilflow.training.fields import TrainingConfig, TrainingResult
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri")
@@ -136,19 +136,11 @@ class RewardConfig(TrainingConfig):
         return self
 
 
-class RewardResult(BaseModel):
+class RewardResult(TrainingResult):
     """What a `reward` run produced (stored in its manifest, returned again on a rerun)."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_uri: str = Field(
         description="Folder of the reward model (sequence classification, one label) and tokenizer"
-    )
-    first_loss: float | None = Field(
-        description="Pairwise loss at the first logged step", json_schema_extra=METRIC
-    )
-    final_loss: float | None = Field(
-        description="Pairwise loss at the last logged step", json_schema_extra=METRIC
     )
     train_accuracy_before: float = Field(
         description="Pairwise accuracy on the training pairs before training", json_schema_extra=METRIC
@@ -160,7 +152,6 @@ class RewardResult(BaseModel):
         description="Fraction of held-out pairs scored chosen > rejected; null when nothing was held out",
         json_schema_extra=METRIC,
     )
-    steps: int = Field(description="Optimizer steps taken", json_schema_extra=METRIC)
     rows_used: int = Field(description="Pairs trained on", json_schema_extra=COUNT)
     rows_heldout: int = Field(description="Pairs held out for accuracy", json_schema_extra=COUNT)
     rows_dropped: int = Field(
@@ -222,8 +213,5 @@ class RewardResult(BaseModel):
         None,
         description="Mean probability the judge gave the answer shown first (0.5 = no position bias)",
         json_schema_extra=METRIC,
-    )
-    resumed_from_step: int | None = Field(
-        None, description="Step of the checkpoint this run continued from; None when it started at step 0"
     )
     seed: int = Field(0, description="The seed used for the head init, split and data order")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from distilflow.outputs import COUNT, METRIC
-from distilflow.training.fields import RESUME_NEUTRAL, TrainingConfig
+from distilflow.training.fields import RESUME_NEUTRAL, TrainingConfig, TrainingResult
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "model", "reward_model_uri", "difficulty_uri")
@@ -185,10 +185,8 @@ class RlConfig(TrainingConfig):
         return {name: found[name] for name in REWARD_TERMS if name in found}
 
 
-class RlResult(BaseModel):
+class RlResult(TrainingResult):
     """What an `rl` run produced (stored in its manifest, returned again on a rerun)."""
-
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_uri: str = Field(description="Folder of the trained policy and tokenizer (Hugging Face format)")
     first_reward: float | None = Field(
@@ -203,7 +201,6 @@ class RlResult(BaseModel):
     final_loss: float | None = Field(
         description="GRPO loss at the last logged step", json_schema_extra=METRIC
     )
-    steps: int = Field(description="Optimizer steps taken", json_schema_extra=METRIC)
     problems_used: int = Field(
         description="Problems with a reference answer trained on", json_schema_extra=COUNT
     )
@@ -237,7 +234,4 @@ class RlResult(BaseModel):
         0, description="Problems whose CD came from difficulty_uri", json_schema_extra=COUNT
     )
     rollouts: str = Field("transformers", description="What generated the completions: vllm or transformers")
-    resumed_from_step: int | None = Field(
-        None, description="Step of the checkpoint this run continued from; None when it started at step 0"
-    )
     seed: int = Field(0, description="The seed used for sampling and data order", json_schema_extra=METRIC)

@@ -1,5 +1,6 @@
-"""Config fields shared by the training stages (sft, dpo, reward, rl): plain pydantic fields and their
-cross-checks, no behaviour. This is the only module of ``distilflow.training`` a config module imports.
+"""Config and result fields shared by the training stages (sft, dpo, reward, rl): plain pydantic fields
+and their cross-checks, no behaviour. This is the only module of ``distilflow.training`` a config
+module imports.
 
 ``TrainingConfig`` is the base of the four stage configs (as TRL's ``*Config`` classes inherit
 ``TrainingArguments``): the optimisation settings every stage has, plus processes, sharding and
@@ -7,16 +8,20 @@ checkpoints (``ScaleAndCheckpointFields``) and where the training runs (``Launch
 config redeclares a field only where its default or meaning differs. Fields that do not change what
 is trained (how often to log or checkpoint, where a job is submitted) say so with
 ``json_schema_extra=RESUME_NEUTRAL``: changing them does not prevent resuming from a checkpoint.
+
+``TrainingResult`` is the base of their results (the model, the losses, steps, resume step, seed) and
+``RowCounts`` what sft and dpo did with the rows they read.
 """
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distilflow.config import BaseConfig
 from distilflow.launch.dlc import DlcSettings
+from distilflow.outputs import COUNT, METRIC
 
 RESUME_NEUTRAL: dict[str, Any] = {"resume_neutral": True}
 """``json_schema_extra`` of a field that does not change what is trained (see ``resume_neutral``)."""
@@ -189,3 +194,39 @@ class TrainingConfig(LauncherFields, ScaleAndCheckpointFields):
                 "max_steps=0 trains nothing; use -1 (train num_train_epochs) or a positive count"
             )
         return self
+
+
+class TrainingResult(BaseModel):
+    """The base of the training stages' results (stored in the manifest, returned again on a rerun)."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model_uri: str = Field(description="Folder of the trained model and tokenizer (Hugging Face format)")
+    first_loss: float | None = Field(
+        description="The stage's training loss at the first logged step", json_schema_extra=METRIC
+    )
+    final_loss: float | None = Field(
+        description="The stage's training loss at the last logged step", json_schema_extra=METRIC
+    )
+    steps: int = Field(description="Optimizer steps taken", json_schema_extra=METRIC)
+    resumed_from_step: int | None = Field(
+        None, description="Step of the checkpoint this run continued from; None when it started at step 0"
+    )
+    seed: int = Field(0, description="The seed the run used", json_schema_extra=METRIC)
+
+
+class RowCounts(BaseModel):
+    """What a stage did with the rows (examples, pairs) it read: a block of its result."""
+
+    rows_read: int = Field(
+        0, description="Rows read from data_uri (before any was rejected or dropped)", json_schema_extra=COUNT
+    )
+    rows_used: int = Field(description="Rows trained on", json_schema_extra=COUNT)
+    rows_dropped: int = Field(
+        description="Rows dropped for exceeding max_length tokens", json_schema_extra=COUNT
+    )
+    rows_rejected: int = Field(
+        0,
+        description="Rows rejected because their messages hold chat-template control tokens",
+        json_schema_extra=COUNT,
+    )
