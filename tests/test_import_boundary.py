@@ -1,5 +1,6 @@
-"""Importing the SDK, components and pipelines, compiling every pipeline and the CLI's help
-must not load torch, transformers, trl, vllm or deepspeed (they live in the stage images)."""
+"""Importing the SDK (every package: client, teachers and their backends, training, launch), the
+components and pipelines, compiling every pipeline and the CLI's help must not load torch,
+transformers, trl, vllm or deepspeed (they live in the stage images)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,11 @@ HEAVY = ("torch", "transformers", "trl", "vllm", "deepspeed", "peft", "accelerat
 
 SCRIPT = """
 import sys, tempfile, os
-import distilflow, distilflow.client, distilflow.client.cli, distilflow.teachers, distilflow.teachers.openai, distilflow.teachers.transformers, distilflow.teachers.vllm, distilflow.records, distilflow.models
+import distilflow, distilflow.client.cli, distilflow.client.local, distilflow.client.remote, distilflow.records, distilflow.models
+import distilflow.teachers.openai, distilflow.teachers.transformers, distilflow.teachers.vllm, distilflow.teachers.cached
+import distilflow.training.fields, distilflow.training.data, distilflow.training.arguments, distilflow.training.callbacks
+import distilflow.training.checkpointing, distilflow.training.report, distilflow.training.save
+import distilflow.launch.torchrun, distilflow.launch.trainjob, distilflow.launch.dlc
 from distilflow.components import STAGES, load_component, load_config_class
 from distilflow.pipelines import PIPELINES
 from distilflow.client.pipelines import compile_pipeline

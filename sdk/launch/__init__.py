@@ -2,7 +2,8 @@
 
 - ``torchrun``: on this node, one process per GPU (the stage starts itself under torchrun);
 - ``trainjob``: on many nodes, a Kubeflow Trainer ``TrainJob`` (the ``kubeflow`` SDK);
-- ``dlc``: on many nodes, an Alibaba Cloud PAI-DLC job (with ``aliyun``, the shared API settings).
+- ``dlc``: on many nodes, an Alibaba Cloud PAI-DLC job; ``aliyun`` holds the Alibaba Cloud API
+  settings it shares with the deploy stage's PAI-EAS target.
 
 Each ``launch(stage, config)`` returns the result the stage wrote to ``config.output_uri``;
 ``dispatch`` picks the job launcher a config's ``launcher`` names.
