@@ -21,6 +21,7 @@ from typing import Any
 
 from distilflow import uri as uris
 from distilflow.errors import ConfigError, DistilflowError
+from distilflow.kube_status import status_message
 from distilflow.outputs import StageOutput, require_complete
 
 CONFIG_FILE = "trainjob-config.yaml"
@@ -131,19 +132,9 @@ def submit(
     except ApiException as exc:
         raise DistilflowError(
             f"{stage}: the cluster refused TrainJob {backend.namespace}/{name} (HTTP {exc.status}): "
-            f"{_status_message(exc)}"
+            f"{status_message(exc)}"
         ) from None
     return name
-
-
-def _status_message(exc: Any) -> str:
-    """The ``message`` of a Kubernetes ``Status`` error body (else the body or reason as it came)."""
-    import json
-
-    try:
-        return str(json.loads(exc.body).get("message") or exc.body)
-    except (TypeError, ValueError, AttributeError):
-        return str(exc.body or exc.reason)
 
 
 def _client(namespace: str | None, config_file: str | None) -> Any:

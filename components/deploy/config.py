@@ -55,9 +55,12 @@ class KServeConfig(BaseConfig):
         "secretKeyRef); the manifest names the Secret, never the key",
     )
     api_key_secret_key: str = Field("api-key", description="Key inside api_key_secret that holds the API key")
-    deployment_mode: Literal["Serverless", "RawDeployment"] = Field(
-        "Serverless",
-        description="serving.kserve.io/deploymentMode; canary rollout needs Serverless (Knative revisions)",
+    deployment_mode: Literal["RawDeployment", "Serverless"] = Field(
+        "RawDeployment",
+        description="serving.kserve.io/deploymentMode. RawDeployment (KServe >= 0.16 names it Standard): a "
+        "Deployment; nodeSelector and tolerations work without cluster settings. Serverless (Knative): "
+        "canary rollouts; a node selector or tolerations need Knative's kubernetes.podspec-nodeselector / "
+        "kubernetes.podspec-tolerations flags (checked before applying). Fixed once the service exists",
     )
     canary_traffic_percent: int = Field(
         10,
