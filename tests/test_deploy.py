@@ -836,3 +836,71 @@ def test_kserve_deployment_mode_of_an_existing_service_is_not_changed(
     ):
         run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d2"), kserve=serverless, **common))
     assert {"PUT", "PATCH"}.isdisjoint(fake_kserve.methods())
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "gpus", "tp", "error"),
+    [
+        ("ecs.gn7i-c16g1.4xlarge", 2, None, "gpus=2 but eas.instance_type=ecs.gn7i-c16g1.4xlarge has 1 GPU"),
+        (
+            "ecs.gn7i-c32g1.32xlarge",
+            1,
+            None,
+            "gpus=1 but eas.instance_type=ecs.gn7i-c32g1.32xlarge has 4 GPU",
+        ),
+        (
+            "ecs.gn6v-c8g1.16xlarge",
+            8,
+            16,
+            "tensor_parallel_size=16 exceeds the 8 GPU(s) of ecs.gn6v-c8g1.16xlarge",
+        ),
+        ("ml.gu7i-c64m376.2-gu30", 2, 2, None),
+        ("ecs.gn7e-c16g1.32xlarge", 8, 4, None),
+    ],
+)
+def test_eas_gpus_must_match_the_instance_type(instance_type, gpus, tp, error):
+    """gpus is the GPUs of one replica (vLLM's tensor parallel size follows it): on the public resource
+    group it must be the instance type's GPU count where distilflow knows it."""
+    fields = {
+        "output_uri": "o",
+        "model": EAS_MODEL,
+        "target": "pai-eas",
+        "service_name": "qwen3_student",
+        "gpus": gpus,
+        "tensor_parallel_size": tp,
+        "eas": {"instance_type": instance_type},
+    }
+    if error is None:
+        assert DeployConfig.from_dict(fields).gpus == gpus
+        return
+    with pytest.raises(ConfigError) as err:
+        DeployConfig.from_dict(fields)
+    assert error in str(err.value)
+    # a dedicated resource group asks for metadata.gpu itself: no instance type to compare with
+    DeployConfig.from_dict(
+        {
+            **fields,
+            "tensor_parallel_size": None,
+            "eas": {"instance_type": instance_type, "resource": "eas-r-1"},
+        }
+    )
+
+
+def test_eas_says_what_it_assumes_about_an_unknown_instance_type(eas_env, tmp_path, capsys):
+    cfg = _cluster_config(
+        "pai-eas",
+        EAS_MODEL,
+        str(tmp_path / "d1"),
+        dry_run=True,
+        gpus=2,
+        eas={"instance_type": "ecs.gn8is.4xlarge"},
+    )
+    run(cfg)
+    out = capsys.readouterr().out
+    assert "instance type ecs.gn8is.4xlarge is not in distilflow's GPU table: gpus=2 is assumed" in out
+    run(
+        _cluster_config("pai-eas", EAS_MODEL, str(tmp_path / "d2"), dry_run=True, eas={"resource": "eas-r-1"})
+    )
+    assert "dedicated resource group eas-r-1: each replica asks for metadata.gpu=1" in capsys.readouterr().out
+    run(_cluster_config("pai-eas", EAS_MODEL, str(tmp_path / "d3"), dry_run=True))  # a known type: no note
+    assert "note:" not in capsys.readouterr().out

@@ -99,7 +99,9 @@ class EasConfig(AliyunApiFields):
     )
     instance_type: str = Field(
         "ecs.gn7i-c16g1.4xlarge",
-        description="ECS instance type on the public resource group (cloud.computing.instances[0].type)",
+        description="ECS instance type on the public resource group (cloud.computing.instances[0].type); "
+        "deploy.gpus must equal its GPU count where distilflow knows it (eas_instances.GPUS), else it is "
+        "assumed to",
     )
     instances: int = Field(1, ge=1, description="Number of service instances (metadata.instance)")
     cpu: int | None = Field(None, ge=1, description="metadata.cpu on a dedicated resource group")
@@ -230,6 +232,12 @@ class DeployConfig(BaseConfig):
                 f"{' or '.join(s + '://' for s in wanted)}, not a {scheme} path the cluster cannot read; "
                 "set sft.output_uri to object storage or upload the folder"
             )
+        if self.target == "pai-eas" and not self.eas.resource:
+            from distilflow.components.deploy.eas_instances import mismatch
+
+            problem = mismatch(self.eas.instance_type, self.gpus, self.tensor_parallel_size)
+            if problem:
+                problems.append(problem)
         if self.tensor_parallel_size and self.gpus and self.tensor_parallel_size > self.gpus:
             problems.append(
                 f"tensor_parallel_size={self.tensor_parallel_size} exceeds gpus={self.gpus}; raise gpus"
