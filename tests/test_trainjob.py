@@ -382,3 +382,19 @@ def test_the_trainer_webhook_refuses_env_in_a_node_runtime_patch(cluster, tmp_pa
 def test_torchrun_reserved_variables_are_refused_in_the_config(tmp_path):
     with pytest.raises(Exception, match=r"\['PET_NNODES'\].*torchrun"):
         make_config(tmp_path, secret_env={"PET_NNODES": "s/k"})
+
+
+def test_a_refused_trainjob_fails_the_step_with_the_servers_message(cluster, tmp_path, monkeypatch):
+    """The apiserver's or webhook's own message reaches the step's error (the SDK's create call would
+    say only "Failed to create TrainJob")."""
+    from distilflow import trainjob
+
+    fake = cluster(finished_job)
+    monkeypatch.setenv("PET_MASTER_PORT", "29500")
+    with pytest.raises(DistilflowError) as err:  # env= bypasses the config's own check on purpose
+        trainjob.launch("sft", make_config(tmp_path), env=["PET_MASTER_PORT"], poll_interval=0.01)
+    message = str(err.value)
+    assert message.startswith("sft: the cluster refused TrainJob team-a/sft-") and "(HTTP 403)" in message
+    assert 'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request' in message
+    assert message.endswith("must not have reserved envs, invalid envs configured: [PET_MASTER_PORT]")
+    assert fake.jobs == {}
