@@ -55,9 +55,12 @@ class KServeConfig(BaseConfig):
         "secretKeyRef); the manifest names the Secret, never the key",
     )
     api_key_secret_key: str = Field("api-key", description="Key inside api_key_secret that holds the API key")
-    deployment_mode: Literal["Serverless", "RawDeployment"] = Field(
-        "Serverless",
-        description="serving.kserve.io/deploymentMode; canary rollout needs Serverless (Knative revisions)",
+    deployment_mode: Literal["RawDeployment", "Serverless"] = Field(
+        "RawDeployment",
+        description="serving.kserve.io/deploymentMode. RawDeployment (KServe >= 0.16 names it Standard): a "
+        "Deployment; nodeSelector and tolerations work without cluster settings. Serverless (Knative): "
+        "canary rollouts; a node selector or tolerations need Knative's kubernetes.podspec-nodeselector / "
+        "kubernetes.podspec-tolerations flags (checked before applying). Fixed once the service exists",
     )
     canary_traffic_percent: int = Field(
         10,
@@ -96,7 +99,9 @@ class EasConfig(AliyunApiFields):
     )
     instance_type: str = Field(
         "ecs.gn7i-c16g1.4xlarge",
-        description="ECS instance type on the public resource group (cloud.computing.instances[0].type)",
+        description="ECS instance type on the public resource group (cloud.computing.instances[0].type); "
+        "deploy.gpus must equal its GPU count where distilflow knows it (eas_instances.GPUS), else it is "
+        "assumed to",
     )
     instances: int = Field(1, ge=1, description="Number of service instances (metadata.instance)")
     cpu: int | None = Field(None, ge=1, description="metadata.cpu on a dedicated resource group")
@@ -227,6 +232,12 @@ class DeployConfig(BaseConfig):
                 f"{' or '.join(s + '://' for s in wanted)}, not a {scheme} path the cluster cannot read; "
                 "set sft.output_uri to object storage or upload the folder"
             )
+        if self.target == "pai-eas" and not self.eas.resource:
+            from distilflow.components.deploy.eas_instances import mismatch
+
+            problem = mismatch(self.eas.instance_type, self.gpus, self.tensor_parallel_size)
+            if problem:
+                problems.append(problem)
         if self.tensor_parallel_size and self.gpus and self.tensor_parallel_size > self.gpus:
             problems.append(
                 f"tensor_parallel_size={self.tensor_parallel_size} exceeds gpus={self.gpus}; raise gpus"

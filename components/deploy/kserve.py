@@ -5,10 +5,20 @@ KServe's storage initializer download the model to ``/mnt/models`` (storage cred
 Secrets of ``kserve.service_account_name``). The API key, when asked for, reaches vLLM by
 ``secretKeyRef``: the manifest names the Secret, never the key.
 
-Apply is create-or-patch (a JSON merge patch, never delete + create). On an update in Serverless mode
-the new revision first gets ``canaryTrafficPercent`` of the traffic; once it is Ready and passed the
-smoke test the field is removed (the documented promotion), and if it fails the field is set to 0, so
-the previous revision serves all traffic again.
+Apply is create-or-replace, never delete + create. An update replaces the object (PUT with the
+``resourceVersion`` it was read at), so its spec afterwards is exactly the spec a fresh create would
+have: a field dropped from the config (a node selector, the service account) is gone, not merged
+over. Labels, annotations and finalizers other tools set are kept; distilflow's own are rewritten.
+Writes go with ``fieldValidation=Strict``: a field the server's CRD lacks fails the step instead of
+being dropped.
+
+Deployment modes (``kserve.deployment_mode``): RawDeployment (the default; KServe >= 0.16 calls it
+Standard) runs a Deployment and honours nodeSelector/tolerations with no cluster setting. Serverless
+(Knative) gives canary rollouts: on an update the new revision first gets ``canaryTrafficPercent``
+of the traffic; once it is Ready and passed the smoke test the field is removed (the documented
+promotion), and if it fails the field is set to 0, so the previous revision serves all traffic
+again. Serverless with a node selector or tolerations needs Knative feature flags, checked before
+applying (``knative.py``). The mode of an existing service cannot change (KServe refuses it).
 """
 
 from __future__ import annotations
@@ -21,12 +31,18 @@ from typing import Any
 from distilflow.components.deploy.config import DeployConfig
 from distilflow.components.deploy.vllm_server import VLLM_MODULE, server_image, vllm_args
 from distilflow.errors import BackendError
+from distilflow.launch.kube_status import status_message
 
 GROUP, VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 CONTAINER = "kserve-container"
 PORT = 8080
 MODEL_DIR = "/mnt/models"
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
+MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+MANAGED_ANNOTATIONS = (MODE_ANNOTATION, "serving.kserve.io/enable-tag-routing")
+"""Annotations distilflow sets; on an update they are rewritten (dropped when the new manifest lacks them)."""
+MODE_NAMES = {"RawDeployment": "Standard", "Serverless": "Knative"}
+"""KServe >= 0.16 stores the deprecated mode names under their new names."""
 
 
 def render(config: DeployConfig, thinking: bool) -> dict[str, Any]:
@@ -68,7 +84,7 @@ def render(config: DeployConfig, thinking: bool) -> dict[str, Any]:
     if k.shm_size:
         container["volumeMounts"] = [{"name": "dshm", "mountPath": "/dev/shm"}]
         predictor["volumes"] = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": k.shm_size}}]
-    annotations = {"serving.kserve.io/deploymentMode": k.deployment_mode}
+    annotations = {MODE_ANNOTATION: k.deployment_mode}
     if k.deployment_mode == "Serverless":
         # A "latest" tag URL reaches the new revision alone, so a canary is smoke-tested before promotion.
         annotations["serving.kserve.io/enable-tag-routing"] = "true"
@@ -119,10 +135,13 @@ class KServeDeployment:
         try:
             return fn(GROUP, VERSION, self.namespace, PLURAL, *args, **kwargs)
         except ApiException as exc:
-            hint = " (is KServe installed? kubectl get crd inferenceservices.serving.kserve.io)"
+            hint = ""
+            if exc.status == 404:
+                hint = " (is KServe installed? kubectl get crd inferenceservices.serving.kserve.io)"
+            elif exc.status == 409 and what == "replace":
+                hint = "; it changed while this step was updating it: rerun the step"
             raise BackendError(
-                f"{self.where}: {what} failed with HTTP {exc.status}: {exc.body or exc.reason}"
-                + (hint if exc.status == 404 else "")
+                f"{self.where}: {what} failed with HTTP {exc.status}: {status_message(exc)}{hint}"
             ) from None
 
     def get(self) -> dict[str, Any] | None:
@@ -138,29 +157,53 @@ class KServeDeployment:
             ) from None
 
     def apply(self, manifest: dict[str, Any]) -> dict[str, Any]:
-        """Create the service, or patch the existing one (with a canary step in Serverless mode)."""
+        """Create the service, or replace the existing one's spec (with a canary step in Serverless mode)."""
+        from distilflow.components.deploy import knative
+
+        k = self.config.kserve
+        if k.deployment_mode == "Serverless":
+            from kubernetes import client
+
+            knative.check(client.CoreV1Api(self.api.api_client), manifest["spec"]["predictor"])
         existing = self.get()
         if existing is None:
             print(f"[deploy] creating {self.where}", flush=True)
-            return self._call("create", self.api.create_namespaced_custom_object, manifest)
+            return self._call(
+                "create", self.api.create_namespaced_custom_object, manifest, field_validation="Strict"
+            )
+        self._same_mode(existing)
         predictor = (existing.get("status", {}).get("components") or {}).get("predictor") or {}
         self.previous_revision = predictor.get("latestReadyRevision") or predictor.get(
             "latestRolledoutRevision"
         )
-        body = copy.deepcopy(manifest)
-        k = self.config.kserve
         self.canary = (
             bool(self.previous_revision)
             and k.deployment_mode == "Serverless"
             and k.canary_traffic_percent < 100
         )
-        # canaryTrafficPercent null = all traffic to the new revision when there is no canary step
-        body["spec"]["predictor"]["canaryTrafficPercent"] = k.canary_traffic_percent if self.canary else None
+        body = replacement(existing, manifest)
+        if self.canary:
+            body["spec"]["predictor"]["canaryTrafficPercent"] = k.canary_traffic_percent
         step = f" with {k.canary_traffic_percent}% canary traffic" if self.canary else ""
         print(
             f"[deploy] updating {self.where} (previous revision {self.previous_revision}){step}", flush=True
         )
-        return self._call("patch", self.api.patch_namespaced_custom_object, self.name, body)
+        return self._call(
+            "replace", self.api.replace_namespaced_custom_object, self.name, body, field_validation="Strict"
+        )
+
+    def _same_mode(self, existing: dict[str, Any]) -> None:
+        """KServe refuses to change the deployment mode of an existing service: say so before trying."""
+        wanted = self.config.kserve.deployment_mode
+        stored = (existing.get("status") or {}).get("deploymentMode") or (
+            (existing.get("metadata") or {}).get("annotations") or {}
+        ).get(MODE_ANNOTATION)
+        if stored and MODE_NAMES.get(stored, stored) != MODE_NAMES[wanted]:
+            raise BackendError(
+                f"{self.where} runs in deployment mode {stored} and KServe cannot change the mode of an existing "
+                f"service to {wanted}; set kserve.deployment_mode to its mode, or deploy under another "
+                "service_name (or delete the old service first)"
+            )
 
     def wait_ready(self, generation: int | None) -> dict[str, Any]:
         """Poll until Ready for ``generation`` with its latest revision ready; fail on a failed load."""
@@ -215,6 +258,23 @@ class KServeDeployment:
             f"rolled back: the previous revision {self.previous_revision} serves all traffic "
             "(canaryTrafficPercent=0); the failed revision is kept for inspection"
         )
+
+
+def replacement(existing: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
+    """The object that replaces ``existing``: the manifest's spec as it stands (nothing merged from the old
+    spec), the existing metadata (``resourceVersion``, finalizers, others' labels and annotations) with
+    distilflow's labels and annotations rewritten."""
+    old = existing.get("metadata") or {}
+    meta = {k: copy.deepcopy(v) for k, v in old.items() if k != "managedFields"}
+    annotations = {k: v for k, v in (old.get("annotations") or {}).items() if k not in MANAGED_ANNOTATIONS}
+    meta["annotations"] = {**annotations, **manifest["metadata"].get("annotations", {})}
+    meta["labels"] = {**(old.get("labels") or {}), **manifest["metadata"].get("labels", {})}
+    return {
+        "apiVersion": manifest["apiVersion"],
+        "kind": manifest["kind"],
+        "metadata": meta,
+        "spec": copy.deepcopy(manifest["spec"]),
+    }
 
 
 def urls(obj: dict[str, Any], smoke_via: str, canary: bool) -> tuple[str, str]:

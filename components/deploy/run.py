@@ -316,9 +316,14 @@ def run_cluster(config: DeployConfig, out: StageOutput) -> DeployResult:
         manifest = kserve.render(config, thinking)
         uris.write_text(out.path(manifest_name), yaml.safe_dump(manifest, sort_keys=False))
     else:
+        from distilflow.components.deploy.eas_instances import assumption
+
         manifest_name = EAS_DESCRIPTION
         manifest = eas.render(config, thinking)
         uris.write_text(out.path(manifest_name), json.dumps(manifest, indent=2))
+        note = assumption(config.eas.instance_type, config.eas.resource, config.gpus)
+        if note:
+            print(f"[{STAGE}] note: {note}", flush=True)
     print(f"[{STAGE}] wrote {out.path(manifest_name)}", flush=True)
     result = DeployResult(
         endpoint_url="",

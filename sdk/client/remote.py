@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
+from distilflow.client import kfp_lookup
 from distilflow.client.arguments import pipeline_parameters, pipeline_spec_doc, run_arguments
 from distilflow.client.auth import TOKEN_ENVS, read_token, resolve_token
 from distilflow.client.pipelines import compile_pipeline, list_pipelines
@@ -202,18 +203,25 @@ class Client:
         return compile_pipeline(name, package_path)
 
     def _pipeline_id(self, name: str) -> str | None:
-        return self._call(f"look up pipeline {name}", self.kfp.get_pipeline_id, name)
+        """The id of pipeline ``name`` in this client's namespace (display_name filter, answer checked)."""
+        found = self._call(
+            f"look up pipeline {name}",
+            self.kfp.list_pipelines,
+            filter=kfp_lookup.name_filter(name),
+            namespace=self.namespace,
+            page_size=10,
+        )
+        pipe = kfp_lookup.pick("pipeline", name, found.pipelines, self.host)
+        return pipe.pipeline_id if pipe is not None else None
 
     def _version(self, pipeline_id: str, version: str) -> Any:
-        flt = json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": version}]})
         found = self._call(
             f"look up version {version}",
             self.kfp.list_pipeline_versions,
             pipeline_id=pipeline_id,
-            filter=flt,
+            filter=kfp_lookup.name_filter(version),
         )
-        versions = [v for v in (found.pipeline_versions or []) if v.display_name == version]
-        return versions[0] if versions else None
+        return kfp_lookup.pick("pipeline version", version, found.pipeline_versions, self.host)
 
     def _newest_version(self, pipeline_id: str) -> Any:
         found = self._call(
@@ -248,7 +256,7 @@ class Client:
                     description=description,
                     namespace=self.namespace,
                 )
-                pipeline_id = pipe.pipeline_id
+                pipeline_id = kfp_lookup.check_named("pipeline", name, pipe, self.host).pipeline_id
                 if version is None:  # the backend names the first version after the pipeline
                     first = self._version(pipeline_id, name)
                     return self._uploaded(name, pipeline_id, first, created=True)
@@ -273,6 +281,7 @@ class Client:
                 pipeline_id=pipeline_id,
                 description=description,
             )
+            kfp_lookup.check_named("pipeline version", version, ver, self.host)
         return self._uploaded(name, pipeline_id, ver, created=created)
 
     def _uploaded(self, name: str, pipeline_id: str, ver: Any, created: bool, new: bool = True) -> Uploaded:
@@ -317,12 +326,7 @@ class Client:
                 )
             spec = pipeline_spec_doc(ver.pipeline_spec or {})
             args = run_arguments(name, pipeline_parameters(spec), config_file, overrides, output_uri)
-            exp = self._call(
-                f"create experiment {experiment}",
-                self.kfp.create_experiment,
-                experiment,
-                namespace=self.namespace,
-            )
+            exp = self._experiment(experiment)
             run = self._call(
                 f"submit {name} {version}",
                 self.kfp.run_pipeline,
@@ -344,10 +348,17 @@ class Client:
                 package,
                 arguments=args,
                 run_name=run_name,
-                experiment_name=experiment,
+                experiment_id=self._experiment(experiment).experiment_id,
                 namespace=self.namespace,
             )
         return self._status(result.run_info)
+
+    def _experiment(self, name: str) -> Any:
+        """Experiment ``name`` in this client's namespace, made if missing; one of another name is refused."""
+        exp = self._call(
+            f"create experiment {name}", self.kfp.create_experiment, name, namespace=self.namespace
+        )
+        return kfp_lookup.check_named("experiment", name, exp, self.host)
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the KFP UI."""

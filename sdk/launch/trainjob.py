@@ -6,7 +6,8 @@ output, submits a TrainJob (trainer.kubeflow.org/v1alpha1) that references a (Cl
 ``torchrun --no-python distilflow stage STAGE --config <uri>`` (torchrun takes the node count, rank
 and rendezvous from the ``PET_*`` variables the Trainer's torch plugin sets), streams node-0's log,
 waits for the job to complete or fail, and reads the result back from the finished output's manifest.
-Secrets travel as ``secretKeyRef`` references only, never as values.
+Secrets travel as ``spec.trainer.env[].valueFrom.secretKeyRef`` references only, never as values.
+Supported Kubeflow Trainer versions and the check made before submitting: ``distilflow.launch.trainer_version``.
 
 The same function serves every stage with ``launcher``/``nodes``/``gpus_per_node`` fields (sft, dpo,
 reward, rl). It imports neither torch nor the stage's training code.
@@ -20,6 +21,7 @@ from typing import Any
 
 from distilflow import uri as uris
 from distilflow.errors import ConfigError, DistilflowError
+from distilflow.launch.kube_status import status_message
 from distilflow.outputs import StageOutput, require_complete
 
 CONFIG_FILE = "trainjob-config.yaml"
@@ -86,6 +88,53 @@ def secret_refs(secret_env: dict[str, str]) -> list[dict[str, Any]]:
         secret, _, key = ref.partition("/")
         refs.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": key}}})
     return refs
+
+
+def submit(
+    client: Any, stage: str, runtime: str, trainer: Any, command: list[str], secret_env: dict[str, str]
+) -> str:
+    """Create the TrainJob and return its name; the server's refusal becomes a DistilflowError naming it.
+
+    The body is the kubeflow SDK's (``get_trainer_cr_from_custom_trainer`` on the runtime it looks up)
+    plus the command and the secrets as ``spec.trainer.env[].valueFrom.secretKeyRef``, the path every
+    Trainer 2.x accepts (a ``runtimePatches`` env on the node container is refused by Trainer >= 2.2).
+    It is sent with ``fieldValidation=Strict``, so a field the server does not know fails the request
+    instead of being dropped.
+    """
+    import uuid
+
+    from kubeflow.trainer.backends.kubernetes import utils as sdk_utils
+    from kubeflow_trainer_api import models
+    from kubernetes.client.exceptions import ApiException
+
+    found = client.get_runtime(runtime)
+    spec = sdk_utils.get_trainer_cr_from_custom_trainer(found, trainer)
+    spec.command = command
+    spec.env = list(spec.env or []) + [
+        models.IoK8sApiCoreV1EnvVar.from_dict(e) for e in secret_refs(secret_env)
+    ]
+    name = f"{stage}-{uuid.uuid4().hex[:12]}"
+    job = models.TrainerV1alpha1TrainJob(
+        apiVersion=f"{GROUP}/{VERSION}",
+        kind="TrainJob",
+        metadata=models.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
+            name=name, labels={"distilflow.io/stage": stage}
+        ),
+        spec=models.TrainerV1alpha1TrainJobSpec(
+            runtimeRef=models.TrainerV1alpha1RuntimeRef(name=found.name, kind=found.kind.value), trainer=spec
+        ),
+    )
+    backend = client.backend
+    try:
+        backend.custom_api.create_namespaced_custom_object(
+            GROUP, VERSION, backend.namespace, PLURAL, job.to_dict(), field_validation="Strict"
+        )
+    except ApiException as exc:
+        raise DistilflowError(
+            f"{stage}: the cluster refused TrainJob {backend.namespace}/{name} (HTTP {exc.status}): "
+            f"{status_message(exc)}"
+        ) from None
+    return name
 
 
 def _client(namespace: str | None, config_file: str | None) -> Any:
@@ -171,15 +220,17 @@ def launch(
 
     from kubeflow.trainer import CustomTrainerContainer
 
+    from distilflow.launch import trainer_version
+
     client = _client(namespace, kubeconfig)
-    options = job_options(stage, config_uri, secrets)
+    trainer_version.check(client.backend.core_api)
     trainer = CustomTrainerContainer(
         image=image or stage_image(stage),
         num_nodes=nodes,
         resources_per_node={"gpu": gpus} if gpus else None,
         env=plain or None,
     )
-    name = client.train(runtime=runtime, trainer=trainer, options=options)
+    name = submit(client, stage, runtime, trainer, job_command(stage, config_uri), secrets)
     where = f"{client.backend.namespace}/{name}"
     print(
         f"[{stage}] submitted TrainJob {where}: {nodes} node(s) x {gpus} GPU(s), runtime {runtime}, "
@@ -189,41 +240,6 @@ def launch(
 
     follow(stage, client, name, poll_interval, timeout)
     return job_result(stage, local, f"TrainJob {where}")
-
-
-def job_options(stage: str, config_uri: str, secrets: dict[str, str]) -> list[Any]:
-    """The TrainJob's options: every node's command, the stage label, and the secret references
-    patched into the node container of the runtime's job template."""
-    from kubeflow.trainer.options import (
-        ContainerPatch,
-        JobSetSpecPatch,
-        JobSetTemplatePatch,
-        JobSpecPatch,
-        JobTemplatePatch,
-        Labels,
-        PodSpecPatch,
-        PodTemplatePatch,
-        ReplicatedJobPatch,
-        RuntimePatch,
-        TrainerCommand,
-        TrainingRuntimeSpecPatch,
-    )
-
-    options: list[Any] = [
-        TrainerCommand(command=job_command(stage, config_uri)),
-        Labels(labels={"distilflow.io/stage": stage}),
-    ]
-    if secrets:
-        container = ContainerPatch(name=NODE_CONTAINER, env=secret_refs(secrets))
-        pod = PodTemplatePatch(spec=PodSpecPatch(containers=[container]))
-        rjob = ReplicatedJobPatch(
-            name=NODE_CONTAINER, template=JobTemplatePatch(spec=JobSpecPatch(template=pod))
-        )
-        spec = TrainingRuntimeSpecPatch(
-            template=JobSetTemplatePatch(spec=JobSetSpecPatch(replicated_jobs=[rjob]))
-        )
-        options.append(RuntimePatch(training_runtime_spec=spec))
-    return options
 
 
 def follow(stage: str, client: Any, name: str, poll_interval: float, timeout: float) -> None:

@@ -99,6 +99,10 @@ class ScaleAndCheckpointFields(BaseConfig):
         return self
 
 
+TORCHRUN_ENVS = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT")
+"""Kubeflow Trainer's ``TorchRunReservedEnvNames`` (pkg/constants/constants.go, v2.2-v2.3)."""
+
+
 class LauncherFields(BaseConfig):
     """Config fields of a training stage that can run elsewhere than in its own pod: a Kubeflow Trainer
     ``TrainJob`` (``distilflow.launch.trainjob``) or an Alibaba Cloud PAI-DLC job (``distilflow.launch.dlc``) of
@@ -138,7 +142,7 @@ class LauncherFields(BaseConfig):
         default_factory=dict,
         description="With launcher=trainjob: environment variables of every node read from Kubernetes "
         "Secrets, NAME: secret-name/key (e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key); only the "
-        "reference goes into the TrainJob, never the value",
+        "reference goes into the TrainJob (spec.trainer.env[].valueFrom.secretKeyRef), never the value",
         json_schema_extra=RESUME_NEUTRAL,
     )
     dlc: DlcSettings = Field(
@@ -154,6 +158,12 @@ class LauncherFields(BaseConfig):
         if bad:
             raise ValueError(
                 f"secret_env values must be secret-name/key, got {bad}; e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key"
+            )
+        # Kubeflow Trainer's torch plugin refuses these in a TrainJob's env: its torchrun rendezvous sets them.
+        reserved = sorted((set(self.env) | set(self.secret_env)) & set(TORCHRUN_ENVS))
+        if reserved:
+            raise ValueError(
+                f"env/secret_env set {reserved}, which torchrun's rendezvous sets on every node; drop them"
             )
         return self
 

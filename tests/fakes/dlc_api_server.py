@@ -4,7 +4,9 @@
 ``GET /api/v1/jobs/{id}/pods/{pod}/logs`` (GetPodLogs). A job goes Creating -> Queuing -> Running
 and, at the ``finish_at``-th GetJob, calls ``on_finish(create_body)`` -- the test's stand-in for the
 nodes -- which returns None (Succeeded) or ``(reason_code, reason_message)`` (Failed). Node 0's log
-grows by one line per GetJob while Running. Every request is recorded (method, path, query,
+grows by one line per GetJob while Running. A CreateJob body is checked against the DLC API's
+model and CreateJob rules (``tests/dlc_request_schema.py``) and refused with DLC's 400
+``InvalidParameter`` when it breaks them. Every request is recorded (method, path, query,
 headers, body) for asserts.
 """
 
@@ -17,6 +19,7 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
+from tests.fakes import dlc_request_schema
 from tests.fakes.loopback import LoopbackHandler, LoopbackServer
 
 JOB = re.compile(r"^/api/v1/jobs/(?P<job>[^/]+)(?:/pods/(?P<pod>[^/]+)/logs)?$")
@@ -95,6 +98,9 @@ class FakeDlc(LoopbackServer):
                         }
                     )
                     if self.command == "POST" and url.path == "/api/v1/jobs":
+                        found = dlc_request_schema.problems(body)
+                        if found:
+                            return self._send(400, dlc_request_schema.error(found))
                         job_id = f"dlc{len(fake.jobs) + 1:010d}"
                         fake.jobs[job_id] = {
                             "JobId": job_id,

@@ -3,6 +3,8 @@
 ``POST /api/v2/services`` (CreateService), ``GET|PUT /api/v2/services/{cluster}/{name}``
 (DescribeService, UpdateService) and ``PUT .../version`` (UpdateServiceVersion). A new version turns
 Running after ``ready_after`` DescribeService polls; a version in ``failing_versions`` turns Failed.
+The service description of a create or update is checked against EAS's documented JSON parameters
+(``tests/eas_service_schema.py``) and refused with EAS's 400 ``InvalidParameter`` when it breaks them.
 Every request is recorded (method, path, headers, body) for asserts.
 """
 
@@ -14,6 +16,7 @@ import threading
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes import eas_service_schema
 from tests.fakes.loopback import LoopbackHandler, LoopbackServer
 
 SERVICE = re.compile(r"^/api/v2/services/(?P<cluster>[^/]+)/(?P<name>[^/]+)(?P<version>/version)?$")
@@ -69,6 +72,11 @@ class FakeEas(LoopbackServer):
                             "body": body,
                         }
                     )
+                    writes = self.command == "POST" and url.path == "/api/v2/services"
+                    writes = writes or (self.command == "PUT" and not url.path.endswith("/version"))
+                    found = eas_service_schema.problems(body) if writes else []
+                    if found:
+                        return self._send(400, eas_service_schema.error(found))
                     if self.command == "POST" and url.path == "/api/v2/services":
                         name = body["metadata"]["name"]
                         if name in fake.services:

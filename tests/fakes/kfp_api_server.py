@@ -7,6 +7,12 @@ query); ``GET /apis/v2beta1/pipelines`` (display_name filter), ``GET .../pipelin
 ``GET .../pipelines/{id}/versions`` (display_name filter) and ``GET .../versions/{vid}``;
 ``POST /apis/v2beta1/runs`` and ``GET /apis/v2beta1/runs/{id}``.
 
+Requests are checked as KFP 2.17's API server checks them (``tests/kfp_api_rules.py``): uploaded
+packages parse strictly into the PipelineSpec/PlatformSpec protos, run and experiment bodies declare
+only the API's fields, list filters are real ``Filter`` messages on the keys each resource supports,
+and lists follow the ``namespace`` asked for. ``ignore_filters`` plays a server that answers a list
+with everything (an older or misconfigured backend), so a client must check the names it gets back.
+
 Every request is recorded (method, path, query, headers, body) so tests can assert on what was
 sent; ``requests`` keeps the older ``(method, path, body)`` view. A run moves through
 ``run_states`` one ``GET`` at a time; with ``fail_with`` set, its last state is FAILED with that
@@ -28,6 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import yaml
 
+from tests.fakes import kfp_api_rules as rules
 from tests.fakes.loopback import LoopbackHandler, LoopbackServer
 
 API = "/apis/v2beta1"
@@ -35,17 +42,6 @@ API = "/apis/v2beta1"
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _name_filter(query: dict[str, str]) -> str | None:
-    """The display_name an ``EQUALS`` filter asks for (the only filter kfp.Client sends)."""
-    raw = query.get("filter")
-    if not raw:
-        return None
-    for pred in json.loads(raw).get("predicates", []):
-        if pred.get("key") in ("display_name", "name"):
-            return pred.get("string_value", pred.get("stringValue"))
-    return None
 
 
 def _multipart(content_type: str, raw: bytes) -> dict[str, tuple[str | None, bytes]]:
@@ -66,8 +62,10 @@ class KfpApiServer(LoopbackServer):
         token: str | None = None,
         run_states: tuple[str, ...] = ("PENDING", "RUNNING", "SUCCEEDED"),
         fail_with: str | None = None,
+        ignore_filters: bool = False,
     ) -> None:
         self.token = token
+        self.ignore_filters = ignore_filters
         self.run_states = list(run_states)
         self.fail_with = fail_with
         self.calls: list[dict[str, Any]] = []
@@ -107,7 +105,10 @@ class KfpApiServer(LoopbackServer):
                     )
                     if server.token and self.headers.get("Authorization") != f"Bearer {server.token}":
                         return self._send(401, {"code": 16, "message": "Unauthenticated"})
-                    code, payload = server._route(self.command, url.path, query, body)
+                    try:
+                        code, payload = server._route(self.command, url.path, query, body)
+                    except rules.Refusal as exc:
+                        code, payload = exc.status, exc.body
                 return self._send(code, payload)
 
             do_GET = do_POST = do_DELETE = _handle
@@ -124,11 +125,11 @@ class KfpApiServer(LoopbackServer):
             return 200, {"multi_user": False}
         if path == "/experiments":
             if method == "POST":
-                exp = {**body, "experiment_id": str(uuid.uuid4()), "created_at": _now()}
+                rules.check_body("v2beta1Experiment", body)
+                exp = {"namespace": "", **body, "experiment_id": str(uuid.uuid4()), "created_at": _now()}
                 self.experiments[exp["experiment_id"]] = exp
                 return 200, exp
-            wanted = _name_filter(query)
-            found = [e for e in self.experiments.values() if wanted in (None, e.get("display_name"))]
+            found = self._list(self.experiments.values(), query, "experiments")
             return 200, {"experiments": found, "total_size": len(found)} if found else {}
         m = re.fullmatch(r"/experiments/([^/]+)", path)
         if m and method == "GET":
@@ -139,8 +140,7 @@ class KfpApiServer(LoopbackServer):
         if method == "POST" and path == "/pipelines/upload_version":
             return self._upload_version(query, body)
         if method == "GET" and path == "/pipelines":
-            wanted = _name_filter(query)
-            found = [p for p in self.pipelines.values() if wanted in (None, p["display_name"])]
+            found = self._list(self.pipelines.values(), query, "pipelines")
             return 200, {"pipelines": found, "total_size": len(found)} if found else {}
         m = re.fullmatch(r"/pipelines/([^/]+)", path)
         if m and method == "GET":
@@ -148,15 +148,8 @@ class KfpApiServer(LoopbackServer):
             return (200, pipe) if pipe else (404, {"message": f"pipeline {m[1]} not found"})
         m = re.fullmatch(r"/pipelines/([^/]+)/versions", path)
         if m and method == "GET":
-            wanted = _name_filter(query)
-            found = [
-                v
-                for v in self.versions.values()
-                if v["pipeline_id"] == m[1] and wanted in (None, v["display_name"])
-            ]
-            if "desc" in query.get("sort_by", ""):
-                found.reverse()  # insertion order is creation order
-            found = found[: int(query.get("page_size") or len(found) or 1)]
+            versions = [v for v in self.versions.values() if v["pipeline_id"] == m[1]]
+            found = self._list(versions, query, "versions", namespaced=False)
             return 200, {"pipeline_versions": found, "total_size": len(found)} if found else {}
         m = re.fullmatch(r"/pipelines/([^/]+)/versions/([^/]+)", path)
         if m and method == "GET":
@@ -171,12 +164,29 @@ class KfpApiServer(LoopbackServer):
             return self._get_run(m[1])
         return 404, {"message": f"no route {method} {API}{path}"}
 
-    def _spec(self, body: dict) -> dict | None:
+    def _list(
+        self, records: Any, query: dict[str, str], resource: str, namespaced: bool = True
+    ) -> list[dict]:
+        """A list call: the records that pass its filter (in its namespace), sorted and paged as asked."""
+        predicates = rules.parse_filter(query.get("filter"), resource)
+        sort_key, _, order = query.get("sort_by", "").partition(" ")
+        if sort_key and sort_key not in rules.FILTER_KEYS[resource]:
+            raise rules.invalid_argument(
+                f'Invalid input error: no support for sorting on unrecognized field "{sort_key}"'
+            )
+        found = list(records)
+        if not self.ignore_filters:
+            found = [r for r in found if rules.matches(r, predicates)]
+            if namespaced:
+                found = [r for r in found if r.get("namespace", "") == query.get("namespace", "")]
+        if order == "desc":
+            found.reverse()  # insertion order is creation order
+        return found[: int(query.get("page_size") or len(found) or 1)]
+
+    def _spec(self, body: dict) -> dict:
         """The uploaded package as the API returns it: the pipeline spec, or {pipeline_spec, platform_spec}."""
-        docs = [d for d in yaml.safe_load_all(body["uploadfile"]["content"]) if d]
-        if not docs or "pipelineInfo" not in docs[0]:
-            return None
-        return docs[0] if len(docs) == 1 else {"pipeline_spec": docs[0], "platform_spec": docs[1]}
+        spec, platform = rules.check_package(body["uploadfile"]["content"])
+        return spec if platform is None else {"pipeline_spec": spec, "platform_spec": platform}
 
     def _add_version(self, pipeline_id: str, name: str, body: dict, description: str | None) -> dict:
         ver = {
@@ -192,17 +202,19 @@ class KfpApiServer(LoopbackServer):
         return ver
 
     def _upload_pipeline(self, query: dict[str, str], body: dict) -> tuple[int, dict]:
-        name = query.get("display_name") or query.get("name") or body["uploadfile"]["filename"]
-        if self._spec(body) is None:
-            return 400, {"message": "uploadfile is not a pipeline spec"}
-        if any(p["display_name"] == name for p in self.pipelines.values()):
-            return 409, {"message": f"Failed to create a pipeline: pipeline {name} already exists"}
+        name = query.get("name") or query.get("display_name") or body["uploadfile"]["filename"]
+        display = query.get("display_name") or name
+        namespace = query.get("namespace", "")
+        self._spec(body)
+        if any(p["name"] == name and p["namespace"] == namespace for p in self.pipelines.values()):
+            return 409, {"error_message": "Failed to create a pipeline and a pipeline version"}
         pipe = {
             "pipeline_id": str(uuid.uuid4()),
-            "display_name": name,
+            "display_name": display,
             "name": name,
             "description": query.get("description", ""),
             "created_at": _now(),
+            "namespace": namespace,
         }
         self.pipelines[pipe["pipeline_id"]] = pipe
         self._add_version(pipe["pipeline_id"], name, body, query.get("description"))
@@ -213,9 +225,8 @@ class KfpApiServer(LoopbackServer):
         pipeline_id = query.get("pipelineid")
         name = query.get("display_name") or query.get("name")
         if pipeline_id not in self.pipelines:
-            return 404, {"message": f"pipeline {pipeline_id} not found"}
-        if self._spec(body) is None:
-            return 400, {"message": "uploadfile is not a pipeline spec"}
+            return 400, {"error_message": "Failed to create a pipeline version"}
+        self._spec(body)
         if any(v["pipeline_id"] == pipeline_id and v["display_name"] == name for v in self.versions.values()):
             return 409, {"message": f"Failed to create a pipeline version: {name} already exists"}
         ver = self._add_version(pipeline_id, name, body, query.get("description"))
@@ -223,6 +234,16 @@ class KfpApiServer(LoopbackServer):
         return 200, ver
 
     def _create_run(self, body: dict) -> tuple[int, dict]:
+        rules.check_body("v2beta1Run", body)
+        if body.get("pipeline_spec") is not None:  # an inline spec goes through the same template parse
+            inline = body["pipeline_spec"]
+            docs = (
+                [inline["pipeline_spec"], inline["platform_spec"]] if "platform_spec" in inline else [inline]
+            )
+            try:
+                rules.check_package(yaml.safe_dump_all(docs))
+            except rules.Refusal as exc:
+                raise rules.invalid_argument(exc.body["error_message"]) from None
         if body.get("experiment_id") not in self.experiments:
             return 404, {"message": f"experiment {body.get('experiment_id')} not found"}
         ref = body.get("pipeline_version_reference")

@@ -9,7 +9,12 @@ Path-style requests (oss2 uses them for an IP endpoint): ``/BUCKET/KEY?subresour
   append (``POST ?append&position=N``: 409 PositionNotEqualToLength on a wrong position), and
   multipart (``POST ?uploads``, ``PUT ?partNumber&uploadId``, ``POST ?uploadId``).
 
-Responses carry ``x-oss-hash-crc64ecma`` (oss2 checks it), errors are OSS's XML ``<Error>``.
+Responses carry ``x-oss-hash-crc64ecma`` (oss2 checks it), errors are OSS's XML ``<Error>``. Request
+bodies are checked as OSS checks them (Alibaba Cloud OSS API reference): a ``Content-MD5`` that does
+not match the body is ``InvalidDigest``; a CompleteMultipartUpload or DeleteMultipleObjects body that
+is not the documented XML is ``MalformedXML``; completed parts must be listed in ascending order
+(``InvalidPartOrder``), each uploaded with the ETag given (``InvalidPart``), and every part but the
+last at least 100 KB (``EntityTooSmall``); a batch delete names at most 1000 objects.
 Signatures are not checked, but every request is recorded (method, path, query, headers) so tests
 can assert that the AccessKey id signed them and the secret never travelled.
 """
@@ -100,11 +105,13 @@ class FakeOss(LoopbackServer):
             )
             return self._xml(xml)
         if method == "POST" and "uploadId" in query:
-            upload = self.uploads.pop(query["uploadId"], None)
+            upload = self.uploads.get(query["uploadId"])
             if upload is None:
                 return self._error(404, "NoSuchUpload", "The specified upload does not exist")
-            root = ElementTree.fromstring(body)
-            numbers = [int(p.findtext("PartNumber")) for p in root.findall("Part")]
+            numbers, refusal = self._completed_parts(upload, body)
+            if refusal:
+                return refusal
+            self.uploads.pop(query["uploadId"])
             data = b"".join(upload["parts"][n] for n in numbers)
             obj = objects[key] = OssObject(data, kind="Multipart")
             xml = (
@@ -213,8 +220,42 @@ class FakeOss(LoopbackServer):
         )
         return self._xml(xml)
 
+    MIN_PART = 100 * 1024
+
+    def _completed_parts(self, upload: dict[str, Any], body: bytes):
+        """The part numbers a CompleteMultipartUpload body lists, or OSS's refusal of it."""
+        try:
+            root = ElementTree.fromstring(body)
+            parts = [
+                (int(p.findtext("PartNumber") or ""), (p.findtext("ETag") or "").strip('"'))
+                for p in root.findall("Part")
+            ]
+        except (ElementTree.ParseError, ValueError):
+            return [], self._error(400, "MalformedXML", "The XML you provided was not well-formed")
+        if root.tag != "CompleteMultipartUpload" or not parts:
+            return [], self._error(400, "MalformedXML", "The XML you provided was not well-formed")
+        numbers = [n for n, _ in parts]
+        if numbers != sorted(set(numbers)):
+            return [], self._error(400, "InvalidPartOrder", "The list of parts was not in ascending order")
+        for i, (n, etag) in enumerate(parts):
+            data = upload["parts"].get(n)
+            if data is None or OssObject(data).etag != etag.upper():
+                return [], self._error(
+                    400, "InvalidPart", f"One or more of the specified parts could not be found: {n}"
+                )
+            if i < len(parts) - 1 and len(data) < self.MIN_PART:
+                return [], self._error(
+                    400, "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed size"
+                )
+        return numbers, None
+
     def _batch_delete(self, objects: dict[str, OssObject], body: bytes):
-        root = ElementTree.fromstring(body)
+        try:
+            root = ElementTree.fromstring(body)
+        except ElementTree.ParseError:
+            return self._error(400, "MalformedXML", "The XML you provided was not well-formed")
+        if root.tag != "Delete" or not 0 < len(root.findall("Object")) <= 1000:
+            return self._error(400, "MalformedXML", "The XML you provided was not well-formed")
         quiet = (root.findtext("Quiet") or "false").lower() == "true"
         deleted = []
         for node in root.findall("Object"):
@@ -259,9 +300,10 @@ class FakeOss(LoopbackServer):
                 url = urlsplit(self.path)
                 query = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
                 body = self._read_body()
+                digest_ok = True
                 if self.headers.get("Content-MD5") and body:
                     expected = base64.b64encode(hashlib.md5(body).digest()).decode()
-                    assert self.headers["Content-MD5"] == expected, "Content-MD5 mismatch"
+                    digest_ok = self.headers["Content-MD5"] == expected
                 with fake._lock:
                     fake.requests.append(
                         {
@@ -271,7 +313,13 @@ class FakeOss(LoopbackServer):
                             "headers": {k.lower(): v for k, v in self.headers.items()},
                         }
                     )
-                    status, headers, payload = fake.handle(self.command, url.path, query, self.headers, body)
+                    if digest_ok:
+                        status, headers, payload = fake.handle(
+                            self.command, url.path, query, self.headers, body
+                        )
+                    else:
+                        message = "The Content-MD5 you specified was invalid"
+                        status, headers, payload = fake._error(400, "InvalidDigest", message)
                 self.send_response(status)
                 headers = {"x-oss-request-id": "test-request", "Server": "AliyunOSS", **headers}
                 for name, value in headers.items():

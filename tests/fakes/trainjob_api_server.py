@@ -2,7 +2,16 @@
 
 It answers the paths the ``kubeflow`` SDK (0.5.0, Kubernetes backend) calls: the trainer's public
 ConfigMap, namespaced TrainingRuntimes (none: 404) and ClusterTrainingRuntimes, TrainJob create and
-get, the job's pod list (by the JobSet label selector) and a node pod's log. It plays the Trainer
+get, the job's pod list (by the JobSet label selector) and a node pod's log.
+
+A TrainJob create is admitted as the real server admits it: the vendored TrainJob CRD schema of the
+Trainer version it plays (``tests/k8s_schema.py``: unknown fields refused under
+``fieldValidation=Strict``, dropped with a ``Warning`` header otherwise, then defaults and the
+schema's rules: 400/422), then Trainer's validating webhook (``tests/trainer_webhook.py``: 403).
+``trainer_version`` picks the schema and the version the public ConfigMap reports; Trainer releases
+before v2.2.0 have no such ConfigMap (404).
+
+It plays the Trainer
 controller: the pods of a new job are Pending at the first status read and Running after it; at the
 ``finish_at``-th read the job's work runs (``job_body(trainjob)``, the test's stand-in for the
 nodes: it returns None for success or ``(reason, message)`` for failure) and the job gets a Complete
@@ -20,10 +29,26 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from tests.fakes.k8s_schema import ApiError, admit, load_crd, status, warning_header
 from tests.fakes.loopback import LoopbackHandler, LoopbackServer
+from tests.fakes.trainer_webhook import admit_trainjob
 
 API = "/apis/trainer.kubeflow.org/v1alpha1"
 STAMP = "2026-11-26T12:00:00Z"
+
+SCHEMAS = {
+    "2.2": "trainjobs.trainer.kubeflow.org.v2.2.0.json",
+    "2.3": "trainjobs.trainer.kubeflow.org.v2.3.0.json",
+    "dev": "trainjobs.trainer.kubeflow.org.v2.3.0.json",
+}
+"""The vendored TrainJob CRD schema of each Trainer version the fake can play (``dev`` = master builds)."""
+
+
+def minor(version: str) -> str:
+    """``v2.3.0`` -> ``2.3``; ``dev`` stays ``dev``."""
+    parts = version.lstrip("v").split(".")
+    return "dev" if version == "dev" else ".".join(parts[:2])
+
 
 ROUTES = [
     ("configmap", re.compile(r"^/api/v1/namespaces/(?P<ns>[^/]+)/configmaps/(?P<name>[^/]+)$")),
@@ -82,7 +107,9 @@ class FakeTrainer(LoopbackServer):
         job_body: Callable[[dict[str, Any]], tuple[str, str] | None],
         log_lines: list[str],
         finish_at: int = 3,
+        trainer_version: str = "v2.3.0",
     ):
+        self.trainer_version = trainer_version
         self.job_body = job_body
         self.log_lines = log_lines
         self.finish_at = finish_at
@@ -90,7 +117,29 @@ class FakeTrainer(LoopbackServer):
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.polls: dict[tuple[str, str], int] = {}
         self.requests: list[dict[str, Any]] = []
+        self.warnings: list[str] = []  # unknown fields dropped from requests without fieldValidation=Strict
         self._lock = threading.Lock()
+
+    def create(
+        self, ns: str, body: dict[str, Any], field_validation: str | None
+    ) -> tuple[dict[str, Any], list[str]]:
+        """Admit a TrainJob as the apiserver and Trainer's webhook do; store it. Raises ApiError."""
+        if minor(self.trainer_version) not in SCHEMAS:
+            raise RuntimeError(
+                f"FakeTrainer has no vendored TrainJob schema for Trainer {self.trainer_version}"
+            )
+        crd = load_crd(SCHEMAS[minor(self.trainer_version)])
+        obj, warnings = admit(crd, body, field_validation=field_validation)
+        runtimes = {("ClusterTrainingRuntime", n): r for n, r in self.runtimes.items()}
+        admit_trainjob(obj, runtimes)
+        key = (ns, obj["metadata"]["name"])
+        if key in self.jobs:
+            message = f'trainjobs.trainer.kubeflow.org "{key[1]}" already exists'
+            raise ApiError(409, status(409, "AlreadyExists", message))
+        obj["metadata"].update(namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=STAMP, generation=1)
+        self.jobs[key] = obj
+        self.warnings += warnings
+        return obj, warnings
 
     def _advance(self, key: tuple[str, str]) -> None:
         """One status read of a job: the controller moves it on."""
@@ -171,15 +220,18 @@ class FakeTrainer(LoopbackServer):
                         return self._missing(url.path)
                     route, m = found[0]
                     if route == "configmap":
-                        if (m["ns"], m["name"]) != ("kubeflow-system", "kubeflow-trainer-public"):
-                            return self._missing(m["name"])
+                        public = (m["ns"], m["name"]) == ("kubeflow-system", "kubeflow-trainer-public")
+                        if (
+                            not public or minor(fake.trainer_version) not in SCHEMAS
+                        ):  # no ConfigMap before v2.2
+                            return self._missing(f'configmaps "{m["name"]}"')
                         return self._send(
                             200,
                             {
                                 "apiVersion": "v1",
                                 "kind": "ConfigMap",
                                 "metadata": {"name": m["name"], "namespace": m["ns"]},
-                                "data": {"kubeflow_trainer_version": "2.3.0"},
+                                "data": {"kubeflow_trainer_version": fake.trainer_version},
                             },
                         )
                     if route == "runtime":
@@ -189,13 +241,11 @@ class FakeTrainer(LoopbackServer):
                             return self._missing(f'clustertrainingruntimes "{m["name"]}"')
                         return self._send(200, fake.runtimes[m["name"]])
                     if route == "trainjobs" and self.command == "POST":
-                        obj = copy.deepcopy(body)
-                        key = (m["ns"], obj["metadata"]["name"])
-                        obj["metadata"].update(
-                            namespace=m["ns"], uid=str(uuid.uuid4()), creationTimestamp=STAMP
-                        )
-                        fake.jobs[key] = obj
-                        return self._send(201, obj)
+                        try:
+                            obj, warnings = fake.create(m["ns"], body, query.get("fieldValidation"))
+                        except ApiError as exc:
+                            return self._send(exc.status, exc.body)
+                        return self._send(201, obj, headers=warning_header(warnings))
                     if route == "trainjob" and self.command == "GET":
                         key = (m["ns"], m["name"])
                         if key not in fake.jobs:
@@ -215,7 +265,7 @@ class FakeTrainer(LoopbackServer):
         return Handler
 
     def posted(self) -> list[dict[str, Any]]:
-        """The bodies POSTed to the trainjobs collection."""
+        """The bodies POSTed to the trainjobs collection (admitted or not)."""
         return [
             r["body"] for r in self.requests if r["method"] == "POST" and r["path"].endswith("/trainjobs")
         ]

@@ -145,8 +145,8 @@ def test_multipart_upload(oss):
     data = os.urandom(250_000)
     upload_id = bucket.init_multipart_upload("big.bin").upload_id
     parts = []
-    for n, off in enumerate(range(0, len(data), 100_000), start=1):
-        result = bucket.upload_part("big.bin", upload_id, n, data[off : off + 100_000])
+    for n, off in enumerate(range(0, len(data), 102_400), start=1):  # OSS's smallest part: 100 KB
+        result = bucket.upload_part("big.bin", upload_id, n, data[off : off + 102_400])
         parts.append(oss2.models.PartInfo(n, result.etag))
     bucket.complete_multipart_upload("big.bin", upload_id, parts)
     assert uris.read_bytes("oss://runs/big.bin") == data
@@ -176,3 +176,42 @@ def test_a_stage_runs_end_to_end_on_oss(oss, problems_file, tiny_qwen3):
     again = run_stage("distill", None, overrides)
     assert again == result
     assert len([r for r in oss.requests if r["method"] in ("PUT", "POST")]) == puts  # nothing rewritten
+
+
+def test_the_oss_fake_refuses_bodies_oss_refuses(oss):
+    """Parts out of order, a wrong ETag, a part under 100 KB before the last, a body whose Content-MD5
+    does not match: refused with OSS's codes (so the multipart test above can fail)."""
+    import oss2
+
+    bucket = oss2.Bucket(oss2.Auth(KEY_ID, KEY_SECRET), os.environ["OSS_ENDPOINT"], "runs")
+
+    def upload(sizes: list[int]) -> tuple[str, list]:
+        upload_id = bucket.init_multipart_upload("p.bin").upload_id
+        parts = [oss2.models.PartInfo(n, bucket.upload_part("p.bin", upload_id, n, os.urandom(size)).etag)
+                 for n, size in enumerate(sizes, start=1)]  # fmt: skip
+        return upload_id, parts
+
+    upload_id, parts = upload([102_400, 10])
+    with pytest.raises(oss2.exceptions.ServerError) as err:
+        bucket.complete_multipart_upload("p.bin", upload_id, [parts[0], oss2.models.PartInfo(2, "0" * 32)])
+    assert err.value.status == 400 and err.value.code == "InvalidPart"
+    # oss2 sorts the parts itself: send the reversed list as raw XML
+    xml = "".join(
+        f"<Part><PartNumber>{p.part_number}</PartNumber><ETag>{p.etag}</ETag></Part>" for p in parts[::-1]
+    )
+    status, _, payload = oss.handle(
+        "POST",
+        "/runs/p.bin",
+        {"uploadId": upload_id},
+        {},
+        f"<CompleteMultipartUpload>{xml}</CompleteMultipartUpload>".encode(),
+    )
+    assert status == 400 and b"<Code>InvalidPartOrder</Code>" in payload
+    small_id, small = upload([50_000, 10])
+    with pytest.raises(oss2.exceptions.ServerError) as err:
+        bucket.complete_multipart_upload("p.bin", small_id, small)
+    assert err.value.code == "EntityTooSmall"
+    bucket.complete_multipart_upload("p.bin", upload_id, parts)  # the valid list still completes
+    with pytest.raises(oss2.exceptions.ServerError) as err:
+        bucket.put_object("x.bin", b"payload", headers={"Content-MD5": "1B2M2Y8AsgTpgAmY7PhCfg=="})
+    assert err.value.code == "InvalidDigest" and "x.bin" not in oss.keys("runs")

@@ -273,133 +273,18 @@ def _cluster_config(target: str, model: str, out: str, **overrides):
     return DeployConfig.from_dict({**base, **overrides})
 
 
-# The InferenceService's documented fields (KServe v1beta1 API, from the kserve 0.21.0 SDK's models:
-# V1beta1InferenceService, V1beta1InferenceServiceSpec, V1beta1PredictorSpec). Nested Kubernetes
-# types are checked against the kubernetes client's own models.
-ISVC_FIELDS = {"apiVersion": "str", "kind": "str", "metadata": "V1ObjectMeta", "spec": "InferenceServiceSpec"}
-ISVC_SPEC_FIELDS = {
-    "predictor": "PredictorSpec",
-    "transformer": "object",
-    "explainer": "object",
-    "canary": "object",
-    "tracing": "object",
-}
-PREDICTOR_FIELDS = {
-    **dict.fromkeys(
-        [
-            "activeDeadlineSeconds",
-            "affinity",
-            "annotations",
-            "autoScaling",
-            "automountServiceAccountToken",
-            "batcher",
-            "canaryTrafficPercent",
-            "containerConcurrency",
-            "deploymentStrategy",
-            "dnsConfig",
-            "dnsPolicy",
-            "enableServiceLinks",
-            "ephemeralContainers",
-            "hostAliases",
-            "hostIPC",
-            "hostNetwork",
-            "hostPID",
-            "hostUsers",
-            "hostname",
-            "hostnameOverride",
-            "huggingface",
-            "imagePullSecrets",
-            "initContainers",
-            "labels",
-            "lightgbm",
-            "logger",
-            "maxReplicas",
-            "minReplicas",
-            "model",
-            "name",
-            "nodeName",
-            "nodeSelector",
-            "onnx",
-            "os",
-            "overhead",
-            "paddle",
-            "pmml",
-            "preemptionPolicy",
-            "priority",
-            "priorityClassName",
-            "pytorch",
-            "readinessGates",
-            "resourceClaims",
-            "resources",
-            "restartPolicy",
-            "runtimeClassName",
-            "scaleMetric",
-            "scaleMetricType",
-            "scaleTarget",
-            "schedulerName",
-            "schedulingGates",
-            "schedulingGroup",
-            "securityContext",
-            "serviceAccount",
-            "serviceAccountName",
-            "setHostnameAsFQDN",
-            "shareProcessNamespace",
-            "sklearn",
-            "storageContainerName",
-            "storageUris",
-            "subdomain",
-            "tensorflow",
-            "terminationGracePeriodSeconds",
-            "timeout",
-            "topologySpreadConstraints",
-            "triton",
-            "workerSpec",
-            "xgboost",
-        ],
-        "object",
-    ),
-    "containers": "list[V1Container]",
-    "tolerations": "list[V1Toleration]",
-    "volumes": "list[V1Volume]",
-    "nodeSelector": "dict(str, str)",
-    "minReplicas": "int",
-    "maxReplicas": "int",
-    "serviceAccountName": "str",
-}
+def _admitted(manifest: dict, version: str) -> dict:
+    """The manifest as the API server of KServe ``version`` stores it: the vendored InferenceService CRD
+    schema with unknown fields refused (fieldValidation=Strict), then KServe's webhooks."""
+    from tests.fakes import kserve_webhook
+    from tests.fakes.k8s_api_server import SCHEMAS
+    from tests.fakes.k8s_schema import admit, load_crd
 
-
-def _check_schema(value, type_name: str, where: str) -> None:
-    """Every key of ``value`` is a field of ``type_name``, recursively; scalars have the field's type."""
-    from kubernetes import client
-
-    if type_name.startswith("list["):
-        assert isinstance(value, list), where
-        for i, item in enumerate(value):
-            _check_schema(item, type_name[5:-1], f"{where}[{i}]")
-        return
-    if type_name.startswith("dict("):
-        assert isinstance(value, dict) and all(isinstance(v, str) for v in value.values()), where
-        return
-    scalar = {"str": str, "int": int, "bool": bool}
-    if type_name in scalar:
-        assert isinstance(value, scalar[type_name]), f"{where}: {value!r} is not {type_name}"
-        return
-    if type_name == "object":
-        return
-    kserve_types = {
-        "InferenceService": ISVC_FIELDS,
-        "InferenceServiceSpec": ISVC_SPEC_FIELDS,
-        "PredictorSpec": PREDICTOR_FIELDS,
-    }
-    fields = kserve_types.get(type_name)
-    if fields is None:
-        model = getattr(client, type_name)
-        fields = {model.attribute_map[a]: t for a, t in model.openapi_types.items()}
-    assert isinstance(value, dict), where
-    unknown = set(value) - set(fields)
-    assert not unknown, f"{where}: {sorted(unknown)} are not fields of {type_name}"
-    for key, item in value.items():
-        _check_schema(item, fields[key], f"{where}.{key}")
+    obj, warnings = admit(load_crd(SCHEMAS[version]), manifest, field_validation="Strict")
+    kserve_webhook.default(obj, version)
+    kserve_webhook.validate(obj, None, version)
+    assert warnings == []
+    return obj
 
 
 def test_kserve_dry_run_manifest_matches_the_inferenceservice_schema(model_on_s3, tmp_path, monkeypatch):
@@ -431,15 +316,17 @@ def test_kserve_dry_run_manifest_matches_the_inferenceservice_schema(model_on_s3
     result = run(cfg)
     assert result.dry_run and result.endpoint_url == "" and result.rollout.startswith("dry run")
     manifest = yaml.safe_load((out / "inferenceservice.yaml").read_text())
-    _check_schema(manifest, "InferenceService", "manifest")
+    for version in ("v0.15.0", "v0.20.0"):  # the oldest and newest KServe supported
+        assert (
+            _admitted(manifest, version)["spec"]["predictor"]["nodeSelector"]
+            == manifest["spec"]["predictor"]["nodeSelector"]
+        )
 
     assert manifest["apiVersion"] == "serving.kserve.io/v1beta1" and manifest["kind"] == "InferenceService"
     meta = manifest["metadata"]
     assert meta["name"] == "qwen3-student" and meta["namespace"] == "llm"
-    assert meta["annotations"] == {
-        "serving.kserve.io/deploymentMode": "Serverless",
-        "serving.kserve.io/enable-tag-routing": "true",
-    }
+    # the default mode: a Deployment honours nodeSelector/tolerations without Knative feature flags
+    assert meta["annotations"] == {"serving.kserve.io/deploymentMode": "RawDeployment"}
     predictor = manifest["spec"]["predictor"]
     assert (
         set(manifest["spec"]) == {"predictor"} and "canaryTrafficPercent" not in predictor
@@ -482,13 +369,26 @@ def test_kserve_dry_run_manifest_matches_the_inferenceservice_schema(model_on_s3
     _assert_no_secrets(out)
 
 
-def test_kserve_schema_check_can_fail():
-    """The schema walk refuses an invented field (so the test above can fail)."""
-    bad = {"name": "kserve-container", "image": "x", "gpuCount": 1}
-    with pytest.raises(AssertionError, match="gpuCount"):
-        _check_schema(bad, "V1Container", "container")
-    with pytest.raises(AssertionError, match="replicas"):
-        _check_schema({"replicas": 2}, "PredictorSpec", "predictor")
+def test_kserve_schema_check_can_fail(model_on_s3, tmp_path):
+    """The vendored schema refuses an invented field and a wrong type (so the test above can fail)."""
+    from tests.fakes.k8s_schema import ApiError
+
+    manifest = kserve_render(model_on_s3, tmp_path)
+    manifest["spec"]["predictor"]["containers"][0]["gpuCount"] = 1
+    with pytest.raises(
+        ApiError, match=r'strict decoding error: unknown field "spec.predictor.containers\[0\].gpuCount"'
+    ):
+        _admitted(manifest, "v0.20.0")
+    manifest = kserve_render(model_on_s3, tmp_path)
+    manifest["spec"]["predictor"]["minReplicas"] = "one"
+    with pytest.raises(ApiError, match=r"spec.predictor.minReplicas in body must be of type integer"):
+        _admitted(manifest, "v0.15.0")
+
+
+def kserve_render(model: str, tmp_path, **overrides) -> dict:
+    from distilflow.components.deploy import kserve
+
+    return kserve.render(_cluster_config("kserve", model, str(tmp_path / "r"), **overrides), thinking=True)
 
 
 @pytest.fixture
@@ -513,7 +413,11 @@ def test_kserve_create_then_canary_update_is_patched_promoted_and_never_deleted(
     settings = {
         "served_model_name": tiny_qwen3,  # the id `transformers serve` answers to
         "api_key_env": "DISTILFLOW_TEST_SERVE_KEY",
-        "kserve": {"namespace": "llm", "api_key_secret": "qwen3-student-key"},
+        "kserve": {
+            "namespace": "llm",
+            "api_key_secret": "qwen3-student-key",
+            "deployment_mode": "Serverless",
+        },
     }
     first = run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d1"), **settings))
     assert first.endpoint_url == fake_kserve.predictor_url + "/v1" and not first.dry_run
@@ -530,7 +434,11 @@ def test_kserve_create_then_canary_update_is_patched_promoted_and_never_deleted(
     )
     assert info["url"] == first.endpoint_url and info["namespace"] == "llm"
     created = [r for r in fake_kserve.requests if r["method"] == "POST"]
-    assert len(created) == 1 and created[0]["path"] == path
+    assert (
+        len(created) == 1
+        and created[0]["path"] == path
+        and created[0]["query"] == {"fieldValidation": "Strict"}
+    )
     assert created[0]["body"]["spec"]["predictor"]["containers"][0]["args"][:4] == [
         "--model",
         "/mnt/models",
@@ -542,16 +450,19 @@ def test_kserve_create_then_canary_update_is_patched_promoted_and_never_deleted(
     polls = [r for r in fake_kserve.requests if r["method"] == "GET"]
     assert len(polls) >= 3  # the status was polled until the controller flipped Ready
 
-    # Redeploy under the same name with a new setting: PATCH with a 10% canary, smoke-tested on the
-    # canary's own "latest" URL (the service URL still points at the old revision), then promoted.
+    # Redeploy under the same name with a new setting: the object is replaced (PUT at the resourceVersion
+    # read) with a 10% canary, smoke-tested on the canary's own "latest" URL (the service URL still points
+    # at the old revision), then promoted with a merge patch that removes canaryTrafficPercent.
     fake_kserve.requests.clear()
     second = run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d2"), max_model_len=2048, **settings))
-    patches = [r for r in fake_kserve.requests if r["method"] == "PATCH"]
-    assert [r["path"] for r in patches] == [f"{path}/qwen3-student"] * 2
-    assert all(r["headers"]["content-type"] == "application/merge-patch+json" for r in patches)
-    assert patches[0]["body"]["spec"]["predictor"]["canaryTrafficPercent"] == 10
-    assert "--max-model-len" in patches[0]["body"]["spec"]["predictor"]["containers"][0]["args"]
-    assert patches[1]["body"] == {"spec": {"predictor": {"canaryTrafficPercent": None}}}  # promotion
+    [put] = [r for r in fake_kserve.requests if r["method"] == "PUT"]
+    assert put["path"] == f"{path}/qwen3-student" and put["query"] == {"fieldValidation": "Strict"}
+    assert put["body"]["metadata"]["resourceVersion"]  # optimistic concurrency: fails if changed meanwhile
+    assert put["body"]["spec"]["predictor"]["canaryTrafficPercent"] == 10
+    assert "--max-model-len" in put["body"]["spec"]["predictor"]["containers"][0]["args"]
+    [promotion] = [r for r in fake_kserve.requests if r["method"] == "PATCH"]
+    assert promotion["headers"]["content-type"] == "application/merge-patch+json"
+    assert promotion["body"] == {"spec": {"predictor": {"canaryTrafficPercent": None}}}
     assert "DELETE" not in fake_kserve.methods() and "POST" not in fake_kserve.methods()
     assert second.rollout == (
         "updated InferenceService llm/qwen3-student: revision qwen3-student-predictor-00002 replaced "
@@ -567,7 +478,10 @@ def test_kserve_create_then_canary_update_is_patched_promoted_and_never_deleted(
 def test_kserve_failed_update_rolls_back_to_the_previous_revision(
     fake_kserve, model_on_s3, tiny_qwen3, tmp_path
 ):
-    settings = {"served_model_name": tiny_qwen3, "kserve": {"namespace": "llm"}}
+    settings = {
+        "served_model_name": tiny_qwen3,
+        "kserve": {"namespace": "llm", "deployment_mode": "Serverless"},
+    }
     run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d1"), **settings))
     fake_kserve.failing_revisions.add(2)
     fake_kserve.requests.clear()
@@ -576,9 +490,10 @@ def test_kserve_failed_update_rolls_back_to_the_previous_revision(
     message = str(err.value)
     assert "ModelLoadFailed" in message and "CUDA out of memory" in message  # the cluster's own error
     assert "rolled back: the previous revision qwen3-student-predictor-00001 serves all traffic" in message
+    [put] = [r["body"] for r in fake_kserve.requests if r["method"] == "PUT"]
+    assert put["spec"]["predictor"]["canaryTrafficPercent"] == 10
     patches = [r["body"] for r in fake_kserve.requests if r["method"] == "PATCH"]
-    assert patches[0]["spec"]["predictor"]["canaryTrafficPercent"] == 10
-    assert patches[-1] == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+    assert patches == [{"spec": {"predictor": {"canaryTrafficPercent": 0}}}]
     assert "DELETE" not in fake_kserve.methods()
     assert not (tmp_path / "d2" / MARKER).exists()
     # The controller now routes everything to the old revision.
@@ -801,29 +716,194 @@ def test_component_takes_the_kserve_target_from_its_config_section(model_on_s3, 
 def test_kserve_raw_deployment_update_failure_keeps_the_old_revision(
     fake_kserve, model_on_s3, tiny_qwen3, tmp_path
 ):
-    """Without a canary step (RawDeployment) a failed update is one PATCH; the old pods keep serving."""
-    settings = {"served_model_name": tiny_qwen3, "kserve": {"deployment_mode": "RawDeployment"}}
+    """Without a canary step (RawDeployment, the default) a failed update is one PUT; the old pods keep serving."""
+    settings = {"served_model_name": tiny_qwen3}
     run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d1"), **settings))
     fake_kserve.failing_revisions.add(2)
     fake_kserve.requests.clear()
     with pytest.raises(BackendError, match="previous revision qwen3-student-predictor-00001 keeps serving"):
         run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d2"), max_model_len=999999, **settings))
-    patches = [r["body"] for r in fake_kserve.requests if r["method"] == "PATCH"]
-    assert len(patches) == 1 and patches[0]["spec"]["predictor"]["canaryTrafficPercent"] is None
-    assert patches[0]["metadata"]["annotations"] == {"serving.kserve.io/deploymentMode": "RawDeployment"}
-    assert "DELETE" not in fake_kserve.methods()
+    writes = [r for r in fake_kserve.requests if r["method"] in ("PUT", "PATCH", "POST", "DELETE")]
+    assert [r["method"] for r in writes] == ["PUT"]
+    assert "canaryTrafficPercent" not in writes[0]["body"]["spec"]["predictor"]
+    assert writes[0]["body"]["metadata"]["annotations"] == {
+        "serving.kserve.io/deploymentMode": "RawDeployment"
+    }
 
 
 def test_kserve_canary_that_fails_the_smoke_test_is_rolled_back(
     fake_kserve, model_on_s3, tiny_qwen3, tmp_path
 ):
     """A canary that is Ready but does not answer for the served name fails with the server's error."""
-    run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d1"), served_model_name=tiny_qwen3))
+    serverless = {"kserve": {"deployment_mode": "Serverless"}}
+    run(
+        _cluster_config(
+            "kserve", model_on_s3, str(tmp_path / "d1"), served_model_name=tiny_qwen3, **serverless
+        )
+    )
     fake_kserve.requests.clear()
     with pytest.raises(BackendError) as err:
-        run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d2"), served_model_name="no-such-model"))
+        run(
+            _cluster_config(
+                "kserve", model_on_s3, str(tmp_path / "d2"), served_model_name="no-such-model", **serverless
+            )
+        )
     message = str(err.value)
     assert "chat completion got HTTP" in message and "no-such-model" in message
     assert "rolled back: the previous revision qwen3-student-predictor-00001 serves all traffic" in message
     patches = [r["body"] for r in fake_kserve.requests if r["method"] == "PATCH"]
     assert patches[-1] == {"spec": {"predictor": {"canaryTrafficPercent": 0}}}
+
+
+@pytest.mark.parametrize("mode", ["RawDeployment", "Serverless"])
+def test_kserve_update_converges_to_the_spec_of_a_fresh_create(
+    fake_kserve, model_on_s3, tiny_qwen3, tmp_path, mode
+):
+    """Redeploying with another node selector, no gpu_type, no service account and no tolerations leaves
+    exactly the spec a fresh create of that config makes (a merge patch kept the old GPU label and
+    service account); what other tools put in the metadata (finalizers, labels) stays."""
+    fake_kserve.knative_features.update(
+        {"kubernetes.podspec-nodeselector": "enabled", "kubernetes.podspec-tolerations": "enabled"}
+    )
+    common = {"served_model_name": tiny_qwen3, "smoke_test": False}
+    old = {
+        "deployment_mode": mode,
+        "namespace": "llm",
+        "node_selector": {"pool": "a100"},
+        "gpu_type": "NVIDIA-A100-SXM4-80GB",
+        "service_account_name": "old-models-sa",
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    new = {"deployment_mode": mode, "namespace": "llm", "node_selector": {"pool": "h100"}}
+    run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d1"), kserve=old, **common))
+    stored = fake_kserve.objects[("llm", "qwen3-student")]
+    stored["metadata"]["finalizers"] = ["inferenceservice.finalizers"]  # what KServe's controller adds
+    stored["metadata"]["labels"]["team"] = "nlp"  # what someone else adds
+    updated = run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d2"), kserve=new, **common))
+    assert updated.rollout.startswith("updated InferenceService llm/qwen3-student")
+    fresh = _cluster_config("kserve", model_on_s3, str(tmp_path / "d3"), kserve=new, **common)
+    run(fresh.model_copy(update={"service_name": "qwen3-fresh"}))
+
+    after = fake_kserve.objects[("llm", "qwen3-student")]
+    assert after["spec"] == fake_kserve.objects[("llm", "qwen3-fresh")]["spec"]
+    predictor = after["spec"]["predictor"]
+    assert predictor["nodeSelector"] == {"pool": "h100"}  # no nvidia.com/gpu.product of the old GPU
+    assert "serviceAccountName" not in predictor and "tolerations" not in predictor
+    assert "canaryTrafficPercent" not in predictor  # promoted (Serverless) or never set (RawDeployment)
+    assert after["metadata"]["finalizers"] == ["inferenceservice.finalizers"]
+    assert after["metadata"]["labels"] == {"app.kubernetes.io/managed-by": "distilflow", "team": "nlp"}
+    assert fake_kserve.warnings == []
+
+
+def test_kserve_serverless_with_a_node_selector_needs_knative_flags(fake_kserve, model_on_s3, tmp_path):
+    """Knative's default config-features refuses nodeSelector/tolerations in the revision: the step fails
+    at once naming the flags, before anything is applied (else it would wait out startup_timeout_s)."""
+    kserve = {
+        "deployment_mode": "Serverless",
+        "gpu_type": "NVIDIA-A100-SXM4-80GB",
+        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    }
+    cfg = _cluster_config("kserve", model_on_s3, str(tmp_path / "d1"), kserve=kserve, startup_timeout_s=20)
+    started = time.monotonic()
+    with pytest.raises(BackendError) as err:
+        run(cfg)
+    assert time.monotonic() - started < 10  # at once, not after startup_timeout_s
+    message = str(err.value)
+    assert "kubernetes.podspec-nodeselector, kubernetes.podspec-tolerations is not enabled" in message
+    assert "knative-serving/config-features" in message and "RawDeployment" in message
+    assert {"POST", "PUT", "PATCH"}.isdisjoint(fake_kserve.methods())
+    # "allowed" lets the fields through as well; then the service is created
+    fake_kserve.knative_features.update(
+        {"kubernetes.podspec-nodeselector": "allowed", "kubernetes.podspec-tolerations": "Enabled"}
+    )
+    fake_kserve.knative_features["kubernetes.podspec-volumes-emptydir"] = "disabled"  # the /dev/shm volume
+    with pytest.raises(BackendError, match="kubernetes.podspec-volumes-emptydir is not enabled"):
+        run(cfg.model_copy(update={"output_uri": str(tmp_path / "d2")}))
+    fake_kserve.knative_features = None  # no Knative Serving at all
+    with pytest.raises(
+        BackendError,
+        match="needs Knative Serving, but ConfigMap knative-serving/config-features does not exist",
+    ):
+        run(cfg.model_copy(update={"output_uri": str(tmp_path / "d3")}))
+
+
+def test_kserve_deployment_mode_of_an_existing_service_is_not_changed(
+    fake_kserve, model_on_s3, tiny_qwen3, tmp_path
+):
+    common = {"served_model_name": tiny_qwen3, "smoke_test": False}
+    run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d1"), **common))
+    fake_kserve.requests.clear()
+    serverless = {"deployment_mode": "Serverless", "shm_size": None}
+    with pytest.raises(
+        BackendError, match=r"runs in deployment mode Standard and KServe cannot change the mode"
+    ):
+        run(_cluster_config("kserve", model_on_s3, str(tmp_path / "d2"), kserve=serverless, **common))
+    assert {"PUT", "PATCH"}.isdisjoint(fake_kserve.methods())
+
+
+@pytest.mark.parametrize(
+    ("instance_type", "gpus", "tp", "error"),
+    [
+        ("ecs.gn7i-c16g1.4xlarge", 2, None, "gpus=2 but eas.instance_type=ecs.gn7i-c16g1.4xlarge has 1 GPU"),
+        (
+            "ecs.gn7i-c32g1.32xlarge",
+            1,
+            None,
+            "gpus=1 but eas.instance_type=ecs.gn7i-c32g1.32xlarge has 4 GPU",
+        ),
+        (
+            "ecs.gn6v-c8g1.16xlarge",
+            8,
+            16,
+            "tensor_parallel_size=16 exceeds the 8 GPU(s) of ecs.gn6v-c8g1.16xlarge",
+        ),
+        ("ml.gu7i-c64m376.2-gu30", 2, 2, None),
+        ("ecs.gn7e-c16g1.32xlarge", 8, 4, None),
+    ],
+)
+def test_eas_gpus_must_match_the_instance_type(instance_type, gpus, tp, error):
+    """gpus is the GPUs of one replica (vLLM's tensor parallel size follows it): on the public resource
+    group it must be the instance type's GPU count where distilflow knows it."""
+    fields = {
+        "output_uri": "o",
+        "model": EAS_MODEL,
+        "target": "pai-eas",
+        "service_name": "qwen3_student",
+        "gpus": gpus,
+        "tensor_parallel_size": tp,
+        "eas": {"instance_type": instance_type},
+    }
+    if error is None:
+        assert DeployConfig.from_dict(fields).gpus == gpus
+        return
+    with pytest.raises(ConfigError) as err:
+        DeployConfig.from_dict(fields)
+    assert error in str(err.value)
+    # a dedicated resource group asks for metadata.gpu itself: no instance type to compare with
+    DeployConfig.from_dict(
+        {
+            **fields,
+            "tensor_parallel_size": None,
+            "eas": {"instance_type": instance_type, "resource": "eas-r-1"},
+        }
+    )
+
+
+def test_eas_says_what_it_assumes_about_an_unknown_instance_type(eas_env, tmp_path, capsys):
+    cfg = _cluster_config(
+        "pai-eas",
+        EAS_MODEL,
+        str(tmp_path / "d1"),
+        dry_run=True,
+        gpus=2,
+        eas={"instance_type": "ecs.gn8is.4xlarge"},
+    )
+    run(cfg)
+    out = capsys.readouterr().out
+    assert "instance type ecs.gn8is.4xlarge is not in distilflow's GPU table: gpus=2 is assumed" in out
+    run(
+        _cluster_config("pai-eas", EAS_MODEL, str(tmp_path / "d2"), dry_run=True, eas={"resource": "eas-r-1"})
+    )
+    assert "dedicated resource group eas-r-1: each replica asks for metadata.gpu=1" in capsys.readouterr().out
+    run(_cluster_config("pai-eas", EAS_MODEL, str(tmp_path / "d3"), dry_run=True))  # a known type: no note
+    assert "note:" not in capsys.readouterr().out

@@ -518,3 +518,89 @@ def test_summary_lists_stage_outputs_below_the_run(tmp_path):
     summary = summarize("thoughty", str(tmp_path), ["sft", "evaluate"])
     assert list(summary.stages) == ["sft", "no-thinking/evaluate"]
     assert any("no-thinking/evaluate" in line for line in summary.lines())
+
+
+# --- the KFP API's filters, and answers that do not match them --------------------------------------
+
+
+def test_a_server_that_ignores_the_name_filter_is_refused():
+    """A backend answering the display_name search with another pipeline: upload and submit fail naming
+    it, instead of adding a version to (or running) the wrong pipeline."""
+    with KfpApiServer() as server:
+        assert invoke("upload", "reward_rl", "--host", server.url).exit_code == 0
+        server.ignore_filters = True
+        up = invoke("upload", "quickstart", "--host", server.url, "--version", "v1")
+        sub = invoke(
+            "submit", "quickstart", "--host", server.url, "--version", "v1", "--output-uri", "s3://b/r"
+        )
+    for res in (up, sub):
+        assert res.exit_code == 1
+        assert (
+            "answered a search for pipeline 'quickstart' with pipeline(s) named ['reward_rl']" in res.output
+        )
+    assert [u["kind"] for u in server.uploads] == ["pipeline"] and posted_runs(server) == []
+
+
+def test_an_experiment_of_another_name_is_refused():
+    """kfp.Client takes the only experiment a search returns; the client checks its name before running."""
+    from distilflow.client.remote import Client
+    from distilflow.errors import DistilflowError
+
+    with KfpApiServer() as server:
+        server.experiments["e1"] = {"experiment_id": "e1", "display_name": "team-x", "namespace": ""}
+        server.ignore_filters = True
+        with pytest.raises(
+            DistilflowError,
+            match="asked to create experiment 'distilflow' and answered with experiment 'team-x'",
+        ):
+            Client(server.url).submit("quickstart", output_uri="s3://b/r")
+    assert posted_runs(server) == []
+
+
+def test_lookups_follow_the_namespace():
+    """In multi-user mode pipelines live in a namespace: the lookup asks in the client's namespace, so a
+    second upload finds the first (a lookup without it would miss it and collide)."""
+    from distilflow.client.remote import Client
+
+    with KfpApiServer() as server:
+        first = Client(server.url, namespace="team-a").upload("quickstart")
+        again = Client(server.url, namespace="team-a").upload("quickstart")
+        elsewhere = Client(server.url, namespace="team-b").upload("quickstart")
+    assert first.created_pipeline and not again.created_pipeline and not again.new_version
+    assert again.pipeline_id == first.pipeline_id and elsewhere.pipeline_id != first.pipeline_id
+    lookups = [c for c in server.calls if c["method"] == "GET" and c["path"] == "/apis/v2beta1/pipelines"]
+    assert [c["query"].get("namespace") for c in lookups] == ["team-a", "team-a", "team-b"]
+    assert all(json.loads(c["query"]["filter"])["predicates"][0]["key"] == "display_name" for c in lookups)
+
+
+def test_the_kfp_fake_refuses_what_the_api_refuses():
+    """Filters on unknown keys, bodies with undeclared fields and specs that do not parse are refused as
+    KFP 2.17's API server refuses them (so the tests above can fail)."""
+    import urllib.request
+
+    from tests.fakes import kfp_api_rules as rules
+
+    with pytest.raises(rules.Refusal, match='unrecognized field \\\\"owner\\\\"'):
+        rules.parse_filter(
+            json.dumps({"predicates": [{"key": "owner", "operation": "EQUALS", "string_value": "x"}]}),
+            "pipelines",
+        )
+    assert rules.parse_filter(
+        '{"predicates":[{"key":"display_name","operation":1,"stringValue":"q"}]}', "versions"
+    ) == [("display_name", 1, "q")]
+    with pytest.raises(rules.Refusal, match=r'proto: unknown field \\"pipelineSpecs\\"'):
+        rules.check_body("v2beta1Run", {"display_name": "r", "pipelineSpecs": {}})
+    with pytest.raises(rules.Refusal, match="invalid v2 pipeline spec"):
+        rules.check_package(
+            "pipelineInfo: {name: q}\nroot: {}\nschemaVersion: 2.1.0\nsdkVersion: x\nextra: 1\n"
+        )
+    with KfpApiServer() as server:
+        request = urllib.request.Request(
+            server.url + "/apis/v2beta1/experiments",
+            data=b'{"display_name": "e", "owner": "me"}',
+            method="POST",
+        )
+        request.add_header("Content-Type", "application/json")
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(request)
+        assert err.value.code == 400 and 'unknown field "owner"' in json.loads(err.value.read())["message"]

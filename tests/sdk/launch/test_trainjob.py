@@ -7,6 +7,7 @@ command and writes the finished sft output (manifest + marker) with that config,
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,8 +51,8 @@ def finished_job(trainjob: dict) -> None:
 def cluster(tmp_path, monkeypatch):
     servers = []
 
-    def start(job_body, finish_at=3):
-        fake = FakeTrainer(job_body, LOG, finish_at=finish_at)
+    def start(job_body, finish_at=3, trainer_version="v2.3.0"):
+        fake = FakeTrainer(job_body, LOG, finish_at=finish_at, trainer_version=trainer_version)
         url = fake.start()
         servers.append(fake)
         monkeypatch.setenv("KUBECONFIG", write_kubeconfig(str(tmp_path / "kubeconfig"), url, "tok", "team-a"))
@@ -97,17 +98,15 @@ def test_trainjob_submits_streams_and_returns_result(cluster, tmp_path, capsys):
     command = " ".join(trainer["command"])
     assert "distilflow stage sft --config" in command and command.startswith("torchrun")
     assert {"name": "DISTILFLOW_S3_ENDPOINT_URL", "value": "http://minio.storage:9000"} in trainer["env"]
-    # the secret goes by reference only
-    container = job["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"][
-        0
-    ]["template"]["spec"]["template"]["spec"]["containers"][0]
-    assert container["name"] == "node"
-    assert container["env"] == [
-        {
-            "name": "AWS_SECRET_ACCESS_KEY",
-            "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "secret-key"}},
-        }
-    ]
+    # the secret goes by reference only, in spec.trainer.env (Trainer >= 2.2 refuses env in runtimePatches)
+    assert {
+        "name": "AWS_SECRET_ACCESS_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "s3-creds", "key": "secret-key"}},
+    } in trainer["env"]
+    assert "runtimePatches" not in job["spec"]
+    [create] = [r for r in fake.requests if r["method"] == "POST"]
+    assert create["query"] == {"fieldValidation": "Strict"}  # unknown fields fail instead of vanishing
+    assert fake.jobs[("team-a", job["metadata"]["name"])]["spec"]["trainer"]["env"] == trainer["env"]
     assert all(SECRET_VALUE not in r["raw"] for r in fake.requests)
     assert all(
         r["path"].startswith(("/api/v1/namespaces/team-a/", "/api/v1/namespaces/kubeflow-system/", "/apis/"))
@@ -300,3 +299,104 @@ def _other(config: SftConfig, tmp_path) -> str:
     with open(path, "w") as f:
         f.write(config.model_copy(update={"learning_rate": config.learning_rate * 2}).to_yaml())
     return path
+
+
+@pytest.mark.parametrize("version", ["v2.2.0", "v2.3.0", "dev"])
+def test_the_supported_trainer_versions_admit_the_trainjob(cluster, tmp_path, version, capsys):
+    """The same body (secrets in spec.trainer.env) passes the TrainJob CRD schema and webhook of every
+    supported Trainer version (v2.2.0 is the floor; dev = a master build)."""
+    from distilflow.launch import trainjob
+
+    fake = cluster(finished_job, finish_at=1, trainer_version=version)
+    result = trainjob.launch("sft", make_config(tmp_path), poll_interval=0.01)
+    assert result["steps"] == 20 and len(fake.jobs) == 1 and fake.warnings == []
+    assert ("(not a release number); going on" in capsys.readouterr().out) == (version == "dev")
+
+
+def test_a_trainer_below_the_floor_is_refused_before_submitting(cluster, tmp_path):
+    """Trainer v2.1 publishes no version ConfigMap (and has no runtimePatches): refused, nothing posted."""
+    from distilflow.launch import trainjob
+
+    fake = cluster(finished_job, trainer_version="v2.1.0")
+    with pytest.raises(DistilflowError, match=r"kubeflow-trainer-public does not exist.*Trainer >= v2\.2\.0"):
+        trainjob.launch("sft", make_config(tmp_path), poll_interval=0.01)
+    assert fake.posted() == [] and fake.jobs == {}
+
+
+def test_trainer_versions_are_parsed_and_ordered():
+    from distilflow.launch.trainer_version import FLOOR, parse
+
+    assert parse("v2.3.0") == (2, 3, 0) and parse("2.2.1") == (2, 2, 1) and parse("v2.2.0-rc.1") == (2, 2, 0)
+    assert parse("dev") is None and parse("v2.1.0") < FLOOR <= parse("v2.2.0")
+
+
+def test_the_trainer_webhook_refuses_env_in_a_node_runtime_patch(cluster, tmp_path):
+    """The body distilflow used to send (secrets as env of the node container in runtimePatches, built
+    with the kubeflow SDK's options) is what Trainer >= 2.2's jobset plugin refuses: the strict fake
+    answers as the real webhook does, so a test of that body fails."""
+    from kubeflow.trainer import CustomTrainerContainer
+    from kubeflow.trainer.options import (
+        ContainerPatch,
+        JobSetSpecPatch,
+        JobSetTemplatePatch,
+        JobSpecPatch,
+        JobTemplatePatch,
+        PodSpecPatch,
+        PodTemplatePatch,
+        ReplicatedJobPatch,
+        RuntimePatch,
+        TrainingRuntimeSpecPatch,
+    )
+
+    from distilflow.launch.trainjob import _client, secret_refs
+
+    fake = cluster(finished_job)
+    container = ContainerPatch(name="node", env=secret_refs({"AWS_SECRET_ACCESS_KEY": "s3-creds/secret-key"}))
+    rjob = ReplicatedJobPatch(
+        name="node",
+        template=JobTemplatePatch(
+            spec=JobSpecPatch(template=PodTemplatePatch(spec=PodSpecPatch(containers=[container])))
+        ),
+    )
+    patch = RuntimePatch(
+        training_runtime_spec=TrainingRuntimeSpecPatch(
+            template=JobSetTemplatePatch(spec=JobSetSpecPatch(replicated_jobs=[rjob]))
+        )
+    )
+    client = _client(None, None)
+    with pytest.raises(RuntimeError) as err:
+        client.train(
+            runtime="torch-distributed", trainer=CustomTrainerContainer(image="img"), options=[patch]
+        )
+    cause = err.value.__cause__
+    assert cause.status == 403
+    message = json.loads(cause.body)["message"]
+    assert message.startswith(
+        'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request: '
+    )
+    assert "spec.runtimePatches: Invalid value: " in message
+    assert message.endswith(
+        "must not have envs for the dataset-initializer, model-initializer, node containers"
+    )
+    assert fake.jobs == {}
+
+
+def test_torchrun_reserved_variables_are_refused_in_the_config(tmp_path):
+    with pytest.raises(Exception, match=r"\['PET_NNODES'\].*torchrun"):
+        make_config(tmp_path, secret_env={"PET_NNODES": "s/k"})
+
+
+def test_a_refused_trainjob_fails_the_step_with_the_servers_message(cluster, tmp_path, monkeypatch):
+    """The apiserver's or webhook's own message reaches the step's error (the SDK's create call would
+    say only "Failed to create TrainJob")."""
+    from distilflow.launch import trainjob
+
+    fake = cluster(finished_job)
+    monkeypatch.setenv("PET_MASTER_PORT", "29500")
+    with pytest.raises(DistilflowError) as err:  # env= bypasses the config's own check on purpose
+        trainjob.launch("sft", make_config(tmp_path), env=["PET_MASTER_PORT"], poll_interval=0.01)
+    message = str(err.value)
+    assert message.startswith("sft: the cluster refused TrainJob team-a/sft-") and "(HTTP 403)" in message
+    assert 'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request' in message
+    assert message.endswith("must not have reserved envs, invalid envs configured: [PET_MASTER_PORT]")
+    assert fake.jobs == {}
