@@ -267,6 +267,9 @@ async def ask_endpoint(
     A request holds one of ``concurrency`` slots from the moment it is sent until its answer is in
     the cache, so a kill at any point loses at most ``concurrency`` sent-but-unsaved requests. Twice
     as many workers as slots do the rest (cache lookups, traces, shards) while the slots stay busy.
+    A request still failing after ``max_retries`` while the endpoint answered others (a transient
+    fault, not a dead endpoint) is retried in a final pass, until it succeeds or the teacher's
+    ``retry_budget_s`` is spent, before its row counts as failed.
     """
     from distilflow.endpoint import RequestError
     from distilflow.teacher import completion_of
@@ -275,39 +278,62 @@ async def ask_endpoint(
     name = teacher.name
     slots = asyncio.Semaphore(teacher.config.concurrency)
     local = uris.is_local(cache.uri)
+    deferred: list[Job] = []
 
     async def io(fn: Any, *args: Any) -> Any:
         # A local cache entry is read or written in well under a millisecond: inline, that is
         # cheaper than a hop to a thread and back (measured with bench/bench_distill.py).
         return fn(*args) if local else await asyncio.to_thread(fn, *args)
 
+    async def record(job: Job, answer: dict[str, Any]) -> None:
+        rows = shards.add(trace_of(job, completion_of(answer), name))
+        if rows:
+            await asyncio.to_thread(shards.write, rows)
+        progress.update()
+
+    async def ask(ep: Any, job: Job, deadline: float | None = None) -> None:
+        try:
+            async with slots:
+                answer = await teacher.acomplete(ep, job.request, deadline)
+                await io(cache.put, job.key, teacher.config.model, job.request, answer)
+        except RequestError as exc:
+            if exc.transient and deadline is None:
+                deferred.append(job)  # the final pass retries it
+                return
+            budget.failures.append(
+                {"problem_id": job.problem.id, "sample": job.sample, "kind": exc.kind}
+                | {"status": exc.status, "attempts": exc.attempts, "error": str(exc)}
+            )
+            progress.update()
+            if budget.tripped:
+                raise BudgetExceeded from None
+            return
+        await record(job, answer)
+
     async def worker(ep: Any) -> None:
         for job in pending:  # one shared iterator: each job goes to exactly one worker
             answer = await io(cache.get, job.key)
             if answer is None:
-                try:
-                    async with slots:
-                        answer = await teacher.acomplete(ep, job.request)
-                        await io(cache.put, job.key, teacher.config.model, job.request, answer)
-                except RequestError as exc:
-                    budget.failures.append(
-                        {"problem_id": job.problem.id, "sample": job.sample, "kind": exc.kind}
-                        | {"status": exc.status, "attempts": exc.attempts, "error": str(exc)}
-                    )
-                    progress.update()
-                    if budget.tripped:
-                        raise BudgetExceeded from None
-                    continue
-            rows = shards.add(trace_of(job, completion_of(answer), name))
-            if rows:
-                await asyncio.to_thread(shards.write, rows)
-            progress.update()
+                await ask(ep, job)
+            else:
+                await record(job, answer)
 
     workers = min(2 * teacher.config.concurrency, len(jobs))
     async with teacher.endpoint() as ep:
         tasks = [asyncio.create_task(worker(ep)) for _ in range(workers)]
         try:
             await asyncio.gather(*tasks)
+            if deferred:
+                budget_s = teacher.config.retry_budget_s
+                print(
+                    f"[distill] final retry pass: {len(deferred)} requests to {name} failed "
+                    f"{teacher.config.max_retries + 1} times while the endpoint answered others; "
+                    f"retrying them for up to {budget_s:g} s",
+                    flush=True,
+                )
+                deadline = time.monotonic() + budget_s
+                tasks = [asyncio.create_task(ask(ep, job, deadline)) for job in deferred]
+                await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
