@@ -156,7 +156,7 @@ class TeacherServer:
                     self.send(500, b'{"error":{"message":"internal error"}}')
                 elif fault in ("reset", "drop"):
                     if fault == "reset":
-                        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{\"id\":")
+                        self.wfile.write(b'HTTP/1.1 200 OK\r\nContent-Length: 500\r\n\r\n{"id":')
                         self.wfile.flush()
                     self.close_connection = True
                     self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

@@ -17,7 +17,7 @@ and whenever errors persist, it waits an exponential backoff with full jitter (A
 Blog, "Exponential Backoff And Jitter", 2015) that grows only while no request succeeds in between.
 ``Retry-After``/``retry-after-ms`` is honoured as openai-python's ``_calculate_retry_timeout`` does.
 Other 4xx answers cannot succeed on a retry and fail at once. A request that is still failing after
-``max_retries`` while other requests were answered is marked ``transient``: callers retry those in a
+``max_retries`` on a server that has answered other requests is marked ``transient``: callers retry those in a
 final pass with a time budget (``post(deadline=...)``) before counting the row as failed. Every
 attempt and failure is counted by kind in ``EndpointStats``.
 
@@ -62,7 +62,7 @@ class RequestError(Exception):
     ):
         super().__init__(message)
         self.kind, self.status, self.attempts = kind, status, attempts
-        # a retryable failure while the server answered other requests: worth a final retry pass
+        # a retryable failure on a server that answered other requests: worth a final retry pass
         self.transient = transient
 
 
@@ -238,11 +238,12 @@ class AsyncEndpoint:
         ``check(reply)`` raises ValueError when a 200 reply is not what was asked for (counted as
         ``malformed`` and retried). Retries stop after ``max_retries``, or with ``deadline`` (a
         ``time.monotonic()`` value) when that time has come instead. Raises RequestError when the
-        request fails for good (``transient`` when it was retryable and the server answered others).
+        request fails for good (``transient`` when it was retryable and the server has answered requests of
+        this client: a healthy server's fault, not a dead endpoint).
         """
         data = json.dumps(body).encode()
         attempt = streak = 0
-        answered_before = seen = self._answered
+        seen = self._answered
         while True:
             kind, message, status, wait = await self._attempt(path, body, data, check)
             if kind is None:
@@ -255,7 +256,7 @@ class AsyncEndpoint:
             if kind not in RETRYABLE or spent:
                 self.stats.failures[kind] += 1
                 tries = f" after {attempt + 1} attempts" if attempt else ""
-                transient = kind in RETRYABLE and self._answered > answered_before
+                transient = kind in RETRYABLE and self._answered > 0
                 raise RequestError(kind, f"{message}{tries}", status, attempt + 1, transient)
             delay = self.retry_delay(kind, streak, wait)
             if deadline is not None:

@@ -73,7 +73,13 @@ class DistillResult(BaseModel):
     prompt_tokens: int = Field(0, description="Prompt tokens of the requests answered in this run")
     completion_tokens: int = Field(0, description="Completion tokens of the requests answered in this run")
     tokens_per_s: float = Field(0.0, description="Completion tokens per second of generation in this run")
-    requests_per_s: float = Field(0.0, description="Answered requests per second of generation in this run")
+    requests_per_s: float = Field(
+        0.0,
+        description="Requests sent per second of generation in this run (HTTP attempts, retries included)",
+    )
+    traces_per_s: float = Field(
+        0.0, description="Answers received per second of generation in this run (traces, cache hits excluded)"
+    )
     mean_latency_s: float = Field(0.0, description="Mean latency of a successful request")
     wall_s: float = Field(0.0, description="Seconds spent generating in this run")
     failures_uri: str | None = Field(
@@ -543,7 +549,8 @@ def run(config: DistillConfig) -> DistillResult:
         prompt_tokens=stats.prompt_tokens + prompt_tokens,
         completion_tokens=completion_tokens,
         tokens_per_s=completion_tokens / wall if wall > 0 else 0.0,
-        requests_per_s=answered / wall if wall > 0 else 0.0,
+        requests_per_s=(stats.requests + asked * n) / wall if wall > 0 else 0.0,
+        traces_per_s=answered / wall if wall > 0 else 0.0,
         mean_latency_s=(stats.latency_s + latency) / answered if answered else 0.0,
         wall_s=round(wall, 3),
         failures_uri=failures_uri,
@@ -637,6 +644,7 @@ def metrics_of(result: DistillResult) -> dict[str, float]:
         "completion_tokens": float(result.completion_tokens),
         "tokens_per_s": round(result.tokens_per_s, 3),
         "requests_per_s": round(result.requests_per_s, 3),
+        "traces_per_s": round(result.traces_per_s, 3),
         "mean_latency_s": round(result.mean_latency_s, 4),
         "tokens_per_trace": result.tokens / result.traces if result.traces else 0.0,
     }
@@ -677,7 +685,10 @@ def _summary(
         ("rejected (chat-template control tokens)", str(result.rejected)),
         ("failed attempts by kind", str(result.errors_by_kind or {})),
         ("prompt / completion tokens (this run)", f"{result.prompt_tokens} / {result.completion_tokens}"),
-        ("tokens/s, requests/s", f"{result.tokens_per_s:.1f}, {result.requests_per_s:.2f}"),
+        (
+            "tokens/s, traces/s, requests/s (retries included)",
+            f"{result.tokens_per_s:.1f}, {result.traces_per_s:.2f}, {result.requests_per_s:.2f}",
+        ),
         ("mean request latency", f"{result.mean_latency_s:.3f} s"),
         ("finish reasons", str(result.finish_reasons)),
     ]
@@ -776,7 +787,8 @@ def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
         return dict(counter)
 
     wall = max(r.wall_s for r in results)  # shards run side by side
-    answered = sum(r.requests_per_s * r.wall_s for r in results)
+    answered = sum(r.traces_per_s * r.wall_s for r in results)
+    sent = sum(r.requests_per_s * r.wall_s for r in results)
     result = DistillResult(
         traces_uri=traces_uri,
         problems=total("problems"),
@@ -798,7 +810,8 @@ def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
         prompt_tokens=total("prompt_tokens"),
         completion_tokens=total("completion_tokens"),
         tokens_per_s=total("completion_tokens") / wall if wall > 0 else 0.0,
-        requests_per_s=answered / wall if wall > 0 else 0.0,
+        requests_per_s=sent / wall if wall > 0 else 0.0,
+        traces_per_s=answered / wall if wall > 0 else 0.0,
         mean_latency_s=(
             sum(r.mean_latency_s * r.requests for r in results) / total("requests")
             if total("requests")
