@@ -164,3 +164,13 @@ def test_mark_sets_kept_and_dropped_by_and_nothing_else():
     assert json.loads(mark(out, None)) == json.loads(line) | {"kept": True, "dropped_by": None}
     spaced = json.dumps({k: v for k, v in json.loads(line).items() if k != "dropped_by"}).encode()
     assert json.loads(mark(spaced, "logic")) == json.loads(line) | {"dropped_by": "logic"}
+
+
+def test_signatures_are_select_minhash_exactly():
+    from distilflow.components.curate.columnar import _signatures
+    from distilflow.components.curate.select import minhash, normalise_text
+
+    rows, texts = random_rows(2)
+    norms = [normalise_text(t) for t in texts] + ["", "one", "one two", LONG.lower()]
+    got = _signatures(norms, chunk=7)  # chunks smaller than the list
+    assert got.tolist() == [minhash(n.split()) for n in norms]

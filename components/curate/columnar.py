@@ -41,9 +41,7 @@ from distilflow.components.curate.select import (
     SelectionStats,
     StreamOutputs,
     Targets,
-    band_keys,
     lsh_params,
-    minhash,
     normalise_text,
     text_key,
 )
@@ -198,42 +196,57 @@ def _contaminated(words: list[str], grams: tuple[set[str], set[str]], n: int) ->
 
 
 def near_drops(key_names: list[str], norms: list[str], c: SelectConfig) -> set[int]:
-    """Key indexes that share an LSH band with a smaller key (``select._resolve_bands``'s rule)."""
+    """Key indexes that share an LSH band with a smaller key (``select._resolve_bands``'s rule).
+
+    A band's bucket is its signature values themselves (``select.band_keys`` hashes them to 64 bits
+    first: the same buckets but for a hash collision), grouped by numpy."""
+    import numpy as np
+
     bands, per_band = lsh_params(c.near_dup_threshold)
-    buckets: dict[str, list[int]] = {}
-    digests: dict[str, bytes] = {}
-    for k in range(len(key_names)):
-        for band in band_keys(_minhash(norms[k], digests), bands, per_band):
-            buckets.setdefault(band, []).append(k)
-    drops: set[int] = set()
-    for members in buckets.values():
-        if len(members) > 1:
-            keep = min(members, key=key_names.__getitem__)
-            drops.update(m for m in members if m != keep)
-    return drops
+    count = len(key_names)
+    if count < 2:
+        return set()
+    signatures = _signatures(norms)
+    rank = np.empty(count, dtype=np.int64)
+    rank[np.argsort(np.asarray(key_names), kind="stable")] = np.arange(count)
+    drop = np.zeros(count, dtype=bool)
+    width = np.dtype((np.void, 4 * per_band))
+    for band in range(bands):
+        values = np.ascontiguousarray(signatures[:, band * per_band : (band + 1) * per_band])
+        _, bucket, sizes = np.unique(values.view(width).ravel(), return_inverse=True, return_counts=True)
+        shared = sizes[bucket] > 1
+        if shared.any():
+            smallest = np.full(len(sizes), count, dtype=np.int64)
+            np.minimum.at(smallest, bucket, rank)
+            drop |= shared & (rank != smallest[bucket])
+    return set(np.flatnonzero(drop).tolist())
 
 
-def _minhash(norm: str, digests: dict[str, bytes] | None = None) -> list[int]:
-    """``select.minhash`` (shake_128 per word 3-gram, split in NUM_PERM 32-bit values, minimum per
-    value) with each 3-gram's digest computed once per run and the minimum taken by numpy."""
+def _signatures(norms: list[str], chunk: int = 4096) -> Any:
+    """``select.minhash`` of every text as rows of a (texts, NUM_PERM) uint32 array: shake_128 per
+    distinct word 3-gram of a chunk of texts, the minimum per text taken by numpy."""
     import hashlib
 
     import numpy as np
 
-    words = norm.split()
-    if digests is None:
-        return minhash(words)
-    if len(digests) > 300_000:  # about 100 MiB of digests: start again rather than grow
-        digests.clear()
-    grams = {" ".join(words[i : i + SHINGLE]) for i in range(max(len(words) - SHINGLE + 1, 1))}
-    parts = []
-    for gram in grams:
-        digest = digests.get(gram)
-        if digest is None:
-            digest = digests[gram] = hashlib.shake_128(gram.encode()).digest(4 * NUM_PERM)
-        parts.append(digest)
-    values = np.frombuffer(b"".join(parts), dtype="<u4").reshape(len(parts), NUM_PERM)
-    return values.min(axis=0).tolist()
+    out = np.empty((len(norms), NUM_PERM), dtype=np.uint32)
+    for first in range(0, len(norms), chunk):
+        index: dict[str, int] = {}
+        digests: list[bytes] = []
+        ids: list[int] = []
+        starts: list[int] = []
+        for norm in norms[first : first + chunk]:
+            words = norm.split()
+            starts.append(len(ids))
+            for gram in {" ".join(words[i : i + SHINGLE]) for i in range(max(len(words) - SHINGLE + 1, 1))}:
+                j = index.get(gram)
+                if j is None:
+                    j = index[gram] = len(digests)
+                    digests.append(hashlib.shake_128(gram.encode()).digest(4 * NUM_PERM))
+                ids.append(j)
+        table = np.frombuffer(b"".join(digests), dtype="<u4").reshape(len(digests), NUM_PERM)
+        out[first : first + len(starts)] = np.minimum.reduceat(table[np.asarray(ids)], starts, axis=0)
+    return out
 
 
 # ---------------------------------------------------------------- selection over columns

@@ -440,6 +440,30 @@ def templates_used(config: CurateConfig) -> list[str]:
     return used
 
 
+def select_and_publish(
+    config: CurateConfig, out: StageOutput, work: str, judged_path: str, judged: Judged, judge_info: dict
+) -> tuple[dict[str, list[str]], dict[str, str], Any]:
+    """What the stage does after judging: select over the judged rows (every row rewritten with its
+    verdict, SFT examples, pairs), write ``selection.json`` and the report, and publish every output
+    under its final name; ``work`` is removed. Returns the shard names, the single files' URIs and
+    the selection statistics (``bench/bench_curate.py`` times this)."""
+    files, stats = select_file(judged_path, config.selection(), work, shard_rows=config.shard_rows)
+    os.remove(judged_path)
+    info = stats.to_dict() | {"traces": judged.traces} | judge_info
+    with open(os.path.join(work, SELECTION), "w", encoding="utf-8") as f:
+        json.dump(info, f, indent=1)
+    with open(os.path.join(work, REPORT), "w", encoding="utf-8") as f:
+        f.write(report.render(info, title=f"curate report: {out.uri}"))
+    local = {"scored": files.scored, "sft": files.sft, "preference": files.preference}
+    names, singles = _publish_outputs(
+        out, local | {"judge_failures": judged.failure_shards}, config.single_files, work
+    )
+    for name in (SELECTION, REPORT):
+        _publish(os.path.join(work, name), out.path(name))
+    shutil.rmtree(work, ignore_errors=True)
+    return names, singles, stats
+
+
 def run(config: CurateConfig) -> CurateResult:
     """Judge every trace, verify answers, select rows and write scored, SFT and preference shards.
 
@@ -458,8 +482,6 @@ def run(config: CurateConfig) -> CurateResult:
     work = _workdir(config.output_uri)
     judged_path = os.path.join(work, "judged.jsonl")
     judged = judge_all(config, traces_uri, judged_path, work)
-    files, stats = select_file(judged_path, config.selection(), work, shard_rows=config.shard_rows)
-    os.remove(judged_path)
     judge_info = {
         "judge_failures": judged.unscored,
         "rejected_template_tokens": judged.rejected,
@@ -468,18 +490,7 @@ def run(config: CurateConfig) -> CurateResult:
         "cache_hits": judged.cache_hits,
         "judge_tokens": judged.tokens,
     }
-    info = stats.to_dict() | {"traces": judged.traces} | judge_info
-    with open(os.path.join(work, SELECTION), "w", encoding="utf-8") as f:
-        json.dump(info, f, indent=1)
-    with open(os.path.join(work, REPORT), "w", encoding="utf-8") as f:
-        f.write(report.render(info, title=f"curate report: {out.uri}"))
-    local = {"scored": files.scored, "sft": files.sft, "preference": files.preference}
-    names, singles = _publish_outputs(
-        out, local | {"judge_failures": judged.failure_shards}, config.single_files, work
-    )
-    for name in (SELECTION, REPORT):
-        _publish(os.path.join(work, name), out.path(name))
-    shutil.rmtree(work, ignore_errors=True)
+    names, singles, stats = select_and_publish(config, out, work, judged_path, judged, judge_info)
     templates = templates_used(config)
     result = CurateResult(
         shards=names,
