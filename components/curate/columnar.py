@@ -471,8 +471,18 @@ def _value_span(line: bytes, name: bytes) -> tuple[int, int] | None:
         end = at
 
 
+_JUDGED = b'"kept":false,"dropped_by":null'  # how the judge writes them (model_dump_json)
+
+
 def mark(line: bytes, reason: str | None) -> bytes:
     """The raw row with ``kept`` and ``dropped_by`` set; every other byte as it was."""
+    at = line.rfind(_JUDGED)
+    if at >= 0:  # the judge's own layout: one splice
+        if reason is None:
+            value = b'"kept":true,"dropped_by":null'
+        else:
+            value = b'"kept":false,"dropped_by":"' + reason.encode() + b'"'
+        return line[:at] + value + line[at + len(_JUDGED) :]
     kept = _value_span(line, b'"kept"')
     if kept is None:
         raise RecordError(f"no kept field in {line[:80]!r}")
@@ -503,15 +513,10 @@ def _prompt(row: Any, system: bytes) -> bytes:
 def sft_line(row: Any, rv: float, cd: float, stage: int, c: SelectConfig, system: bytes) -> bytes:
     """``select.sft_example(...).model_dump_json()`` of a row, assembled from its raw JSON values."""
     head = b'{"id":' + bytes(row.id) + b',"messages":[' + _prompt(row, system) + b"," + _assistant(row)
-    tail = json.dumps(
-        {
-            "enable_thinking": c.enable_thinking,
-            "rv": rv,
-            "cd": cd,
-            "curriculum_stage": None if stage < 0 else stage,
-        }
-    )
-    return head + b"]," + tail[1:].encode() + b"\n"
+    thinking = "null" if c.enable_thinking is None else "true" if c.enable_thinking else "false"
+    curriculum = "null" if stage < 0 else str(stage)
+    tail = f'],"enable_thinking":{thinking},"rv":{rv!r},"cd":{cd!r},"curriculum_stage":{curriculum}}}\n'
+    return head + tail.encode()
 
 
 def pair_line(best: Any, worst: Any, beta: float | None, system: bytes) -> bytes:
@@ -551,7 +556,9 @@ def write(
                 if len(line) < 3 and not line.strip():
                     continue
                 code = reasons[i]
-                scored_f.write(mark(line.rstrip(b"\r\n"), None if code == KEPT else FILTERS[code]) + b"\n")
+                if not line.endswith(b"\n"):  # the last line of a file without a final newline
+                    line += b"\n"
+                scored_f.write(mark(line, None if code == KEPT else FILTERS[code]))
                 if code == KEPT:
                     stage = stages[i]
                     part_fs[max(stage, 0)].write(

@@ -330,21 +330,27 @@ async def ask_endpoint(
         try:
             await asyncio.gather(*tasks)
             if deferred:
-                budget_s = teacher.config.retry_budget_s
-                print(
-                    f"[distill] final retry pass: {len(deferred)} requests to {name} failed "
-                    f"{teacher.config.max_retries + 1} times while the endpoint answered others; "
-                    f"retrying them for up to {budget_s:g} s",
-                    flush=True,
-                )
-                deadline = time.monotonic() + budget_s
-                tasks = [asyncio.create_task(ask(ep, job, deadline)) for job in deferred]
+                tasks = final_pass(teacher, deferred, lambda job, deadline: ask(ep, job, deadline))
                 await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.to_thread(shards.write, shards.take())
+
+
+def final_pass(teacher: Any, deferred: list[Job], ask: Any) -> list[asyncio.Task]:
+    """The tasks of the final retry pass: each deferred job asked again until it is answered or the
+    teacher's ``retry_budget_s`` (from now) is spent."""
+    budget_s = teacher.config.retry_budget_s
+    print(
+        f"[distill] final retry pass: {len(deferred)} requests to {teacher.name} failed "
+        f"{teacher.config.max_retries + 1} times while the endpoint answered others; "
+        f"retrying them for up to {budget_s:g} s",
+        flush=True,
+    )
+    deadline = time.monotonic() + budget_s
+    return [asyncio.create_task(ask(job, deadline)) for job in deferred]
 
 
 async def ask_endpoints(
