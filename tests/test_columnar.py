@@ -166,14 +166,17 @@ def test_mark_sets_kept_and_dropped_by_and_nothing_else():
     assert json.loads(mark(spaced, "logic")) == json.loads(line) | {"dropped_by": "logic"}
 
 
-def test_signatures_are_select_minhash_exactly():
-    from distilflow.components.curate.columnar import _signatures
+def test_signatures_are_select_minhash_exactly(monkeypatch):
+    from distilflow.components.curate import columnar
+    from distilflow.components.curate.columnar import _signature_chunk, _signatures
     from distilflow.components.curate.select import minhash, normalise_text
 
     rows, texts = random_rows(2)
     norms = [normalise_text(t) for t in texts] + ["", "one", "one two", LONG.lower()]
-    got = _signatures(norms, chunk=7)  # chunks smaller than the list
-    assert got.tolist() == [minhash(n.split()) for n in norms]
+    expected = [minhash(n.split()) for n in norms]
+    assert _signature_chunk(norms, chunk=7).tolist() == expected  # chunks smaller than the list
+    monkeypatch.setattr(columnar, "PARALLEL_TEXTS", 10)
+    assert _signatures(norms, workers=2).tolist() == expected  # in worker processes
 
 
 def test_empty_file_and_a_last_line_without_newline(tmp_path):

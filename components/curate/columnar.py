@@ -24,6 +24,7 @@ of thought: it does not grow with chain length.
 
 from __future__ import annotations
 
+import array
 import functools
 import json
 import os
@@ -49,6 +50,8 @@ from distilflow.components.curate.shards import ShardWriter
 from distilflow.errors import RecordError
 from distilflow.preference import CORRECT_RANK
 
+PARALLEL_TEXTS = 20_000  # distinct problem texts from which MinHash runs in worker processes
+BUFFER = 1 << 22  # bytes of each file buffer: few system calls for a stream of short lines
 KEPT = -1  # reason code of a kept row; otherwise an index into FILTERS
 CODE = {name: i for i, name in enumerate(FILTERS)}
 
@@ -89,17 +92,17 @@ def scan_fields() -> set[str]:
 class Columns:
     """What the scan keeps of each row, and of each distinct problem text."""
 
-    offsets: list[int] = field(default_factory=list)
-    lengths: list[int] = field(default_factory=list)
-    lines: list[int] = field(default_factory=list)
+    # typed arrays, not lists: 8 bytes a value instead of a Python object each
+    offsets: Any = field(default_factory=lambda: array.array("q"))
+    lengths: Any = field(default_factory=lambda: array.array("q"))
     ids: list[str] = field(default_factory=list)
-    pids: list[int] = field(default_factory=list)  # index into pid_names
-    texts: list[int] = field(default_factory=list)  # index into text_names
-    domains: list[int] = field(default_factory=list)  # index into domain_names
-    rv: list[float] = field(default_factory=list)
-    cd: list[float] = field(default_factory=list)
-    logic: list[float] = field(default_factory=list)
-    correct: list[int] = field(default_factory=list)  # CORRECT_RANK of the answer check
+    pids: Any = field(default_factory=lambda: array.array("q"))  # index into pid_index
+    texts: Any = field(default_factory=lambda: array.array("q"))  # index into text_index
+    domains: Any = field(default_factory=lambda: array.array("q"))  # index into domain_index
+    rv: Any = field(default_factory=lambda: array.array("d"))
+    cd: Any = field(default_factory=lambda: array.array("d"))
+    logic: Any = field(default_factory=lambda: array.array("d"))
+    correct: Any = field(default_factory=lambda: array.array("b"))  # CORRECT_RANK of the answer check
     pid_index: dict[str, int] = field(default_factory=dict)
     text_index: dict[str, int] = field(default_factory=dict)
     domain_index: dict[str, int] = field(default_factory=dict)
@@ -122,7 +125,7 @@ def scan(path: str) -> Columns:
     cols = Columns()
     pid_index, text_index, domain_index = cols.pid_index, cols.text_index, cols.domain_index
     offset = 0
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=BUFFER) as f:
         for lineno, line in enumerate(f, start=1):
             size = len(line)
             if size < 3 and not line.strip():
@@ -141,7 +144,6 @@ def scan(path: str) -> Columns:
                 )
             cols.offsets.append(offset)
             cols.lengths.append(size)
-            cols.lines.append(lineno)
             cols.ids.append(row.id)
             cols.pids.append(pid_index.setdefault(row.problem_id, len(pid_index)))
             cols.texts.append(text_index.setdefault(row.problem, len(text_index)))
@@ -222,9 +224,26 @@ def near_drops(key_names: list[str], norms: list[str], c: SelectConfig) -> set[i
     return set(np.flatnonzero(drop).tolist())
 
 
-def _signatures(norms: list[str], chunk: int = 4096) -> Any:
-    """``select.minhash`` of every text as rows of a (texts, NUM_PERM) uint32 array: shake_128 per
-    distinct word 3-gram of a chunk of texts, the minimum per text taken by numpy."""
+def _signatures(norms: list[str], workers: int | None = None) -> Any:
+    """``select.minhash`` of every text as rows of a (texts, NUM_PERM) uint32 array. Many texts are
+    split over worker processes (hashing is CPU-bound Python); a few are done here."""
+    import numpy as np
+
+    workers = min(os.cpu_count() or 1, 4) if workers is None else workers
+    if workers < 2 or len(norms) < PARALLEL_TEXTS:
+        return _signature_chunk(norms)
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    size = -(-len(norms) // (4 * workers))
+    parts = [norms[i : i + size] for i in range(0, len(norms), size)]
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+        return np.concatenate(list(pool.map(_signature_chunk, parts)))
+
+
+def _signature_chunk(norms: list[str], chunk: int = 4096) -> Any:
+    """The signatures of ``norms``: shake_128 once per distinct word 3-gram of each chunk of texts,
+    the minimum per text taken by numpy."""
     import hashlib
 
     import numpy as np
@@ -267,7 +286,7 @@ def _group_verdicts(cols: Columns, c: SelectConfig, key: Any) -> tuple[Any, Any]
     """Rows' (key, problem id) group and each group's problem verdict code (KEPT: none)."""
     import numpy as np
 
-    pid = np.asarray(cols.pids, dtype=np.int64)
+    pid = np.frombuffer(cols.pids, dtype=np.int64)
     combo = key * max(len(cols.pid_index), 1) + pid
     _, first, group = np.unique(combo, return_index=True, return_inverse=True)
     return group, first
@@ -279,7 +298,7 @@ def _verdict_codes(cols: Columns, c: SelectConfig, key: Any, group: Any, first: 
     key_names, flags = cols.key_names, cols.flags
     pid_names = list(cols.pid_index)
     group_key = key[first].tolist()
-    group_pid = np.asarray(cols.pids)[first].tolist()
+    group_pid = np.frombuffer(cols.pids, dtype=np.int64)[first].tolist()
     smallest: dict[int, int] = {}
     for k, p in zip(group_key, group_pid, strict=True):
         if k not in smallest or pid_names[p] < pid_names[smallest[k]]:
@@ -369,11 +388,11 @@ def decide(cols: Columns, c: SelectConfig, targets: Targets) -> Decided:
     import numpy as np
 
     problem_keys(cols, c)
-    key = np.asarray(cols.key_of_text, dtype=np.int64)[np.asarray(cols.texts, dtype=np.int64)]
+    key = np.asarray(cols.key_of_text, dtype=np.int64)[np.frombuffer(cols.texts, dtype=np.int64)]
     group, first = _group_verdicts(cols, c, key)
     verdict = _verdict_codes(cols, c, key, group, first)
-    rv, cd = np.asarray(cols.rv), np.asarray(cols.cd)
-    logic, correct = np.asarray(cols.logic), np.asarray(cols.correct, dtype=np.int8)
+    rv, cd = np.frombuffer(cols.rv), np.frombuffer(cols.cd)
+    logic, correct = np.frombuffer(cols.logic), np.frombuffer(cols.correct, dtype=np.int8)
     reason = verdict[group].astype(np.int8)
     alive = reason == KEPT
     for name, bad in (
@@ -399,7 +418,15 @@ def decide(cols: Columns, c: SelectConfig, targets: Targets) -> Decided:
     if c.domain_quotas:
         names = list(cols.domain_index)
         quota = np.asarray([c.domain_quotas.get(d, len(cols)) for d in names] or [0])
-        _cap(reason, rows, np.asarray(cols.domains), dist, id_rank, quota, CODE["domain_quota"])
+        _cap(
+            reason,
+            rows,
+            np.frombuffer(cols.domains, dtype=np.int64),
+            dist,
+            id_rank,
+            quota,
+            CODE["domain_quota"],
+        )
     stage = bins if c.curriculum else np.full(len(cols), -1)
     pairs = pair_rows(cols, c, targets, group, verdict, rv, cd, logic, correct, id_rank)
     return Decided(reason, stage, pairs, cols.contamination_problems)
@@ -521,11 +548,11 @@ def sft_line(row: Any, rv: float, cd: float, stage: int, c: SelectConfig, system
 
 def pair_line(best: Any, worst: Any, beta: float | None, system: bytes) -> bytes:
     """``select.preference_pair(...).model_dump_json()``, assembled from the two rows' raw values."""
-    pid = json.loads(bytes(best.problem_id))
+    pair_id = bytes(best.problem_id)[:-1] + b'/pair"'  # the raw JSON string, "/pair" appended
     return (
-        b'{"id":' + json.dumps(f"{pid}/pair").encode() + b',"prompt":[' + _prompt(best, system)
+        b'{"id":' + pair_id + b',"prompt":[' + _prompt(best, system)
         + b'],"chosen":[' + _assistant(best) + b'],"rejected":[' + _assistant(worst)
-        + b'],"beta":' + json.dumps(beta).encode() + b"}\n"
+        + b'],"beta":' + (b"null" if beta is None else repr(beta).encode()) + b"}\n"
     )  # fmt: skip
 
 
@@ -548,9 +575,12 @@ def write(
     stages = d.stage.tolist()
     n_stages = max(stages) + 1 if c.curriculum and stages else 1
     parts = [os.path.join(workdir, f"sft-stage-{i:03d}.jsonl") for i in range(n_stages)]
-    part_fs = [open(p, "wb") for p in parts]  # noqa: SIM115 (closed below)
+    part_fs = [open(p, "wb", buffering=BUFFER) for p in parts]  # noqa: SIM115 (closed below)
     try:
-        with open(path, "rb") as f, ShardWriter(workdir, "scored", shard_rows, binary=True) as scored_f:
+        with (
+            open(path, "rb", buffering=BUFFER) as f,
+            ShardWriter(workdir, "scored", shard_rows, binary=True) as scored_f,
+        ):
             i = 0
             for line in f:
                 if len(line) < 3 and not line.strip():
@@ -593,13 +623,13 @@ def stats_of(path: str, cols: Columns, d: Decided) -> SelectionStats:
     stats = SelectionStats(
         rows_in=len(cols), pairs=len(d.pairs), contamination_problems=d.contamination_problems
     )
-    rv, cd = np.asarray(cols.rv), np.asarray(cols.cd)
+    rv, cd = np.frombuffer(cols.rv), np.frombuffer(cols.cd)
     cell = np.minimum(rv.astype(np.int64), 9) * 10 + np.minimum(cd.astype(np.int64), 9)
     kept = d.reason == KEPT
     stats.grid_before = np.bincount(cell, minlength=100).reshape(10, 10).tolist()
     stats.grid_after = np.bincount(cell[kept], minlength=100).reshape(10, 10).tolist()
     stats.sum_rv, stats.sum_cd = sum(cols.rv), sum(cols.cd)
-    answers = np.bincount(np.asarray(cols.correct, dtype=np.int64), minlength=3)
+    answers = np.bincount(np.frombuffer(cols.correct, dtype=np.int8).astype(np.int64), minlength=3)
     stats.answers = {"correct": int(answers[2]), "incorrect": int(answers[0]), "unverified": int(answers[1])}
     counts = np.bincount(d.reason[~kept].astype(np.int64), minlength=len(FILTERS))
     stats.dropped = {name: int(counts[i]) for i, name in enumerate(FILTERS)}

@@ -48,7 +48,7 @@ class ShardWriter:
             self._file.close()
         path = os.path.join(self.workdir, f"{self.kind}-{len(self.paths):05d}.jsonl")
         if self.binary:
-            self._file = open(path, "wb")  # noqa: SIM115 (closed in _next/close)
+            self._file = open(path, "wb", buffering=1 << 22)  # noqa: SIM115 (closed in _next/close)
         else:
             self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed in _next/close)
         self.paths.append(path)
