@@ -17,7 +17,7 @@ process's CPU time over the requests it sent; the server runs elsewhere). Target
 clean >= 0.90 of C/L on the default backlog at C..4C; >= 0.36 of C/L in rows/s at 30% faults with
 every row, once. The last line is one JSON object.
 
-    python bench/bench_distill.py [--latency 0.05] [--cap 16] [--rows 3200]
+    python bench/bench_distill.py [--latency 0.05] [--cap 16] [--rows 4800]
     python bench/bench_distill.py --base-url http://host:8000/v1 --model NAME --latency L --cap C
 
 With ``--base-url`` only the clean runs go to that server (its backlog and faults are its own) and
@@ -175,7 +175,7 @@ def main() -> None:
     parser.add_argument("--model", default="teacher", help="model name the server serves")
     parser.add_argument("--latency", type=float, default=0.05, help="server latency L per request, seconds")
     parser.add_argument("--cap", type=int, default=16, help="requests the server serves at once, C")
-    parser.add_argument("--rows", type=int, default=3200, help="rows (requests that must succeed) per run")
+    parser.add_argument("--rows", type=int, default=4800, help="rows (requests that must succeed) per run")
     args = parser.parse_args()
 
     from distilflow.records import Problem, write_jsonl
