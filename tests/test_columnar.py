@@ -185,7 +185,8 @@ def test_empty_file_and_a_last_line_without_newline(tmp_path):
     files, stats = select_file(str(path), SelectConfig(), str(tmp_path / "empty"))
     assert stats.rows_in == 0 and files.scored == files.sft == files.preference == []
     rows = [scored("a", 0, 4, 4), scored("a", 1, 8, 4, correct=False), scored("b", 0, 2, 2)]
-    path.write_text("\n".join(r.model_dump_json() for r in rows))  # no final newline
+    lines = [r.model_dump_json() for r in rows]
+    path.write_text(lines[0] + "\n    \n\n" + "\n".join(lines[1:]))  # blank lines; no final newline
     files, stats = select_file(str(path), SelectConfig(), str(tmp_path / "w"), shard_rows=2)
     got = read_all(files.scored, Scored)
     assert [r.id for r in got] == [r.id for r in rows] and stats.kept == 2 and stats.pairs == 1

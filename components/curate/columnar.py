@@ -581,9 +581,10 @@ def write(
             open(path, "rb", buffering=BUFFER) as f,
             ShardWriter(workdir, "scored", shard_rows, binary=True) as scored_f,
         ):
-            i = 0
+            i, offset, starts = 0, 0, cols.offsets
             for line in f:
-                if len(line) < 3 and not line.strip():
+                at, offset = offset, offset + len(line)
+                if i == len(starts) or at != starts[i]:  # a blank line the scan skipped
                     continue
                 code = reasons[i]
                 if not line.endswith(b"\n"):  # the last line of a file without a final newline
