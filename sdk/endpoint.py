@@ -207,6 +207,7 @@ class AsyncEndpoint:
             connector=aiohttp.TCPConnector(limit=self.concurrency, ttl_dns_cache=300),
             trace_configs=[ramp],
         )
+        self._proxy = _env_proxy(self.base_url)
         self._requests = TokenBucket(self._rpm) if self._rpm else None
         self._tokens = TokenBucket(self._tpm) if self._tpm else None
         return self
@@ -291,7 +292,9 @@ class AsyncEndpoint:
             start = time.monotonic()
             opening = _Opening(self._opening)
             try:
-                async with self._session.post(self._url(path), data=data, trace_request_ctx=opening) as resp:
+                async with self._session.post(
+                    self._url(path), data=data, proxy=self._proxy, trace_request_ctx=opening
+                ) as resp:
                     opening.release()
                     status, raw = resp.status, await resp.read()
                     headers = resp.headers
@@ -329,6 +332,18 @@ class AsyncEndpoint:
         self.stats.completion_tokens += int(usage.get("completion_tokens") or 0)
         if self._tokens and usage:
             self._tokens.adjust(int(usage.get("total_tokens") or 0) - estimate)
+
+
+def _env_proxy(base_url: str) -> str | None:
+    """The proxy the environment names for ``base_url`` (``HTTP(S)_PROXY``, unless ``NO_PROXY``
+    covers its host), as httpx and openai-python honour; looked up once, not per request."""
+    import urllib.parse
+    import urllib.request
+
+    parts = urllib.parse.urlsplit(base_url)
+    if not parts.hostname or urllib.request.proxy_bypass(parts.hostname):
+        return None
+    return urllib.request.getproxies().get(parts.scheme)
 
 
 def _error_detail(raw: bytes) -> str:

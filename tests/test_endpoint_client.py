@@ -155,3 +155,16 @@ def test_distill_final_pass_loses_no_row_and_labels_both_rates(tmp_path):
     assert result.traces_per_s * result.wall_s == pytest.approx(60, rel=0.01)
     report = Path(result.report_md).read_text()
     assert f"{result.traces_per_s:.2f}, {result.requests_per_s:.2f}" in report
+
+
+def test_the_environments_proxy_is_looked_up_once_per_endpoint(monkeypatch):
+    from distilflow.endpoint import _env_proxy
+
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY", "http_proxy", "https_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    assert _env_proxy("https://api.example.com/v1") is None
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    assert _env_proxy("https://api.example.com/v1") == "http://proxy.internal:3128"
+    assert _env_proxy("http://api.example.com/v1") is None  # no HTTP_PROXY
+    monkeypatch.setenv("NO_PROXY", "example.com")
+    assert _env_proxy("https://api.example.com/v1") is None
