@@ -147,6 +147,10 @@ def figures_of(kind: str, output: str) -> dict[str, Any]:
     return counts
 
 
+def _text(data: bytes | str | None) -> str:
+    return data.decode(errors="replace") if isinstance(data, bytes) else (data or "")
+
+
 def run_step(step: Step, left_s: float, env: dict[str, str], out: str) -> Outcome:
     """Run one step with ``min(cap, left)`` seconds; its output goes to ``<out>/<name>.log``."""
     if left_s < MIN_STEP_S:
@@ -161,17 +165,7 @@ def run_step(step: Step, left_s: float, env: dict[str, str], out: str) -> Outcom
         )
         output, code = done.stdout + done.stderr, done.returncode
     except subprocess.TimeoutExpired as exc:
-        output = (
-            (exc.stdout or b"").decode(errors="replace")
-            if isinstance(exc.stdout, bytes)
-            else (exc.stdout or "")
-        )
-        output += (
-            (exc.stderr or b"").decode(errors="replace")
-            if isinstance(exc.stderr, bytes)
-            else (exc.stderr or "")
-        )
-        code = None
+        output, code = "".join(_text(x) for x in (exc.stdout, exc.stderr)), None
     seconds = time.monotonic() - start
     with open(os.path.join(out, f"{step.name}.log"), "w", encoding="utf-8") as f:
         f.write(" ".join(step.command) + "\n\n" + output)
@@ -288,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     start = time.monotonic()
+    os.makedirs(opts.out, exist_ok=True)
     env = step_env(install_wheels(opts.wheels) if opts.wheels else None)
     gpu, device = cuda_available(env)
     steps = [STEPS[s] for s in opts.steps.split(",")]
