@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     opts.seq = opts.seq or (1024 if opts.gpu else 256)
     opts.fill = opts.fill if opts.fill is not None else (0.98 if opts.gpu else 0.25)
     opts.steps = opts.steps or (10 if opts.gpu else 6)
+    loops.threads(opts.gpu)
     work = tempfile.mkdtemp(prefix="bench-dpo-")
     opts.model = os.path.join(work, "model")
     opts.params = loops.build_model(opts.model, "0.5b" if opts.gpu else "small", opts.hidden)

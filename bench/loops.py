@@ -138,6 +138,15 @@ def filler(tokenizer: Any, seq: int, seed: int) -> Callable[[Callable[[str], lis
     return fit
 
 
+def threads(gpu: bool) -> None:
+    """One torch thread on a CPU unless OMP_NUM_THREADS says otherwise: small matrices on shared cores run
+    many times faster without thread contention (as tests/conftest.py sets)."""
+    import torch
+
+    if not gpu and "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(1)
+
+
 def device_of(gpu: bool) -> Any:
     import torch
 

@@ -68,7 +68,7 @@ WHEELS = (
     # versions are this environment's, so the GPU run uses what CI tested
     "trl", "datasets", "peft", "pydantic", "pydantic-core", "annotated-types", "typing-inspection",
     "typing-extensions", "dill", "multiprocess", "xxhash", "fsspec", "hjson", "py-cpuinfo", "msgpack", "ninja",
-    "einops", "pyyaml",
+    "einops", "pyyaml", "pytest", "pluggy", "iniconfig", "pytest-timeout", "pygments",
 )  # fmt: skip
 EXTRA_WHEELS = {"liger-kernel": "0.8.5"}
 """Wheels that need not be installed here (liger-kernel pulls Triton, which a CPU machine does not use)."""

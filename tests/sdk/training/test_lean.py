@@ -102,3 +102,21 @@ def test_liger_arguments(tmp_path, monkeypatch, capsys):
         ConfigError, match=r"'gemma2' model; .* qwen2, qwen3, llama. Set reward.use_liger_kernel=false"
     ):
         kernels.liger_arguments(True, str(folder), "reward", gpu=True)
+
+
+def test_training_arguments_carry_the_lean_settings(tmp_path, monkeypatch):
+    """Every training stage's arguments (``training_arguments``) hold the lean settings: workers and
+    non-blocking copies on a GPU only."""
+    from distilflow.components.sft.config import SftConfig
+    from distilflow.training import arguments
+
+    cfg = SftConfig(output_uri=str(tmp_path / "o"), data_uri="/x.jsonl", model="/m")
+    monkeypatch.setattr(arguments, "on_gpu", lambda: True)
+    gpu = arguments.training_arguments(lambda **kw: kw, cfg, str(tmp_path))
+    assert gpu["logging_nan_inf_filter"] is False and gpu["include_num_input_tokens_seen"] == "no"
+    assert gpu["dataloader_num_workers"] == 2 and gpu["accelerator_config"] == {"non_blocking": True}
+    assert gpu["dataloader_pin_memory"] is True and gpu["bf16"] is True
+    monkeypatch.setattr(arguments, "on_gpu", lambda: False)
+    cpu = arguments.training_arguments(lambda **kw: kw, cfg, str(tmp_path))
+    assert cpu["dataloader_num_workers"] == 0 and "accelerator_config" not in cpu
+    assert cpu["dataloader_pin_memory"] is False and cpu["logging_nan_inf_filter"] is False
