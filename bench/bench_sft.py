@@ -172,6 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s of the GPU")
     parser.add_argument("--zero", default="none", choices=["none", "zero2", "zero3"], help=argparse.SUPPRESS)
     parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument(
+        "--profile", default=None, help="also profile 5 steps of the stage at the first batch size into DIR"
+    )
     opts = parser.parse_args(argv)
     run(opts)
 
@@ -204,6 +207,10 @@ def run(opts: argparse.Namespace) -> None:
         print(
             "liger-kernel: not measured (" + ("not installed" if opts.gpu else "GPU only") + ")", flush=True
         )
+    if opts.profile:
+        opts.batch, opts.warmup, opts.steps = batches[0], 0, 5
+        table = loops.profile_trainer(stage_trainer(opts, work, "profile"), opts.profile, opts.gpu)
+        print("\n".join(table.splitlines()[:25]) + f"\n(all: {opts.profile}/ops.txt, trace.json.gz)")
     print()
     ratios = loops.print_rows(rows, "bare")
     liger = {r["batch"]: r["tokens_per_s"] for r in rows if r["run"] == "bare-liger"}

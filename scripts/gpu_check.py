@@ -58,7 +58,9 @@ STEPS = {
         240,
         "tests",
     ),
-    "sft": Step("sft", [sys.executable, "bench/bench_sft.py", "--gpu"], 240, "bench"),
+    "sft": Step(
+        "sft", [sys.executable, "bench/bench_sft.py", "--gpu", "--profile", "{out}/profile-sft"], 270, "bench"
+    ),
     "dpo": Step("dpo", [sys.executable, "bench/bench_dpo.py", "--gpu"], 150, "bench"),
     "reward": Step("reward", [sys.executable, "bench/bench_reward.py", "--gpu"], 120, "bench"),
 }
@@ -159,16 +161,17 @@ def run_step(step: Step, left_s: float, env: dict[str, str], out: str) -> Outcom
         )
     limit = min(step.cap_s, left_s)
     start = time.monotonic()
+    command = [part.replace("{out}", os.path.abspath(out)) for part in step.command]
     try:
         done = subprocess.run(
-            step.command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit, check=False
+            command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=limit, check=False
         )
         output, code = done.stdout + done.stderr, done.returncode
     except subprocess.TimeoutExpired as exc:
         output, code = "".join(_text(x) for x in (exc.stdout, exc.stderr)), None
     seconds = time.monotonic() - start
     with open(os.path.join(out, f"{step.name}.log"), "w", encoding="utf-8") as f:
-        f.write(" ".join(step.command) + "\n\n" + output)
+        f.write(" ".join(command) + "\n\n" + output)
     if code is None:
         return Outcome(
             step.name, "timeout", seconds, f"stopped after {limit:.0f} s", figures_of(step.kind, output)
