@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from distilflow.config import BaseConfig
 from distilflow.launch.aliyun import AliyunApiFields
+from distilflow.secrets import EnvName
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "model")
@@ -196,7 +197,7 @@ class DeployConfig(BaseConfig):
         description="Also chat with thinking on and off (chat_template_kwargs.enable_thinking); None = when "
         "the model's chat template honours enable_thinking",
     )
-    api_key_env: str | None = Field(
+    api_key_env: EnvName | None = Field(
         None,
         description="Name of an environment variable holding the key clients send (local vLLM --api-key; "
         "the smoke test's key on KServe; the service token on PAI-EAS, else the one EAS reports); the key "

@@ -131,9 +131,12 @@ def check_endpoint(where: str, teacher: Any, timeout_s: float) -> None:
             f"{where}: endpoint {url} unreachable ({type(exc).__name__}); check base_url"
         ) from None
     if resp.status_code in (401, 403):
-        raise DistilflowError(
-            f"{where}: endpoint {url} refused the key (HTTP {resp.status_code}); set ${teacher.api_key_env}"
+        fix = (
+            f"the key in ${teacher.api_key_env} was refused: check it"
+            if key
+            else f"{teacher.api_key_env} is not set: export the key in it"
         )
+        raise DistilflowError(f"{where}: endpoint {url} answered HTTP {resp.status_code}; {fix}")
     if resp.status_code != 200:
         raise DistilflowError(f"{where}: endpoint {url} answered HTTP {resp.status_code}")
     served = [m.get("id") for m in resp.json().get("data", [])]
@@ -202,8 +205,14 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
                 problems.append(f"{stage}.{name}: {exc}")
                 continue
             problems.extend(check_lengths(stage, value, cfg))
+    from distilflow.secrets import unset_keys
+
+    unset = unset_keys(cfg, stage)
+    problems.extend(unset)
     for name, teacher in _teachers(cfg):
         where = f"{stage}.{name}"
+        if any(line.startswith(f"{teacher.api_key_env} ") for line in unset):
+            continue  # its key is missing (reported above): calling the endpoint would only say 401
         try:
             if teacher.backend == "transformers" and config.check_models:
                 check_model(where, teacher.model, teacher.gguf_file)
