@@ -232,16 +232,26 @@ def stage_cmd(name, config_file, overrides) -> None:
 
 @main.command("validate")
 @click.argument("config_file")
-@click.option("--pipeline", default="quickstart", show_default=True, help="The pipeline the config is for.")
+@click.option("--pipeline", default=None, help="The pipeline the config is for (default: quickstart).")
 @click.option("--set", "overrides", multiple=True, help="Override a config value: --set sft.max_steps=20")
 def validate_cmd(config_file, pipeline, overrides) -> None:
-    """Check a pipeline config file: every section, input file, model folder and endpoint."""
+    """Check a pipeline config file: every section, input file, model folder and endpoint.
+
+    It lists each default the pipeline filled in; only the quickstart fills in models."""
+    pipeline_given = pipeline is not None
+    pipeline = pipeline or "quickstart"
     from distilflow.client.local import validate_config
 
+    which = "" if pipeline_given else " (the default; --pipeline NAME for another)"
+    click.echo(f"validating {config_file} for pipeline {pipeline}{which}")
     try:
         result = validate_config(pipeline, config_file, list(overrides))
     except (DistilflowError, KeyError, OSError) as exc:
         _fail(exc)
+    if result.filled:
+        click.echo("defaults filled in (not in your config):")
+        for line in result.filled:
+            click.echo(f"  {line}")
     for line in result.checked:
         click.echo(f"ok  {line}")
     click.echo(f"{config_file}: valid\nnext: distilflow run {pipeline} --local --config {config_file}")
