@@ -14,14 +14,41 @@ from distilflow import __version__
 from distilflow.errors import DistilflowError
 
 
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
+
+
 def _fail(exc: Exception) -> None:
+    """One line and exit 1; with ``--debug`` the traceback instead."""
+    if _debug():
+        raise exc
     click.echo(f"error: {exc}", err=True)
     sys.exit(1)
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group: an error no command expected (a bug, a library's own exception) is one line
+    and exit 1 as well, with a pointer to ``--debug``, which shows the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            what = "" if isinstance(exc, DistilflowError) else f"{type(exc).__name__}: "
+            hint = "" if isinstance(exc, DistilflowError) else " (distilflow --debug ... shows the traceback)"
+            click.echo(f"error: {what}{exc}{hint}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Main)
 @click.version_option(__version__, prog_name="distilflow")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an error instead of its one line.")
+def main(debug: bool) -> None:
     """distilflow: DistilQwen-style reasoning distillation as Kubeflow Pipelines."""
 
 
