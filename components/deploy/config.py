@@ -142,8 +142,9 @@ class DeployConfig(BaseConfig):
     )
     backend: Literal["auto", "transformers", "vllm"] = Field(
         "auto",
-        description="target local: vllm = vLLM's OpenAI server; transformers = `transformers serve`; auto: vllm "
-        "when importable. Cluster targets always run vLLM",
+        description="target local: vllm = vLLM's OpenAI server; transformers = distilflow's OpenAI-compatible "
+        "server over transformers' generate (streams token by token); auto: vllm when importable. Cluster "
+        "targets always run vLLM",
     )
     host: str = Field("127.0.0.1", description="target local: address the server listens on")
     port: int = Field(0, ge=0, le=65535, description="target local: port (0 = pick a free one)")
@@ -155,8 +156,8 @@ class DeployConfig(BaseConfig):
     poll_interval_s: float = Field(10, gt=0, description="Cluster targets: seconds between status polls")
     keep_running: bool = Field(
         False,
-        description="target local: leave the server running after the smoke test (its pid is recorded); "
-        "cluster services always keep running",
+        description="target local: leave the server running after the smoke test (its pid goes to server.pid; "
+        "distilflow stop OUTPUT stops it); cluster services always keep running",
     )
     service_name: str | None = Field(
         None, description="Cluster targets: name of the InferenceService / EAS service (required there)"

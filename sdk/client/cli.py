@@ -257,6 +257,19 @@ def stage_cmd(name, config_file, overrides) -> None:
     click.echo(result.model_dump_json(indent=2) if hasattr(result, "model_dump_json") else str(result))
 
 
+@main.command("stop")
+@click.argument("output_uri")
+def stop_cmd(output_uri) -> None:
+    """Stop the local server a deploy with keep_running left at OUTPUT_URI (deploy's or the run's folder)."""
+    from distilflow.components.deploy.pidfile import stop_server
+
+    try:
+        stopped = stop_server(output_uri)
+    except (DistilflowError, KeyError, OSError) as exc:
+        _fail(exc)
+    click.echo(stopped.line())
+
+
 @main.command("validate")
 @click.argument("config_file")
 @click.option("--pipeline", default=None, help="The pipeline the config is for (default: quickstart).")
