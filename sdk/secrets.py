@@ -159,8 +159,13 @@ def env_field_problems(tree: Any, where: str = "") -> list[str]:
 
 
 def _needs_key(model: BaseModel) -> bool:
-    """A model that sends the key it names: set on purpose, and (for a teacher-like entry) an endpoint."""
-    if getattr(model, "api_key_env", None) is None or "api_key_env" not in model.model_fields_set:
+    """A model that sends the key it names: a variable chosen in the config (not the field's default,
+    ``OPENAI_API_KEY``, which a keyless local endpoint leaves unset) and, for a teacher-like entry, an
+    endpoint. The default is compared by value: a config dumped with its defaults and read back (a
+    pipeline's resolved config) names them all, and they stay defaults."""
+    name = getattr(model, "api_key_env", None)
+    field = type(model).model_fields.get("api_key_env")
+    if name is None or field is None or name == field.default:
         return False
     backend = getattr(model, "backend", None)
     return "backend" not in type(model).model_fields or backend == "openai"
@@ -168,7 +173,7 @@ def _needs_key(model: BaseModel) -> bool:
 
 def key_variables(config: BaseModel, where: str = "") -> list[tuple[str, str]]:
     """``(field path, variable)`` of every ``api_key_env`` in ``config`` (nested models and lists
-    included) that was set on purpose for a model that sends it (an endpoint teacher, judge or model)."""
+    included) that names a chosen variable for a model that sends it (an endpoint teacher, judge or model)."""
     found = []
     if _needs_key(config):
         found.append((f"{where}api_key_env", config.api_key_env))

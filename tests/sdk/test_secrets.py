@@ -116,6 +116,7 @@ class Section(BaseModel):
 
 def test_unset_keys_names_the_variable_a_stage_needs(monkeypatch):
     monkeypatch.delenv("TEACHER_API_KEY", raising=False)
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.setenv("JUDGE_KEY", "set")
     endpoint = {"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
     section = Section(
@@ -123,6 +124,8 @@ def test_unset_keys_names_the_variable_a_stage_needs(monkeypatch):
         judges=[
             TeacherConfig(**endpoint, api_key_env="JUDGE_KEY"),
             TeacherConfig(**endpoint),  # the default variable, not chosen: a keyless endpoint is fine
+            # the default, named as a config dumped with its defaults names it
+            TeacherConfig(**endpoint, api_key_env="OPENAI_API_KEY"),
             TeacherConfig(
                 backend="transformers", model="folder", api_key_env="UNSET_BUT_UNUSED"
             ),  # in-process: sends no key
