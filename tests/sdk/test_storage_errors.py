@@ -56,6 +56,15 @@ def iam_s3():
         stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
+    try:
+        yield url, *_iam_setup(url)
+    finally:  # also when the setup fails: no server outlives the tests
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def _iam_setup(url: str) -> tuple[str, str]:
+    """The root's 5 free requests: the readiness probe, a bucket, an object, a user and its key."""
     import boto3
     import httpx
 
@@ -73,9 +82,7 @@ def iam_s3():
     iam = boto3.client("iam", **root)
     iam.create_user(UserName="reader")
     key = iam.create_access_key(UserName="reader")["AccessKey"]
-    yield url, key["AccessKeyId"], key["SecretAccessKey"]
-    proc.terminate()
-    proc.wait(timeout=10)
+    return key["AccessKeyId"], key["SecretAccessKey"]
 
 
 @pytest.fixture
