@@ -1,7 +1,8 @@
 """How stage outputs travel through KFP: an artifact carries its object-storage URI in metadata.
 
 ``metadata["uri"]`` is the thing itself (a dataset folder, a model folder); ``metadata["stage_uri"]``
-is the stage output folder whose completion marker vouches for it. Used inside component bodies.
+is the stage output folder whose completion marker vouches for it. Its counts and metrics become the
+step's KFP Metrics. Used inside component bodies.
 """
 
 from __future__ import annotations
@@ -38,3 +39,15 @@ def section(config: dict, stage: str) -> dict:
             f"pipeline config key {stage!r} must be a mapping of {stage} settings, got {value!r}"
         )
     return dict(value)
+
+
+def log_metrics(artifact: Any, stage_uri: str) -> dict[str, float]:
+    """Log the counts and metrics of a finished stage output's manifest (what its Result declares) as
+    KFP Metrics; numbers only (true/false as 1/0). Returns what was logged."""
+    manifest = require_complete(stage_uri, "stage output")
+    logged = {}
+    for name, value in {**manifest.get("counts", {}), **manifest.get("metrics", {})}.items():
+        if isinstance(value, (bool, int, float)):
+            logged[name] = float(value)
+            artifact.log_metric(name, logged[name])
+    return logged

@@ -3,6 +3,10 @@
 A stage writes everything under its output URI, then the manifest, then the marker. A reader
 refuses a folder without the marker, so a crashed or half-written output is never taken as done.
 A rerun with the same config returns the finished result instead of doing the work again.
+
+A stage's Result model says which of its fields the manifest lists as counts and which as metrics
+(``json_schema_extra=COUNT`` or ``METRIC``); ``StageOutput.finish(result)`` derives both from it, and
+the KFP component logs the same numbers as its Metrics (``distilflow.artifacts.log_metrics``).
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ import platform
 import sys
 from typing import Any
 
+from pydantic import BaseModel
+
 from distilflow import __version__
 from distilflow import uri as uris
 from distilflow.errors import IncompleteOutputError
@@ -20,6 +26,29 @@ from distilflow.errors import IncompleteOutputError
 MARKER = "_COMPLETE"
 MANIFEST = "manifest.json"
 RESOLVED_CONFIG = "config.resolved.yaml"
+
+COUNT: dict[str, Any] = {"manifest": "count"}
+"""``json_schema_extra`` of a Result field the manifest lists under ``counts``. A dict field gives one
+entry per key, named ``<field>_<key>`` (or as its ``each`` format says, e.g. ``{"each": "failed_{}"}``)."""
+
+METRIC: dict[str, Any] = {"manifest": "metric"}
+"""``json_schema_extra`` of a Result field the manifest lists under ``metrics`` (dicts as for ``COUNT``)."""
+
+
+def declared(result: BaseModel, role: dict[str, Any]) -> dict[str, Any]:
+    """The fields of ``result`` declared with ``role`` (``COUNT`` or ``METRIC``), None values left out."""
+    found: dict[str, Any] = {}
+    for name, info in type(result).model_fields.items():
+        extra = info.json_schema_extra
+        if not isinstance(extra, dict) or extra.get("manifest") != role["manifest"]:
+            continue
+        value = getattr(result, name)
+        if isinstance(value, dict):
+            each = extra.get("each", f"{name}_{{}}")
+            found.update({each.format(key): v for key, v in value.items() if v is not None})
+        elif value is not None:
+            found[name] = value
+    return found
 
 
 def _now() -> str:
@@ -74,13 +103,26 @@ class StageOutput:
 
     def finish(
         self,
-        result: dict[str, Any],
-        inputs: dict[str, str] | None = None,
+        result: BaseModel | dict[str, Any],
+        inputs: dict[str, Any] | None = None,
         outputs: dict[str, str] | None = None,
         counts: dict[str, int] | None = None,
         metrics: dict[str, float] | None = None,
     ) -> dict[str, Any]:
-        """Write ``manifest.json`` and then the completion marker; return the manifest."""
+        """Write ``manifest.json`` and then the completion marker; return the manifest.
+
+        Args:
+            result: The stage's Result; its ``COUNT`` and ``METRIC`` fields become the manifest's
+                counts and metrics. (A plain dict, for outputs written by hand, declares none.)
+            inputs: What the stage read, by name.
+            outputs: What it wrote, by name.
+            counts: Counts that are no field of the result, added to the declared ones.
+            metrics: Metrics computed from several fields (e.g. a rate), added to the declared ones.
+        """
+        if isinstance(result, BaseModel):
+            counts = {**declared(result, COUNT), **(counts or {})}
+            metrics = {**declared(result, METRIC), **(metrics or {})}
+            result = result.model_dump(mode="json")
         manifest = {
             "stage": self.stage,
             "uri": self.uri,

@@ -24,7 +24,8 @@ def dpo(
         data: curate's output (its metadata carries the folder's URI).
         student: The model to start from, usually sft's ``model`` output.
         model: The optimised model (metadata ``uri`` = ``<output_uri>/dpo/model``).
-        metrics: Losses, reward accuracy, steps and row counts.
+        metrics: The manifest's counts and metrics: rows read, used, dropped and rejected; losses, reward
+            accuracy and margin, steps, the betas trained with.
         report: HTML report: loss, reward margin/accuracy and learning-rate curves.
     """
     from distilflow import artifacts
@@ -39,10 +40,7 @@ def dpo(
     result = run(DpoConfig.from_dict(section, where="pipeline config"))
 
     artifacts.publish(model, result.model_uri, stage_uri=section["output_uri"])
-    for key in ("first_loss", "final_loss", "final_reward_accuracy", "steps", "rows_used", "rows_dropped"):
-        value = getattr(result, key)
-        if value is not None:
-            metrics.log_metric(key, value)
+    artifacts.log_metrics(metrics, section["output_uri"])
     page = uris.join(section["output_uri"], "report.html")
     if uris.exists(page):  # outputs finished by an older version have none
         with open(report.path, "w", encoding="utf-8") as f:

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from distilflow.outputs import COUNT, METRIC
 from distilflow.training.fields import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
 
@@ -74,22 +75,38 @@ class DpoResult(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_uri: str = Field(description="Folder of the optimised model and tokenizer (Hugging Face format)")
-    first_loss: float | None = Field(description="DPO loss at the first logged step")
-    final_loss: float | None = Field(description="DPO loss at the last logged step")
-    final_reward_accuracy: float | None = Field(
-        description="Fraction of pairs in the last logged step whose implicit reward prefers the chosen answer"
+    first_loss: float | None = Field(
+        description="DPO loss at the first logged step", json_schema_extra=METRIC
     )
-    steps: int = Field(description="Optimizer steps taken")
-    rows_used: int = Field(description="Pairs trained on")
-    rows_dropped: int = Field(description="Pairs dropped for exceeding max_length tokens")
+    final_loss: float | None = Field(description="DPO loss at the last logged step", json_schema_extra=METRIC)
+    final_reward_accuracy: float | None = Field(
+        description="Fraction of pairs in the last logged step whose implicit reward prefers the chosen answer",
+        json_schema_extra=METRIC,
+    )
+    steps: int = Field(description="Optimizer steps taken", json_schema_extra=METRIC)
+    rows_read: int = Field(
+        0,
+        description="Pairs read from data_uri (before any was rejected or dropped)",
+        json_schema_extra=COUNT,
+    )
+    rows_used: int = Field(description="Pairs trained on", json_schema_extra=COUNT)
+    rows_dropped: int = Field(
+        description="Pairs dropped for exceeding max_length tokens", json_schema_extra=COUNT
+    )
     rows_rejected: int = Field(
-        0, description="Pairs rejected because their messages hold chat-template control tokens"
+        0,
+        description="Pairs rejected because their messages hold chat-template control tokens",
+        json_schema_extra=COUNT,
     )
     per_sample_beta: bool = Field(description="Whether per-pair betas (CogPO) were applied")
     final_reward_margin: float | None = Field(
-        None, description="Mean implicit reward of chosen minus rejected at the last logged step"
+        None,
+        description="Mean implicit reward of chosen minus rejected at the last logged step",
+        json_schema_extra=METRIC,
     )
     resumed_from_step: int | None = Field(
         None, description="Step of the checkpoint this run continued from; None when it started at step 0"
     )
-    seed: int = Field(0, description="The seed used for data order, dropout and LoRA init")
+    seed: int = Field(
+        0, description="The seed used for data order, dropout and LoRA init", json_schema_extra=METRIC
+    )

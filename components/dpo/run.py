@@ -137,10 +137,7 @@ def run(config: DpoConfig) -> DpoResult:
     or sync the reference model.
     """
     from distilflow.launch import dispatch, torchrun
-    from distilflow.training.checkpointing import train_resumable
-    from distilflow.training.data import read_rows, without_template_tokens
-    from distilflow.training.report import first_last, logged, write_report
-    from distilflow.training.save import lineage, model_card, save_trained
+    from distilflow.training.data import read_rows
 
     # many nodes: a TrainJob or a PAI-DLC job trains, this process waits for its result
     launched = dispatch(STAGE, config)
@@ -152,15 +149,24 @@ def run(config: DpoConfig) -> DpoResult:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return DpoResult.model_validate(stored["result"])
 
-    from distilflow.models import load_tokenizer, resolve_model
-
-    data_file = config.data_uri
-    pairs = read_rows(data_file, "preference", records.PreferencePair, "dpo data")
+    pairs = read_rows(config.data_uri, "preference", records.PreferencePair, "dpo data")
     if torchrun.needs_launch(config):  # several GPUs: one process each, under torchrun
         return DpoResult.model_validate(torchrun.launch(STAGE, config))
     was_complete = out.is_complete()
     out.begin(config)
+    return train(config, out, pairs, was_complete)
 
+
+def train(
+    config: DpoConfig, out: StageOutput, pairs: list[records.PreferencePair], was_complete: bool = False
+) -> DpoResult:
+    """The training part of ``run``: rows, trainer, training, then the result, model, report and
+    manifest (heavy imports live here)."""
+    from distilflow.models import load_tokenizer, resolve_model
+    from distilflow.training.checkpointing import train_resumable
+    from distilflow.training.data import without_template_tokens
+
+    data_file = config.data_uri
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
     read = len(pairs)
@@ -179,16 +185,34 @@ def run(config: DpoConfig) -> DpoResult:
     ref_path = resolve_model(config.ref_model) if config.ref_model else None
     trainer = make_trainer(config, rows, tokenizer, model_path, ref_path)
     start_step = train_resumable(trainer, out.uri, config, STAGE, was_complete)
+    result = result_of(trainer, out, config, (read, len(rows), dropped, rejected), use_beta, start_step)
+    betas = [row["beta"] for row in rows] if use_beta else [config.beta]
+    publish(trainer, out, config, result, {"beta_min": min(betas), "beta_max": max(betas)})
+    return result
+
+
+def result_of(
+    trainer: Any,
+    out: StageOutput,
+    config: DpoConfig,
+    rows: tuple[int, int, int, int],
+    use_beta: bool,
+    start_step: int,
+) -> DpoResult:
+    """What the run produced, read from the trainer's log; ``rows`` is (read, used, dropped, rejected)."""
+    from distilflow.training.report import first_last, logged
 
     history = trainer.state.log_history
     first, final = first_last(logged(history, "loss"))
-    result = DpoResult(
+    read, used, dropped, rejected = rows
+    return DpoResult(
         model_uri=uris.join(out.uri, "model"),
         first_loss=first,
         final_loss=final,
         final_reward_accuracy=first_last(logged(history, "rewards/accuracies"))[1],
         steps=trainer.state.global_step,
-        rows_used=len(rows),
+        rows_read=read,
+        rows_used=used,
         rows_dropped=dropped,
         rows_rejected=rejected,
         per_sample_beta=use_beta,
@@ -196,37 +220,30 @@ def run(config: DpoConfig) -> DpoResult:
         resumed_from_step=start_step or None,
         seed=config.seed,
     )
+
+
+def publish(
+    trainer: Any, out: StageOutput, config: DpoConfig, result: DpoResult, betas: dict[str, float]
+) -> None:
+    """Save the model with its card, write the report, then the manifest (``betas``: the smallest and
+    largest beta trained with)."""
+    from distilflow.training.report import write_report
+    from distilflow.training.save import lineage, model_card, save_trained
+
     card = model_card(
         STAGE,
         config.model,
-        data_file,
+        config.data_uri,
         result.model_dump(),
         config.to_dict(),
         origin=lineage(config.data_uri),
     )
     save_trained(trainer, result.model_uri, card)
-    betas = [row["beta"] for row in rows] if use_beta else [config.beta]
     keys = ("loss", "rewards/margins", "rewards/accuracies", "learning_rate")
-    report = write_report(out.uri, STAGE, history, keys, result.model_dump())
+    report = write_report(out.uri, STAGE, trainer.state.log_history, keys, result.model_dump())
     out.finish(
-        result=result.model_dump(),
-        inputs={"data": data_file, "model": config.model},
+        result,
+        inputs={"data": config.data_uri, "model": config.model},
         outputs={"model": result.model_uri, "report": report},
-        counts={
-            "rows_read": read,
-            "rows_used": len(rows),
-            "rows_dropped": dropped,
-            "rows_rejected": rejected,
-        },
-        metrics={
-            "first_loss": first,
-            "final_loss": final,
-            "final_reward_accuracy": result.final_reward_accuracy,
-            "final_reward_margin": result.final_reward_margin,
-            "steps": result.steps,
-            "seed": config.seed,
-            "beta_min": min(betas),
-            "beta_max": max(betas),
-        },
+        metrics=betas,
     )
-    return result

@@ -33,7 +33,7 @@ def reward(
     from distilflow import artifacts
     from distilflow import uri as uris
     from distilflow.components.reward.config import RewardConfig
-    from distilflow.components.reward.run import metrics_of, run
+    from distilflow.components.reward.run import run
 
     section = artifacts.section(config, "reward")
     section["output_uri"] = uris.join(output_uri, "reward")
@@ -41,8 +41,7 @@ def reward(
     result = run(RewardConfig.from_dict(section, where="pipeline config"))
 
     artifacts.publish(model, result.model_uri, stage_uri=section["output_uri"])
-    for key, value in metrics_of(result).items():
-        metrics.log_metric(key, value)
+    artifacts.log_metrics(metrics, section["output_uri"])
     page = uris.join(section["output_uri"], "report.html")
     if uris.exists(page):  # outputs finished by an older version have none
         with open(report.path, "w", encoding="utf-8") as f:

@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from distilflow.outputs import COUNT, METRIC
 from distilflow.teachers.config import TeacherConfig
 from distilflow.training.fields import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
@@ -153,24 +154,37 @@ class RewardResult(BaseModel):
     model_uri: str = Field(
         description="Folder of the reward model (sequence classification, one label) and tokenizer"
     )
-    first_loss: float | None = Field(description="Pairwise loss at the first logged step")
-    final_loss: float | None = Field(description="Pairwise loss at the last logged step")
+    first_loss: float | None = Field(
+        description="Pairwise loss at the first logged step", json_schema_extra=METRIC
+    )
+    final_loss: float | None = Field(
+        description="Pairwise loss at the last logged step", json_schema_extra=METRIC
+    )
     train_accuracy_before: float = Field(
-        description="Pairwise accuracy on the training pairs before training"
+        description="Pairwise accuracy on the training pairs before training", json_schema_extra=METRIC
     )
-    train_accuracy: float = Field(description="Pairwise accuracy on the training pairs after training")
+    train_accuracy: float = Field(
+        description="Pairwise accuracy on the training pairs after training", json_schema_extra=METRIC
+    )
     heldout_accuracy: float | None = Field(
-        description="Fraction of held-out pairs scored chosen > rejected; null when nothing was held out"
+        description="Fraction of held-out pairs scored chosen > rejected; null when nothing was held out",
+        json_schema_extra=METRIC,
     )
-    steps: int = Field(description="Optimizer steps taken")
-    rows_used: int = Field(description="Pairs trained on")
-    rows_heldout: int = Field(description="Pairs held out for accuracy")
-    rows_dropped: int = Field(description="Pairs dropped for exceeding max_length tokens")
+    steps: int = Field(description="Optimizer steps taken", json_schema_extra=METRIC)
+    rows_used: int = Field(description="Pairs trained on", json_schema_extra=COUNT)
+    rows_heldout: int = Field(description="Pairs held out for accuracy", json_schema_extra=COUNT)
+    rows_dropped: int = Field(
+        description="Pairs dropped for exceeding max_length tokens", json_schema_extra=COUNT
+    )
     rows_rejected: int = Field(
-        0, description="Pairs rejected because their messages hold chat-template control tokens"
+        0,
+        description="Pairs rejected because their messages hold chat-template control tokens",
+        json_schema_extra=COUNT,
     )
     heldout_accuracy_low: float | None = Field(
-        None, description="Lower end of the 95% Wilson interval of the held-out accuracy"
+        None,
+        description="Lower end of the 95% Wilson interval of the held-out accuracy",
+        json_schema_extra=METRIC,
     )
     heldout_accuracy_by_cd: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
@@ -180,29 +194,44 @@ class RewardResult(BaseModel):
         default_factory=dict, description="Held-out accuracy and pair count by label source: curate or judge"
     )
     label_agreement: float | None = Field(
-        None, description="Agreement with the held-out labels of labels_uri; null without them"
+        None,
+        description="Agreement with the held-out labels of labels_uri; null without them",
+        json_schema_extra=METRIC,
     )
-    label_pairs: int = Field(0, description="Labelled pairs of labels_uri scored")
+    label_pairs: int = Field(0, description="Labelled pairs of labels_uri scored", json_schema_extra=COUNT)
     gate: dict[str, Any] = Field(
         default_factory=dict, description="The calibration gate: thresholds, figures and verdict"
     )
     score_mean: float | None = Field(
         None,
         description="Mean score of the evaluated responses (rl standardises the reward_model term with it)",
+        json_schema_extra=METRIC,
     )
-    score_std: float | None = Field(None, description="Standard deviation of those scores")
-    pairs_judged: int = Field(0, description="Pairs the judge saw (each in both orders)")
+    score_std: float | None = Field(
+        None, description="Standard deviation of those scores", json_schema_extra=METRIC
+    )
+    pairs_judged: int = Field(
+        0, description="Pairs the judge saw (each in both orders)", json_schema_extra=COUNT
+    )
     judge_inconsistent: int = Field(
-        0, description="Judged pairs dropped because the two orders gave different verdicts (or a tie)"
+        0,
+        description="Judged pairs dropped because the two orders gave different verdicts (or a tie)",
+        json_schema_extra=COUNT,
     )
     judge_unparsed: int = Field(
-        0, description="Judged pairs dropped for an unparseable verdict (generate mode)"
+        0,
+        description="Judged pairs dropped for an unparseable verdict (generate mode)",
+        json_schema_extra=COUNT,
     )
     judge_disagreed: int = Field(
-        0, description="Consistently judged pairs whose winner is curate's rejected answer"
+        0,
+        description="Consistently judged pairs whose winner is curate's rejected answer",
+        json_schema_extra=COUNT,
     )
     judge_first_rate: float | None = Field(
-        None, description="Mean probability the judge gave the answer shown first (0.5 = no position bias)"
+        None,
+        description="Mean probability the judge gave the answer shown first (0.5 = no position bias)",
+        json_schema_extra=METRIC,
     )
     resumed_from_step: int | None = Field(
         None, description="Step of the checkpoint this run continued from; None when it started at step 0"

@@ -10,6 +10,7 @@ import math
 import os
 import random
 import shutil
+from dataclasses import dataclass
 from typing import Any
 
 from distilflow import records
@@ -331,6 +332,17 @@ def run(config: RewardConfig) -> RewardResult:
     return train(config, out, pairs, counts, data_file, labels, was_complete)
 
 
+@dataclass
+class Rows:
+    """The pairs as the trainer sees them: trained on, held out (each with its ``Pair``), labelled."""
+
+    train: list[dict[str, Any]]
+    held: list[tuple[Pair, dict[str, Any]]]
+    labels: list[dict[str, Any]]
+    dropped: int
+    rejected: int
+
+
 def train(
     config: RewardConfig,
     out: StageOutput,
@@ -340,15 +352,37 @@ def train(
     labels: list[records.PreferencePair],
     was_complete: bool,
 ) -> RewardResult:
-    """The training part of ``run`` (heavy imports live here)."""
+    """The training part of ``run``: rows, training, the measurements and the gate, then the model and
+    manifest (heavy imports live here)."""
     from distilflow.models import load_tokenizer, resolve_model
     from distilflow.training.checkpointing import scratch_dir, train_resumable
-    from distilflow.training.data import preference_rows, without_template_tokens
-    from distilflow.training.report import first_last, logged
-    from distilflow.training.save import model_card, save_trained
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
+    rows = training_rows(config, pairs, labels, tokenizer, data_file)
+    trainer = make_trainer(config, rows.train, tokenizer, model_path, scratch_dir(STAGE, out.uri))
+    accuracy_before = pairwise_accuracy(trainer.model, tokenizer, rows.train)
+    start_step = train_resumable(trainer, out.uri, config, STAGE, was_complete)
+    result = measure(config, out, trainer, tokenizer, rows, counts, (accuracy_before, start_step))
+    report = out.path("report.html")
+    if trainer.is_world_process_zero():
+        uris.write_text(report, report_page(trainer.state.log_history, result.model_dump()))
+    if not result.gate["passed"]:
+        fail_gate(trainer, out, result)
+    publish(config, out, trainer, result, counts, data_file)
+    return result
+
+
+def training_rows(
+    config: RewardConfig,
+    pairs: list[Pair],
+    labels: list[records.PreferencePair],
+    tokenizer: Any,
+    data_file: str,
+) -> Rows:
+    """Render the pairs (less those with control tokens or too long) and split off whole problems."""
+    from distilflow.training.data import preference_rows, without_template_tokens
+
     clean, rejected = without_template_tokens([p.pair for p in pairs], STAGE)
     kept, dropped = preference_rows(clean, tokenizer, config.max_length)
     meta = {id(p.pair): p for p in pairs}
@@ -361,54 +395,70 @@ def train(
     train_items, held_items = split_heldout(
         items, config.heldout_fraction, config.seed, lambda it: it[0].group
     )
-    train_rows = [row for _, row in train_items]
-    held_rows = [row for _, row in held_items]
-    label_rows = [row for _, row in preference_rows(labels, tokenizer, config.max_length)[0]]
+    rows = Rows(
+        train=[row for _, row in train_items],
+        held=held_items,
+        labels=[row for _, row in preference_rows(labels, tokenizer, config.max_length)[0]],
+        dropped=dropped,
+        rejected=rejected,
+    )
     print(
-        f"[{STAGE}] {len(train_rows)} pairs to train, {len(held_rows)} held out, {dropped} dropped "
-        f"(> {config.max_length} tokens), {len(label_rows)} labelled pairs to check",
+        f"[{STAGE}] {len(rows.train)} pairs to train, {len(rows.held)} held out, {dropped} dropped "
+        f"(> {config.max_length} tokens), {len(rows.labels)} labelled pairs to check",
         flush=True,
     )
+    return rows
 
-    trainer = make_trainer(config, train_rows, tokenizer, model_path, scratch_dir(STAGE, out.uri))
-    accuracy_before = pairwise_accuracy(trainer.model, tokenizer, train_rows)
-    start_step = train_resumable(trainer, out.uri, config, STAGE, was_complete)
+
+def measure(
+    config: RewardConfig,
+    out: StageOutput,
+    trainer: Any,
+    tokenizer: Any,
+    rows: Rows,
+    counts: dict[str, Any],
+    start: tuple[float, int],
+) -> RewardResult:
+    """The trained model's figures: pairwise accuracies (held out, by CD bin and source, labels), the
+    score distribution, the gate's verdict, the training log's losses and the judge's counts. ``start``
+    is the training pairs' accuracy before training and the step training began at."""
+    from distilflow.training.report import first_last, logged
+
+    accuracy_before, start_step = start
+
     model = trainer.accelerator.unwrap_model(trainer.model)
-
+    held_rows = [row for _, row in rows.held]
     held_scores = pairwise_scores(model, tokenizer, held_rows)
-    label_scores = pairwise_scores(model, tokenizer, label_rows)
     heldout = accuracy(held_scores)
-    agreement = accuracy(label_scores)
-    evaluated = [s for pair in (held_scores or pairwise_scores(model, tokenizer, train_rows)) for s in pair]
+    agreement = accuracy(pairwise_scores(model, tokenizer, rows.labels))
+    evaluated = [s for pair in (held_scores or pairwise_scores(model, tokenizer, rows.train)) for s in pair]
     mean = sum(evaluated) / len(evaluated)
-    std = math.sqrt(sum((s - mean) ** 2 for s in evaluated) / len(evaluated))
-    by_cd = by_group(held_scores, [bin_label(it.cd, config.cd_bins) for it, _ in held_items])
-    history = trainer.state.log_history
-    first, final = first_last(logged(history, "loss"))
+    by_cd = by_group(held_scores, [bin_label(it.cd, config.cd_bins) for it, _ in rows.held])
+    first, final = first_last(logged(trainer.state.log_history, "loss"))
     result = RewardResult(
         model_uri=uris.join(out.uri, "model"),
         first_loss=first,
         final_loss=final,
         train_accuracy_before=accuracy_before,
-        train_accuracy=pairwise_accuracy(model, tokenizer, train_rows),
+        train_accuracy=pairwise_accuracy(model, tokenizer, rows.train),
         heldout_accuracy=heldout,
         steps=trainer.state.global_step,
-        rows_used=len(train_rows),
+        rows_used=len(rows.train),
         rows_heldout=len(held_rows),
-        rows_dropped=dropped,
-        rows_rejected=rejected,
+        rows_dropped=rows.dropped,
+        rows_rejected=rows.rejected,
         heldout_accuracy_low=wilson_low(sum(c > r for c, r in held_scores), len(held_scores)),
         heldout_accuracy_by_cd={k: by_cd[k] for k in cd_order(config.cd_bins) if k in by_cd},
-        heldout_accuracy_by_source=by_group(held_scores, [it.source for it, _ in held_items]),
+        heldout_accuracy_by_source=by_group(held_scores, [it.source for it, _ in rows.held]),
         label_agreement=agreement,
-        label_pairs=len(label_rows),
+        label_pairs=len(rows.labels),
         gate=gate_verdict(config, heldout, agreement),
         score_mean=mean,
-        score_std=std,
-        pairs_judged=counts.get("pairs_judged", 0),
-        judge_inconsistent=counts.get("judge_inconsistent", 0),
-        judge_unparsed=counts.get("judge_unparsed", 0),
-        judge_disagreed=counts.get("judge_disagreed", 0),
+        score_std=math.sqrt(sum((s - mean) ** 2 for s in evaluated) / len(evaluated)),
+        **{
+            k: counts.get(k, 0)
+            for k in ("pairs_judged", "judge_inconsistent", "judge_unparsed", "judge_disagreed")
+        },
         judge_first_rate=counts.get("judge_first_rate"),
         resumed_from_step=start_step or None,
         seed=config.seed,
@@ -419,11 +469,19 @@ def train(
         f"labels {agreement}",
         flush=True,
     )
-    report = out.path("report.html")
-    if trainer.is_world_process_zero():
-        uris.write_text(report, report_page(history, result.model_dump()))
-    if not result.gate["passed"]:
-        fail_gate(trainer, out, result)
+    return result
+
+
+def publish(
+    config: RewardConfig,
+    out: StageOutput,
+    trainer: Any,
+    result: RewardResult,
+    counts: dict[str, Any],
+    data_file: str,
+) -> None:
+    """Save the reward model with its card, then write the manifest (``counts``: the pair building's)."""
+    from distilflow.training.save import model_card, save_trained
 
     card = model_card(
         STAGE,
@@ -434,26 +492,17 @@ def train(
         "AutoModelForSequenceClassification",
     )
     save_trained(trainer, result.model_uri, card)
-    counts = {k: v for k, v in counts.items() if isinstance(v, int)}
     out.finish(
-        result=result.model_dump(),
+        result,
         inputs={
             "data": data_file,
             "model": config.model,
             **({"labels": config.labels_uri} if config.labels_uri else {}),
         },
-        outputs={"model": result.model_uri, "report": report, "pairs": out.path(PAIRS)},
-        counts={
-            **counts,
-            "rows_used": len(train_rows),
-            "rows_heldout": len(held_rows),
-            "rows_dropped": dropped,
-            "rows_rejected": rejected,
-            "label_pairs": len(label_rows),
-        },
-        metrics=metrics_of(result),
+        outputs={"model": result.model_uri, "report": out.path("report.html"), "pairs": out.path(PAIRS)},
+        counts={k: v for k, v in counts.items() if isinstance(v, int)},
+        metrics=gate_metrics(result),
     )
-    return result
 
 
 def fail_gate(trainer: Any, out: StageOutput, result: RewardResult) -> None:
@@ -508,19 +557,11 @@ def make_trainer(
     return quiet_trainer(trainer, STAGE)
 
 
-def metrics_of(result: RewardResult) -> dict[str, float]:
-    """Scalar metrics for the manifest and KFP Metrics: losses, accuracies (per CD bin too), gate, counts."""
-    found: dict[str, Any] = {
-        key: getattr(result, key)
-        for key in (
-            "first_loss", "final_loss", "train_accuracy_before", "train_accuracy", "heldout_accuracy",
-            "heldout_accuracy_low", "label_agreement", "steps", "rows_used", "rows_heldout", "rows_dropped",
-            "pairs_judged", "judge_inconsistent", "judge_unparsed", "judge_disagreed", "judge_first_rate",
-            "score_mean", "score_std",
-        )
-    }  # fmt: skip
-    found["gate_passed"] = 1.0 if result.gate.get("passed") else 0.0
+def gate_metrics(result: RewardResult) -> dict[str, float]:
+    """Metrics beyond the result's own (``METRIC`` fields): the gate's verdict as 1/0 and the held-out
+    accuracy of each CD bin."""
+    found = {"gate_passed": 1.0 if result.gate.get("passed") else 0.0}
     for name, cell in result.heldout_accuracy_by_cd.items():
         if cell.get("accuracy") is not None:
             found[f"heldout_accuracy_cd_{name.strip('[]()').replace(', ', '_')}"] = cell["accuracy"]
-    return {k: v for k, v in found.items() if v is not None}
+    return found

@@ -34,7 +34,7 @@ def rl(
     from distilflow import artifacts
     from distilflow import uri as uris
     from distilflow.components.rl.config import RlConfig
-    from distilflow.components.rl.run import metrics_of, run
+    from distilflow.components.rl.run import run
 
     section = artifacts.section(config, "rl")
     section["output_uri"] = uris.join(output_uri, "rl")
@@ -48,8 +48,7 @@ def rl(
     result = run(RlConfig.from_dict(section, where="pipeline config"))
 
     artifacts.publish(model, result.model_uri, stage_uri=section["output_uri"])
-    for key, value in metrics_of(result).items():
-        metrics.log_metric(key, value)
+    artifacts.log_metrics(metrics, section["output_uri"])
     page = uris.join(section["output_uri"], "report.html")
     if uris.exists(page):  # outputs finished by an older version have none
         with open(report.path, "w", encoding="utf-8") as f:

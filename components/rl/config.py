@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from distilflow.outputs import COUNT, METRIC
 from distilflow.training.fields import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
 
@@ -194,32 +195,53 @@ class RlResult(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_uri: str = Field(description="Folder of the trained policy and tokenizer (Hugging Face format)")
-    first_reward: float | None = Field(description="Mean total (weighted) reward at the first logged step")
-    final_reward: float | None = Field(description="Mean total (weighted) reward at the last logged step")
-    first_loss: float | None = Field(description="GRPO loss at the first logged step")
-    final_loss: float | None = Field(description="GRPO loss at the last logged step")
-    steps: int = Field(description="Optimizer steps taken")
-    problems_used: int = Field(description="Problems with a reference answer trained on")
-    problems_skipped: int = Field(description="Problems skipped for having no reference answer")
+    first_reward: float | None = Field(
+        description="Mean total (weighted) reward at the first logged step", json_schema_extra=METRIC
+    )
+    final_reward: float | None = Field(
+        description="Mean total (weighted) reward at the last logged step", json_schema_extra=METRIC
+    )
+    first_loss: float | None = Field(
+        description="GRPO loss at the first logged step", json_schema_extra=METRIC
+    )
+    final_loss: float | None = Field(
+        description="GRPO loss at the last logged step", json_schema_extra=METRIC
+    )
+    steps: int = Field(description="Optimizer steps taken", json_schema_extra=METRIC)
+    problems_used: int = Field(
+        description="Problems with a reference answer trained on", json_schema_extra=COUNT
+    )
+    problems_skipped: int = Field(
+        description="Problems skipped for having no reference answer", json_schema_extra=COUNT
+    )
+    problems_read: int = Field(0, description="Problems read from problems_uri", json_schema_extra=COUNT)
     first_accuracy: float | None = Field(
-        None, description="Mean correctness of the completions at the first logged step"
+        None,
+        description="Mean correctness of the completions at the first logged step",
+        json_schema_extra=METRIC,
     )
     final_accuracy: float | None = Field(
-        None, description="Mean correctness of the completions at the last logged step"
+        None,
+        description="Mean correctness of the completions at the last logged step",
+        json_schema_extra=METRIC,
     )
     final_terms: dict[str, float] = Field(
-        default_factory=dict, description="Mean of each reward term (unweighted) at the last logged step"
+        default_factory=dict,
+        description="Mean of each reward term (unweighted) at the last logged step",
+        json_schema_extra={**METRIC, "each": "final_reward_{}"},
     )
     weights: dict[str, float] = Field(default_factory=dict, description="The weight of each computed term")
     final_kl: float | None = Field(
-        None, description="KL to the start model at the last logged step (beta > 0)"
+        None, description="KL to the start model at the last logged step (beta > 0)", json_schema_extra=METRIC
     )
     final_completion_length: float | None = Field(
-        None, description="Mean completion length in tokens at the last logged step"
+        None, description="Mean completion length in tokens at the last logged step", json_schema_extra=METRIC
     )
-    problems_with_cd: int = Field(0, description="Problems whose CD came from difficulty_uri")
+    problems_with_cd: int = Field(
+        0, description="Problems whose CD came from difficulty_uri", json_schema_extra=COUNT
+    )
     rollouts: str = Field("transformers", description="What generated the completions: vllm or transformers")
     resumed_from_step: int | None = Field(
         None, description="Step of the checkpoint this run continued from; None when it started at step 0"
     )
-    seed: int = Field(0, description="The seed used for sampling and data order")
+    seed: int = Field(0, description="The seed used for sampling and data order", json_schema_extra=METRIC)

@@ -291,6 +291,7 @@ def train(
         first_loss=ends("loss")[0],
         final_loss=ends("loss")[1],
         steps=trainer.state.global_step,
+        problems_read=len(problems),
         problems_used=len(rows),
         problems_skipped=len(problems) - len(rows),
         first_accuracy=ends("accuracy")[0],
@@ -314,36 +315,5 @@ def train(
         inputs["reward_model"] = reward_model[0]
     if config.difficulty_uri:
         inputs["difficulty"] = config.difficulty_uri
-    out.finish(
-        result=result.model_dump(),
-        inputs=inputs,
-        outputs={"model": result.model_uri, "report": report},
-        counts={
-            "problems_read": len(problems),
-            "problems_used": len(rows),
-            "problems_skipped": result.problems_skipped,
-            "problems_with_cd": result.problems_with_cd,
-        },
-        metrics=metrics_of(result),
-    )
+    out.finish(result, inputs=inputs, outputs={"model": result.model_uri, "report": report})
     return result
-
-
-def metrics_of(result: RlResult) -> dict[str, float]:
-    """The scalar metrics of a run, for the manifest and KFP Metrics (None values left out)."""
-    found: dict[str, Any] = {
-        "first_reward": result.first_reward,
-        "final_reward": result.final_reward,
-        "first_accuracy": result.first_accuracy,
-        "final_accuracy": result.final_accuracy,
-        "first_loss": result.first_loss,
-        "final_loss": result.final_loss,
-        "final_kl": result.final_kl,
-        "final_completion_length": result.final_completion_length,
-        "steps": result.steps,
-        "problems_used": result.problems_used,
-        "problems_skipped": result.problems_skipped,
-        "seed": result.seed,
-    }
-    found.update({f"final_reward_{name}": value for name, value in result.final_terms.items()})
-    return {k: v for k, v in found.items() if v is not None}

@@ -22,7 +22,7 @@ def sft(
         output_uri: The run's root URI; the stage writes under ``<output_uri>/sft``.
         data: curate's output (its metadata carries the folder's URI).
         model: The fine-tuned model (metadata ``uri`` = ``<output_uri>/sft/model``).
-        metrics: Losses, steps and row counts.
+        metrics: The manifest's counts and metrics: rows read, used, dropped and rejected; losses, steps.
         report: HTML report: loss and learning-rate curves (also at ``<output_uri>/sft/report.html``).
     """
     from distilflow import artifacts
@@ -36,10 +36,7 @@ def sft(
     result = run(SftConfig.from_dict(section, where="pipeline config"))
 
     artifacts.publish(model, result.model_uri, stage_uri=section["output_uri"])
-    for key in ("first_loss", "final_loss", "steps", "rows_used", "rows_dropped"):
-        value = getattr(result, key)
-        if value is not None:
-            metrics.log_metric(key, value)
+    artifacts.log_metrics(metrics, section["output_uri"])
     page = uris.join(section["output_uri"], "report.html")
     if uris.exists(page):  # outputs finished by an older version have none
         with open(report.path, "w", encoding="utf-8") as f:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from distilflow.outputs import COUNT, METRIC
 from distilflow.training.fields import LauncherFields, ScaleAndCheckpointFields
 from distilflow.uri import Uri
 
@@ -86,15 +87,30 @@ class SftResult(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
     model_uri: str = Field(description="Folder of the fine-tuned model and tokenizer (Hugging Face format)")
-    first_loss: float | None = Field(description="Training loss at the first logged step")
-    final_loss: float | None = Field(description="Training loss at the last logged step")
-    steps: int = Field(description="Optimizer steps taken")
-    rows_used: int = Field(description="Examples trained on")
-    rows_dropped: int = Field(description="Examples dropped for exceeding max_length tokens")
+    first_loss: float | None = Field(
+        description="Training loss at the first logged step", json_schema_extra=METRIC
+    )
+    final_loss: float | None = Field(
+        description="Training loss at the last logged step", json_schema_extra=METRIC
+    )
+    steps: int = Field(description="Optimizer steps taken", json_schema_extra=METRIC)
+    rows_read: int = Field(
+        0,
+        description="Examples read from data_uri (before any was rejected or dropped)",
+        json_schema_extra=COUNT,
+    )
+    rows_used: int = Field(description="Examples trained on", json_schema_extra=COUNT)
+    rows_dropped: int = Field(
+        description="Examples dropped for exceeding max_length tokens", json_schema_extra=COUNT
+    )
     rows_rejected: int = Field(
-        0, description="Examples rejected because their messages hold chat-template control tokens"
+        0,
+        description="Examples rejected because their messages hold chat-template control tokens",
+        json_schema_extra=COUNT,
     )
     resumed_from_step: int | None = Field(
         None, description="Step of the checkpoint this run continued from; None when it started at step 0"
     )
-    seed: int = Field(0, description="The seed used for data order, dropout and LoRA init")
+    seed: int = Field(
+        0, description="The seed used for data order, dropout and LoRA init", json_schema_extra=METRIC
+    )

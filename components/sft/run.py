@@ -210,6 +210,7 @@ def train(
         first_loss=first,
         final_loss=final,
         steps=trainer.state.global_step,
+        rows_read=len(examples) + rejected,
         rows_used=len(rows),
         rows_dropped=dropped,
         rows_rejected=rejected,
@@ -229,15 +230,8 @@ def train(
         out.uri, STAGE, history, ("loss", "learning_rate", "grad_norm"), result.model_dump()
     )
     out.finish(
-        result=result.model_dump(),
+        result,
         inputs={"data": data_file, "model": config.model},
         outputs={"model": result.model_uri, "report": report},
-        counts={
-            "rows_read": len(examples) + rejected,
-            "rows_used": len(rows),
-            "rows_dropped": dropped,
-            "rows_rejected": rejected,
-        },
-        metrics={"first_loss": first, "final_loss": final, "steps": result.steps, "seed": config.seed},
     )
     return result
