@@ -35,7 +35,7 @@ def distill(
     """
     from distilflow import artifacts, uri
     from distilflow.components.distill.config import DistillConfig
-    from distilflow.components.distill.run import metrics_of, run, shard_uri
+    from distilflow.components.distill.run import run, shard_uri
 
     section = artifacts.section(config, "distill")
     root = uri.join(output_uri, "distill")
@@ -45,8 +45,7 @@ def distill(
         section["output_uri"] = shard_uri(root, shard_index)
         section.setdefault("cache_uri", uri.join(root, "cache"))
     result = run(DistillConfig.from_dict(section, where="config section 'distill'"))
-    for name, value in metrics_of(result).items():
-        metrics.log_metric(name, value)
+    artifacts.log_metrics(metrics, section["output_uri"])
     if result.report_html:
         with open(report.path, "w", encoding="utf-8") as f:
             f.write(uri.read_text(result.report_html))
@@ -66,12 +65,11 @@ def distill_merge(
 ):
     """Join the shards of a fanned-out ``distill`` into ``<output_uri>/distill``; refuse an incomplete shard."""
     from distilflow import artifacts, uri
-    from distilflow.components.distill.run import merge, metrics_of, shard_uri
+    from distilflow.components.distill.run import merge, shard_uri
 
     root = uri.join(output_uri, "distill")
     result = merge(root, [shard_uri(root, i) for i in range(num_shards)])
-    for name, value in metrics_of(result).items():
-        metrics.log_metric(name, value)
+    artifacts.log_metrics(metrics, root)
     with open(report.path, "w", encoding="utf-8") as f:
         f.write(uri.read_text(result.report_html))
     artifacts.publish(report, uri=result.report_html, stage_uri=root)

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 from distilflow import uri as uris
 from distilflow.components.distill.config import PROMPT_TEMPLATES, DistillConfig
 from distilflow.errors import BackendError, RecordError
-from distilflow.outputs import StageOutput
+from distilflow.outputs import COUNT, METRIC, StageOutput
 from distilflow.progress import Progress
 from distilflow.records import Problem, Trace, read_jsonl, template_tokens, write_jsonl
 from distilflow.teachers.cache import TeacherCache, cache_key
@@ -52,9 +52,11 @@ class DistillResult(BaseModel):
     """What a distill run produced (also stored in its manifest)."""
 
     traces_uri: str = Field(description="JSONL of records.Trace")
-    problems: int = Field(description="Problems asked")
-    traces: int = Field(description="Traces written (problems x n, less failed rows)")
-    tokens: int = Field(description="Completion tokens of all traces written")
+    problems: int = Field(description="Problems asked", json_schema_extra=COUNT)
+    traces: int = Field(
+        description="Traces written (problems x n, less failed rows)", json_schema_extra=COUNT
+    )
+    tokens: int = Field(description="Completion tokens of all traces written", json_schema_extra=COUNT)
     finish_reasons: dict[str, int] = Field(description="How many traces ended with each finish reason")
     teacher: str = Field(description="Name of the teacher recorded in the traces (comma-separated: several)")
     by_teacher: dict[str, int] = Field({}, description="Traces written by each teacher")
@@ -64,17 +66,43 @@ class DistillResult(BaseModel):
     shard_index: int = Field(0, description="The shard of the problems this output holds")
     num_shards: int = Field(1, description="How many shards the problems were split into")
     prompt_template: str | None = Field(description="Versioned prompt template used (None: native)")
-    resumed: int = Field(0, description="Traces taken from the shards of an interrupted run")
-    requests: int = Field(0, description="Requests sent in this run (HTTP attempts, retries included)")
-    cache_hits: int = Field(0, description="Answers taken from the teacher cache without a request")
-    failed: int = Field(0, description="(problem, sample) rows that failed after retries")
-    failures_by_kind: dict[str, int] = Field({}, description="Failed rows by the kind of their last error")
-    errors_by_kind: dict[str, int] = Field({}, description="Failed attempts (retried or not) by kind")
-    prompt_tokens: int = Field(0, description="Prompt tokens of the requests answered in this run")
-    completion_tokens: int = Field(0, description="Completion tokens of the requests answered in this run")
-    tokens_per_s: float = Field(0.0, description="Completion tokens per second of generation in this run")
-    requests_per_s: float = Field(0.0, description="Answered requests per second of generation in this run")
-    mean_latency_s: float = Field(0.0, description="Mean latency of a successful request")
+    resumed: int = Field(
+        0, description="Traces taken from the shards of an interrupted run", json_schema_extra=COUNT
+    )
+    requests: int = Field(
+        0, description="Requests sent in this run (HTTP attempts, retries included)", json_schema_extra=COUNT
+    )
+    cache_hits: int = Field(
+        0, description="Answers taken from the teacher cache without a request", json_schema_extra=COUNT
+    )
+    failed: int = Field(
+        0, description="(problem, sample) rows that failed after retries", json_schema_extra=COUNT
+    )
+    failures_by_kind: dict[str, int] = Field(
+        {},
+        description="Failed rows by the kind of their last error",
+        json_schema_extra={**METRIC, "each": "failed_{}"},
+    )
+    errors_by_kind: dict[str, int] = Field(
+        {},
+        description="Failed attempts (retried or not) by kind",
+        json_schema_extra={**METRIC, "each": "errors_{}"},
+    )
+    prompt_tokens: int = Field(
+        0, description="Prompt tokens of the requests answered in this run", json_schema_extra=METRIC
+    )
+    completion_tokens: int = Field(
+        0, description="Completion tokens of the requests answered in this run", json_schema_extra=METRIC
+    )
+    tokens_per_s: float = Field(
+        0.0, description="Completion tokens per second of generation in this run", json_schema_extra=METRIC
+    )
+    requests_per_s: float = Field(
+        0.0, description="Answered requests per second of generation in this run", json_schema_extra=METRIC
+    )
+    mean_latency_s: float = Field(
+        0.0, description="Mean latency of a successful request", json_schema_extra=METRIC
+    )
     wall_s: float = Field(0.0, description="Seconds spent generating in this run")
     failures_uri: str | None = Field(
         None, description="JSONL of failed rows {problem_id, sample, kind, error}"
@@ -83,6 +111,7 @@ class DistillResult(BaseModel):
         0,
         description="Problems and answers rejected because they hold chat-template control tokens "
         "(<|im_end|>, </think>, ...) that would change the structure of a training example",
+        json_schema_extra=COUNT,
     )
     rejected_uri: str | None = Field(
         None, description="JSONL of rejected problems and answers {problem_id, sample, where, tokens}"
@@ -413,8 +442,6 @@ def run(config: DistillConfig) -> DistillResult:
     the same config returns the stored result without loading the teacher. Fails (after writing
     ``failures.jsonl`` and the shards) when fewer than ``min_success_ratio`` of the rows succeed.
     """
-    from distilflow.teachers import make_teacher
-
     out = StageOutput(config.output_uri, "distill")
     manifest = out.reusable(config)
     if manifest is not None:
@@ -425,6 +452,35 @@ def run(config: DistillConfig) -> DistillResult:
         problems = shard_of(problems, config.shard_index, config.num_shards)
     problems, rejected = reject_hostile(problems)
     out.begin(config)
+    plan = plan_jobs(config, out, problems, rejected)
+    generated = generate(config, plan)
+    traces = write_rows(config, out, plan, generated)
+    result = result_of(config, out, plan, generated, traces)
+    publish(config, out, result, traces)
+    uris.remove(out.path(PARTS), recursive=True)
+    return result
+
+
+@dataclass
+class Plan:
+    """What a run has to answer: its problems, the teachers' names, the cache and the shards already
+    written, and the jobs left for each teacher."""
+
+    problems: list[Problem]
+    names: list[str]
+    key: str
+    cache: TeacherCache
+    shards: Shards
+    jobs: list[list[Job]]
+    wanted: int
+    resumed: int
+
+
+def plan_jobs(
+    config: DistillConfig, out: StageOutput, problems: list[Problem], rejected: list[dict[str, Any]]
+) -> Plan:
+    """Load the shards of an interrupted run and make a job of every (problem, sample) still missing,
+    routed to its teacher."""
     key, n, specs = generation_key(config), config.n, config.teacher_list
     names = [t.display_name for t in specs]
     cache = TeacherCache(config.cache_uri or out.path("cache"))
@@ -449,19 +505,44 @@ def run(config: DistillConfig) -> DistillResult:
         f"with {', '.join(f'{name}: {len(j)}' for name, j in zip(names, jobs, strict=True))} (cache: {cache.uri})",
         flush=True,
     )
-    budget = Budget(config.min_success_ratio, len(wanted))
-    teachers = [make_teacher(spec) if todo_i else None for spec, todo_i in zip(specs, jobs, strict=True)]
-    progress = Progress("distill", "traces", total=todo)
+    return Plan(problems, names, key, cache, shards, jobs, len(wanted), resumed)
+
+
+@dataclass
+class Generated:
+    """How the answering went: failures against the budget, the endpoints' stats, what in-process
+    teachers did (samples asked, tokens generated, prompt tokens, latency) and the wall time."""
+
+    budget: Budget
+    stats: Any
+    asked: int
+    generated_tokens: int
+    prompt_tokens: int
+    latency: float
+    wall: float
+
+
+def generate(config: DistillConfig, plan: Plan) -> Generated:
+    """Answer every job: endpoint teachers concurrently, then in-process teachers in batches. Stops
+    early once the failures make ``min_success_ratio`` unreachable."""
+    from distilflow.teachers import make_teacher
+
+    budget = Budget(config.min_success_ratio, plan.wanted)
+    teachers = [
+        make_teacher(spec) if todo_i else None
+        for spec, todo_i in zip(config.teacher_list, plan.jobs, strict=True)
+    ]
+    progress = Progress("distill", "traces", total=sum(len(j) for j in plan.jobs))
     start, asked, generated_tokens, prompt_tokens, latency = time.monotonic(), 0, 0, 0, 0.0
     try:
         endpoint_work = [
-            (t, j) for t, j in zip(teachers, jobs, strict=True) if t and t.config.backend == "openai"
+            (t, j) for t, j in zip(teachers, plan.jobs, strict=True) if t and t.config.backend == "openai"
         ]
         if endpoint_work:
-            asyncio.run(ask_endpoints(config, endpoint_work, cache, shards, budget, progress))
-        for t, j in zip(teachers, jobs, strict=True):
+            asyncio.run(ask_endpoints(config, endpoint_work, plan.cache, plan.shards, budget, progress))
+        for t, j in zip(teachers, plan.jobs, strict=True):
             if t is not None and t.config.backend != "openai":
-                got = ask_in_process(config, t, j, cache, shards, progress)
+                got = ask_in_process(config, t, j, plan.cache, plan.shards, progress)
                 asked, generated_tokens = asked + got[0], generated_tokens + got[1]
                 prompt_tokens, latency = prompt_tokens + got[2], latency + got[3]
     except BudgetExceeded:
@@ -470,7 +551,15 @@ def run(config: DistillConfig) -> DistillResult:
         for t in teachers:
             if t is not None:
                 t.close()
+    stats = sum_stats([getattr(t, "stats", None) for t in teachers])
     wall = time.monotonic() - start
+    return Generated(budget, stats, asked, generated_tokens, prompt_tokens, latency, wall)
+
+
+def write_rows(config: DistillConfig, out: StageOutput, plan: Plan, generated: Generated) -> list[Trace]:
+    """Write the failures and the rejected rows; fail when the budget tripped; else write and return
+    the traces in problem order."""
+    shards, budget = plan.shards, generated.budget
     failures_uri, rejected_uri = out.path(FAILURES), out.path(REJECTED)
     write_jsonl(failures_uri, budget.failures)
     write_jsonl(rejected_uri, shards.rejected)
@@ -480,56 +569,66 @@ def run(config: DistillConfig) -> DistillResult:
             f"tokens (e.g. {shards.rejected[0]['tokens']}); listed in {rejected_uri}",
             flush=True,
         )
-    stats = sum_stats([getattr(t, "stats", None) for t in teachers])
     if budget.tripped:
-        raise BackendError(budget_message(config, budget, stats, failures_uri, len(shards.rows)))
+        raise BackendError(budget_message(config, budget, generated.stats, failures_uri, len(shards.rows)))
+    n = config.n
+    traces = [shards.rows[(p.id, s)] for p in plan.problems for s in range(n) if (p.id, s) in shards.rows]
+    write_jsonl(out.path(TRACES), traces)
+    return traces
 
-    traces = [shards.rows[(p.id, s)] for p in problems for s in range(n) if (p.id, s) in shards.rows]
-    traces_uri = out.path(TRACES)
-    write_jsonl(traces_uri, traces)
+
+def result_of(
+    config: DistillConfig, out: StageOutput, plan: Plan, generated: Generated, traces: list[Trace]
+) -> DistillResult:
+    """What the run produced: rows, tokens, finish reasons, requests and failures by kind, throughput."""
+    stats, budget, wall, n = generated.stats, generated.budget, generated.wall, config.n
     reasons = dict(collections.Counter(t.finish_reason for t in traces))
-    tokens = sum(t.tokens for t in traces)
     if reasons.get("length"):
         print(
             f"[distill] {reasons['length']}/{len(traces)} traces hit max_new_tokens; raise teacher.max_new_tokens",
             flush=True,
         )
-    answered = stats.succeeded + asked * n
-    completion_tokens = stats.completion_tokens + generated_tokens
-    result = DistillResult(
-        traces_uri=traces_uri,
-        problems=len(problems),
+    answered = stats.succeeded + generated.asked * n
+    completion_tokens = stats.completion_tokens + generated.generated_tokens
+    return DistillResult(
+        traces_uri=out.path(TRACES),
+        problems=len(plan.problems),
         traces=len(traces),
-        tokens=tokens,
+        tokens=sum(t.tokens for t in traces),
         finish_reasons=reasons,
-        teacher=", ".join(names),
+        teacher=", ".join(plan.names),
         by_teacher=dict(collections.Counter(t.teacher for t in traces)),
-        generation_key=key,
+        generation_key=plan.key,
         shard_index=config.shard_index,
         num_shards=config.num_shards,
         prompt_template=PROMPT_TEMPLATES[config.prompt],
-        resumed=resumed,
-        requests=stats.requests + asked * n,
-        cache_hits=cache.hits,
+        resumed=plan.resumed,
+        requests=stats.requests + generated.asked * n,
+        cache_hits=plan.cache.hits,
         failed=len(budget.failures),
         failures_by_kind=dict(collections.Counter(f["kind"] for f in budget.failures)),
         errors_by_kind=dict(stats.errors),
-        prompt_tokens=stats.prompt_tokens + prompt_tokens,
+        prompt_tokens=stats.prompt_tokens + generated.prompt_tokens,
         completion_tokens=completion_tokens,
         tokens_per_s=completion_tokens / wall if wall > 0 else 0.0,
         requests_per_s=answered / wall if wall > 0 else 0.0,
-        mean_latency_s=(stats.latency_s + latency) / answered if answered else 0.0,
+        mean_latency_s=(stats.latency_s + generated.latency) / answered if answered else 0.0,
         wall_s=round(wall, 3),
-        failures_uri=failures_uri,
-        rejected=len(shards.rejected),
-        rejected_uri=rejected_uri,
+        failures_uri=out.path(FAILURES),
+        rejected=len(plan.shards.rejected),
+        rejected_uri=out.path(REJECTED),
         report_md=out.path(REPORT_MD),
         report_html=out.path(REPORT_HTML),
     )
+
+
+def publish(config: DistillConfig, out: StageOutput, result: DistillResult, traces: list[Trace]) -> None:
+    """Write the reports, then the manifest."""
     uris.write_text(result.report_md, render_markdown(result, traces, config))
     uris.write_text(result.report_html, render_html(result, traces, config))
+    names = [t.display_name for t in config.teacher_list]
     out.finish(
-        result=result.model_dump(),
+        result,
         inputs={
             "problems": config.problems_uri,
             "prompt_template": result.prompt_template or "native",
@@ -538,26 +637,14 @@ def run(config: DistillConfig) -> DistillResult:
             },
         },
         outputs={
-            "traces": traces_uri,
-            "failures": failures_uri,
-            "rejected": rejected_uri,
+            "traces": result.traces_uri,
+            "failures": result.failures_uri,
+            "rejected": result.rejected_uri,
             "report_md": REPORT_MD,
             "report_html": REPORT_HTML,
         },
-        counts={
-            "problems": len(problems),
-            "traces": len(traces),
-            "tokens": tokens,
-            "resumed": resumed,
-            "requests": result.requests,
-            "cache_hits": result.cache_hits,
-            "failed": result.failed,
-            "rejected": result.rejected,
-        },
-        metrics=metrics_of(result),
+        metrics=per_trace(result),
     )
-    uris.remove(out.path(PARTS), recursive=True)
-    return result
 
 
 def sum_stats(stats: list[Any]) -> Any:
@@ -600,25 +687,9 @@ def budget_message(config: DistillConfig, budget: Budget, stats: Any, failures_u
     )
 
 
-def metrics_of(result: DistillResult) -> dict[str, float]:
-    """Flat numbers for the manifest and KFP Metrics."""
-    metrics = {
-        "traces": float(result.traces),
-        "requests": float(result.requests),
-        "cache_hits": float(result.cache_hits),
-        "failed": float(result.failed),
-        "prompt_tokens": float(result.prompt_tokens),
-        "completion_tokens": float(result.completion_tokens),
-        "tokens_per_s": round(result.tokens_per_s, 3),
-        "requests_per_s": round(result.requests_per_s, 3),
-        "mean_latency_s": round(result.mean_latency_s, 4),
-        "tokens_per_trace": result.tokens / result.traces if result.traces else 0.0,
-    }
-    for kind, count in sorted(result.failures_by_kind.items()):
-        metrics[f"failed_{kind}"] = float(count)
-    for kind, count in sorted(result.errors_by_kind.items()):
-        metrics[f"errors_{kind}"] = float(count)
-    return metrics
+def per_trace(result: DistillResult) -> dict[str, float]:
+    """The metric beyond the result's own (``METRIC`` fields): completion tokens per trace."""
+    return {"tokens_per_trace": result.tokens / result.traces if result.traces else 0.0}
 
 
 def length_histogram(tokens: list[int], bins: int = 10) -> list[tuple[int, int, int]]:
@@ -696,13 +767,9 @@ def shard_uri(output_uri: str, index: int) -> str:
     return uris.join(output_uri, "shards", f"{index:05d}")
 
 
-def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
-    """Merge the outputs of a fanned-out distill into one output at ``output_uri``.
-
-    Refuses (naming every missing one) unless each shard has its completion marker, and unless the
-    shards were made with the same settings and are exactly shards 0..N-1 of N. The traces are
-    concatenated in shard order (the problems' order), failures likewise; counts and tokens add up.
-    """
+def read_shards(shard_uris: list[str]) -> tuple[list[DistillResult], list[Trace], list[dict[str, Any]]]:
+    """The shards' results (in shard order), traces and failures, after checking that every shard is
+    complete, that they were made with one config and are shards 0..N-1 of N, and that no trace is in two."""
     from distilflow.errors import DistilflowError, IncompleteOutputError
     from distilflow.outputs import MARKER, require_complete
 
@@ -723,22 +790,23 @@ def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
             f"(shard_index, num_shards) {layout}; expected one key and shards 0..{len(shard_uris) - 1} "
             f"of {len(shard_uris)}. Rerun the fan-out with one config"
         )
-    ordered = sorted(zip(results, shard_uris, strict=True), key=lambda pair: pair[0].shard_index)
-    traces = [t for r, _ in ordered for t in read_jsonl(r.traces_uri, Trace, allow_empty=True)]
+    results = sorted(results, key=lambda r: r.shard_index)
+    traces = [t for r in results for t in read_jsonl(r.traces_uri, Trace, allow_empty=True)]
     seen: set[str] = set()
     duplicates = [t.id for t in traces if t.id in seen or seen.add(t.id)]
     if duplicates:
         raise DistilflowError(f"distill shards overlap: trace ids {duplicates[:5]} appear in two shards")
     failures: list[dict[str, Any]] = []
-    for r, _ in ordered:
+    for r in results:
         if r.failures_uri and uris.exists(r.failures_uri):
             failures += [json.loads(line) for line in uris.read_text(r.failures_uri).splitlines() if line]
-    out = StageOutput(output_uri, "distill")
-    if out.is_complete():
-        uris.remove(out.path("_COMPLETE"))
-    traces_uri, failures_uri = out.path(TRACES), out.path(FAILURES)
-    write_jsonl(traces_uri, traces)
-    write_jsonl(failures_uri, failures)
+    return results, traces, failures
+
+
+def merged_result(
+    results: list[DistillResult], traces: list[Trace], failures: list[dict[str, Any]], out: StageOutput
+) -> DistillResult:
+    """The shards' results added up into the result of the whole (throughput over the longest shard)."""
 
     def total(field: str) -> Any:
         return sum(getattr(r, field) for r in results)
@@ -751,8 +819,8 @@ def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
 
     wall = max(r.wall_s for r in results)  # shards run side by side
     answered = sum(r.requests_per_s * r.wall_s for r in results)
-    result = DistillResult(
-        traces_uri=traces_uri,
+    return DistillResult(
+        traces_uri=out.path(TRACES),
         problems=total("problems"),
         traces=len(traces),
         tokens=sum(t.tokens for t in traces),
@@ -779,16 +847,33 @@ def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
             else 0.0
         ),
         wall_s=wall,
-        failures_uri=failures_uri,
+        failures_uri=out.path(FAILURES),
         rejected=total("rejected"),
         report_md=out.path(REPORT_MD),
         report_html=out.path(REPORT_HTML),
     )
+
+
+def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
+    """Merge the outputs of a fanned-out distill into one output at ``output_uri``.
+
+    Refuses (naming every missing one) unless each shard has its completion marker, and unless the
+    shards were made with the same settings and are exactly shards 0..N-1 of N. The traces are
+    concatenated in shard order (the problems' order), failures likewise; counts and tokens add up.
+    """
+    results, traces, failures = read_shards(shard_uris)
+    out = StageOutput(output_uri, "distill")
+    if out.is_complete():
+        uris.remove(out.path("_COMPLETE"))
+    traces_uri, failures_uri = out.path(TRACES), out.path(FAILURES)
+    write_jsonl(traces_uri, traces)
+    write_jsonl(failures_uri, failures)
+    result = merged_result(results, traces, failures, out)
     summary = [("merged shards", str(len(shard_uris)))]
     uris.write_text(result.report_md, render_markdown(result, traces, None, summary))
     uris.write_text(result.report_html, render_html(result, traces, None, summary))
     out.finish(
-        result=result.model_dump(),
+        result,
         inputs={f"shard_{i}": u for i, u in enumerate(shard_uris)},
         outputs={
             "traces": traces_uri,
@@ -796,12 +881,7 @@ def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
             "report_md": REPORT_MD,
             "report_html": REPORT_HTML,
         },
-        counts={
-            "shards": len(shard_uris),
-            "problems": result.problems,
-            "traces": len(traces),
-            "failed": len(failures),
-        },
-        metrics=metrics_of(result),
+        counts={"shards": len(shard_uris)},
+        metrics=per_trace(result),
     )
     return result
