@@ -28,7 +28,7 @@ def curate(
     """
     from distilflow import artifacts, uri
     from distilflow.components.curate.config import CurateConfig
-    from distilflow.components.curate.run import metrics_of, run
+    from distilflow.components.curate.run import run
 
     section = artifacts.section(config, "curate")
     section["output_uri"] = uri.join(output_uri, "curate")
@@ -41,8 +41,7 @@ def curate(
         kept=result.kept,
         pairs=result.pairs,
     )
-    for name, value in metrics_of(result).items():
-        metrics.log_metric(name, value)
+    artifacts.log_metrics(metrics, section["output_uri"])
     with open(report.path, "w", encoding="utf-8") as f:
         f.write(uri.read_text(result.report_uri))
     artifacts.publish(report, uri=result.report_uri, stage_uri=section["output_uri"])

@@ -41,7 +41,7 @@ from distilflow.components.curate import report, shards
 from distilflow.components.curate.config import FORMAT_TEMPLATES, JUDGE_TEMPLATES, CurateConfig
 from distilflow.components.curate.select import filter_flow, iter_lines, select_stream
 from distilflow.errors import RecordError
-from distilflow.outputs import StageOutput, require_complete
+from distilflow.outputs import COUNT, METRIC, StageOutput, require_complete
 from distilflow.progress import Progress
 from distilflow.records import Scored, Trace, template_tokens
 from distilflow.teachers.cache import TeacherCache
@@ -76,58 +76,71 @@ class CurateResult(BaseModel):
         description="judge_failures.jsonl, judgments that could not be read; None: shards only"
     )
     report_uri: str = Field(description="HTML report: counts per filter, RV/CD histograms and heat maps")
-    traces: int = Field(description="Traces read")
-    scored: int = Field(description="Traces with all three scores")
-    kept: int = Field(description="Scored traces selection kept")
-    sft_rows: int = Field(description="SFT examples written")
-    pairs: int = Field(description="Preference pairs written")
-    judge_failures: int = Field(description="Traces left unscored because a judgment could not be read")
+    traces: int = Field(description="Traces read", json_schema_extra=COUNT)
+    scored: int = Field(description="Traces with all three scores", json_schema_extra=COUNT)
+    kept: int = Field(description="Scored traces selection kept", json_schema_extra=COUNT)
+    sft_rows: int = Field(description="SFT examples written", json_schema_extra=COUNT)
+    pairs: int = Field(description="Preference pairs written", json_schema_extra=COUNT)
+    judge_failures: int = Field(
+        description="Traces left unscored because a judgment could not be read", json_schema_extra=COUNT
+    )
     rejected_template_tokens: int = Field(
         0,
         description="Traces not judged because their problem, reasoning or answer holds chat-template "
         "control tokens (<|im_end|>, </think>, ...): as training text they would change the template's "
         "structure",
+        json_schema_extra=COUNT,
     )
     judge_failures_by_kind: dict[str, int] = Field(
-        default_factory=dict, description="Unreadable judgments per judged quantity (rv, cd, logic)"
+        default_factory=dict,
+        description="Unreadable judgments per judged quantity (rv, cd, logic)",
+        json_schema_extra={**COUNT, "each": "judge_failures_{}"},
     )
     judge_requests: int = Field(
-        0, description="Answers asked of the judge/rewriter in this run (cache misses)"
+        0,
+        description="Answers asked of the judge/rewriter in this run (cache misses)",
+        json_schema_extra=COUNT,
     )
-    cache_hits: int = Field(0, description="Answers taken from the teacher cache without a request")
+    cache_hits: int = Field(
+        0, description="Answers taken from the teacher cache without a request", json_schema_extra=COUNT
+    )
     judge_tokens: int = Field(
-        0, description="Completion tokens the judge/rewriter generated in this run (1 per logprobs judgment)"
+        0,
+        description="Completion tokens the judge/rewriter generated in this run (1 per logprobs judgment)",
+        json_schema_extra=COUNT,
     )
-    correct: int = Field(description="Traces whose answer matches the reference")
-    incorrect: int = Field(description="Traces whose answer does not match the reference")
-    unverified: int = Field(description="Traces without a reference answer")
+    correct: int = Field(description="Traces whose answer matches the reference", json_schema_extra=COUNT)
+    incorrect: int = Field(
+        description="Traces whose answer does not match the reference", json_schema_extra=COUNT
+    )
+    unverified: int = Field(description="Traces without a reference answer", json_schema_extra=COUNT)
     dropped: dict[str, int] = Field(
-        description="Scored traces dropped per selection filter (the first that failed)"
+        description="Scored traces dropped per selection filter (the first that failed)",
+        json_schema_extra=COUNT,
     )
-    mean_rv: float | None = Field(description="Mean reasoning verbosity of scored traces")
-    mean_cd: float | None = Field(description="Mean cognitive difficulty of scored traces")
+    mean_rv: float | None = Field(
+        description="Mean reasoning verbosity of scored traces", json_schema_extra=METRIC
+    )
+    mean_cd: float | None = Field(
+        description="Mean cognitive difficulty of scored traces", json_schema_extra=METRIC
+    )
     judge: str = Field(description="Name of the judge")
     templates: list[str] = Field(description="Versioned judge (and CRV) prompt templates used")
     answer_checker: str = Field(description="math-verify or normalised-string")
 
 
-def metrics_of(result: CurateResult) -> dict[str, float]:
-    """KFP metrics: rows in/out overall and per filter, judge failures and cost, correctness rate."""
+def flow_metrics(result: CurateResult) -> dict[str, float]:
+    """Metrics beyond the result's own: the keep and correctness rates, and rows in and out overall
+    and at each selection filter (in the order the filters apply)."""
     checked = result.correct + result.incorrect
     metrics: dict[str, float] = {
-        "traces": result.traces,
-        "judge_failures": result.judge_failures,
+        "keep_rate": result.kept / result.scored if result.scored else 0.0,
+        "correct_rate": result.correct / checked if checked else 0.0,
         "rows_in": result.scored,
         "rows_out": result.kept,
-        "pairs": result.pairs,
-        "correct_rate": result.correct / checked if checked else 0.0,
-        "judge_requests": result.judge_requests,
-        "cache_hits": result.cache_hits,
-        "judge_tokens": result.judge_tokens,
     }
-    metrics |= {f"judge_failures_{k}": v for k, v in result.judge_failures_by_kind.items()}
     for name, rows_in, rows_out in filter_flow(result.scored, result.dropped):
-        metrics |= {f"dropped_{name}": rows_in - rows_out, f"{name}_in": rows_in, f"{name}_out": rows_out}
+        metrics |= {f"{name}_in": rows_in, f"{name}_out": rows_out}
     return metrics
 
 
@@ -461,6 +474,39 @@ def run(config: CurateConfig) -> CurateResult:
         lines, config.selection(), work, os.path.getsize(judged_path), shard_rows=config.shard_rows
     )
     os.remove(judged_path)
+    result = write_outputs(config, out, work, judged, files, stats)
+    log_summary(result, judged.failures_by_kind)
+    out.finish(
+        result,
+        inputs={
+            "traces": traces_uri,
+            "judge_templates": ",".join(result.templates),
+            "cache": judged.cache_uri,
+        }
+        | {f"decontaminate_{i}": u for i, u in enumerate(config.decontaminate_uris)},
+        outputs={k: v for k, v in single_files(result).items() if v}
+        | {"selection": out.path(SELECTION), "report": out.path(REPORT)},
+        counts={f"{kind}_shards": len(n) for kind, n in result.shards.items()},
+        metrics=flow_metrics(result),
+    )
+    return result
+
+
+def single_files(result: CurateResult) -> dict[str, str | None]:
+    """Each output's single file (None: written as shards only)."""
+    return {
+        "scored": result.scored_uri,
+        "sft": result.sft_uri,
+        "preference": result.preference_uri,
+        "judge_failures": result.failures_uri,
+    }
+
+
+def write_outputs(
+    config: CurateConfig, out: StageOutput, work: str, judged: Any, files: Any, stats: Any
+) -> CurateResult:
+    """Write the selection summary and the report, publish the shards (and single files) from the
+    work folder, and return the result."""
     judge_info = {
         "judge_failures": judged.unscored,
         "rejected_template_tokens": judged.rejected,
@@ -481,8 +527,7 @@ def run(config: CurateConfig) -> CurateResult:
     for name in (SELECTION, REPORT):
         _publish(os.path.join(work, name), out.path(name))
     shutil.rmtree(work, ignore_errors=True)
-    templates = templates_used(config)
-    result = CurateResult(
+    return CurateResult(
         shards=names,
         scored_uri=singles.get("scored"),
         sft_uri=singles.get("sft"),
@@ -502,49 +547,30 @@ def run(config: CurateConfig) -> CurateResult:
         mean_rv=round(stats.sum_rv / stats.rows_in, 4) if stats.rows_in else None,
         mean_cd=round(stats.sum_cd / stats.rows_in, 4) if stats.rows_in else None,
         judge=config.judge.display_name,
-        templates=templates,
+        templates=templates_used(config),
         answer_checker=answers.checker(),
     )
-    if judged.rejected:
+
+
+def log_summary(result: CurateResult, failures_by_kind: dict[str, int]) -> None:
+    """What was judged, kept and dropped, for the KFP log."""
+    if result.rejected_template_tokens:
         print(
-            f"[curate] {judged.rejected} traces not judged: their problem, reasoning or answer holds "
-            "chat-template control tokens (<|im_end|>, </think>, ...)",
+            f"[curate] {result.rejected_template_tokens} traces not judged: their problem, reasoning or answer "
+            "holds chat-template control tokens (<|im_end|>, </think>, ...)",
             flush=True,
         )
-    if judged.unscored:
+    if result.judge_failures:
         print(
-            f"[curate] {judged.unscored} traces unscored: judgments that could not be read "
-            f"({', '.join(f'{k} {v}' for k, v in judged.failures_by_kind.items() if v)}); "
-            f"see {', '.join(names['judge_failures'])}",
+            f"[curate] {result.judge_failures} traces unscored: judgments that could not be read "
+            f"({', '.join(f'{k} {v}' for k, v in failures_by_kind.items() if v)}); "
+            f"see {', '.join(result.shards['judge_failures'])}",
             flush=True,
         )
-    dropped = ", ".join(f"{k} {v}" for k, v in stats.dropped.items() if v)
+    dropped = ", ".join(f"{k} {v}" for k, v in result.dropped.items() if v)
     print(
         f"[curate] scored {result.scored}/{result.traces}, kept {result.kept}, pairs {result.pairs}, "
         f"correct {result.correct} / incorrect {result.incorrect} / unverified {result.unverified}; "
         f"dropped: {dropped or 'none'}",
         flush=True,
     )
-    counts = {
-        k: getattr(result, k) for k in ("traces", "scored", "kept", "sft_rows", "pairs", "judge_failures")
-    }
-    metrics = metrics_of(result)
-    out.finish(
-        result=result.model_dump(),
-        inputs={"traces": traces_uri, "judge_templates": ",".join(templates), "cache": judged.cache_uri}
-        | {f"decontaminate_{i}": u for i, u in enumerate(config.decontaminate_uris)},
-        outputs=singles | {"selection": out.path(SELECTION), "report": out.path(REPORT)},
-        counts=counts
-        | {"correct": result.correct, "incorrect": result.incorrect, "unverified": result.unverified}
-        | {"judge_requests": result.judge_requests, "cache_hits": result.cache_hits}
-        | {"rejected_template_tokens": result.rejected_template_tokens}
-        | {f"dropped_{k}": v for k, v in stats.dropped.items()}
-        | {f"{kind}_shards": len(n) for kind, n in names.items()},
-        metrics={
-            "mean_rv": result.mean_rv or 0.0,
-            "mean_cd": result.mean_cd or 0.0,
-            "keep_rate": result.kept / result.scored if result.scored else 0.0,
-            "correct_rate": metrics["correct_rate"],
-        },
-    )
-    return result

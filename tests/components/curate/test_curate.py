@@ -423,7 +423,6 @@ def count_cache_entries(folder: str) -> int:
 def test_curate_writes_shards_listed_in_the_manifest_and_resumes_from_the_cache(
     tmp_path, distill_dir, tiny_qwen3
 ):
-    from distilflow.components.curate.run import metrics_of
     from distilflow.records import output_shards
 
     out = str(tmp_path / "curate")
@@ -448,9 +447,11 @@ def test_curate_writes_shards_listed_in_the_manifest_and_resumes_from_the_cache(
     assert first == read_jsonl(result.scored_uri, Scored)
     assert read_output(out, "sft", SftExample) == read_jsonl(result.sft_uri, SftExample)
     assert len(read_output(out, "preference", PreferencePair)) == result.pairs
-    # judge cost and KFP metrics: 3 one-token judgments per trace, rows in/out per filter
+    # judge cost and the manifest's metrics (what KFP logs): 3 one-token judgments per trace, rows
+    # in/out per filter
     assert (result.judge_requests, result.judge_tokens, result.cache_hits) == (21, 21, 0)
-    metrics = metrics_of(result)
+    assert manifest["counts"]["judge_tokens"] == 21 and manifest["counts"]["dropped_duplicate"] == 0
+    metrics = manifest["metrics"]
     assert metrics["duplicate_in"] == metrics["contaminated_out"] == len(TRACES)
     assert metrics["domain_quota_out"] == metrics["rows_out"] == result.kept
 
