@@ -36,7 +36,7 @@ from distilflow.components.deploy import smoke as smoke_mod
 from distilflow.components.deploy.config import DeployConfig
 from distilflow.components.deploy.vllm_server import served_name, thinking_model
 from distilflow.errors import BackendError, ConfigError
-from distilflow.outputs import StageOutput
+from distilflow.outputs import METRIC, StageOutput
 
 STAGE = "deploy"
 ENDPOINT = "endpoint.json"
@@ -57,10 +57,18 @@ class DeployResult(BaseModel):
     served_model: str = Field(description="The model id requests must name")
     backend: str = Field(description="transformers or vllm")
     target: str = Field("local", description="local, kserve or pai-eas")
-    latency_s: float | None = Field(None, description="Wall time of the smoke-test chat completion")
-    tokens_per_s: float | None = Field(None, description="Completion tokens per second of the smoke test")
-    completion_tokens: int | None = Field(None, description="Completion tokens of the smoke test")
-    stream_tokens_per_s: float | None = Field(None, description="Tokens per second of the streamed chat")
+    latency_s: float | None = Field(
+        None, description="Wall time of the smoke-test chat completion", json_schema_extra=METRIC
+    )
+    tokens_per_s: float | None = Field(
+        None, description="Completion tokens per second of the smoke test", json_schema_extra=METRIC
+    )
+    completion_tokens: int | None = Field(
+        None, description="Completion tokens of the smoke test", json_schema_extra=METRIC
+    )
+    stream_tokens_per_s: float | None = Field(
+        None, description="Tokens per second of the streamed chat", json_schema_extra=METRIC
+    )
     stopped: bool = Field(description="Whether the server was stopped after the smoke test (local)")
     pid: int | None = Field(None, description="Process id of the server when it was left running")
     dry_run: bool = Field(False, description="Whether only the manifest was written")
@@ -432,6 +440,8 @@ def _finish(
     metrics: dict[str, float],
     outputs: dict[str, str],
 ) -> DeployResult:
+    """Record the smoke test in the result, write ``endpoint.json``, then the manifest (``metrics``:
+    the startup or rollout time, beside the result's own)."""
     if smoke:
         stream = smoke["stream"]
         print(
@@ -448,8 +458,6 @@ def _finish(
                 "stream_tokens_per_s": stream["tokens_per_s"],
             }
         )
-        metrics = metrics | {k: smoke[k] for k in ("latency_s", "tokens_per_s", "completion_tokens")}
-        metrics |= {"stream_tokens_per_s": stream["tokens_per_s"]}
         if stream["time_to_first_token_s"] is not None:
             metrics["time_to_first_token_s"] = stream["time_to_first_token_s"]
     record = {
@@ -464,7 +472,7 @@ def _finish(
     uris.write_text(out.path(ENDPOINT), json.dumps(record, indent=2))
     requests = 0 if not smoke else 2 + len(smoke["thinking"])
     out.finish(
-        result=result.model_dump(mode="json"),
+        result,
         inputs={"model": config.model},
         outputs={"endpoint": ENDPOINT, **outputs},
         counts={"smoke_requests": requests},

@@ -29,16 +29,9 @@ def evaluate(
         where="config section 'evaluate'",
     )
     result = run(cfg)
-    # Headline: the wired model on the first benchmark (the same three names as before).
-    metrics.log_metric("accuracy", result.accuracy)
-    metrics.log_metric(f"pass@{result.samples}", result.pass_at_k)
-    metrics.log_metric("mean_tokens", result.mean_tokens)
-    if len(result.runs) > 1:
-        # One set per model and benchmark: <model>/<benchmark>/<metric>.
-        for r in result.runs:
-            prefix = f"{r['model']}/{r['benchmark']}/"
-            for key in ("accuracy", "pass_at_k", "mean_tokens", "accuracy_per_1k_tokens", "truncation_rate"):
-                metrics.log_metric(prefix + key, r[key])
+    # The manifest's counts and metrics: the headline (the wired model on the first benchmark) and,
+    # with several models or benchmarks, <model>/<benchmark>/<metric> for each.
+    artifacts.log_metrics(metrics, cfg.output_uri)
     with open(report.path, "w", encoding="utf-8") as f:
         f.write(uris.read_text(result.report_md))
     artifacts.publish(report, uri=result.report_md, stage_uri=cfg.output_uri)

@@ -42,7 +42,7 @@ from distilflow.components.evaluate.benchmarks import (
 from distilflow.components.evaluate.config import EvaluateConfig, ModelSpec
 from distilflow.components.evaluate.metrics import summarise
 from distilflow.errors import ConfigError
-from distilflow.outputs import StageOutput
+from distilflow.outputs import COUNT, METRIC, StageOutput
 from distilflow.progress import Progress
 from distilflow.records import write_jsonl
 
@@ -68,11 +68,22 @@ class EvaluateResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
-    accuracy: float = Field(description="avg@k: mean correctness over every sampled answer")
-    pass_at_k: float = Field(description="Unbiased pass@k with k = samples per problem")
-    mean_tokens: float = Field(description="Mean output tokens per answer")
+    accuracy: float = Field(
+        description="avg@k: mean correctness over every sampled answer", json_schema_extra=METRIC
+    )
+    pass_at_k: float = Field(
+        description="Unbiased pass@k with k = samples per problem", json_schema_extra=METRIC
+    )
+    mean_tokens: float = Field(description="Mean output tokens per answer", json_schema_extra=METRIC)
+    truncated: float = Field(
+        0,
+        description="Fraction of answers that hit the token limit (the headline run)",
+        json_schema_extra=METRIC,
+    )
     n_problems: int = Field(description="Problems evaluated")
     samples: int = Field(description="Answers per problem (k)")
+    problems: int = Field(0, description="Problems of every benchmark", json_schema_extra=COUNT)
+    answers: int = Field(0, description="Answers generated and checked, every model", json_schema_extra=COUNT)
     protocol: dict[str, Any] = Field(
         description="How the numbers were produced (prompt, sampling, checker, data)"
     )
@@ -381,9 +392,6 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     the rows so far are saved, so an interrupted run resumes where it stopped. Each chunk is seeded
     with ``seed``, which keeps a resumed run's answers identical to an uninterrupted one.
     """
-    from distilflow import sandbox
-    from distilflow.teachers import make_teacher
-
     out = StageOutput(config.output_uri, STAGE)
     done = out.reusable(config)
     if done:
@@ -391,6 +399,37 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     benches = [load_benchmark(b, config) for b in benchmark_configs(config)]
     entries = build_entries(config)
     out.begin(config)
+    rows, generation_s = answer_all(config, out, benches, entries)
+    runs = score_runs(config, benches, entries, rows)
+    score_files = write_outputs(out, runs, rows, benches, generation_s)
+    result = result_of(out, runs, score_files, benches, rows)
+    out.finish(
+        result,
+        inputs={
+            "models": ", ".join(str(e.identity.get("uri")) for e in entries),
+            "benchmarks": ", ".join(b.name for b in benches),
+            **({"model": config.model} if config.model else {}),
+            **({"problems_uri": config.problems_uri} if config.problems_uri else {}),
+        },
+        outputs={
+            "results": RESULTS,
+            "metrics": METRICS,
+            "comparison": COMPARISON_MD,
+            "report_md": REPORT_MD,
+            "report_html": REPORT_HTML,
+            **score_files,
+        },
+        metrics=per_run_metrics(result),
+    )
+    return result
+
+
+def answer_all(
+    config: EvaluateConfig, out: StageOutput, benches: list[Any], entries: list[Entry]
+) -> tuple[list[dict[str, Any]], float]:
+    """Every answer row (resumed ones first) and the seconds spent generating: each model answers
+    each benchmark chunk by chunk, the rows so far saved after every chunk."""
+    from distilflow.teachers import make_teacher
 
     key_parts = [config.fingerprint()] + [b.sha256 for b in benches]
     key_parts += [
@@ -424,8 +463,13 @@ def run(config: EvaluateConfig) -> EvaluateResult:
                     progress.update(len(chunk))
             if teacher is not None:
                 teacher.close()
-    generation_s = round(time.monotonic() - started, 3)
+    return rows, round(time.monotonic() - started, 3)
 
+
+def score_runs(
+    config: EvaluateConfig, benches: list[Any], entries: list[Entry], rows: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One run per (model, benchmark): its identity, protocol, metrics and first failures."""
     runs = []
     for entry in entries:
         for bench in benches:
@@ -442,13 +486,26 @@ def run(config: EvaluateConfig) -> EvaluateResult:
                     "failures": [report.failure_view(r) for r in failures],
                 }
             )
+    return runs
+
+
+def write_outputs(
+    out: StageOutput,
+    runs: list[dict[str, Any]],
+    rows: list[dict[str, Any]],
+    benches: list[Any],
+    generation_s: float,
+) -> dict[str, str]:
+    """Write the score file of every run, the results, metrics.json, the comparison and the reports;
+    drop the partial rows. Returns the score files by ``<model>/<benchmark>``."""
+    from distilflow import sandbox
+
     score_files = {}
     for r in runs:
         name = f"scores/{_slug(r['model_name'])}/{_slug(r['benchmark'])}.json"
         body = {k: r[k] for k in ("model", "benchmark", "protocol", "metrics")}
         uris.write_text(out.path(name), json.dumps(body, indent=2, ensure_ascii=False))
         score_files[f"{r['model_name']}/{r['benchmark']}"] = name
-
     head = runs[0]
     metrics_doc: dict[str, Any] = {
         **{k: v for k, v in head["metrics"].items() if k != "by_difficulty"},
@@ -479,13 +536,32 @@ def run(config: EvaluateConfig) -> EvaluateResult:
             f"over {m['n_problems']} problems x {m['samples']}",
             flush=True,
         )
+    return score_files
+
+
+RUN_METRICS = ("accuracy", "pass_at_k", "mean_tokens", "truncation_rate", "accuracy_per_1k_tokens")
+"""The metrics kept for every (model, benchmark) run in the result."""
+
+
+def result_of(
+    out: StageOutput,
+    runs: list[dict[str, Any]],
+    score_files: dict[str, str],
+    benches: list[Any],
+    rows: list[dict[str, Any]],
+) -> EvaluateResult:
+    """The headline (the first model on the first benchmark), every run's metrics and the files."""
+    head = runs[0]
     hm = head["metrics"]
-    result = EvaluateResult(
+    return EvaluateResult(
         accuracy=hm["accuracy"],
         pass_at_k=hm["pass_at_k"],
         mean_tokens=hm["mean_tokens"],
+        truncated=hm["truncated"],
         n_problems=hm["n_problems"],
         samples=hm["samples"],
+        problems=sum(len(b.items) for b in benches),
+        answers=len(rows),
         protocol=head["protocol"],
         model_id=head["model"],
         runs=[
@@ -493,16 +569,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
                 "model": r["model_name"],
                 "benchmark": r["benchmark"],
                 "score_file": score_files[f"{r['model_name']}/{r['benchmark']}"],
-                **{
-                    k: r["metrics"][k]
-                    for k in (
-                        "accuracy",
-                        "pass_at_k",
-                        "mean_tokens",
-                        "truncation_rate",
-                        "accuracy_per_1k_tokens",
-                    )
-                },
+                **{k: r["metrics"][k] for k in RUN_METRICS},
             }
             for r in runs
         ],
@@ -512,23 +579,11 @@ def run(config: EvaluateConfig) -> EvaluateResult:
         report_md=out.path(REPORT_MD),
         report_html=out.path(REPORT_HTML),
     )
-    out.finish(
-        result=result.model_dump(mode="json"),
-        inputs={
-            "models": ", ".join(str(e.identity.get("uri")) for e in entries),
-            "benchmarks": ", ".join(b.name for b in benches),
-            **({"model": config.model} if config.model else {}),
-            **({"problems_uri": config.problems_uri} if config.problems_uri else {}),
-        },
-        outputs={
-            "results": RESULTS,
-            "metrics": METRICS,
-            "comparison": COMPARISON_MD,
-            "report_md": REPORT_MD,
-            "report_html": REPORT_HTML,
-            **score_files,
-        },
-        counts={"problems": sum(len(b.items) for b in benches), "answers": len(rows)},
-        metrics={k: hm[k] for k in ("accuracy", "pass_at_k", "mean_tokens", "truncated")},
-    )
-    return result
+
+
+def per_run_metrics(result: EvaluateResult) -> dict[str, float]:
+    """With more than one (model, benchmark) run, each run's metrics as ``<model>/<benchmark>/<metric>``
+    besides the headline's."""
+    if len(result.runs) <= 1:
+        return {}
+    return {f"{r['model']}/{r['benchmark']}/{k}": r[k] for r in result.runs for k in RUN_METRICS}

@@ -172,7 +172,7 @@ def run(config: ValidateConfig) -> ValidateResult:
     report_uri = out.path("report.json")
     uris.write_text(report_uri, json.dumps({"checked": checked, "configs": configs}, indent=2))
     result = ValidateResult(report_uri=report_uri, checked=checked, configs=configs)
-    out.finish(result=result.model_dump(), counts={"checks": len(checked)})
+    out.finish(result, counts={"checks": len(checked)})
     for line in checked:
         print(f"[validate] ok: {line}", flush=True)
     return result

@@ -7,17 +7,20 @@ from types import SimpleNamespace
 
 import pytest
 import yaml
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from distilflow import __version__, artifacts
 from distilflow import uri as uris
 from distilflow.config import BaseConfig
 from distilflow.errors import IncompleteOutputError
 from distilflow.outputs import (
+    COUNT,
     MANIFEST,
     MARKER,
+    METRIC,
     RESOLVED_CONFIG,
     StageOutput,
+    declared,
     package_versions,
     require_complete,
 )
@@ -151,6 +154,70 @@ def test_package_versions_lists_only_installed():
 
 def fake_artifact(metadata: dict | None = None):
     return SimpleNamespace(metadata={} if metadata is None else metadata)
+
+
+class ToyResult(BaseModel):
+    """A Result that declares its manifest entries."""
+
+    model_uri: str = Field(description="Not a count, not a metric")
+    rows_used: int = Field(description="Rows trained on", json_schema_extra=COUNT)
+    dropped: dict[str, int] = Field(description="Rows dropped per filter", json_schema_extra=COUNT)
+    final_loss: float | None = Field(description="Last loss", json_schema_extra=METRIC)
+    first_loss: float | None = Field(
+        None, description="First loss; None is left out", json_schema_extra=METRIC
+    )
+    by_kind: dict[str, float] = Field(
+        description="Errors per kind", json_schema_extra={**METRIC, "each": "errors_{}"}
+    )
+    passed: bool = Field(description="A verdict (logged as 1/0)", json_schema_extra=METRIC)
+
+
+TOY = ToyResult(
+    model_uri="s3://b/m",
+    rows_used=7,
+    dropped={"length": 2, "duplicate": 1},
+    final_loss=0.25,
+    by_kind={"timeout": 3.0},
+    passed=True,
+)
+
+
+@pytest.mark.unit
+def test_result_declares_its_counts_and_metrics():
+    assert declared(TOY, COUNT) == {"rows_used": 7, "dropped_length": 2, "dropped_duplicate": 1}
+    assert declared(TOY, METRIC) == {"final_loss": 0.25, "errors_timeout": 3.0, "passed": True}
+
+
+@pytest.mark.unit
+def test_finish_derives_the_manifest_from_the_result_and_adds_extras(tmp_path):
+    uri = str(tmp_path / "toy")
+    out = StageOutput(uri, "toy")
+    out.begin(ToyConfig(output_uri=uri))
+    manifest = out.finish(TOY, counts={"shards": 2}, metrics={"rate": 0.5})
+    assert manifest["result"] == TOY.model_dump(mode="json")
+    assert manifest["counts"] == {"rows_used": 7, "dropped_length": 2, "dropped_duplicate": 1, "shards": 2}
+    assert manifest["metrics"] == {"final_loss": 0.25, "errors_timeout": 3.0, "passed": True, "rate": 0.5}
+    assert json.loads(uris.read_text(uris.join(uri, MANIFEST))) == manifest
+
+
+@pytest.mark.unit
+def test_log_metrics_logs_the_manifest_numbers_of_a_finished_output(tmp_path):
+    uri = str(tmp_path / "toy")
+    logged: dict[str, float] = {}
+    artifact = SimpleNamespace(log_metric=lambda name, value: logged.__setitem__(name, value))
+    with pytest.raises(IncompleteOutputError):
+        artifacts.log_metrics(artifact, uri)
+    out = StageOutput(uri, "toy")
+    out.finish(TOY, metrics={"note": "text is no metric"})
+    assert artifacts.log_metrics(artifact, uri) == logged
+    assert logged == {
+        "rows_used": 7.0,
+        "dropped_length": 2.0,
+        "dropped_duplicate": 1.0,
+        "final_loss": 0.25,
+        "errors_timeout": 3.0,
+        "passed": 1.0,
+    }
 
 
 @pytest.mark.unit

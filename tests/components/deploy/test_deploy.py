@@ -121,7 +121,10 @@ def test_components_run_under_kfp_local(tiny_qwen3, problems_file, tmp_path):
     assert metrics["n_answers"] == 4
     executor = json.loads(next((tmp_path / "kfp").rglob("evaluate/executor_output.json")).read_text())
     logged = executor["artifacts"]["metrics"]["artifacts"][0]["metadata"]
-    assert logged == {k: metrics[k] for k in ("accuracy", "mean_tokens")} | {"pass@1": metrics["pass_at_k"]}
+    assert logged == {k: metrics[k] for k in ("accuracy", "mean_tokens", "pass_at_k", "truncated")} | {
+        "problems": metrics["n_problems"],
+        "answers": metrics["n_answers"],
+    }
 
 
 def test_keep_running_leaves_a_working_endpoint(tiny_qwen3, s3_bucket, tmp_path):

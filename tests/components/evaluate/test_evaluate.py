@@ -180,8 +180,17 @@ def test_component_logs_metrics_and_writes_report(tiny_qwen3, problems_file, tmp
     (stage_dir / MARKER).write_text("done\n")
     (stage_dir / MANIFEST).write_text("{}")
     evaluate.python_func(config, str(tmp_path / "run"), model, metrics, report, page)
-    assert set(metrics.metadata) == {"accuracy", "pass@1", "mean_tokens"}
+    # the manifest's counts and metrics: 4 problems answered once each
+    assert set(metrics.metadata) == {
+        "accuracy",
+        "pass_at_k",
+        "mean_tokens",
+        "truncated",
+        "problems",
+        "answers",
+    }
     assert metrics.metadata["mean_tokens"] > 0
+    assert (metrics.metadata["problems"], metrics.metadata["answers"]) == (4, 4)
     assert "| pass@1 |" in _read(report.path)
     assert report.metadata["uri"].endswith(os.path.join("run", "evaluate", "report.md"))
     assert "<svg" in _read(page.path) and page.metadata["uri"].endswith("report.html")
