@@ -432,96 +432,124 @@ def run_program(
     iso = isolation()
     drop_to = NOBODY if iso["user"] == "nobody" else None
     ctl = tempfile.mkdtemp(prefix="distilflow-sandbox-")
-    work = os.path.join(ctl, "work")
-    os.mkdir(work, 0o700)
     started = time.monotonic()
     try:
-        if drop_to is not None:
-            os.chown(work, drop_to, drop_to)
-        paths = {name: os.path.join(ctl, name) for name in ("guard.py", "main.py", "in", "out", "err")}
-        with open(paths["guard.py"], "w", encoding="utf-8") as f:
-            f.write(GUARD if audit_hook else GUARD.replace("sys.addaudithook(hook)", "pass"))
-        with open(paths["main.py"], "w", encoding="utf-8") as f:
-            f.write(code)
-        with open(paths["in"], "w", encoding="utf-8") as f:
-            f.write(stdin)
-        cfg = {
-            "work": work,
-            "code": paths["main.py"],
-            "verdict": os.path.join(ctl, "verdict.json"),
-            "mode": mode,
-            "func_name": func_name,
-            "mark": mark or RESULT_MARK,
-            "cpu_s": max(1, math.ceil(limits.cpu_s)),
-            "memory_bytes": limits.memory_mb << 20,
-            "file_bytes": limits.file_mb << 20,
-            "open_files": limits.open_files,
-            "nproc": limits.nproc,
-            "drop_to": drop_to,
-            "preload": _imported_modules(code),
-            "blocked": BLOCKED,
-        }
-        cfg_path = os.path.join(ctl, "config.json")
-        with open(cfg_path, "w", encoding="utf-8") as f:
-            json.dump(cfg, f)
+        cfg = {"mode": mode, "func_name": func_name, "mark": mark or RESULT_MARK, "drop_to": drop_to}
+        paths, cfg_path = _prepare(ctl, code, stdin, limits, cfg, audit_hook)
         cmd = iso["prefix"] + [sys.executable, "-I", "-S", "-B", paths["guard.py"], cfg_path]
-        with (
-            open(paths["in"], "rb") as fin,
-            open(paths["out"], "wb") as fout,
-            open(paths["err"], "wb") as ferr,
-        ):
-            proc = subprocess.Popen(
-                cmd,
-                stdin=fin,
-                stdout=fout,
-                stderr=ferr,
-                cwd=work,
-                env={},
-                start_new_session=True,
-                close_fds=True,
-            )
-            timed_out = False
-            try:
-                proc.wait(timeout=limits.wall_s)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-            # Always: the group holds anything the program left behind (and, with a PID
-            # namespace, its first process; killing it kills the namespace).
-            _kill_group(proc.pid)
-            proc.wait()
+        returncode, timed_out = _execute(cmd, paths, os.path.join(ctl, "work"), limits.wall_s)
         wall = time.monotonic() - started
         stdout = _read(paths["out"], limits.output_bytes)
         stderr = _read(paths["err"], 64 << 10)
         verdict: dict[str, Any] = {}
         try:
-            with open(cfg["verdict"], encoding="utf-8") as f:
+            with open(paths["verdict.json"], encoding="utf-8") as f:
                 verdict = json.load(f)
         except (OSError, ValueError):
             verdict = {}
-        rc, sig = verdict.get("exit"), verdict.get("signal")
-        if timed_out:
-            status = "timeout"
-        elif not verdict:
-            status, sig = "killed", (-proc.returncode if proc.returncode and proc.returncode < 0 else None)
-        elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and wall >= limits.cpu_s):
-            status = "cpu-limit"
-        elif sig == signal.SIGXFSZ:
-            status = "output-limit"
-        elif sig is not None:
-            status = "killed"
-        elif rc == 0:
-            status = "ok"
-        elif BLOCKED in stderr:
-            status = "blocked"
-        elif "MemoryError" in stderr:
-            status = "memory-limit"
-        elif "File too large" in stderr:
-            status = "output-limit"
-        else:
-            status = "error"
+        status, rc, sig = _status(verdict, timed_out, returncode, wall, limits, stderr)
         return RunResult(status, rc, sig, stdout, stderr, round(wall, 4))
     finally:
         shutil.rmtree(ctl, ignore_errors=True)
+
+
+def _prepare(
+    ctl: str, code: str, stdin: str, limits: Limits, cfg: dict[str, Any], audit_hook: bool
+) -> tuple[dict[str, str], str]:
+    """Write the guard, the program, its stdin and the guard's config into the control folder ``ctl``
+    (the program's own work folder inside it, owned by the unprivileged user when there is one)."""
+    work = os.path.join(ctl, "work")
+    os.mkdir(work, 0o700)
+    if cfg["drop_to"] is not None:
+        os.chown(work, cfg["drop_to"], cfg["drop_to"])
+    names = ("guard.py", "main.py", "in", "out", "err", "verdict.json")
+    paths = {name: os.path.join(ctl, name) for name in names}
+    with open(paths["guard.py"], "w", encoding="utf-8") as f:
+        f.write(GUARD if audit_hook else GUARD.replace("sys.addaudithook(hook)", "pass"))
+    with open(paths["main.py"], "w", encoding="utf-8") as f:
+        f.write(code)
+    with open(paths["in"], "w", encoding="utf-8") as f:
+        f.write(stdin)
+    cfg = {
+        "work": work,
+        "code": paths["main.py"],
+        "verdict": paths["verdict.json"],
+        **cfg,
+        "cpu_s": max(1, math.ceil(limits.cpu_s)),
+        "memory_bytes": limits.memory_mb << 20,
+        "file_bytes": limits.file_mb << 20,
+        "open_files": limits.open_files,
+        "nproc": limits.nproc,
+        "preload": _imported_modules(code),
+        "blocked": BLOCKED,
+    }
+    cfg_path = os.path.join(ctl, "config.json")
+    with open(cfg_path, "w", encoding="utf-8") as f:
+        json.dump(cfg, f)
+    return paths, cfg_path
+
+
+def _execute(cmd: list[str], paths: dict[str, str], work: str, wall_s: float) -> tuple[int | None, bool]:
+    """Run the guard in a new session, with no environment, for at most ``wall_s`` seconds; then kill
+    whatever its process group left behind. Returns the exit code and whether time ran out."""
+    with (
+        open(paths["in"], "rb") as fin,
+        open(paths["out"], "wb") as fout,
+        open(paths["err"], "wb") as ferr,
+    ):
+        proc = subprocess.Popen(
+            cmd,
+            stdin=fin,
+            stdout=fout,
+            stderr=ferr,
+            cwd=work,
+            env={},
+            start_new_session=True,
+            close_fds=True,
+        )
+        timed_out = False
+        try:
+            proc.wait(timeout=wall_s)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        # Always: the group holds anything the program left behind (and, with a PID
+        # namespace, its first process; killing it kills the namespace).
+        _kill_group(proc.pid)
+        proc.wait()
+    return proc.returncode, timed_out
+
+
+def _status(
+    verdict: dict[str, Any],
+    timed_out: bool,
+    returncode: int | None,
+    wall: float,
+    limits: Limits,
+    stderr: str,
+) -> tuple[str, int | None, int | None]:
+    """``(status, exit code, signal)`` of a run from the guard's verdict and how the process ended."""
+    rc, sig = verdict.get("exit"), verdict.get("signal")
+    if timed_out:
+        status = "timeout"
+    elif not verdict:
+        status, sig = "killed", (-returncode if returncode and returncode < 0 else None)
+    elif sig == signal.SIGXCPU or (sig == signal.SIGKILL and wall >= limits.cpu_s):
+        status = "cpu-limit"
+    elif sig == signal.SIGXFSZ:
+        status = "output-limit"
+    elif sig is not None:
+        status = "killed"
+    elif rc == 0:
+        status = "ok"
+    elif BLOCKED in stderr:
+        status = "blocked"
+    elif "MemoryError" in stderr:
+        status = "memory-limit"
+    elif "File too large" in stderr:
+        status = "output-limit"
+    else:
+        status = "error"
+    return status, rc, sig
 
 
 # --- grading ---------------------------------------------------------------------------------

@@ -170,6 +170,30 @@ def launch(
         return stored
 
     from kubeflow.trainer import CustomTrainerContainer
+
+    client = _client(namespace, kubeconfig)
+    options = job_options(stage, config_uri, secrets)
+    trainer = CustomTrainerContainer(
+        image=image or stage_image(stage),
+        num_nodes=nodes,
+        resources_per_node={"gpu": gpus} if gpus else None,
+        env=plain or None,
+    )
+    name = client.train(runtime=runtime, trainer=trainer, options=options)
+    where = f"{client.backend.namespace}/{name}"
+    print(
+        f"[{stage}] submitted TrainJob {where}: {nodes} node(s) x {gpus} GPU(s), runtime {runtime}, "
+        f"config {config_uri}",
+        flush=True,
+    )
+
+    follow(stage, client, name, poll_interval, timeout)
+    return job_result(stage, local, f"TrainJob {where}")
+
+
+def job_options(stage: str, config_uri: str, secrets: dict[str, str]) -> list[Any]:
+    """The TrainJob's options: every node's command, the stage label, and the secret references
+    patched into the node container of the runtime's job template."""
     from kubeflow.trainer.options import (
         ContainerPatch,
         JobSetSpecPatch,
@@ -185,7 +209,6 @@ def launch(
         TrainingRuntimeSpecPatch,
     )
 
-    client = _client(namespace, kubeconfig)
     options: list[Any] = [
         TrainerCommand(command=job_command(stage, config_uri)),
         Labels(labels={"distilflow.io/stage": stage}),
@@ -200,20 +223,16 @@ def launch(
             template=JobSetTemplatePatch(spec=JobSetSpecPatch(replicated_jobs=[rjob]))
         )
         options.append(RuntimePatch(training_runtime_spec=spec))
-    trainer = CustomTrainerContainer(
-        image=image or stage_image(stage),
-        num_nodes=nodes,
-        resources_per_node={"gpu": gpus} if gpus else None,
-        env=plain or None,
-    )
-    name = client.train(runtime=runtime, trainer=trainer, options=options)
-    where = f"{client.backend.namespace}/{name}"
-    print(
-        f"[{stage}] submitted TrainJob {where}: {nodes} node(s) x {gpus} GPU(s), runtime {runtime}, "
-        f"config {config_uri}",
-        flush=True,
-    )
+    return options
 
+
+def follow(stage: str, client: Any, name: str, poll_interval: float, timeout: float) -> None:
+    """Stream node-0's log once it runs, and wait for the TrainJob to complete.
+
+    Raises:
+        DistilflowError: The job failed (its reason) or did not finish within ``timeout`` seconds.
+    """
+    where = f"{client.backend.namespace}/{name}"
     deadline = time.monotonic() + timeout
     streamed = False
     while True:
@@ -239,5 +258,3 @@ def launch(
                 f"{stage}: TrainJob {where} did not finish within {timeout:.0f} s (status {job.status})"
             )
         time.sleep(poll_interval)
-
-    return job_result(stage, local, f"TrainJob {where}")
