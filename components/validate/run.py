@@ -214,4 +214,20 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
                 checked.append(f"{where}: endpoint {teacher.base_url}")
         except (DistilflowError, OSError) as exc:
             problems.append(str(exc) if str(exc).startswith(where) else f"{where}: {exc}")
+    if config.check_endpoints and config.probe_judges and not problems:
+        problems.extend(_probe_judge(stage, cfg, checked))
     return problems
+
+
+def _probe_judge(stage: str, cfg: BaseConfig, checked: list[str]) -> list[str]:
+    """The calibration probe of the stage's logprobs judge on an endpoint (``judge_probe``), if any."""
+    from distilflow.components.validate import judge_probe
+
+    found = judge_probe.probed_judge(stage, cfg)
+    if found is None:
+        return []
+    problem = judge_probe.probe(stage, found[1])
+    if problem is None:
+        checked.append(f"{stage}.{found[0]}: calibration probe (an obviously low and an obviously high case)")
+        return []
+    return [problem]

@@ -212,8 +212,9 @@ def tiny_thoughtx_overrides(model: str) -> list[str]:
         f"distill.teachers=[{teacher('teacher-a', 0)}, {teacher('teacher-b', 1)}]",
         f"distill.problems_uri={data_file('quickstart_problems.jsonl')}",
         "distill.limit=4",
-        f"curate.judge={{backend: transformers, model: {model}, batch_size: 8}}",
-        # A random tiny judge: keep the selection wide so there are rows to train on.
+        f"curate.judge={{backend: transformers, model: {model}, batch_size: 8, min_digit_mass: 0}}",
+        # A random tiny judge (its digits carry scraps, read anyway): keep the selection wide so there are
+        # rows to train on.
         "curate.require_correct=false",
         "curate.min_logic=0",
         f"sft.model={model}",
