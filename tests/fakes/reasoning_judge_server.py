@@ -12,6 +12,7 @@ score. This server answers like one:
   score, drawn from the judge's distribution (``distribution``), with ``digit_mass`` of the probability
   on the digits (``digit_mass=0.1``: a judge whose digits carry little mass);
 - ``logprobs=False``: a server that returns no logprobs at all;
+- ``inverted=True``: a judge whose digits do not follow the question (it scores the opposite);
 - without ``logprobs`` in the request it thinks (``reasoning_content``) and then writes its score as
   ``<score>N</score>`` (curate's generate mode) or ``<choice>N</choice>`` (reward's pairwise judge).
 
@@ -89,10 +90,12 @@ class ReasoningJudgeServer(LoopbackServer):
         logprobs: bool = True,
         digit_mass: float = 0.96,
         honours_enable_thinking: bool = False,
+        inverted: bool = False,
     ):
         self.served_name = served_name
         self.logprobs, self.digit_mass = logprobs, digit_mass
         self.honours_enable_thinking = honours_enable_thinking
+        self.inverted = inverted
         self.bodies: list[dict[str, Any]] = []  # every accepted request body, for asserts
         self._lock = threading.Lock()
 
@@ -157,6 +160,8 @@ class ReasoningJudgeServer(LoopbackServer):
     def next_tokens(self, body: dict[str, Any]) -> dict[str, float]:
         """The next-token probabilities of a judgment (token -> probability)."""
         judged = distribution(user_prompt(body["messages"]))
+        if self.inverted:  # the highest digit takes the lowest one's probability, and so on
+            judged = dict(zip(judged, reversed(list(judged.values())), strict=True))
         if self.answers_first(body):
             rest = 1 - self.digit_mass
             return {

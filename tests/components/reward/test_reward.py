@@ -410,6 +410,37 @@ def test_judge_that_picks_by_position_is_dropped_and_counted(judge_server):
     assert kept == [] and counts.inconsistent == 4 and counts.judged == 4
 
 
+@pytest.mark.parametrize(
+    ("judge", "unparsed"), [({}, 0), ({"answer_prefix": None}, 6)], ids=["answers-first", "thinking-first"]
+)
+def test_pairwise_verdicts_of_a_reasoning_judge_through_the_teacher_cache(tmp_path, judge, unparsed):
+    """The reward stage's judging path (``CachedTeacher``, as ``run`` builds it) with a judge that behaves
+    like a reasoning model: prefilled, each verdict is P("1") of the server's rule (0.85 when only answer 1
+    is right, 0.15 the other way round) and every pair is labelled right; asked plainly, the judge starts
+    thinking, every verdict is unreadable and counted as unparsed, and nothing crashes or is labelled."""
+    from distilflow.components.reward.pairs import Pair, judge_pairs
+    from distilflow.teachers.cache import TeacherCache
+    from distilflow.teachers.cached import CachedTeacher
+    from distilflow.teachers.config import TeacherConfig
+    from tests.fakes.reasoning_judge_server import ReasoningJudgeServer
+
+    with ReasoningJudgeServer() as url:
+        config = TeacherConfig(backend="openai", base_url=url, model="reasoner", max_retries=0, **judge)
+        cached = CachedTeacher(config, TeacherCache(str(tmp_path / "cache")))
+        candidates = [Pair(p, None, "curate", p.id) for p in carry_pairs(6)]  # pairs 1, 3, 5 reversed
+        kept, counts = judge_pairs(candidates, cached, "logprobs", "label")
+    assert counts.judged == 6 and counts.unparsed == unparsed and counts.inconsistent == 0
+    if unparsed:
+        assert kept == [] and counts.first_probs == []
+        return
+    # curate's order first: right answer first on pairs 0, 2, 4 (0.85 then 0.15), wrong first on 1, 3, 5
+    assert counts.first_probs == pytest.approx([0.85, 0.15, 0.15, 0.85] * 3)
+    assert counts.disagreed == 3 and len(kept) == 6
+    for p in kept:
+        a, b = (int(x) for x in p.pair.prompt[0].content.removeprefix("What is ").rstrip("?").split(" + "))
+        assert f"\\boxed{{{a + b}}}" in p.pair.chosen[0].content
+
+
 def test_reward_stage_with_a_biased_judge(tiny_qwen3, judge_server, tmp_path):
     """End to end: curate's pairs (half reversed) relabelled by a position-biased judge through the
     teacher contract; the counts reach the result and manifest; an all-inconsistent judge fails the stage."""

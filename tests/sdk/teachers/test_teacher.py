@@ -158,6 +158,20 @@ def test_openai_reasoning_field_is_read_from_the_message():
     assert _reasoning_of(ChatCompletionMessage.model_validate({"role": "assistant", "content": "7"})) is None
 
 
+def top20_digits(probs, tokenizer, digits: str) -> dict[str, float] | None:
+    """The digits' share of a next-token distribution among its 20 likeliest tokens (a token that is a
+    digit once stripped of spaces counts for it), renormalised; None when none of them is a digit."""
+    import torch
+
+    mass = dict.fromkeys(digits, 0.0)
+    for i in torch.topk(probs, 20).indices.tolist():
+        key = tokenizer.decode([i]).strip()
+        if key in mass:
+            mass[key] += float(probs[i])
+    total = sum(mass.values())
+    return {d: p / total for d, p in mass.items()} if total else None
+
+
 @pytest.mark.parametrize("digits", ["0123456789", "01"])
 def test_openai_digit_probs_match_the_model_in_process(openai_server, tiny_qwen3, monkeypatch, digits):
     """The endpoint's top-20 logprobs of the prefilled judgment, read by the client, give the model's own
@@ -175,20 +189,16 @@ def test_openai_digit_probs_match_the_model_in_process(openai_server, tiny_qwen3
     )
     with torch.no_grad():
         probs = torch.softmax(local.model(**local._encode(chats, judging=True)).logits[0, -1], dim=-1)
-    top20 = set(torch.topk(probs, 20).indices.tolist())
-    ids = {d: local.tokenizer.encode(d, add_special_tokens=False)[0] for d in digits}
-    present = [d for d in digits if ids[d] in top20]
+    want = top20_digits(probs, local.tokenizer, digits)
     got = remote.digit_probs(chats, digits)[0]
     body = server.requests[-1]["body"]
     assert body["messages"][-1] == {"role": "assistant", "content": "Score: "}
     assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
     assert body["chat_template_kwargs"] == {"enable_thinking": False}
-    if not present:
+    if want is None:
         assert isinstance(got, Unreadable)
         return
-    mass = sum(float(probs[ids[d]]) for d in present)
-    for d in digits:
-        assert got[d] == pytest.approx(float(probs[ids[d]]) / mass if d in present else 0.0, abs=1e-4)
+    assert got == pytest.approx(want, abs=1e-4)
 
 
 # --- The async endpoint client (distilflow.teachers.endpoint) against tests/fakes/fault_server.py ---------------
@@ -294,3 +304,38 @@ def test_retry_after_headers_and_backoff():
     assert backoff_s(0, 1.0, 60.0, 2.0) == 2.0  # the server's wish
     assert 0 <= backoff_s(10, 1.0, 8.0, None) <= 8.0  # capped full jitter
     assert 0 <= backoff_s(0, 1.0, 60.0, 3600.0) <= 1.0  # an absurd Retry-After falls back to backoff
+
+
+def test_vllm_judgments_are_prefilled_and_read_with_the_same_rule(tiny_qwen3, monkeypatch):
+    """The vllm backend's judging (vLLM's offline API, tests/fakes/vllm_module.py on the tiny model):
+    the judge's reply is continued after the prefix with thinking off, the digits are read from the
+    top-20 logprobs like an endpoint's, and scraps are unreadable at the default min_digit_mass."""
+    import sys
+
+    import torch
+
+    from tests.fakes import vllm_module
+
+    monkeypatch.setitem(sys.modules, "vllm", vllm_module)
+    monkeypatch.setattr(vllm_module.LLM, "calls", [])
+    chats = [[{"role": "user", "content": q}] for q in ("Rate 3 + 4 = 7 from 0 to 9.", "Rate 6 * 7 = 41.")]
+    config = TeacherConfig(backend="vllm", model=tiny_qwen3, min_digit_mass=0)
+    teacher = make_teacher(config)
+    probs = teacher.digit_probs(chats, "0123456789")
+    assert any(isinstance(p, dict) for p in probs)  # some digit is among the top 20: values to compare
+    (call,) = vllm_module.LLM.calls
+    assert call["add_generation_prompt"] is False and call["continue_final_message"] is True
+    assert call["chat_template_kwargs"] == {"enable_thinking": False}
+    assert all(m[-1] == {"role": "assistant", "content": "Score: "} for m in call["messages"])
+    # the same numbers as the model's own softmax over the judgment the transformers backend encodes
+    local = make_teacher(TeacherConfig(backend="transformers", model=tiny_qwen3, batch_size=1))
+    for chat, got in zip(chats, probs, strict=True):
+        with torch.no_grad():
+            full = torch.softmax(local.model(**local._encode([chat], judging=True)).logits[0, -1], dim=-1)
+        want = top20_digits(full, local.tokenizer, "0123456789")
+        if want is None:
+            assert isinstance(got, Unreadable)
+            continue
+        assert got == pytest.approx(want, abs=1e-4)
+    teacher.config = config.model_copy(update={"min_digit_mass": 0.5})
+    assert all(isinstance(p, Unreadable) for p in teacher.digit_probs(chats, "0123456789"))
