@@ -187,3 +187,30 @@ def test_a_server_without_logprobs_stops_curate_with_the_fix(tmp_path, reasoner)
     with pytest.raises(BackendError, match=r"returned no logprobs; use judge mode 'generate'"):
         run(config(tmp_path, url))
     assert not os.path.exists(tmp_path / "curate" / "_COMPLETE")
+
+
+def test_crv_rewrites_are_scored_again_from_their_own_text(tmp_path, reasoner):
+    """A verified CRV rewrite replaces the trace and is judged again: its RV is the expected digit for the
+    rewrite's reasoning (not the original's, nor the original's stale score)."""
+    from distilflow.components.curate.run import _refine
+    from distilflow.teachers.cache import TeacherCache
+    from distilflow.teachers.cached import CachedTeacher
+    from tests.components.curate.test_curate import ScriptedTeacher
+
+    _, url = reasoner()
+    cfg = config(tmp_path, url, crv=True)
+    base = Scored(
+        id="e/t/0", problem_id="e", problem="What is 3 + 4?", reference="7", domain="math", teacher="t",
+        sample=0, reasoning="7", content="\\boxed{7}", tokens=3, finish_reason="stop", rv=0.0, cd=0.0,
+        logic=1, correct=True, predicted="7", judge="j", kept=False,
+    )  # fmt: skip
+    rewrite = "Start from 3 and count 4 more: 4, 5, 6, 7. So 3 + 4 = 7, checked by 7 - 4 = 3."
+    rewriter = ScriptedTeacher(
+        {"What is 3 + 4?": "easy"}, {"What is 3 + 4?": f"<think>{rewrite}</think>\\boxed{{7}}"}
+    )
+    judge = CachedTeacher(cfg.judge, TeacherCache(str(tmp_path / "cache")))
+    (row,), failures = _refine(judge, rewriter, [base], cfg)
+    assert failures == [] and (row.crv_outcome, row.reasoning) == ("expanded", rewrite)
+    want = expected(base.problem, rewrite, "\\boxed{7}")
+    assert (row.rv, row.cd, row.logic) == pytest.approx((want["rv"], want["cd"], want["logic"]), abs=1e-3)
+    assert row.rv != pytest.approx(expected(base.problem, base.reasoning, base.content)["rv"], abs=0.1)

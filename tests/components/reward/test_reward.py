@@ -214,6 +214,29 @@ def test_gate_fails_a_reward_model_trained_on_shuffled_labels(tiny_qwen3, tmp_pa
     assert "FAILED" in uris.read_text(os.path.join(cfg.output_uri, "report.html"))
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("heldout", "agreement", "failures"),
+    [
+        (0.8, 0.6, []),  # at both thresholds: passes (>=)
+        (0.79, 0.9, ["held-out pairwise accuracy 0.79 < min_heldout_accuracy 0.8"]),
+        (0.9, 0.5, ["agreement with labels_uri 0.5 < min_label_agreement 0.6"]),
+        (None, None, ["held-out pairwise accuracy None < min_heldout_accuracy 0.8",
+                      "agreement with labels_uri None < min_label_agreement 0.6"]),
+    ],
+)  # fmt: skip
+def test_gate_verdict_holds_both_thresholds(heldout, agreement, failures):
+    """The calibration gate fails on either figure below its threshold, or missing, and says which."""
+    from distilflow.components.reward.run import gate_verdict
+
+    cfg = config("m", "d.jsonl", "o", min_heldout_accuracy=0.8, min_label_agreement=0.6, labels_uri="l.jsonl")
+    verdict = gate_verdict(cfg, heldout, agreement)
+    assert verdict["failures"] == failures and verdict["passed"] is (not failures)
+    assert (verdict["heldout_accuracy"], verdict["label_agreement"]) == (heldout, agreement)
+    off = gate_verdict(config("m", "d.jsonl", "o", min_heldout_accuracy=None), 0.1, 0.1)
+    assert off["passed"] is True  # no thresholds set: nothing to hold
+
+
 def test_reward_component_lora_from_reward_model(tiny_reward, tmp_path):
     """The component trains a LoRA adapter (and head) on a sequence-classification folder, merges it,
     and publishes URI, metrics and report."""
