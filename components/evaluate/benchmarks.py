@@ -373,9 +373,24 @@ def effective_samples(cfg: BenchmarkConfig, config: EvaluateConfig) -> int:
     return cfg.samples or config.samples or DEFAULT_SAMPLES.get(cfg.name, 1)
 
 
+def mirror_source(source: str, name: str) -> str:
+    """A benchmark's source under the stage's ``source``: hub and sample as they are; a folder, the
+    benchmark's mirror in it (``<name>.parquet`` when there is one, else ``<name>.jsonl``)."""
+    if source in ("hub", "sample"):
+        return source
+    parquet = uris.join(source, f"{name}.parquet")
+    return parquet if uris.exists(parquet) else uris.join(source, f"{name}.jsonl")
+
+
 def benchmark_configs(config: EvaluateConfig) -> list[BenchmarkConfig]:
-    """The configured benchmarks, with ``problems_uri`` as a ``jsonl`` benchmark named 'problems'."""
-    found = list(config.benchmarks)
+    """The configured benchmarks (those without a source of their own take the stage's ``source``), with
+    ``problems_uri`` as a ``jsonl`` benchmark named 'problems'."""
+    found = [
+        b.model_copy(update={"source": mirror_source(config.source, b.name)})
+        if config.source and "source" not in b.model_fields_set and b.name != "jsonl"
+        else b
+        for b in config.benchmarks
+    ]
     if config.problems_uri:
         found.insert(0, BenchmarkConfig(name="jsonl", source=config.problems_uri, label="problems"))
     return found

@@ -303,6 +303,30 @@ def test_problems_hash_is_the_datas_not_the_files_format(tmp_path):
     )
 
 
+@pytest.mark.unit
+def test_the_stage_source_applies_to_benchmarks_without_their_own(tmp_path):
+    """evaluate.source: sample, or a folder of mirrors (<name>.parquet, else <name>.jsonl); a benchmark
+    that names its own source keeps it."""
+    from distilflow.components.evaluate.benchmarks import benchmark_configs
+
+    (tmp_path / "math500.parquet").write_bytes(b"")
+    base = {
+        "output_uri": "/o",
+        "benchmarks": ["math500", "aime2024", {"name": "gpqa_diamond", "source": "hub"}],
+    }
+    folder = EvaluateConfig.from_dict(base | {"source": str(tmp_path)})
+    assert [b.source for b in benchmark_configs(folder)] == [
+        str(tmp_path / "math500.parquet"),
+        str(tmp_path / "aime2024.jsonl"),
+        "hub",
+    ]
+    sample = EvaluateConfig.from_dict(base | {"source": "sample", "problems_uri": "/p.jsonl"})
+    assert [(b.name, b.source) for b in benchmark_configs(sample)] == [
+        ("jsonl", "/p.jsonl"), ("math500", "sample"), ("aime2024", "sample"), ("gpqa_diamond", "hub"),
+    ]  # fmt: skip
+    assert [b.source for b in benchmark_configs(EvaluateConfig.from_dict(base))] == ["hub"] * 3
+
+
 def _content_sha(folder: str) -> str:
     import hashlib
 
