@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from distilflow.outputs import COUNT, METRIC
@@ -65,6 +67,13 @@ class SftConfig(LauncherFields, ScaleAndCheckpointFields):
     )
     seed: int = Field(0, description="Seed for weight init (LoRA), data order and dropout")
     logging_steps: int = Field(10, ge=1, description="Log the loss every this many optimizer steps")
+    if_no_examples: Literal["fail", "skip"] = Field(
+        "fail",
+        description="When the data holds no example at all (e.g. curate kept no trace with a correct answer): "
+        "fail, or skip: train nothing and publish the starting model unchanged as this stage's model, with "
+        "trained false and the reason in the result, so a demonstration run (the quickstart) goes on and says "
+        "so instead of training on wrong answers",
+    )
 
     @model_validator(mode="after")
     def _check_steps(self) -> SftConfig:
@@ -114,3 +123,8 @@ class SftResult(BaseModel):
     seed: int = Field(
         0, description="The seed used for data order, dropout and LoRA init", json_schema_extra=METRIC
     )
+    trained: bool = Field(
+        True,
+        description="False when training was skipped (if_no_examples: skip): the model is the starting model",
+    )
+    skipped: str | None = Field(None, description="Why training was skipped (None: it was not)")

@@ -29,6 +29,7 @@ class RunSummary:
     pipeline: str
     output_uri: str
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # the pipeline's own account (its summary_lines)
 
     def lines(self) -> list[str]:
         out = [f"pipeline {self.pipeline} finished; results under {self.output_uri}"]
@@ -40,7 +41,7 @@ class RunSummary:
                     shown[key] = result[key]
             text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
             out.append(f"  {stage:<9} {manifest.get('uri', '')}  {text}")
-        return out
+        return out + self.notes
 
 
 def _fmt(value: Any) -> str:
@@ -87,7 +88,10 @@ def run_local(
         module.pipeline(output_uri=output_uri, config=config, **arguments)
     except RuntimeError as exc:
         raise DistilflowError(f"pipeline {name!r} failed: {exc}; the failing task's log is above") from None
-    return summarize(name, output_uri, module.STAGES)
+    summary = summarize(name, output_uri, module.STAGES)
+    if hasattr(module, "summary_lines"):  # the pipeline's own account of the run (quickstart)
+        summary.notes = module.summary_lines(summary.stages)
+    return summary
 
 
 def summarize(name: str, output_uri: str, stages: list[str]) -> RunSummary:
