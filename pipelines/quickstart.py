@@ -123,7 +123,8 @@ def _curate_lines(curate: dict[str, Any]) -> list[str]:
             else "there is nothing to learn from, so the student is not trained"
         )
         lines.append(
-            f"  only {correct} of {traces} traces are correct (fewer than {FEW_CORRECT}): the tiny teacher gets "
+            f"  only {correct} of {traces} traces {'is' if correct == 1 else 'are'} correct (fewer than "
+            f"{FEW_CORRECT}): the tiny teacher gets "
             f"too few right; {learns}. A real teacher fixes this (README: Real teacher, real student)."
         )
     return lines
