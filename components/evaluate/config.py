@@ -135,6 +135,12 @@ class EvaluateConfig(BaseConfig):
         description="Benchmarks to score, e.g. [aime2024, math500, gpqa_diamond, livecodebench] or "
         "[{name: math500, source: sample}]",
     )
+    source: str | None = Field(
+        None,
+        description="Where the benchmarks that set no source of their own come from: hub (the Hugging Face "
+        "hub), sample (the few rows shipped with distilflow: local runs and tests, no download), or a folder "
+        "URI holding mirrors named <benchmark>.parquet or <benchmark>.jsonl in the hub's format; null: hub",
+    )
     thinking_modes: list[bool] | None = Field(
         None,
         description="Score every model once per mode, e.g. [true, false] for Qwen3 thinking on and off "
