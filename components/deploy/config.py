@@ -162,8 +162,9 @@ class DeployConfig(BaseConfig):
     )
     served_model_name: str | None = Field(
         None,
-        description="The model id clients name (vLLM --served-model-name); None = the service name on "
-        "cluster targets, the model folder locally",
+        description="The model id clients name (vLLM --served-model-name); None = service_name, else the model "
+        "folder's name (<run>/sft/model serves as sft-model). A local `transformers serve` answers to the "
+        "model's path instead",
     )
     image: str | None = Field(
         None, description="Cluster targets: the vLLM server image; None = distilflow's vllm image"

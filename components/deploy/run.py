@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from distilflow import uri as uris
 from distilflow.components.deploy import smoke as smoke_mod
 from distilflow.components.deploy.config import DeployConfig
-from distilflow.components.deploy.vllm_server import served_name, thinking_model
+from distilflow.components.deploy.vllm_server import served_name, thinking_model, vllm_args
 from distilflow.errors import BackendError, ConfigError
 from distilflow.outputs import METRIC, StageOutput
 
@@ -98,14 +98,21 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def server_command(backend: str, model_dir: str, host: str, port: int) -> list[str]:
-    """The command line of the server; the model folder's path is the id requests name."""
+def server_command(
+    config: DeployConfig, backend: str, model_dir: str, port: int, thinking: bool
+) -> list[str]:
+    """The command line of the server. vLLM gets the cluster targets' arguments (served name, parallelism,
+    length, reasoning parser, ``vllm_args``); ``transformers serve`` answers to the model folder's path."""
     if backend == "vllm":
-        module = ["vllm.entrypoints.openai.api_server", "--model", model_dir]
-    else:
-        # A positional model is preloaded before the port opens, and the server is pinned to it.
-        module = ["transformers.cli.transformers", "serve", model_dir]
-    return [sys.executable, "-m", *module, "--host", host, "--port", str(port)]
+        args = vllm_args(config, model_dir, port, thinking, host=config.host)
+        return [sys.executable, "-m", "vllm.entrypoints.openai.api_server", *args]
+    # A positional model is preloaded before the port opens, and the server is pinned to it.
+    module = ["transformers.cli.transformers", "serve", model_dir]
+    return [sys.executable, "-m", *module, "--host", config.host, "--port", str(port)]
+
+
+def local_served_name(config: DeployConfig, backend: str, model_dir: str) -> str:
+    return served_name(config) if backend == "vllm" else model_dir
 
 
 def api_key(config: DeployConfig) -> str | None:
@@ -187,7 +194,7 @@ def endpoint_alive(endpoint_url: str) -> bool:
 
 
 def start_server(
-    config: DeployConfig, out: StageOutput, backend: str, model_dir: str, key: str | None
+    config: DeployConfig, out: StageOutput, backend: str, model_dir: str, key: str | None, thinking: bool
 ) -> tuple[subprocess.Popen, str, str, str]:
     """Start the server in its own process group; return it, its root URL, its log and a work folder."""
     port = config.port or free_port(config.host)
@@ -198,7 +205,7 @@ def start_server(
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     cache_dir = os.path.join(work_dir, "hf-cache")
     os.makedirs(cache_dir)
-    cmd = server_command(backend, model_dir, config.host, port)
+    cmd = server_command(config, backend, model_dir, port, thinking)
     print(f"[{STAGE}] starting {backend} server: {' '.join(cmd)}", flush=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -247,17 +254,15 @@ def run_local(config: DeployConfig, out: StageOutput) -> DeployResult:
             flush=True,
         )
     out.begin(config)
-    thinking = config.smoke_thinking
-    if thinking is None:
-        thinking = smoke_mod.supports_thinking(model_dir)
-    proc, root_url, log_path, work_dir = start_server(config, out, backend, model_dir, key)
+    template_thinking = smoke_mod.supports_thinking(model_dir)
+    thinking = template_thinking if config.smoke_thinking is None else config.smoke_thinking
+    name = local_served_name(config, backend, model_dir)
+    proc, root_url, log_path, work_dir = start_server(config, out, backend, model_dir, key, template_thinking)
     base_url = root_url + "/v1"
     try:
         ready_s = wait_ready(proc, root_url, config.startup_timeout_s)
         print(f"[{STAGE}] server ready at {base_url} after {ready_s:.1f}s (pid {proc.pid})", flush=True)
-        smoke = smoke_mod.smoke_test(
-            base_url, model_dir, config.smoke_prompt, config.max_tokens, key, thinking
-        )
+        smoke = smoke_mod.smoke_test(base_url, name, config.smoke_prompt, config.max_tokens, key, thinking)
     except BaseException as exc:
         # Never leave a half-started server behind; the log tail carries the server's own error.
         stop(proc)
@@ -281,7 +286,8 @@ def run_local(config: DeployConfig, out: StageOutput) -> DeployResult:
         shutil.rmtree(work_dir, ignore_errors=True)
     endpoint = {
         "url": base_url,
-        "model": model_dir,
+        "model": name,
+        "model_dir": model_dir,
         "backend": backend,
         "keep_running": config.keep_running,
         "pid": pid,
@@ -291,7 +297,7 @@ def run_local(config: DeployConfig, out: StageOutput) -> DeployResult:
     }
     result = DeployResult(
         endpoint_url=base_url,
-        served_model=model_dir,
+        served_model=name,
         backend=backend,
         stopped=pid is None,
         pid=pid,
