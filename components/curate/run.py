@@ -4,8 +4,9 @@ Streams ``<data_uri>/traces.jsonl`` from a finished ``distill`` output. An LLM j
 trace for Reasoning Verbosity (RV, 0-9) and Cognitive Difficulty (CD, 0-9) with OmniThought's
 rubrics (Cai et al. 2025, arXiv:2505.10937) and for logical soundness (0/1); final answers are
 checked against the reference with ``distilflow.answers``. Selection, mixing, deduplication,
-decontamination and preference pairs then run in bounded memory (``select.select_stream``; the
-rules are documented there). With ``crv: true`` each judged batch goes through CRV refinement
+decontamination and preference pairs then run over columns in two passes of the judged rows
+(``columnar.select_file``; the rules are documented in ``select.py``, whose streaming
+``select_stream`` is the reference the tests compare it with). With ``crv: true`` each judged batch goes through CRV refinement
 first (``crv.py``): verified rewrites replace the original trace and are scored again.
 
 Every judge, critic and rewrite answer goes through the content-addressed teacher cache
@@ -38,8 +39,9 @@ from pydantic import BaseModel, Field
 from distilflow import answers
 from distilflow import uri as uris
 from distilflow.components.curate import report, shards
+from distilflow.components.curate.columnar import select_file
 from distilflow.components.curate.config import FORMAT_TEMPLATES, JUDGE_TEMPLATES, CurateConfig
-from distilflow.components.curate.select import filter_flow, iter_lines, select_stream
+from distilflow.components.curate.select import filter_flow, iter_lines
 from distilflow.errors import RecordError
 from distilflow.outputs import COUNT, METRIC, StageOutput, require_complete
 from distilflow.progress import Progress
@@ -469,12 +471,7 @@ def run(config: CurateConfig) -> CurateResult:
     work = _workdir(config.output_uri)
     judged_path = os.path.join(work, "judged.jsonl")
     judged = judge_all(config, traces_uri, judged_path, work)
-    lines = ((f"{judged_path}:{n}", line) for n, line in iter_lines(judged_path))
-    files, stats = select_stream(
-        lines, config.selection(), work, os.path.getsize(judged_path), shard_rows=config.shard_rows
-    )
-    os.remove(judged_path)
-    result = write_outputs(config, out, work, judged, files, stats)
+    result = select_and_publish(config, out, work, judged_path, judged)
     log_summary(result, judged.failures_by_kind)
     out.finish(
         result,
@@ -500,6 +497,17 @@ def single_files(result: CurateResult) -> dict[str, str | None]:
         "preference": result.preference_uri,
         "judge_failures": result.failures_uri,
     }
+
+
+def select_and_publish(
+    config: CurateConfig, out: StageOutput, work: str, judged_path: str, judged: Judged
+) -> CurateResult:
+    """What the stage does after judging: select over the judged rows in two passes
+    (``columnar.select_file``: every row rewritten with its verdict, SFT examples, pairs), then
+    ``write_outputs``; ``judged_path`` and ``work`` are consumed (``bench/bench_curate.py`` times this)."""
+    files, stats = select_file(judged_path, config.selection(), work, shard_rows=config.shard_rows)
+    os.remove(judged_path)
+    return write_outputs(config, out, work, judged, files, stats)
 
 
 def write_outputs(

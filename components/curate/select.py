@@ -1,7 +1,8 @@
 """Selection, mixing, deduplication, decontamination and preference pairs over scored traces.
 
-Pure functions of ``records.Scored`` rows and a ``SelectConfig``: no judge, no model. Two
-implementations of the same rules:
+Pure functions of ``records.Scored`` rows and a ``SelectConfig``: no judge, no model. The stage
+runs ``columnar.select_file`` (the rules over columns, two passes, raw bytes copied); the two
+implementations here are the references it is tested against, row for row:
 
 - ``select_stream`` streams JSONL lines in bounded memory: pass 1 routes every row to an on-disk
   bucket by the hash of its normalised problem text (so a problem and its exact duplicates meet in
@@ -119,8 +120,12 @@ def band_keys(signature: list[int], bands: int, rows: int) -> list[str]:
     ]
 
 
+def _ngrams(words: list[str], n: int) -> list[str]:
+    return [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)] or [" ".join(words)]
+
+
 def _ngram_hashes(words: list[str], n: int) -> set[int]:
-    grams = [" ".join(words[i : i + n]) for i in range(len(words) - n + 1)] or [" ".join(words)]
+    grams = _ngrams(words, n)
     return {int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little") for g in grams}
 
 
@@ -130,6 +135,7 @@ class Contamination:
     def __init__(self, uris: Iterable[str], n: int):
         self.n = n
         self.ngrams: set[int] = set()
+        self.grams: set[str] = set()  # the same n-grams as text (columnar.py compares them directly)
         self.problems = 0
         for uri in uris:
             for _, line in iter_lines(uri):
@@ -137,7 +143,9 @@ class Contamination:
                     problem = Problem.model_validate_json(line)
                 except ValueError as exc:
                     raise RecordError(f"{uri}: evaluation problem {line[:80]!r}: {exc}") from None
-                self.ngrams |= _ngram_hashes(normalise_text(problem.problem).split(), n)
+                words = normalise_text(problem.problem).split()
+                self.ngrams |= _ngram_hashes(words, n)
+                self.grams.update(_ngrams(words, n))
                 self.problems += 1
 
     def hit(self, words: list[str]) -> bool:

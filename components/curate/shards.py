@@ -28,14 +28,15 @@ class ShardWriter:
     """Lines into ``<workdir>/<kind>-NNNNN.jsonl`` files of at most ``shard_rows`` lines each (None:
     one file). Each ``write`` call is one line, ending in a newline, as ``file.write`` is used for JSONL."""
 
-    def __init__(self, workdir: str, kind: str, shard_rows: int | None = None):
+    def __init__(self, workdir: str, kind: str, shard_rows: int | None = None, binary: bool = False):
         self.workdir, self.kind, self.shard_rows = workdir, kind, shard_rows
+        self.binary = binary  # lines are bytes (UTF-8 JSON), written as they are
         self.paths: list[str] = []
         self.rows = 0
         self._file: Any = None
         self._in_file = 0
 
-    def write(self, line: str) -> None:
+    def write(self, line: Any) -> None:
         if self._file is None or (self.shard_rows and self._in_file >= self.shard_rows):
             self._next()
         self._file.write(line)
@@ -46,7 +47,10 @@ class ShardWriter:
         if self._file is not None:
             self._file.close()
         path = os.path.join(self.workdir, f"{self.kind}-{len(self.paths):05d}.jsonl")
-        self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed in _next/close)
+        if self.binary:
+            self._file = open(path, "wb", buffering=1 << 22)  # noqa: SIM115 (closed in _next/close)
+        else:
+            self._file = open(path, "w", encoding="utf-8")  # noqa: SIM115 (closed in _next/close)
         self.paths.append(path)
         self._in_file = 0
 

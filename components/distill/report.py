@@ -44,7 +44,10 @@ def _summary(
         ("rejected (chat-template control tokens)", str(result.rejected)),
         ("failed attempts by kind", str(result.errors_by_kind or {})),
         ("prompt / completion tokens (this run)", f"{result.prompt_tokens} / {result.completion_tokens}"),
-        ("tokens/s, requests/s", f"{result.tokens_per_s:.1f}, {result.requests_per_s:.2f}"),
+        (
+            "tokens/s, traces/s, requests/s (retries included)",
+            f"{result.tokens_per_s:.1f}, {result.traces_per_s:.2f}, {result.requests_per_s:.2f}",
+        ),
         ("mean request latency", f"{result.mean_latency_s:.3f} s"),
         ("finish reasons", str(result.finish_reasons)),
     ]

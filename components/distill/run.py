@@ -98,7 +98,14 @@ class DistillResult(BaseModel):
         0.0, description="Completion tokens per second of generation in this run", json_schema_extra=METRIC
     )
     requests_per_s: float = Field(
-        0.0, description="Answered requests per second of generation in this run", json_schema_extra=METRIC
+        0.0,
+        description="Requests sent per second of generation in this run (HTTP attempts, retries included)",
+        json_schema_extra=METRIC,
+    )
+    traces_per_s: float = Field(
+        0.0,
+        description="Answers received per second of generation in this run (traces, cache hits excluded)",
+        json_schema_extra=METRIC,
     )
     mean_latency_s: float = Field(
         0.0, description="Mean latency of a successful request", json_schema_extra=METRIC
@@ -296,6 +303,9 @@ async def ask_endpoint(
     A request holds one of ``concurrency`` slots from the moment it is sent until its answer is in
     the cache, so a kill at any point loses at most ``concurrency`` sent-but-unsaved requests. Twice
     as many workers as slots do the rest (cache lookups, traces, shards) while the slots stay busy.
+    A request still failing after ``max_retries`` while the endpoint answered others (a transient
+    fault, not a dead endpoint) is retried in a final pass, until it succeeds or the teacher's
+    ``retry_budget_s`` is spent, before its row counts as failed.
     """
     from distilflow.teachers.endpoint import RequestError
     from distilflow.teachers.protocol import completion_of
@@ -304,44 +314,73 @@ async def ask_endpoint(
     name = teacher.name
     slots = asyncio.Semaphore(teacher.config.concurrency)
     local = uris.is_local(cache.uri)
+    deferred: list[Job] = []
 
     async def io(fn: Any, *args: Any) -> Any:
         # A local cache entry is read or written in well under a millisecond: inline, that is
         # cheaper than a hop to a thread and back (measured with bench/bench_distill.py).
         return fn(*args) if local else await asyncio.to_thread(fn, *args)
 
+    async def record(job: Job, answer: dict[str, Any]) -> None:
+        rows = shards.add(trace_of(job, completion_of(answer), name))
+        if rows:
+            await asyncio.to_thread(shards.write, rows)
+        progress.update()
+
+    async def ask(ep: Any, job: Job, deadline: float | None = None) -> None:
+        try:
+            async with slots:
+                answer = await teacher.acomplete(ep, job.request, deadline)
+                await io(cache.put, job.key, teacher.config.model, job.request, answer)
+        except RequestError as exc:
+            if exc.transient and deadline is None:
+                deferred.append(job)  # the final pass retries it
+                return
+            budget.failures.append(
+                {"problem_id": job.problem.id, "sample": job.sample, "kind": exc.kind}
+                | {"status": exc.status, "attempts": exc.attempts, "error": str(exc)}
+            )
+            progress.update()
+            if budget.tripped:
+                raise BudgetExceeded from None
+            return
+        await record(job, answer)
+
     async def worker(ep: Any) -> None:
         for job in pending:  # one shared iterator: each job goes to exactly one worker
             answer = await io(cache.get, job.key)
             if answer is None:
-                try:
-                    async with slots:
-                        answer = await teacher.acomplete(ep, job.request)
-                        await io(cache.put, job.key, teacher.config.model, job.request, answer)
-                except RequestError as exc:
-                    budget.failures.append(
-                        {"problem_id": job.problem.id, "sample": job.sample, "kind": exc.kind}
-                        | {"status": exc.status, "attempts": exc.attempts, "error": str(exc)}
-                    )
-                    progress.update()
-                    if budget.tripped:
-                        raise BudgetExceeded from None
-                    continue
-            rows = shards.add(trace_of(job, completion_of(answer), name))
-            if rows:
-                await asyncio.to_thread(shards.write, rows)
-            progress.update()
+                await ask(ep, job)
+            else:
+                await record(job, answer)
 
     workers = min(2 * teacher.config.concurrency, len(jobs))
     async with teacher.endpoint() as ep:
         tasks = [asyncio.create_task(worker(ep)) for _ in range(workers)]
         try:
             await asyncio.gather(*tasks)
+            if deferred:
+                tasks = final_pass(teacher, deferred, lambda job, deadline: ask(ep, job, deadline))
+                await asyncio.gather(*tasks)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.to_thread(shards.write, shards.take())
+
+
+def final_pass(teacher: Any, deferred: list[Job], ask: Any) -> list[asyncio.Task]:
+    """The tasks of the final retry pass: each deferred job asked again until it is answered or the
+    teacher's ``retry_budget_s`` (from now) is spent."""
+    budget_s = teacher.config.retry_budget_s
+    print(
+        f"[distill] final retry pass: {len(deferred)} requests to {teacher.name} failed "
+        f"{teacher.config.max_retries + 1} times while the endpoint answered others; "
+        f"retrying them for up to {budget_s:g} s",
+        flush=True,
+    )
+    deadline = time.monotonic() + budget_s
+    return [asyncio.create_task(ask(job, deadline)) for job in deferred]
 
 
 async def ask_endpoints(
@@ -611,7 +650,8 @@ def result_of(
         prompt_tokens=stats.prompt_tokens + generated.prompt_tokens,
         completion_tokens=completion_tokens,
         tokens_per_s=completion_tokens / wall if wall > 0 else 0.0,
-        requests_per_s=answered / wall if wall > 0 else 0.0,
+        requests_per_s=(stats.requests + generated.asked * n) / wall if wall > 0 else 0.0,
+        traces_per_s=answered / wall if wall > 0 else 0.0,
         mean_latency_s=(stats.latency_s + generated.latency) / answered if answered else 0.0,
         wall_s=round(wall, 3),
         failures_uri=out.path(FAILURES),
@@ -748,7 +788,8 @@ def merged_result(
         return dict(counter)
 
     wall = max(r.wall_s for r in results)  # shards run side by side
-    answered = sum(r.requests_per_s * r.wall_s for r in results)
+    answered = sum(r.traces_per_s * r.wall_s for r in results)
+    sent = sum(r.requests_per_s * r.wall_s for r in results)
     return DistillResult(
         traces_uri=out.path(TRACES),
         problems=total("problems"),
@@ -770,7 +811,8 @@ def merged_result(
         prompt_tokens=total("prompt_tokens"),
         completion_tokens=total("completion_tokens"),
         tokens_per_s=total("completion_tokens") / wall if wall > 0 else 0.0,
-        requests_per_s=answered / wall if wall > 0 else 0.0,
+        requests_per_s=sent / wall if wall > 0 else 0.0,
+        traces_per_s=answered / wall if wall > 0 else 0.0,
         mean_latency_s=(
             sum(r.mean_latency_s * r.requests for r in results) / total("requests")
             if total("requests")

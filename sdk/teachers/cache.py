@@ -42,6 +42,10 @@ class TeacherCache:
     def __init__(self, uri: str):
         self.uri = uri
         self.hits = self.misses = self.corrupt = 0
+        # a local cache is read and written with plain file calls (no fsspec lookup per entry: distill
+        # does one get and one put per request); folders already made are remembered
+        self._local = uris.local_path(uri) if uris.is_local(uri) else None
+        self._made: set[str] = set()
 
     def path(self, key: str) -> str:
         return uris.join(self.uri, key[:2], f"{key}.json")
@@ -50,7 +54,11 @@ class TeacherCache:
         """The cached answer for ``key``, or None when absent or unusable (then it is redone)."""
         path = self.path(key)
         try:
-            raw = uris.read_bytes(path)
+            if self._local is not None:
+                with open(os.path.join(self._local, key[:2], f"{key}.json"), "rb") as f:
+                    raw = f.read()
+            else:
+                raw = uris.read_bytes(path)
         except FileNotFoundError:
             self.misses += 1
             return None
@@ -86,7 +94,10 @@ class TeacherCache:
         # nothing the kernel already holds, and what a power loss could tear (an empty or partial
         # entry) fails the checksum in get() and is asked again. fsync would cost ~4 ms an answer.
         local = uris.local_path(path)
-        os.makedirs(os.path.dirname(local), exist_ok=True)
+        folder = os.path.dirname(local)
+        if folder not in self._made:
+            os.makedirs(folder, exist_ok=True)
+            self._made.add(folder)
         tmp = f"{local}.tmp-{uuid.uuid4().hex[:8]}"
         try:
             with open(tmp, "wb") as f:

@@ -6,8 +6,9 @@ key is the backend, the model and the full request) and stored the moment it arr
 (curate's judge and CRV, reward's pairwise judge) that was killed or failed re-sends none of the
 answers it had received: the rerun takes them from the cache and asks only for the rest.
 
-An endpoint judge gets one request per judgment with ``concurrency`` in flight. Once a request
-fails for good no new request is sent; those in flight finish and are stored, then the error is
+An endpoint judge gets one request per judgment with ``concurrency`` in flight. A request still
+failing after ``max_retries`` while the judge answered others is retried in a final pass within the
+judge's ``retry_budget_s``. Once a request fails for good no new request is sent; those in flight finish and are stored, then the error is
 raised (the rerun resumes). An in-process judge (transformers, vLLM) is loaded only when something
 is missing from the cache, and answers the missing chats in one batch, stored as a batch.
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -179,11 +181,13 @@ class CachedTeacher:
                 out.append(None)
         return out
 
-    async def _atop_logprobs(self, ep: Any, body: dict[str, Any]) -> dict[str, Any]:
+    async def _atop_logprobs(
+        self, ep: Any, body: dict[str, Any], deadline: float | None = None
+    ) -> dict[str, Any]:
         """The top next-token probabilities of one logprobs request (cached raw: the digits are
         picked out afterwards)."""
         c = self.config
-        reply = await ep.post("chat/completions", body, check=_check_logprobs)
+        reply = await ep.post("chat/completions", body, check=_check_logprobs, deadline=deadline)
         lp = reply["choices"][0].get("logprobs") or {}
         if not lp.get("content"):
             raise BackendError(
@@ -235,13 +239,21 @@ class CachedTeacher:
         local = uris.is_local(self.cache.uri)
         errors: list[Exception] = []
 
-        async def one(ep: Any, slots: asyncio.Semaphore, ask: Ask) -> None:
+        deferred: list[Ask] = []
+
+        async def one(ep: Any, slots: asyncio.Semaphore, ask: Ask, deadline: float | None = None) -> None:
             async with slots:
                 if errors:  # a request failed for good: send nothing new
                     return
                 try:
-                    ask.answer = await send(ep, ask.body)
-                except (RequestError, BackendError) as exc:
+                    ask.answer = await send(ep, ask.body, deadline)
+                except RequestError as exc:
+                    if exc.transient and deadline is None:
+                        deferred.append(ask)  # failing while the judge answered others: final pass
+                    else:
+                        errors.append(exc)
+                    return
+                except BackendError as exc:
                     errors.append(exc)
                     return
                 self._received(ask.answer)
@@ -255,6 +267,9 @@ class CachedTeacher:
             slots = asyncio.Semaphore(teacher.config.concurrency)
             async with teacher.endpoint() as ep:
                 await asyncio.gather(*(one(ep, slots, a) for a in asks))
+                if deferred and not errors:
+                    deadline = time.monotonic() + teacher.config.retry_budget_s
+                    await asyncio.gather(*(one(ep, slots, a, deadline) for a in deferred))
 
         _run(main)
         if errors:

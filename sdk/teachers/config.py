@@ -45,11 +45,20 @@ class TeacherConfig(BaseConfig):
     retry_backoff_s: float = Field(
         1.0,
         ge=0,
-        description="Base of the exponential backoff: retry k waits a random 0..min(retry_max_backoff_s, "
-        "retry_backoff_s * 2**k) seconds, or the server's Retry-After when it sends one (openai backend)",
+        description="Base of the exponential backoff once errors persist: the first two retries of a "
+        "request go at once while the server answers other requests; after that (and for 429s) retry k "
+        "waits a random 0..min(retry_max_backoff_s, retry_backoff_s * 2**k) seconds, k counting only "
+        "errors with no answer in between, or the server's Retry-After when it sends one (openai backend)",
     )
     retry_max_backoff_s: float = Field(
         60.0, ge=0, description="Longest wait between two attempts of a request, in seconds (openai backend)"
+    )
+    retry_budget_s: float = Field(
+        300.0,
+        ge=0,
+        description="Time budget of the final retry pass: requests that failed max_retries times with a "
+        "transient error while the endpoint answered others are retried until they succeed or this "
+        "many seconds have passed, before their row counts as failed (openai backend)",
     )
     requests_per_minute: float | None = Field(
         None, gt=0, description="Requests-per-minute budget of the endpoint (None: no limit; openai backend)"

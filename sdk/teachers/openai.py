@@ -69,9 +69,13 @@ class OpenAITeacher:
         what = "answered " if getattr(exc, "kind", None) == CLIENT_ERROR else ""
         return BackendError(f"{c.base_url}: model {c.model!r} {what}{exc}{hint}")
 
-    async def acomplete(self, endpoint: Any, body: dict[str, Any]) -> dict[str, Any]:
-        """Send one request body (``request``); return the raw answer (``answer_of``). Raises RequestError."""
-        return answer_of(await endpoint.post("chat/completions", body, check=_check_chat))
+    async def acomplete(
+        self, endpoint: Any, body: dict[str, Any], deadline: float | None = None
+    ) -> dict[str, Any]:
+        """Send one request body (``request``); return the raw answer (``answer_of``). Raises
+        RequestError. With ``deadline`` (``time.monotonic()``) it retries until then, not max_retries."""
+        reply = await endpoint.post("chat/completions", body, check=_check_chat, deadline=deadline)
+        return answer_of(reply)
 
     def _run(self, coro_fn: Any) -> Any:
         """Run ``coro_fn(endpoint)`` to completion from synchronous code (also inside a notebook's loop)."""

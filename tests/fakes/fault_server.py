@@ -127,7 +127,9 @@ class FaultServer(LoopbackServer):
         self._script = list(script or [])
         self.responder = responder
         self._lock = threading.Lock()
-        self.log: list[dict[str, Any]] = []  # one entry per chat request: fingerprint, fault, time, headers
+        self.log: list[
+            dict[str, Any]
+        ] = []  # one entry per chat request: fingerprint, fault, time, body, peer
         self.answered: collections.Counter[str] = collections.Counter()  # fingerprint -> 200 answers
         self.in_flight = self.max_in_flight = 0
 
@@ -181,6 +183,7 @@ class FaultServer(LoopbackServer):
                     "fault": fault,
                     "t": time.monotonic(),
                     "body": body,
+                    "peer": self.client_address[1],  # the client's port: one per connection
                 }
                 with server._lock:
                     server.log.append(entry)
