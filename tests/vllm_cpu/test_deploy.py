@@ -18,7 +18,7 @@ def test_deploy_local_vllm_serves_a_clean_name_and_records_it(deployed, judge_mo
     assert result["backend"] == "vllm" and result["target"] == "local"
     assert result["stopped"] is False and result["pid"] and result["endpoint_url"].endswith("/v1")
     info = json.loads((out / "endpoint.json").read_text())
-    assert info["model"] == name and info["model_dir"] == judge_model and info["backend"] == "vllm"
+    assert info["served_model"] == name and info["model"] == judge_model and info["backend"] == "vllm"
     smoke = info["smoke"]
     assert smoke["listed_models"] == [name]
     assert 0 < smoke["completion_tokens"] <= config["max_tokens"]

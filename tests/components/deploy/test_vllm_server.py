@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from distilflow.components.deploy.config import DeployConfig
-from distilflow.components.deploy.run import local_served_name, server_command
+from distilflow.components.deploy.run import server_command
 from distilflow.components.deploy.vllm_server import folder_name, served_name
 
 pytestmark = pytest.mark.unit
@@ -51,12 +51,18 @@ def test_local_vllm_command_carries_the_served_name_and_the_vllm_settings():
     }
     plain = server_command(_config(reasoning_parser="auto"), "vllm", "/m", 1, thinking=False)
     assert "--reasoning-parser" not in plain and plain[plain.index("--host") + 1] == "127.0.0.1"
-    assert local_served_name(config, "vllm", "/abs/runs/r1/sft/model") == "sft-model"
 
 
-def test_local_transformers_server_answers_to_the_model_path():
-    config = _config(served_model_name="ignored-by-transformers-serve")
-    cmd = server_command(config, "transformers", "/abs/m", 8124, thinking=True)
-    assert cmd[1:5] == ["-m", "transformers.cli.transformers", "serve", "/abs/m"]
-    assert "--served-model-name" not in cmd
-    assert local_served_name(config, "transformers", "/abs/m") == "/abs/m"
+def test_local_transformers_server_gets_the_same_served_name():
+    config = _config(host="127.0.0.1")
+    cmd = server_command(config, "transformers", "/abs/runs/r1/sft/model", 8124, thinking=True)
+    assert cmd[:3] == [sys.executable, "-m", "distilflow.components.deploy.server"]
+    pairs = dict(zip(cmd[3::2], cmd[4::2], strict=True))
+    assert pairs == {
+        "--model": "/abs/runs/r1/sft/model",
+        "--served-model-name": "sft-model",
+        "--host": "127.0.0.1",
+        "--port": "8124",
+    }
+    named = server_command(_config(served_model_name="student"), "transformers", "/m", 1, thinking=False)
+    assert named[named.index("--served-model-name") + 1] == "student"
