@@ -80,6 +80,11 @@ class TeacherConfig(BaseConfig):
     max_model_len: int | None = Field(
         None, ge=1, description="Longest prompt + answer vLLM plans for (vllm backend; None: the model's)"
     )
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More vllm.LLM engine arguments (vllm backend), applied last, e.g. {enforce_eager: true} "
+        "(no torch.compile: starts in seconds, decodes slower), {dtype: float32}, {enable_prefix_caching: true}",
+    )
     device: str = Field("auto", description="auto, cpu or cuda (transformers backend)")
     chat_template_kwargs: dict[str, Any] | None = Field(
         None,

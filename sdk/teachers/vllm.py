@@ -60,6 +60,7 @@ class VllmTeacher:
             kwargs["max_model_len"] = config.max_model_len
         if config.seed is not None:
             kwargs["seed"] = config.seed
+        kwargs.update(config.vllm_engine_args)
         self.llm = vllm.LLM(model=model, **kwargs)
 
     def _chat(self, chats: list[list[dict]], params: Any) -> list[Any]:

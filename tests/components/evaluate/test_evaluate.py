@@ -635,3 +635,30 @@ def test_config_defaults_follow_the_reports_and_stay_backward_compatible(tmp_pat
         EvaluateConfig.from_dict({"output_uri": str(tmp_path)})
     with pytest.raises(ConfigError, match="needs source"):
         EvaluateConfig.from_dict({"output_uri": str(tmp_path), "benchmarks": ["jsonl"]})
+
+
+@pytest.mark.unit
+def test_vllm_engine_settings_reach_each_models_teacher():
+    """The wired model's vLLM settings and each listed model's own reach the teacher that runs it."""
+    config = EvaluateConfig.from_dict(
+        {
+            "output_uri": "out",
+            "model": "m",
+            "backend": "vllm",
+            "problems_uri": "p.jsonl",
+            "max_model_len": 4096,
+            "vllm_engine_args": {"enforce_eager": True},
+            "models": [
+                {"name": "t", "model": "t", "backend": "vllm", "vllm_engine_args": {"dtype": "float32"}}
+            ],
+            "model_hash": "sizes",
+        }
+    )
+    wired = teacher_config(config)
+    assert (wired.backend, wired.max_model_len, wired.vllm_engine_args) == (
+        "vllm",
+        4096,
+        {"enforce_eager": True},
+    )
+    other = teacher_config(config, config.models[0])
+    assert other.vllm_engine_args == {"dtype": "float32"} and other.max_model_len is None
