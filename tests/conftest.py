@@ -105,3 +105,25 @@ def curate_output(root: str, filename: str, rows: list, complete: bool = True) -
     if complete:
         out.finish(result={}, counts={filename.removesuffix(".jsonl"): len(rows)})
     return out.uri
+
+
+@pytest.fixture
+def hf_hub(monkeypatch):
+    """A loopback Hugging Face hub (tests/fakes/hf_hub_server.py) that ``HF_ENDPOINT`` points at, as a
+    mirror would be; hub access is allowed for the test (the suite sets HF_HUB_OFFLINE=1) and the
+    cached HfFileSystem instances are dropped, so each test talks to its own server."""
+    import huggingface_hub.constants
+    from huggingface_hub import HfFileSystem
+
+    from tests.fakes.hf_hub_server import FakeHub
+
+    hub = FakeHub()
+    hub.start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # for the subprocesses kfp.local starts
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    HfFileSystem.clear_instance_cache()
+    yield hub
+    HfFileSystem.clear_instance_cache()
+    hub.stop()

@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from distilflow import records
+from distilflow import records, sources
 from distilflow import uri as uris
 from distilflow.components.reward import report
 from distilflow.components.reward.config import RewardConfig, RewardResult
@@ -282,7 +282,7 @@ def run(config: RewardConfig) -> RewardResult:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return RewardResult.model_validate(stored["result"])
 
-    labels = records.read_jsonl(config.labels_uri, records.PreferencePair) if config.labels_uri else []
+    labels = sources.read_records(config.labels_uri, records.PreferencePair) if config.labels_uri else []
     was_complete = out.is_complete()
     if "LOCAL_RANK" in os.environ:  # under torchrun: the main process builds (and judges) the pairs once
         from accelerate import PartialState

@@ -217,7 +217,6 @@ def run(config: RlConfig) -> RlResult:
     train on problems without a reference answer, or run multi-turn/tool rollouts.
     """
     from distilflow.launch import dispatch, torchrun
-    from distilflow.training.data import resolve_data
 
     # many nodes: a TrainJob or a PAI-DLC job trains, this process waits for its result
     launched = dispatch(STAGE, config)
@@ -229,8 +228,7 @@ def run(config: RlConfig) -> RlResult:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return RlResult.model_validate(stored["result"])
 
-    problems_file, _ = resolve_data(config.problems_uri, "problems.jsonl", "rl problems")
-    problems = records.read_jsonl(problems_file, records.Problem)
+    problems_file, problems = read_problems(config.problems_uri)
     # checked before any process starts: RL never begins on a reward model that failed its gate
     reward_model = (
         resolve_reward_model(config.reward_model_uri) if "reward_model" in config.weights() else None
@@ -253,6 +251,18 @@ def run(config: RlConfig) -> RlResult:
         flush=True,
     )
     return train(config, out, problems_file, problems, rows, reward_model, was_complete)
+
+
+def read_problems(source: Any) -> tuple[str, list[records.Problem]]:
+    """The problems file (for messages and the manifest) and its problems: a source mapping, a
+    .jsonl/.parquet file, or a finished stage output holding problems.jsonl."""
+    from distilflow.sources import SourceSpec, read_records
+    from distilflow.training.data import resolve_data
+
+    if isinstance(source, SourceSpec):
+        return source.uri, read_records(source, records.Problem)
+    problems_file, _ = resolve_data(source, "problems.jsonl", "rl problems")
+    return problems_file, read_records(problems_file, records.Problem)
 
 
 def train(

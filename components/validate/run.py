@@ -179,7 +179,8 @@ def run(config: ValidateConfig) -> ValidateResult:
 
 
 def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: list[str]) -> list[str]:
-    from distilflow.records import Problem, read_jsonl
+    from distilflow.records import Problem
+    from distilflow.sources import describe, read_records
 
     problems = []
     wired = getattr(__import__(f"distilflow.components.{stage}.config", fromlist=["WIRED"]), "WIRED", ())
@@ -188,8 +189,8 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
         if value is None or name in wired or not config.check_data:
             continue
         try:
-            rows = read_jsonl(value, Problem)
-            checked.append(f"{stage}.{name}: {len(rows)} problems in {value}")
+            rows = read_records(value, Problem)
+            checked.append(f"{stage}.{name}: {len(rows)} problems in {describe(value)}")
         except (DistilflowError, OSError) as exc:
             problems.append(f"{stage}.{name}: {exc}")
     for name in MODEL_FIELDS:
