@@ -32,17 +32,20 @@ def configure(
     with_dpo: bool = True,
     with_rl: bool = True,
     with_deploy: bool = True,
+    corpus_uri: str = "",
 ) -> NamedTuple(
     "Configured", config=dict, stages=list, sft_gpus=int, dpo_gpus=int, reward_gpus=int, rl_gpus=int
 ):
     """The run's config: recipe defaults < preset < top-level parameters < config < overrides, for the
-    stages that run (``lifecycle``'s switches turn some off); those stages; and the GPUs of each
+    stages that run (``lifecycle``'s switches turn some off, a ``corpus_uri`` distill); those stages; and the GPUs of each
     training stage's pod (``pod_gpus``: none when it only follows a multi-node job)."""
     import json
 
     from distilflow.pipelines.params import pod_gpus, resolve_config, running_stages
 
-    running = running_stages(stages, with_dpo=with_dpo, with_rl=with_rl, with_deploy=with_deploy)
+    running = running_stages(
+        stages, corpus_uri=corpus_uri, with_dpo=with_dpo, with_rl=with_rl, with_deploy=with_deploy
+    )
     resolved = resolve_config(
         recipe,
         running,
@@ -53,6 +56,7 @@ def configure(
         teacher_model=teacher_model,
         student_model=student_model,
         problems_uri=problems_uri,
+        corpus_uri=corpus_uri,
     )
     print(f"[configure] {recipe} (preset {preset or 'none'}):\n{json.dumps(resolved, indent=2)}", flush=True)
     gpus = [pod_gpus(resolved, stage, gpu_count) for stage in ("sft", "dpo", "reward", "rl")]

@@ -65,6 +65,20 @@ def test_several_teacher_models_make_several_teachers_and_a_named_teacher_replac
 
 
 @pytest.mark.unit
+@pytest.mark.unit
+def test_a_corpus_uri_replaces_distill_and_the_judge():
+    from distilflow.pipelines.params import running_stages
+
+    uri = "hf://datasets/alibaba-pai/OmniThought/data/*.parquet"
+    stages = running_stages(THOUGHTX, corpus_uri=uri)
+    assert stages == [s for s in THOUGHTX if s != "distill"] and running_stages(THOUGHTX) == THOUGHTX
+    cfg = resolve_config("thoughtx", stages, teacher_model="r1", teacher_base_url="http://t/v1", corpus_uri=uri)
+    assert cfg["curate"]["corpus"] == {"uri": uri, "preset": "omnithought"}
+    assert "judge" not in cfg["curate"] and "distill" not in cfg
+    judged = resolve_config("thoughtx", THOUGHTX, teacher_model="r1", teacher_base_url="http://t/v1")
+    assert "corpus" not in judged["curate"] and judged["curate"]["judge"]["model"] == "r1"
+
+
 def test_bad_overrides_and_presets_are_named():
     with pytest.raises(ConfigError, match="overrides: not valid JSON at line 1"):
         parse_overrides_json('{"sft": ')
@@ -367,3 +381,35 @@ def test_reward_rl_end_to_end(tmp_path, tiny_qwen3, tiny_reward):
     with open(os.path.join(root, "rl", "config.resolved.yaml")) as f:
         resolved = f.read()
     assert "reward_model: 0.5" in resolved and os.path.join(root, "reward") in resolved
+
+
+def corpus_overrides(model: str, corpus_uri: str) -> list[str]:
+    """thoughtx from a scored corpus: no teacher, no judge; the tiny student trains on the selected mix."""
+    keep = ("sft.", "evaluate.")
+    return [f"corpus_uri={corpus_uri}"] + [o for o in tiny_thoughtx_overrides(model) if o.startswith(keep)]
+
+
+def test_thoughtx_starts_from_a_scored_corpus_on_the_hub(tmp_path, tiny_qwen2, hf_hub):
+    """corpus_uri: curate selects from OmniThought-layout Parquet on a (loopback) hub; distill and the judge
+    never run, sft trains on the released annotations' mix in curriculum order."""
+    from distilflow.client.local import run_local
+    from distilflow.records import SftExample, iter_output_rows
+    from tests.corpora import omnithought_rows, parquet_bytes
+
+    rows = omnithought_rows(problems=6)
+    hf_hub.add("alibaba-pai/OmniThought", {"data/train-00000-of-00001.parquet": parquet_bytes(rows)})
+    root = str(tmp_path / "thoughtx-corpus")
+    corpus = "hf://datasets/alibaba-pai/OmniThought@main/data/train-00000-of-00001.parquet"
+    summary = run_local("thoughtx", overrides=corpus_overrides(tiny_qwen2, corpus), output_uri=root)
+    assert list(summary.stages) == ["validate", "curate", "sft", "evaluate"]
+    assert not os.path.exists(os.path.join(root, "distill"))
+    with open(os.path.join(root, "curate", "manifest.json")) as f:
+        curate = json.load(f)
+    assert curate["counts"]["judge_requests"] == 0 and curate["counts"]["traces"] == 18
+    examples = list(iter_output_rows(os.path.join(root, "curate"), "sft", SftExample))
+    # the 7b-1node preset keeps two chains per question, closest to the bin's RV target, easiest bin first
+    assert len(examples) == 12 and [e.curriculum_stage for e in examples] == sorted(
+        e.curriculum_stage for e in examples
+    )
+    with open(os.path.join(root, "sft", "manifest.json")) as f:
+        assert json.load(f)["result"]["rows_used"] == 12
