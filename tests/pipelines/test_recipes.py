@@ -72,7 +72,9 @@ def test_a_corpus_uri_replaces_distill_and_the_judge():
     uri = "hf://datasets/alibaba-pai/OmniThought/data/*.parquet"
     stages = running_stages(THOUGHTX, corpus_uri=uri)
     assert stages == [s for s in THOUGHTX if s != "distill"] and running_stages(THOUGHTX) == THOUGHTX
-    cfg = resolve_config("thoughtx", stages, teacher_model="r1", teacher_base_url="http://t/v1", corpus_uri=uri)
+    cfg = resolve_config(
+        "thoughtx", stages, teacher_model="r1", teacher_base_url="http://t/v1", corpus_uri=uri
+    )
     assert cfg["curate"]["corpus"] == {"uri": uri, "preset": "omnithought"}
     assert "judge" not in cfg["curate"] and "distill" not in cfg
     judged = resolve_config("thoughtx", THOUGHTX, teacher_model="r1", teacher_base_url="http://t/v1")
