@@ -142,7 +142,14 @@ def configure_and_validate(
     # The run's whole config: recipe defaults < preset < parameters < config < overrides.
     optional = (*SWITCHES, "corpus_uri")
     wanted = (*CONFIGURE_PARAMETERS, *(name for name in optional if name in parameters))
-    config_task = configure(recipe=recipe, stages=stages, **{name: parameters[name] for name in wanted})
+    from kfp import dsl
+
+    config_task = configure(
+        recipe=recipe,
+        stages=stages,
+        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,  # names the tracked runs <pipeline run>/<stage>
+        **{name: parameters[name] for name in wanted},
+    )
     cpu_step(config_task, "configure", cache=True)  # a pure function of its inputs and the image
     cfg = config_task.outputs["config"]
     # GPUs of each training stage's pod: gpu_count, or none when its launcher runs the job elsewhere.

@@ -162,6 +162,25 @@ def resolve_config(
     return {k: v for k, v in merged.items() if k in stages}
 
 
+TRACKED_STAGES = ("sft", "dpo", "reward", "rl", "evaluate")
+"""Stages with a ``tracking`` block (distilflow.tracking)."""
+
+
+def with_pipeline_run(resolved: dict[str, Any], pipeline_run: str) -> dict[str, Any]:
+    """``resolved`` with ``tracking.pipeline_run`` set (unless given) in every stage that tracks its run,
+    so the runs of one pipeline run are named ``<pipeline run>/<stage>``. It is left out of the stages'
+    fingerprints: a rerun under another pipeline run still resumes."""
+    if not pipeline_run:
+        return resolved
+    out = dict(resolved)
+    for stage in TRACKED_STAGES:
+        section = out.get(stage)
+        tracking = section.get("tracking") if isinstance(section, dict) else None
+        if isinstance(tracking, dict) and tracking.get("backend", "none") != "none":
+            out[stage] = {**section, "tracking": {"pipeline_run": pipeline_run, **tracking}}
+    return out
+
+
 def running_stages(stages: list[str] | tuple[str, ...], corpus_uri: str = "", **switches: bool) -> list[str]:
     """The stages a run executes: ``stages`` less those a false switch (``SWITCHES``) turns off, and
     less distill when curate starts from a scored corpus, so validate and the config skip what will

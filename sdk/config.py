@@ -85,8 +85,16 @@ class BaseConfig(BaseModel):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def fingerprint(self) -> str:
-        """A stable hash of the resolved config, used to decide whether an output can be reused."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable hash of the resolved config, used to decide whether an output can be reused. Fields
+        declared ``json_schema_extra={"fingerprint": False}`` (where a run is tracked) are left out."""
+        data = self.to_dict()
+        for name, info in type(self).model_fields.items():
+            if (
+                isinstance(info.json_schema_extra, dict)
+                and info.json_schema_extra.get("fingerprint") is False
+            ):
+                data.pop(name, None)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 

@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from distilflow import records, sources
+from distilflow import records, sources, tracking
 from distilflow import uri as uris
 from distilflow.components.reward import report
 from distilflow.components.reward.config import RewardConfig, RewardResult
@@ -295,7 +295,8 @@ def run(config: RewardConfig) -> RewardResult:
     if torchrun.needs_launch(config):  # several GPUs: one process each, under torchrun
         return RewardResult.model_validate(torchrun.launch(STAGE, config))
     out.begin(config)
-    return train(config, out, pairs, counts, data_file, labels, was_complete)
+    with tracking.training_run(config, STAGE, out.uri):  # MLflow / TensorBoard / W&B, when asked for
+        return train(config, out, pairs, counts, data_file, labels, was_complete)
 
 
 @dataclass
@@ -465,7 +466,12 @@ def publish(
             "model": config.model,
             **({"labels": config.labels_uri} if config.labels_uri else {}),
         },
-        outputs={"model": result.model_uri, "report": out.path("report.html"), "pairs": out.path(PAIRS)},
+        outputs={
+            "model": result.model_uri,
+            "report": out.path("report.html"),
+            "pairs": out.path(PAIRS),
+            **tracking.published(result),
+        },
         counts={k: v for k, v in counts.items() if isinstance(v, int)},
         metrics=gate_metrics(result),
     )

@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from distilflow import records
+from distilflow import records, tracking
 from distilflow import uri as uris
 from distilflow.components.rl.config import RlConfig, RlResult
 from distilflow.components.rl.rewards import correctness
@@ -250,7 +250,8 @@ def run(config: RlConfig) -> RlResult:
         f"rewards {config.weights()}",
         flush=True,
     )
-    return train(config, out, problems_file, problems, rows, reward_model, was_complete)
+    with tracking.training_run(config, STAGE, out.uri):  # MLflow / TensorBoard / W&B, when asked for
+        return train(config, out, problems_file, problems, rows, reward_model, was_complete)
 
 
 def read_problems(source: Any) -> tuple[str, list[records.Problem]]:
@@ -325,5 +326,6 @@ def train(
         inputs["reward_model"] = reward_model[0]
     if config.difficulty_uri:
         inputs["difficulty"] = config.difficulty_uri
-    out.finish(result, inputs=inputs, outputs={"model": result.model_uri, "report": report})
+    outputs = {"model": result.model_uri, "report": report, **tracking.published(result)}
+    out.finish(result, inputs=inputs, outputs=outputs)
     return result

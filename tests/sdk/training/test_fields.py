@@ -69,6 +69,7 @@ def test_resume_neutral_fields_are_the_ones_a_checkpoint_ignores():
     cfg = SftConfig(**REQUIRED[SftConfig])
     neutral = {"save_steps", "save_total_limit", "logging_steps", "resume"}
     neutral |= {"launcher", "runtime", "namespace", "env", "secret_env", "dlc"}
+    neutral |= {"tracking"}  # where the run is tracked: also left out of the stage's fingerprint
     assert resume_neutral(cfg) == neutral
     assert resume_neutral(RlConfig(**REQUIRED[RlConfig])) == neutral  # rl's own logging_steps too
     assert set(checkpoint_config(cfg)) == set(cfg.to_dict()) - neutral
@@ -76,3 +77,7 @@ def test_resume_neutral_fields_are_the_ones_a_checkpoint_ignores():
     assert checkpoint_fingerprint(cfg.model_copy(update={"logging_steps": 3, "save_steps": 7})) == same
     assert checkpoint_fingerprint(cfg.model_copy(update={"learning_rate": 3e-5})) != same
     assert checkpoint_fingerprint(cfg.model_copy(update={"nodes": 2})) != same  # the world size changes
+    tracked = SftConfig(**REQUIRED[SftConfig], tracking={"backend": "mlflow", "pipeline_run": "run-2"})
+    assert tracked.fingerprint() == cfg.fingerprint()  # a rerun under another pipeline run reuses the output
+    assert checkpoint_fingerprint(tracked) == same
+    assert cfg.model_copy(update={"learning_rate": 3e-5}).fingerprint() != cfg.fingerprint()
