@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import pytest
 
 from distilflow import tracking
+from distilflow import uri as uris
 from distilflow.components.sft.config import SftConfig
 from distilflow.tracking import TrackingConfig, flat_params, run_name
 from tests.components.sft.test_sft import config as sft_config
@@ -98,7 +99,7 @@ def test_sft_logs_its_resolved_config_and_curves_to_an_mlflow_server(tmp_path, t
         run.data.tags["distilflow.stage"] == "sft"
         and run.data.tags["distilflow.pipeline_run"] == "thoughtx-r1"
     )
-    manifest = json.loads(open(os.path.join(cfg.output_uri, "manifest.json")).read())
+    manifest = json.loads(uris.read_text(os.path.join(cfg.output_uri, "manifest.json")))
     assert manifest["result"]["tracking_run"] == run.info.run_id
 
 
