@@ -176,7 +176,7 @@ def mlflow_server(tmp_path_factory):
     yield url
     proc.terminate()
     try:
-        proc.wait(timeout=20)
+        proc.wait(timeout=5)
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()

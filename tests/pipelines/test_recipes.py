@@ -391,9 +391,17 @@ def corpus_overrides(model: str, corpus_uri: str) -> list[str]:
     return [f"corpus_uri={corpus_uri}"] + [o for o in tiny_thoughtx_overrides(model) if o.startswith(keep)]
 
 
-def test_thoughtx_starts_from_a_scored_corpus_on_the_hub(tmp_path, tiny_qwen2, hf_hub):
+def test_thoughtx_starts_from_a_scored_corpus_and_tracks_it_in_mlflow(
+    tmp_path, tiny_qwen2, hf_hub, mlflow_server
+):
     """corpus_uri: curate selects from OmniThought-layout Parquet on a (loopback) hub; distill and the judge
-    never run, sft trains on the released annotations' mix in curriculum order."""
+    never run; sft trains on the released annotations' mix in curriculum order and logs to a real MLflow
+    server; evaluate logs its scores to the same experiment and registers the student, whose KFP Model
+    artifact carries the same metadata."""
+    import glob
+
+    from mlflow import MlflowClient
+
     from distilflow.client.local import run_local
     from distilflow.records import SftExample, iter_output_rows
     from tests.corpora import omnithought_rows, parquet_bytes
@@ -402,7 +410,13 @@ def test_thoughtx_starts_from_a_scored_corpus_on_the_hub(tmp_path, tiny_qwen2, h
     hf_hub.add("alibaba-pai/OmniThought", {"data/train-00000-of-00001.parquet": parquet_bytes(rows)})
     root = str(tmp_path / "thoughtx-corpus")
     corpus = "hf://datasets/alibaba-pai/OmniThought@main/data/train-00000-of-00001.parquet"
-    summary = run_local("thoughtx", overrides=corpus_overrides(tiny_qwen2, corpus), output_uri=root)
+    tracking = f"{{backend: mlflow, uri: '{mlflow_server}', experiment: thoughtx-corpus}}"
+    overrides = corpus_overrides(tiny_qwen2, corpus) + [
+        f"sft.tracking={tracking}",
+        f"evaluate.tracking={tracking}",
+        "evaluate.registry={model_name: thoughtx-student}",
+    ]
+    summary = run_local("thoughtx", overrides=overrides, output_uri=root)
     assert list(summary.stages) == ["validate", "curate", "sft", "evaluate"]
     assert not os.path.exists(os.path.join(root, "distill"))
     with open(os.path.join(root, "curate", "manifest.json")) as f:
@@ -410,8 +424,34 @@ def test_thoughtx_starts_from_a_scored_corpus_on_the_hub(tmp_path, tiny_qwen2, h
     assert curate["counts"]["judge_requests"] == 0 and curate["counts"]["traces"] == 18
     examples = list(iter_output_rows(os.path.join(root, "curate"), "sft", SftExample))
     # the 7b-1node preset keeps two chains per question, closest to the bin's RV target, easiest bin first
-    assert len(examples) == 12 and [e.curriculum_stage for e in examples] == sorted(
-        e.curriculum_stage for e in examples
-    )
+    stages = [e.curriculum_stage for e in examples]
+    assert len(examples) == 12 and stages == sorted(stages)
     with open(os.path.join(root, "sft", "manifest.json")) as f:
-        assert json.load(f)["result"]["rows_used"] == 12
+        sft = json.load(f)["result"]
+    assert sft["rows_used"] == 12
+    with open(os.path.join(root, "evaluate", "manifest.json")) as f:
+        evaluate = json.load(f)["result"]
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("thoughtx-corpus").experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment])}
+    (pipeline_run,) = {name.rsplit("/", 1)[0] for name in runs}  # one KFP run: <its name>/<stage>
+    assert set(runs) == {f"{pipeline_run}/sft", f"{pipeline_run}/evaluate"} and pipeline_run.startswith(
+        "thoughtx"
+    )
+    assert runs[f"{pipeline_run}/sft"].info.run_id == sft["tracking_run"]
+    assert runs[f"{pipeline_run}/sft"].data.params["config.curriculum"] == "true"
+    assert runs[f"{pipeline_run}/evaluate"].data.metrics["accuracy"] == pytest.approx(evaluate["accuracy"])
+    version = client.get_model_version("thoughtx-student", evaluate["registered_version"])
+    assert version.tags["distilflow.accuracy"] == str(evaluate["accuracy"])
+    assert version.tags["distilflow.protocol_sha256"] == evaluate["protocol_sha256"]
+    assert version.tags["distilflow.training_run"] == sft["tracking_run"]
+    (executed,) = glob.glob(os.path.join(root, "kfp", "*", "evaluate", "executor_output.json"))
+    with open(executed) as f:
+        (student,) = json.load(f)["artifacts"]["student"]["artifacts"]
+    meta = student["metadata"]
+    assert (meta["registered_version"], meta["protocol_sha256"]) == (
+        version.version,
+        evaluate["protocol_sha256"],
+    )
+    assert meta["accuracy"] == evaluate["accuracy"] and meta["uri"] == sft["model_uri"]
