@@ -81,6 +81,23 @@ def test_a_corpus_uri_replaces_distill_and_the_judge():
     assert "corpus" not in judged["curate"] and judged["curate"]["judge"]["model"] == "r1"
 
 
+@pytest.mark.unit
+def test_the_pipeline_run_names_every_tracked_stage():
+    from distilflow.pipelines.params import with_pipeline_run
+
+    resolved = {
+        "curate": {"preset": "7b"},
+        "sft": {"tracking": {"backend": "mlflow"}},
+        "dpo": {"tracking": {"backend": "none"}},
+        "evaluate": {"tracking": {"backend": "mlflow", "pipeline_run": "mine"}},
+    }
+    named = with_pipeline_run(resolved, "thoughtx-abc")
+    assert named["sft"]["tracking"] == {"backend": "mlflow", "pipeline_run": "thoughtx-abc"}
+    assert named["evaluate"]["tracking"]["pipeline_run"] == "mine"  # given: kept
+    assert named["dpo"] == resolved["dpo"] and named["curate"] == resolved["curate"]
+    assert with_pipeline_run(resolved, "") == resolved
+
+
 def test_bad_overrides_and_presets_are_named():
     with pytest.raises(ConfigError, match="overrides: not valid JSON at line 1"):
         parse_overrides_json('{"sft": ')
@@ -435,10 +452,9 @@ def test_thoughtx_starts_from_a_scored_corpus_and_tracks_it_in_mlflow(
     client = MlflowClient(tracking_uri=mlflow_server)
     experiment = client.get_experiment_by_name("thoughtx-corpus").experiment_id
     runs = {r.info.run_name: r for r in client.search_runs([experiment])}
-    (pipeline_run,) = {name.rsplit("/", 1)[0] for name in runs}  # one KFP run: <its name>/<stage>
-    assert set(runs) == {f"{pipeline_run}/sft", f"{pipeline_run}/evaluate"} and pipeline_run.startswith(
-        "thoughtx"
-    )
+    (job,) = os.listdir(os.path.join(root, "kfp"))  # kfp.local's folder is named after the pipeline run
+    assert set(runs) == {f"{job}/sft", f"{job}/evaluate"}  # <pipeline run>/<stage>, not the run folder's
+    pipeline_run = job
     assert runs[f"{pipeline_run}/sft"].info.run_id == sft["tracking_run"]
     assert runs[f"{pipeline_run}/sft"].data.params["config.curriculum"] == "true"
     assert runs[f"{pipeline_run}/evaluate"].data.metrics["accuracy"] == pytest.approx(evaluate["accuracy"])

@@ -99,3 +99,18 @@ def test_curate_refuses_a_corpus_on_another_scale_and_finishes_nothing(tmp_path)
 def test_curate_config_needs_one_input(section, says):
     with pytest.raises(ConfigError, match=says):
         CurateConfig.from_dict({"output_uri": "o", **section})
+
+
+@pytest.mark.unit
+def test_validate_lists_a_corpus_and_checks_its_mapping(tmp_path):
+    from distilflow.components.validate.run import _check_corpus
+
+    path = tmp_path / "c.parquet"
+    path.write_bytes(parquet_bytes(omnithought_rows(problems=1)))
+    checked: list[str] = []
+    assert _check_corpus("curate.corpus", {"uri": str(path), "preset": "omnithought"}, checked) == []
+    assert checked == [f"curate.corpus: 1 file(s) of scored traces in {path} (omnithought layout)"]
+    (missing,) = _check_corpus("curate.corpus", str(tmp_path / "none.parquet"), [])
+    assert missing.endswith("none.parquet: no such file")
+    (unmapped,) = _check_corpus("curate.corpus", {"uri": str(path), "columns": {"problem": "question"}}, [])
+    assert "no column gives Scored field(s) ['cd', 'logic', 'rv', 'teacher']" in unmapped
