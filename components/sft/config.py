@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
-from distilflow.training.fields import RowCounts, TrainingConfig, TrainingResult
+from distilflow.training.fields import RowCounts, TokenThroughput, TrainingConfig, TrainingResult
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri")
@@ -39,26 +39,16 @@ class SftConfig(TrainingConfig):
     )
     packing: bool = Field(
         False,
-        description="Pack rows into max_length-token sequences without padding (TRL best-fit packing). "
-        "GPU only, with a varlen flash-attention attn_implementation: without it packed rows attend to "
-        "each other",
+        description="Pack rows into max_length-token sequences without padding (TRL best-fit packing): "
+        "padding-free batches whose rows are kept apart by their position ids (flash-attention's varlen "
+        "kernel when installed on a GPU, else a block-diagonal mask with sdpa)",
     )
     attn_implementation: str | None = Field(
         None,
-        description="Attention kernel for from_pretrained, e.g. flash_attention_2 or "
-        "kernels-community/flash-attn2; None uses transformers' default (sdpa)",
+        description="Attention kernel for from_pretrained, e.g. sdpa, flash_attention_2 or flex_attention; "
+        "None uses transformers' default (sdpa), or flash_attention_2 for packing on a GPU with flash-attn",
     )
 
-    @model_validator(mode="after")
-    def _check_packing(self) -> SftConfig:
-        if self.packing and "flash" not in (self.attn_implementation or ""):
-            raise ValueError(
-                f"packing=true needs a varlen flash-attention kernel, but attn_implementation="
-                f"{self.attn_implementation!r}: packed rows would attend to each other. Set "
-                "attn_implementation=flash_attention_2 (or kernels-community/flash-attn2) on a GPU, or packing=false"
-            )
-        return self
 
-
-class SftResult(RowCounts, TrainingResult):
+class SftResult(TokenThroughput, RowCounts, TrainingResult):
     """What an `sft` run produced (stored in its manifest, returned again on a rerun)."""
