@@ -65,7 +65,6 @@ def test_several_teacher_models_make_several_teachers_and_a_named_teacher_replac
 
 
 @pytest.mark.unit
-@pytest.mark.unit
 def test_a_corpus_uri_replaces_distill_and_the_judge():
     from distilflow.pipelines.params import running_stages
 

@@ -125,3 +125,51 @@ def test_sft_writes_tensorboard_logs_to_its_output_and_artifact(tmp_path, tiny_q
     plain = curate_output(str(tmp_path / "plain"), "sft.jsonl", examples(2))
     assert not artifacts.publish_tensorboard(untracked, plain)
     assert os.listdir(untracked.path) == ["README.txt"]
+
+
+def _stage_config(stage: str, tmp_path, model: str, problems: str, block: dict):
+    """A two-step run of ``stage`` (dpo, reward or rl) on a tiny model, tracked by ``block``."""
+    from tests.components.dpo.test_dpo import config as dpo_config
+    from tests.components.dpo.test_dpo import pairs
+    from tests.components.reward.test_reward import carry_pairs
+    from tests.components.reward.test_reward import config as reward_config
+
+    out = str(tmp_path / "pipe-run" / stage)
+    if stage == "dpo":
+        data = curate_output(str(tmp_path), "preference.jsonl", pairs(4))
+        return dpo_config(model, data, out, max_steps=2, tracking=block)
+    if stage == "reward":
+        data = curate_output(str(tmp_path), "preference.jsonl", carry_pairs(4))
+        return reward_config(
+            model, data, out, max_steps=2, heldout_fraction=0.0, min_heldout_accuracy=None, save_steps=0,
+            tracking=block,
+        )  # fmt: skip
+    from distilflow.components.rl.config import RlConfig
+
+    return RlConfig(
+        output_uri=out, model=model, problems_uri=problems, num_generations=2, per_device_train_batch_size=2,
+        max_completion_length=4, max_steps=2, learning_rate=1e-3, logging_steps=1, save_steps=0,
+        tracking=block,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("stage", ["dpo", "reward", "rl"])
+def test_dpo_reward_and_rl_are_tracked_in_mlflow(stage, tmp_path, tiny_qwen3, problems_file, mlflow_server):
+    """Each training stage opens its own run <pipeline run>/<stage> with its resolved config, TRL's
+    per-step loss and its result, and names that run in its manifest."""
+    import importlib
+
+    from mlflow import MlflowClient
+
+    block = {"backend": "mlflow", "uri": mlflow_server, "experiment": "issue20-stages", "pipeline_run": "p7"}
+    cfg = _stage_config(stage, tmp_path, tiny_qwen3, problems_file, block)
+    result = importlib.import_module(f"distilflow.components.{stage}.run").run(cfg)
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("issue20-stages")
+    (run,) = client.search_runs([experiment.experiment_id], f"tags.mlflow.runName = 'p7/{stage}'")
+    assert run.info.run_id == result.tracking_run and run.info.status == "FINISHED"
+    assert run.data.params["config.max_steps"] == "2" and run.data.params["config.model"] == tiny_qwen3
+    assert run.data.tags["distilflow.stage"] == stage and run.data.metrics["steps"] == 2
+    assert len(client.get_metric_history(run.info.run_id, "loss")) == 2  # TRL's callback, every step
+    manifest = json.loads(uris.read_text(os.path.join(cfg.output_uri, "manifest.json")))
+    assert manifest["result"]["tracking_run"] == run.info.run_id
