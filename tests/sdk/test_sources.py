@@ -170,9 +170,11 @@ def test_hf_dataset_through_a_mirror_with_a_token_at_a_pinned_revision(hf_hub, m
     assert {r["authorization"] for r in hf_hub.requests if r["path"].startswith("/api/datasets")} == {
         "Bearer hf_secret"
     }
-    monkeypatch.setenv("MY_HUB_TOKEN", "wrong")
-    with pytest.raises(RecordError, match=r"not found"):
+    monkeypatch.setenv("MY_HUB_TOKEN", "hf_wrong_one")
+    with pytest.raises(RecordError, match=r"not found") as refused:
         read_records({**spec, "uri": spec["uri"].replace("*", "x")}, records.Scored)
+    assert "hf_wrong_one" not in str(refused.value) and "hf_secret" not in str(refused.value)
+    assert hf_hub.requests[-1]["authorization"] == "Bearer hf_wrong_one"  # the variable is read per call
 
 
 def test_hf_problems_jsonl_reads_as_a_local_one(hf_hub):
