@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from distilflow import uri as uris
 from distilflow.config import BaseConfig
 from distilflow.errors import RecordError
+from distilflow.secrets import EnvName
 from distilflow.uri import Uri
 
 R = TypeVar("R", bound=BaseModel)
@@ -124,7 +125,7 @@ class SourceSpec(BaseConfig):
         description="The [low, high] scale the source scores rv/cd/logic on, mapped linearly onto RV/CD 0-9 and "
         "logic 0-1; a score outside distilflow's scale without a range here is refused",
     )
-    token_env: str | None = Field(
+    token_env: EnvName | None = Field(
         None, description="hf:// only: the environment variable holding the hub token (default HF_TOKEN)"
     )
 

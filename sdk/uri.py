@@ -29,6 +29,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator
 
 from distilflow.errors import StorageError
+from distilflow.storage_errors import on_uri
 
 SCHEMES = ("file", "s3", "oss", "gs", "hf")
 READ_ONLY_SCHEMES = ("hf",)
@@ -137,6 +138,7 @@ def _credentials(uri: str, token_env: str | None = None) -> dict[str, Any]:
     return {"key": key, "secret": secret, **({"token": token} if token else {})}
 
 
+@on_uri(0)
 def filesystem(uri: str, token_env: str | None = None):
     """Return ``(fs, path)`` for ``uri`` (``token_env``: the variable holding an ``hf://`` token)."""
     import fsspec
@@ -144,12 +146,8 @@ def filesystem(uri: str, token_env: str | None = None):
     check_uri(uri)
     if is_local(uri):
         return fsspec.filesystem("file"), local_path(uri)
-    try:
-        fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri), **_credentials(uri, token_env))
-    except ImportError as exc:
-        extra = {"oss": "oss", "gs": "gcs", "hf": "base install's huggingface_hub"}.get(scheme(uri), "")
-        raise ImportError(f"{uri}: {exc}; install distilflow[{extra}]") from None
-    return fs, path
+    # a missing ossfs/gcsfs is an ImportError that ``on_uri`` turns into a line saying what to install
+    return fsspec.core.url_to_fs(uri, **storage_options(uri), **_credentials(uri, token_env))
 
 
 def join(uri: str, *parts: str) -> str:
@@ -197,9 +195,14 @@ def hf_not_found(uri: str, reason: str = "no such file") -> FileNotFoundError:
 
 
 def _not_found(fs: Any, uri: str) -> Exception:
-    """A store's bare "not found" turned into an error naming the URI, or the bucket when that is missing."""
+    """A store's bare "not found" turned into an error naming the URI, or the bucket when that is missing
+    (for oss://, also a refused or missing key: ossfs says "not found" for those too)."""
     if scheme(uri) == "hf":
         return hf_not_found(uri)
+    if scheme(uri) == "oss":
+        from distilflow.storage_errors import oss_bucket_problem
+
+        return oss_bucket_problem(uri) or FileNotFoundError(f"{uri}: no such file or folder")
     if not _bucket_exists(fs, uri):
         return _missing_bucket(uri)
     return FileNotFoundError(f"{uri}: no such file or folder")
@@ -214,6 +217,7 @@ def _fresh(uri: str):
     return fs, path
 
 
+@on_uri(0)
 def exists(uri: str) -> bool:
     fs, path = _fresh(uri)
     return fs.exists(path)
@@ -226,6 +230,7 @@ def _hf_reason(exc: Exception) -> str:
     return found.group(1) if found else "no such file"
 
 
+@on_uri(0)
 def read_bytes(uri: str) -> bytes:
     try:
         fs, path = _fresh(uri)  # a cached listing would also give a stale size for a rewritten object
@@ -260,6 +265,7 @@ def refuse_read_only(uri: str) -> None:
         )
 
 
+@on_uri(0)
 def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically: a local file is written beside its target and renamed; an object
     store PUT only becomes visible once complete."""
@@ -291,6 +297,7 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+@on_uri(0)
 def remove(uri: str, recursive: bool = False) -> None:
     refuse_read_only(uri)
     fs, path = _fresh(uri)
@@ -298,6 +305,7 @@ def remove(uri: str, recursive: bool = False) -> None:
         fs.rm(path, recursive=recursive)
 
 
+@on_uri(1)
 def upload_dir(local_dir: str, uri: str) -> None:
     """Copy a local folder to ``uri`` (a no-op when they are the same place)."""
     if not os.path.isdir(local_dir):
@@ -315,6 +323,7 @@ def upload_dir(local_dir: str, uri: str) -> None:
     fs.put(local_dir.rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
 
 
+@on_uri(0)
 def materialize(uri: str, cache_dir: str | None = None) -> str:
     """Return a local folder or file holding ``uri``'s content (downloaded once into a cache).
 

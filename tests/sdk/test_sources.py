@@ -191,3 +191,10 @@ def test_hf_problems_jsonl_reads_as_a_local_one(hf_hub):
 def test_source_spec_rejects_a_bad_range():
     with pytest.raises(ValueError, match=r"low < high"):
         SourceSpec(uri="x.parquet", score_ranges={"rv": [9, 0]})
+
+
+def test_a_token_pasted_as_token_env_is_refused_unseen():
+    token = "hf_" + "aZ3" * 10
+    with pytest.raises(ValueError, match=r"token_env\n.*looks like a Hugging Face token") as refused:
+        SourceSpec(uri="hf://datasets/org/name/x.parquet", token_env=token)
+    assert token not in str(refused.value)
