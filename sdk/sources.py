@@ -15,7 +15,9 @@ the sha256 of its text (stable across files and shards); a trace's ``sample`` is
 exploded list (else 0) and its id ``<problem_id>/<teacher>/<sample>``; ``tokens`` 0 (unknown),
 ``finish_reason`` ``stop``. A ``response`` column holding a whole reply is split into ``reasoning``
 and ``content`` at its ``<think>...</think>`` block (``distilflow.teachers.protocol.split_reasoning``).
-Every row is validated; errors name the file and the line (JSONL) or row (Parquet).
+Every row is validated; errors name the file and the line (JSONL) or row (Parquet). Rows in
+distilflow's own columns are validated strictly, JSONL or Parquet alike (a number where text belongs
+is refused); through a mapping a number lands as text (a corpus's numeric answer column, say).
 """
 
 from __future__ import annotations
@@ -374,9 +376,10 @@ def _fields(raw: Any, spec: SourceSpec, model: type[BaseModel], sample: int | No
     for name in SCALES:
         if name in out and name in fields:
             out[name] = _score(name, out[name], spec)
-    for name, value in list(out.items()):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and _is_text(fields[name]):
-            out[name] = str(value)
+    if spec.mapped():  # a mapped column's number becomes text; distilflow's own columns stay strict
+        for name, value in list(out.items()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and _is_text(fields[name]):
+                out[name] = str(value)
     return _defaults(out, model, sample)
 
 
@@ -415,15 +418,12 @@ def _exploded(raw: Any, spec: SourceSpec) -> Iterator[tuple[Any, int | None]]:
         yield {**raw, spec.explode: item}, i
 
 
-def _describe_error(exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "record"
-        parts.append(f"field {loc!r}: {err['msg']}")
-    return "; ".join(parts)
-
-
 def _mapped_records(spec: SourceSpec, model: type[R], errors: list[str]) -> Iterator[R]:
+    """Records of a mapped source or of Parquet files; distilflow's own columns are validated strictly,
+    as its JSONL is (``records.iter_jsonl``): no number taken as text."""
+    from distilflow.records import describe as describe_error
+
+    strict = not spec.mapped()
     for uri in expand(spec):
         for where, raw in iter_raw(uri, spec):
             if isinstance(raw, Exception):
@@ -431,9 +431,9 @@ def _mapped_records(spec: SourceSpec, model: type[R], errors: list[str]) -> Iter
                 continue
             try:
                 for row, sample in _exploded(raw, spec):
-                    yield model.model_validate(_fields(row, spec, model, sample))
+                    yield model.model_validate(_fields(row, spec, model, sample), strict=strict)
             except ValidationError as exc:
-                errors.append(f"{where}: {model.__name__} {_describe_error(exc)}")
+                errors.append(f"{where}: {model.__name__} {describe_error(exc)}")
             except ValueError as exc:
                 errors.append(f"{where}: {exc}")
             if len(errors) >= MAX_REPORTED:

@@ -25,13 +25,19 @@ def _write(path, rows) -> str:
 def test_parquet_in_distilflows_columns_reads_as_its_jsonl(tmp_path):
     rows = [
         {"id": "a", "problem": "1+1?", "answer": "2", "domain": "math"},
-        {"id": "b", "problem": "2+2?", "answer": 4, "domain": None},  # a number read as text, as JSONL is
+        {"id": "b", "problem": "2+2?", "answer": "4", "domain": None},
     ]
     jsonl = tmp_path / "p.jsonl"
     jsonl.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    parquet = _write(tmp_path / "p.parquet", [{**r, "answer": str(r["answer"])} for r in rows])
+    parquet = _write(tmp_path / "p.parquet", rows)
     assert read_records(parquet, records.Problem) == read_records(str(jsonl), records.Problem)
     assert [p.answer for p in read_records(parquet, records.Problem)] == ["2", "4"]
+    # strict as JSONL is: a number where text belongs is refused, naming the row and the field
+    numbers = _write(tmp_path / "n.parquet", [{**rows[0], "answer": 2}])
+    with pytest.raises(RecordError, match=r"n.parquet:row 1: Problem field 'answer': expected text"):
+        read_records(numbers, records.Problem)
+    mapped = {"uri": numbers, "columns": {"id": "id", "problem": "problem", "answer": "answer"}}
+    assert read_records(mapped, records.Problem)[0].answer == "2"  # a mapped column's number becomes text
 
 
 def test_every_record_kind_reads_from_parquet(tmp_path):
