@@ -28,10 +28,10 @@ import posixpath
 from collections.abc import Iterator
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Discriminator, Field, Tag, ValidationError, model_validator
 
 from distilflow import uri as uris
-from distilflow.config import BaseConfig
+from distilflow.config import UNION_TAG, BaseConfig
 from distilflow.errors import RecordError
 from distilflow.secrets import EnvName
 from distilflow.uri import Uri
@@ -156,8 +156,16 @@ class SourceSpec(BaseConfig):
         return bool(self.columns or self.constants or self.explode or self.score_ranges)
 
 
-Source = Annotated[Uri | SourceSpec, Field(union_mode="left_to_right")]
-"""A config field holding a source: a URI of distilflow records, or a ``SourceSpec`` mapping."""
+def _source_kind(value: Any) -> str:
+    return f"{UNION_TAG}mapping" if isinstance(value, (dict, SourceSpec)) else f"{UNION_TAG}uri"
+
+
+Source = Annotated[
+    Annotated[Uri, Tag(f"{UNION_TAG}uri")] | Annotated[SourceSpec, Tag(f"{UNION_TAG}mapping")],
+    Discriminator(_source_kind),
+]
+"""A config field holding a source: a URI of distilflow records, or a ``SourceSpec`` mapping (a dict).
+Only the member the value's kind picks is tried, so an error names one problem at the field's path."""
 
 
 def as_spec(source: str | SourceSpec | dict[str, Any]) -> SourceSpec:

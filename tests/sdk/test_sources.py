@@ -204,3 +204,23 @@ def test_a_token_pasted_as_token_env_is_refused_unseen():
     with pytest.raises(ValueError, match=r"token_env\n.*looks like a Hugging Face token") as refused:
         SourceSpec(uri="hf://datasets/org/name/x.parquet", token_env=token)
     assert token not in str(refused.value)
+
+
+def test_a_source_field_names_one_problem_at_the_path_the_user_wrote():
+    from distilflow.components.rl.config import RlConfig
+    from distilflow.errors import ConfigError
+
+    base = {"output_uri": "/o", "model": "/m"}
+    with pytest.raises(ConfigError) as refused:
+        RlConfig.load({**base, "problems_uri": {"uri": "p.parquet", "token_env": "MY TOKEN"}})
+    assert str(refused.value).startswith("1 problem(s) in config:")
+    assert "RlConfig.problems_uri.token_env: must be the name of an environment variable" in str(
+        refused.value
+    )
+    with pytest.raises(
+        ConfigError, match=r"1 problem\(s\).*\n.*RlConfig.problems_uri: Input should be a valid string"
+    ):
+        RlConfig.load({**base, "problems_uri": 12})
+    assert RlConfig.load({**base, "problems_uri": {"uri": "p.parquet"}}).problems_uri == SourceSpec(
+        uri="p.parquet"
+    )
