@@ -204,15 +204,22 @@ def expand(spec: SourceSpec) -> list[str]:
     if not any(ch in uri for ch in "*?[") and os.path.splitext(uri.rstrip("/"))[1].lower() in SUFFIXES:
         return [uri]
     fs, path = uris.filesystem(uri, spec.token_env)
+    folder = False
     try:
         if any(ch in uri for ch in "*?["):
             found = fs.glob(path)
         elif fs.isdir(path):
+            folder = True
             found = [p for p in fs.find(path) if os.path.splitext(p)[1].lower() in SUFFIXES]
         else:
             return [uri]
     except FileNotFoundError as exc:
         raise RecordError(f"{uri}: not found ({exc})") from None
+    if not found and folder:
+        raise RecordError(
+            f"{uri} is a folder with no .jsonl or .parquet file in it; give a JSONL file (one JSON object per "
+            "line), a Parquet file, or a folder or glob of them"
+        )
     if not found:
         raise RecordError(f"{uri}: matches no .jsonl or .parquet file")
     prefix = "" if scheme == "file" else f"{scheme}://"

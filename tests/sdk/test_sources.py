@@ -224,3 +224,13 @@ def test_a_source_field_names_one_problem_at_the_path_the_user_wrote():
     assert RlConfig.load({**base, "problems_uri": {"uri": "p.parquet"}}).problems_uri == SourceSpec(
         uri="p.parquet"
     )
+
+
+def test_a_folder_or_glob_without_record_files_is_named(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(
+        RecordError, match=r"is a folder with no .jsonl or .parquet file in it; give a JSONL file"
+    ):
+        read_records(str(tmp_path), records.Problem)
+    with pytest.raises(RecordError, match=r"\*.parquet: matches no .jsonl or .parquet file"):
+        read_records(str(tmp_path / "*.parquet"), records.Problem)
