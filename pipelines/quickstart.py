@@ -130,7 +130,7 @@ def _curate_lines(curate: dict[str, Any]) -> list[str]:
         lines.append(
             f"  only {correct} of {traces} traces {'is' if correct == 1 else 'are'} correct (fewer than "
             f"{FEW_CORRECT}): the tiny teacher gets "
-            f"too few right; {learns}. A real teacher fixes this (README: Real teacher, real student)."
+            f"too few right; {learns}. A real teacher fixes this (docs/running.md: your own config)."
         )
     return lines
 

@@ -139,8 +139,8 @@ def test_quickstart_summary_says_when_nothing_was_learned():
         "  curate    kept 0 of 16 teacher traces; 15 dropped as incorrect, 1 unscored (the judge's answer could "
         "not be read)",
         "  only 0 of 16 traces are correct (fewer than 4): the tiny teacher gets too few right; there is nothing "
-        "to learn from, so the student is not trained. A real teacher fixes this (README: Real teacher, real "
-        "student).",
+        "to learn from, so the student is not trained. A real teacher fixes this (docs/running.md: your own "
+        "config).",
         "  sft       training skipped (no sft examples): the student is the untrained one",
         "  evaluate  problems: student accuracy 0.25 before training -> 0.25 after",
     ]
