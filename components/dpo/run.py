@@ -9,6 +9,7 @@ from distilflow import uri as uris
 from distilflow.components.dpo.config import DpoConfig, DpoResult
 from distilflow.errors import ConfigError
 from distilflow.outputs import StageOutput
+from distilflow.prompts import recorded_prompt
 
 STAGE = "dpo"
 
@@ -252,4 +253,5 @@ def publish(
         inputs={"data": config.data_uri, "model": config.model},
         outputs={"model": result.model_uri, "report": report},
         metrics=betas,
+        student_prompt=recorded_prompt(config.data_uri),
     )

@@ -9,6 +9,7 @@ from distilflow import uri as uris
 from distilflow.components.sft.config import SftConfig, SftResult
 from distilflow.errors import ConfigError
 from distilflow.outputs import StageOutput
+from distilflow.prompts import recorded_prompt
 
 STAGE = "sft"
 
@@ -296,5 +297,6 @@ def train(
         result,
         inputs={"data": data_file, "model": config.model},
         outputs={"model": result.model_uri, "report": report},
+        student_prompt=recorded_prompt(config.data_uri),
     )
     return result
