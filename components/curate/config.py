@@ -12,8 +12,8 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distilflow.config import BaseConfig
-from distilflow.teachers.config import TeacherConfig
 from distilflow.prompts import STUDENT_PROMPT
+from distilflow.teachers.config import TeacherConfig
 from distilflow.uri import Uri
 
 # Fields the pipeline fills in: this stage's folder and the distill output folder it reads.
