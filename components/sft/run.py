@@ -178,6 +178,7 @@ def make_trainer(
         assistant_only_loss=config.assistant_only_loss,
         model_init_kwargs=init_kwargs,
         **liger_arguments(config.use_liger_kernel, model_path, STAGE, gpu),
+        warmup_steps=config.warmup_steps,
     )
     trainer = trainer_class(config.curriculum)(
         model=model_path,

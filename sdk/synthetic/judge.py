@@ -11,8 +11,8 @@ model at temperature 0.
 What it measures:
 
 * RV (0-9): words of reasoning per step of the problem (steps from the problem, else one per
-  equation), on a log scale calibrated so that the bare equations score about 1 and ~30 words a step
-  about 8 (``rv_of_words``); it never looks at which verbosity level made the chain.
+  equation), on a log scale calibrated so that one bare line a step scores about 1 and 30 words a
+  step 8 (``rv_of_words``); it never looks at which verbosity level made the chain.
 * CD (0-9): ``tasks.cd_of`` of the problem's number of steps; for a text that is not one of the
   synthetic problems, its length (longer problems harder).
 * logic (0/1): whether every equation in the reasoning is right modulo 10 and the final answer is
@@ -79,10 +79,11 @@ def read_prompt(text: str) -> JudgePrompt | None:
 
 
 def rv_of_words(words_per_step: float) -> float:
-    """RV on the 0-9 scale from words of reasoning per step: 3 words (bare equations) is 1.0, 30 is 8.0."""
+    """RV on the 0-9 scale from words of reasoning per step, on a log scale: 5 words (one bare line a
+    step, ``2: *3, 5*3=5.``) is 1.0, 30 words is 8.0."""
     if words_per_step <= 0:
         return 0.0
-    return min(max(1.0 + 7.0 * math.log(words_per_step / 3.0) / math.log(10.0), 0.0), 9.0)
+    return min(max(1.0 + 7.0 * math.log(words_per_step / 5.0) / math.log(6.0), 0.0), 9.0)
 
 
 def chain_is_sound(problem: str, reasoning: str, answer: str) -> bool:

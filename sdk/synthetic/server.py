@@ -123,6 +123,13 @@ def cut(text: str, max_tokens: int | None) -> tuple[str, int, str]:
     return text[: tokens[max_tokens - 1].end()], max_tokens, "length"
 
 
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    # socketserver's default backlog of 5 refuses connections when a client opens dozens at once
+    # (curate's judge keeps judge.concurrency requests in flight); vLLM's uvicorn accepts 2048.
+    request_queue_size = 1024
+
+
 class SyntheticServer:
     """The simulated teacher and judge serving ``model`` on 127.0.0.1 (a free port unless ``port``).
 
@@ -277,8 +284,7 @@ class SyntheticServer:
 
     def start(self) -> str:
         """Serve in a daemon thread; return ``base_url``."""
-        httpd = ThreadingHTTPServer(("127.0.0.1", self.port), self.handler())
-        httpd.daemon_threads = True
+        httpd = _HTTPServer(("127.0.0.1", self.port), self.handler())
         self._httpd = httpd
         threading.Thread(target=httpd.serve_forever, name="synthetic-server", daemon=True).start()
         return self.base_url

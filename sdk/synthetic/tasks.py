@@ -4,9 +4,9 @@ A problem starts from a digit and applies ``k`` operations (``+b``, ``-b``, ``*b
 1-9), every result taken modulo 10; ``k`` (1 to ``MAX_STEPS``) is the difficulty and plays the role
 of OmniThought's Cognitive Difficulty (CD, arXiv:2505.10937): ``cd_of(k)``. A chain of thought
 solves it one step a line at one of four verbosity levels, which play the role of Reasoning
-Verbosity (RV): ``terse`` (the bare equations), ``brief`` (numbered equations), ``detailed`` (each
-step restates the operation and the value) and ``exhaustive`` (detailed, plus a check of every step).
-Every level computes the same steps; only the words around them differ.
+Verbosity (RV): ``terse`` (one line a step: ``2: *3, 5*3=5.``), ``brief`` (and the new value),
+``detailed`` (a plan, and each step restated in words) and ``exhaustive`` (detailed, plus a check of
+every step). Every level writes the same line for each step; only the words around it differ.
 
 The simulated teacher's systematic mistake is ``apply(..., bug=True)``: when a subtraction would go
 below zero (``x - b`` with ``x < b``) it subtracts the smaller number from the larger (``b - x``)
@@ -170,17 +170,20 @@ def render_chain(problem: ChainProblem, level: str, bug: bool = False) -> tuple[
     steps = problem.solve(bug)
     result = steps[-1].result if steps else problem.start
     k = problem.steps
+    # Every level writes the same core line per step ("2: *3, 5*3=5."); more verbose levels add words
+    # around it, so a student learns one way of computing whichever level it reads.
+    core = [f"{i}: {s.op}{s.operand}, {s.equation}." for i, s in enumerate(steps, 1)]
     if level == "terse":
-        lines = [s.equation for s in steps]
+        lines = core
     elif level == "brief":
-        lines = [f"{i}: {s.op}{s.operand}, {s.equation}." for i, s in enumerate(steps, 1)]
+        lines = [f"{line} Now {s.result}." for line, s in zip(core, steps, strict=True)]
     elif level in ("detailed", "exhaustive"):
         check = level == "exhaustive"
         lines = [f"Start from {problem.start} and apply {k} operations, modulo {MODULUS}."]
         if check:
             lines[0] += " Check each step."
-        for i, s in enumerate(steps, 1):
-            line = f"Step {i}: {s.op}{s.operand} on the value {s.value}, so {s.equation}."
+        for line, s in zip(core, steps, strict=True):
+            line += f" The value was {s.value}, and {s.op}{s.operand} takes it to {s.result}."
             if check:
                 line += f" Check: {s.equation} holds, so the value is now {s.result}."
             lines.append(line)

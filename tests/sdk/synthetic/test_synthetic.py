@@ -69,7 +69,10 @@ def test_chains_compute_the_same_steps_at_growing_verbosity():
         assert ("2", "-", "9", "7") in re.findall(r"(\d)([+\-*])(\d)=(\d)", buggy)
         assert wrong == f"The result is \\boxed{{{_solve(2, problem.ops, bug=True)}}}."
     assert words == sorted(words) and words[-1] > 4 * words[0]
-    assert "Step" not in tasks.render_chain(problem, "terse")[0]
+    terse = tasks.render_chain(problem, "terse")[0]
+    assert terse == "1: -9, 2-9=3.\n2: *3, 3*3=9.\n3: +4, 9+4=3."  # every level holds these lines
+    for level in tasks.LEVELS:
+        assert all(line in tasks.render_chain(problem, level)[0] for line in terse.split("\n"))
 
 
 # ---------------------------------------------------------------- teacher
@@ -130,7 +133,7 @@ def test_judge_scores_are_noisy_estimates_of_verbosity_difficulty_and_soundness(
     rv = {level: [_judged(p, level)["rv"] for p in problems] for level in tasks.LEVELS}
     means = [statistics.fmean(v) for v in rv.values()]
     assert means == sorted(means) and means[0] < 1.6 and means[-1] > 7.0
-    # bare equations: 3 words a step, RV 1 by the calibration; the judge is near it but not exact
+    # one bare line a step: 5 words, RV 1 by the calibration; the judge is near it but not exact
     assert statistics.fmean(rv["terse"]) == pytest.approx(1.0, abs=0.3)
     assert 0.2 < statistics.pstdev(rv["brief"]) < 1.0
     cd = {k: [_judged(p, "brief")["cd"] for p in problems if p.steps == k] for k in range(1, 6)}
@@ -144,7 +147,7 @@ def test_judge_scores_are_noisy_estimates_of_verbosity_difficulty_and_soundness(
 
 
 def test_rv_calibration_and_soundness_check():
-    assert judge.rv_of_words(3) == pytest.approx(1.0) and judge.rv_of_words(30) == pytest.approx(8.0)
+    assert judge.rv_of_words(5) == pytest.approx(1.0) and judge.rv_of_words(30) == pytest.approx(8.0)
     assert judge.rv_of_words(1000) == 9.0 and judge.rv_of_words(0) == 0.0
     assert judge.chain_is_sound("", "3+4=7\n7*2=4", "\\boxed{4}")
     assert not judge.chain_is_sound("", "3+4=7\n7*2=5", "\\boxed{5}")  # 7*2 is 4 modulo 10
