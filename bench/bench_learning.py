@@ -24,14 +24,14 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # learning.py beside this file
 
 COLOURS = {"all": "#b0b0b0", "correct": "#7fa7d9", "curated": "#2e7d32", "verbose": "#e39b3b"}
 
 
 def bars(panel: dict, x0: int, arms: dict, key: str, top: float, fmt: str) -> list[str]:
     """One bar chart (accuracy or tokens per arm) as SVG elements, its origin at ``x0``."""
-    from distilflow.synthetic.learning import LABELS
+    from learning import LABELS
 
     width, height, base = panel["width"], panel["height"], panel["top"] + panel["height"]
     parts = [
@@ -76,7 +76,7 @@ def svg_plot(arms: dict, seeds: list[int]) -> str:
 
 
 def table(result: dict) -> list[str]:
-    from distilflow.synthetic.learning import LABELS
+    from learning import LABELS
 
     lines = ["arm                              accuracy   tokens   rows  steps  per seed (accuracy / tokens)"]
     steps = {r["arm"]: r["train_steps"] for r in result["runs"]}
@@ -104,7 +104,7 @@ def ratios(arms: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from distilflow.synthetic.learning import ARMS, Settings, run_benchmark
+    from learning import ARMS, Settings, run_benchmark
 
     defaults = Settings()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])

@@ -109,7 +109,7 @@ def _judged(problem: tasks.ChainProblem, level: str, bug: bool = False) -> dict[
     """Each quantity as curate scores it: its rubric prompt, the judge's top tokens, the expected digit."""
     from distilflow.components.curate.run import expected_score, judge_chats
     from distilflow.records import Trace
-    from distilflow.teacher import normalise_digit_probs
+    from distilflow.teachers.protocol import normalise_digit_probs
 
     reasoning, answer = tasks.render_chain(problem, level, bug)
     trace = Trace(
@@ -252,7 +252,8 @@ def test_curate_judge_client_reads_the_server_like_an_endpoint(tmp_path):
     problem read back from the top logprobs near 8.0, logic of a buggy chain low."""
     from distilflow.components.curate.run import expected_score, judge_chats
     from distilflow.records import Trace
-    from distilflow.teacher import OpenAITeacher, TeacherConfig
+    from distilflow.teachers.config import TeacherConfig
+    from distilflow.teachers.openai import OpenAITeacher
 
     problem = next(p for p in tasks.generate(50, seed=8) if p.steps == 5 and p.buggy())
     reasoning, answer = tasks.render_chain(problem, "brief", bug=True)

@@ -1,4 +1,5 @@
-"""The learning benchmark: does curated data make a better student than uncurated data?
+"""The learning benchmark's runs (``bench_learning.py``; the reduced test loads this file too): does
+curated data make a better student than uncurated data?
 
 One run of the real stages, stage by stage through their ``run(config)``: ``distill`` asks the simulated
 teacher (``server``) for ``samples`` chains per training problem, once; then, for each arm, ``curate``
@@ -146,10 +147,10 @@ def distill(folder: str, base_url: str, problems: str, s: Settings) -> str:
 
 def curate(folder: str, base_url: str, distill_uri: str, arm: str, tokenizer: Any) -> ArmData:
     """Run curate with the arm's selection; measure its SFT rows in the student's tokens."""
-    from distilflow import training
     from distilflow.components.curate.config import CurateConfig
     from distilflow.components.curate.run import run
     from distilflow.records import SftExample
+    from distilflow.training.data import chat_length, message_dicts, read_rows
 
     out = os.path.join(folder, "arms", arm, "curate")
     config = CurateConfig(
@@ -162,11 +163,9 @@ def curate(folder: str, base_url: str, distill_uri: str, arm: str, tokenizer: An
         **ARMS[arm],
     )
     result = run(config)
-    rows = training.read_rows(out, "sft", SftExample, "curate output")
+    rows = read_rows(out, "sft", SftExample, "curate output")
     lengths = [
-        training.chat_length(
-            tokenizer, training.message_dicts(r.messages, fold_reasoning=False, drop_reasoning=False)
-        )
+        chat_length(tokenizer, message_dicts(r.messages, fold_reasoning=False, drop_reasoning=False))
         for r in rows
     ]
     manifest = json.loads(uris.read_text(os.path.join(out, "manifest.json")))
