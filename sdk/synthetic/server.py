@@ -9,8 +9,9 @@ in ``<score>N</score>``), any other by the simulated teacher (``teacher``). The 
 Request bodies are checked as vLLM's ``ChatCompletionRequest`` checks them (a wrong model is 404;
 missing or ill-typed ``messages``, out-of-range ``temperature``/``top_p``/``max_tokens``/``n``,
 ``top_logprobs`` without ``logprobs`` or above 20, and ``stream`` are 400 with an OpenAI-style error
-body); other fields (``seed``, ``chat_template_kwargs``, ``continue_final_message``, ...) are accepted,
-and a trailing assistant message (a prefill) is allowed. ``max_tokens`` cuts a reply (finish reason
+body, as are ``continue_final_message`` with ``add_generation_prompt`` or without a final assistant
+message); other fields (``seed``, ``chat_template_kwargs``, ...) are accepted, and a trailing assistant
+message (a prefill, e.g. ``Score: ``) is allowed: the reply continues it. ``max_tokens`` cuts a reply (finish reason
 ``length``); tokens are counted as words, single digits and punctuation marks.
 
     python -m distilflow.synthetic.server --port 8000 [--bug-rate 0.75]
@@ -113,6 +114,15 @@ def check_body(body: Any, model: str) -> None:
     kwargs = body.get("chat_template_kwargs")
     if kwargs is not None and not isinstance(kwargs, dict):
         raise RequestRejected(400, "chat_template_kwargs must be an object", "chat_template_kwargs")
+    if body.get("continue_final_message"):  # a prefill the reply continues (vLLM's checks)
+        if body.get("add_generation_prompt"):
+            raise RequestRejected(
+                400, "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+            )
+        if messages[-1].get("role") != "assistant":
+            raise RequestRejected(
+                400, "continue_final_message needs the last message to be an assistant prefill", "messages"
+            )
 
 
 def cut(text: str, max_tokens: int | None) -> tuple[str, int, str]:

@@ -186,6 +186,13 @@ def test_server_refuses_what_vllm_refuses():
                 {**ok, "logprobs": True, "top_logprobs": 21},
                 {**ok, "stream": True},
                 {**ok, "chat_template_kwargs": "off"},
+                {**ok, "continue_final_message": True},  # nothing to continue: the last turn is the user's
+                {
+                    **ok,
+                    "messages": [*ok["messages"], {"role": "assistant", "content": "Score: "}],
+                    "continue_final_message": True,
+                    "add_generation_prompt": True,
+                },
             ],
         }
         status, reply = _post(url, cases[404])
