@@ -121,9 +121,12 @@ def parse_problem(text: str, problem_id: str = "") -> ChainProblem | None:
     return ChainProblem(problem_id, int(match.group("start")), ops)
 
 
-def capacity(steps: int) -> int:
-    """How many distinct problems of ``steps`` operations exist."""
-    return MODULUS * (len(OPS) * (MODULUS - 1)) ** steps
+OPERANDS = tuple(range(1, MODULUS))
+
+
+def capacity(steps: int, ops: tuple[str, ...] = OPS, operands: tuple[int, ...] = OPERANDS) -> int:
+    """How many distinct problems of ``steps`` operations drawn from ``ops`` and ``operands`` exist."""
+    return MODULUS * (len(ops) * len(operands)) ** steps
 
 
 def generate(
@@ -132,8 +135,11 @@ def generate(
     prefix: str = "p",
     steps: tuple[int, ...] | None = None,
     exclude: set[str] | frozenset[str] = frozenset(),
+    ops: tuple[str, ...] = OPS,
+    operands: tuple[int, ...] = OPERANDS,
 ) -> list[ChainProblem]:
-    """``count`` distinct problems, their difficulties cycling through ``steps`` (default 1..MAX_STEPS).
+    """``count`` distinct problems, their difficulties cycling through ``steps`` (default 1..MAX_STEPS),
+    their operations drawn from ``ops`` and ``operands`` (default: all of ``OPS``, 1-9).
 
     Deterministic in ``seed``; ids are ``<prefix>-<index>``. No two share a text, and none has a
     text in ``exclude`` (e.g. the training problems, when drawing held-out ones).
@@ -141,13 +147,17 @@ def generate(
     levels = steps or tuple(range(1, MAX_STEPS + 1))
     if any(not 1 <= k <= MAX_STEPS for k in levels):
         raise ValueError(f"steps {levels} must lie within 1..{MAX_STEPS}")
+    if not ops or set(ops) - set(OPS):
+        raise ValueError(f"ops {ops} must be some of {OPS}")
+    if not operands or set(operands) - set(OPERANDS):
+        raise ValueError(f"operands {operands} must be some of {OPERANDS}")
     excluded = [parse_problem(text) for text in exclude]
     for k in set(levels):
         wanted = -(-count * levels.count(k) // len(levels))
         taken = sum(1 for q in excluded if q is not None and q.steps == k)
-        if wanted > capacity(k) - taken:
+        if wanted > capacity(k, ops, operands) - taken:
             raise ValueError(
-                f"{count} problems put {wanted} at {k} step(s), but only {capacity(k)} such problems exist "
+                f"{count} problems put {wanted} at {k} step(s), but only {capacity(k, ops, operands)} such problems exist "
                 f"({taken} of them excluded); ask for fewer problems or harder ones"
             )
     rng = random.Random(seed)
@@ -156,8 +166,8 @@ def generate(
     while len(found) < count:
         k = levels[len(found) % len(levels)]
         start = rng.randrange(MODULUS)
-        ops = tuple((rng.choice(OPS), rng.randrange(1, MODULUS)) for _ in range(k))
-        problem = ChainProblem(f"{prefix}-{len(found):05d}", start, ops)
+        drawn = tuple((rng.choice(ops), rng.choice(operands)) for _ in range(k))
+        problem = ChainProblem(f"{prefix}-{len(found):05d}", start, drawn)
         if problem.text in seen:
             continue
         seen.add(problem.text)

@@ -25,12 +25,12 @@ from learning import Settings, run_benchmark  # noqa: E402
 # leaves room under it for this margin.
 MARGIN = 0.10
 SETTINGS = Settings(
-    train_problems=1000,
+    train_problems=600,
     eval_problems=60,
     seeds=(0,),
     arms=("all", "curated"),
-    token_budget=250_000,
-    difficulty_mix=(1, 2, 2, 2),
+    token_budget=300_000,
+    difficulty_mix=(2,),
 )
 
 
@@ -44,7 +44,7 @@ def test_curated_rows_train_a_better_student_than_every_trace(tmp_path):
     result = run_benchmark(str(tmp_path), SETTINGS)
     arms, data = result["arms"], result["data"]
     # the simulated teacher's systematic mistakes reached the traces: (a) trains on them, (c) on none
-    assert 0.1 < 1 - data["all"]["correct_share"] < 0.4
+    assert 0.2 < 1 - data["all"]["correct_share"] < 0.45
     assert data["all"]["rows"] == SETTINGS.train_problems * SETTINGS.samples
     assert data["curated"]["rows"] < SETTINGS.train_problems  # at most one trace per problem
     # the same budget of training tokens for both arms

@@ -54,6 +54,13 @@ def test_problems_state_their_steps_and_answers():
     assert not {p.text for p in held_out} & {p.text for p in problems}
     with pytest.raises(ValueError, match="only 270 such problems exist"):
         tasks.generate(2000, seed=0)
+    # a narrower family: additions and subtractions only (the learning benchmark's)
+    plus_minus = tasks.generate(100, seed=5, ops=("+", "-"))
+    assert {op for p in plus_minus for op, _ in p.ops} == {"+", "-"}
+    with pytest.raises(ValueError, match="only 180 such problems exist"):
+        tasks.generate(1000, seed=0, steps=(1,), ops=("+", "-"))
+    with pytest.raises(ValueError, match="must be some of"):
+        tasks.generate(10, seed=0, ops=("/",))
 
 
 def test_chains_compute_the_same_steps_at_growing_verbosity():
