@@ -91,6 +91,20 @@ def table(result: dict) -> list[str]:
     return lines
 
 
+def markdown(result: dict) -> list[str]:
+    """The README's table: accuracy and mean output tokens per arm, with training rows and steps."""
+    from learning import LABELS
+
+    lines = ["| arm | accuracy | output tokens | training rows | steps |", "|---|---|---|---|---|"]
+    steps = {r["arm"]: r["train_steps"] for r in result["runs"]}
+    for arm, figures in result["arms"].items():
+        lines.append(
+            f"| {LABELS[arm]} | {figures['accuracy']:.3f} | {figures['tokens']:.0f} "
+            f"| {result['data'][arm]['rows']} | {steps[arm]} |"
+        )
+    return lines
+
+
 def ratios(arms: dict) -> list[str]:
     lines = []
     if "curated" in arms and "all" in arms:
@@ -133,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="bench-learning-") as tmp:
         result = run_benchmark(args.workdir or tmp, settings)
-    print("\n".join(["", *table(result), "", *ratios(result["arms"])]))
+    print("\n".join(["", *table(result), "", *markdown(result), "", *ratios(result["arms"])]))
     for name, met in result["targets"].items():
         print(f"target {name}: {'met' if met else 'MISSED'}")
     if args.plot:

@@ -13,8 +13,9 @@ The arms (``ARMS``) differ only in curate's selection settings and train on the 
 
 * ``all``: every trace (no answer check, no logic filter);
 * ``correct``: the traces curate's checks keep (answer right, judged logically sound);
-* ``curated``: of those, per problem the one whose judged RV is closest to its judged CD (the ThoughtX
-  rule: RV matched to CD, OmniThought arXiv:2505.10937; curate's ``rv_targets: matched``);
+* ``curated``: of those, per problem the one whose judged RV is closest to a target that grows with its
+  judged CD (the ThoughtX rule: RV matched to CD, OmniThought arXiv:2505.10937; curate's matched
+  target ``rv_target_offset + rv_target_scale * CD`` with scale 0.5, a small student's slope);
 * ``verbose``: of those, per problem always the most verbose (RV target 9).
 
 Simulated: the teacher and the judge (they stand in for large models). Real: every stage's code, the
@@ -37,7 +38,9 @@ from distilflow.synthetic import tasks
 ARMS: dict[str, dict[str, Any]] = {
     "all": {"require_correct": False, "min_logic": 0.0},
     "correct": {},
-    "curated": {"rv_targets": None, "per_problem": 1},
+    # RV target = 0.5 x CD (curate's matched rule, rv_target_scale): the target grows with difficulty, at
+    # the slope of a small student (the 1.5b preset's targets also sit below CD)
+    "curated": {"rv_targets": None, "rv_target_scale": 0.5, "per_problem": 1},
     "verbose": {"rv_targets": [9.0], "per_problem": 1},
 }
 LABELS = {
@@ -64,12 +67,12 @@ class Settings:
     """
 
     train_problems: int = 1000
-    eval_problems: int = 120
+    eval_problems: int = 100
     samples: int = 4
     bug_rate: float = 0.75
     seeds: tuple[int, ...] = (0, 1)
     arms: tuple[str, ...] = tuple(ARMS)
-    token_budget: int = 500_000
+    token_budget: int = 900_000
     batch_size: int = 4
     learning_rate: float = 3e-3
     max_new_tokens: int = 320

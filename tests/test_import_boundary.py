@@ -1,4 +1,4 @@
-"""Importing the SDK (every package: client, teachers and their backends, training, launch), the
+"""Importing the SDK (every package: client, teachers and their backends, training, launch, synthetic), the
 components and pipelines, compiling every pipeline and the CLI's help must not load torch,
 transformers, trl, vllm or deepspeed (they live in the stage images)."""
 
@@ -16,6 +16,7 @@ import distilflow.teachers.openai, distilflow.teachers.transformers, distilflow.
 import distilflow.training.fields, distilflow.training.data, distilflow.training.arguments, distilflow.training.callbacks
 import distilflow.training.checkpointing, distilflow.training.report, distilflow.training.save
 import distilflow.launch.torchrun, distilflow.launch.trainjob, distilflow.launch.dlc
+import distilflow.synthetic.server, distilflow.synthetic.student, distilflow.prompts
 from distilflow.components import STAGES, load_component, load_config_class
 from distilflow.pipelines import PIPELINES
 from distilflow.client.pipelines import compile_pipeline
