@@ -29,11 +29,19 @@ from distilflow.errors import ConfigError
 
 T = TypeVar("T", bound="BaseConfig")
 
+UNION_TAG = "~"
+"""Prefix of a tagged union member's label (``Tag("~mapping")``): pydantic puts the label into an error's
+location; messages and ``--set`` paths leave it out, so an error names the field as the user wrote it."""
+
 
 class BaseConfig(BaseModel):
     """Base of all distilflow configs: strict keys, documented fields, YAML/JSON round trip."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # hide_input_in_errors: a raw ValidationError (a traceback) never echoes a value; a key pasted into
+    # an ``*_env`` field must not reach a terminal. ``format_validation_error`` shows values it may show.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, protected_namespaces=(), hide_input_in_errors=True
+    )
 
     @classmethod
     def load(cls: type[T], source: str | Path | dict | None = None, overrides: list[str] | None = None) -> T:
@@ -55,7 +63,9 @@ class BaseConfig(BaseModel):
         # "--set name=2024" or "--set name=on" parses as a number or a bool; a text field gets the text
         raw = dict(item.split("=", 1) for item in overrides or [])
         retyped = [
-            e["loc"] for e in error.errors() if e["type"] == "string_type" and _dotted(e["loc"]) in raw
+            field_path(e["loc"])
+            for e in error.errors()
+            if e["type"] == "string_type" and _dotted(field_path(e["loc"])) in raw
         ]
         if retyped:
             for loc in retyped:
@@ -85,8 +95,16 @@ class BaseConfig(BaseModel):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def fingerprint(self) -> str:
-        """A stable hash of the resolved config, used to decide whether an output can be reused."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable hash of the resolved config, used to decide whether an output can be reused. Fields
+        declared ``json_schema_extra={"fingerprint": False}`` (where a run is tracked) are left out."""
+        data = self.to_dict()
+        for name, info in type(self).model_fields.items():
+            if (
+                isinstance(info.json_schema_extra, dict)
+                and info.json_schema_extra.get("fingerprint") is False
+            ):
+                data.pop(name, None)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -94,17 +112,38 @@ def format_validation_error(
     exc: ValidationError, model: str, where: str, overridden: set[str] | frozenset[str] = frozenset()
 ) -> str:
     """One line per problem: ``<where>: <Model>.<field>: <what is wrong> (got <value>)``."""
+    from distilflow.secrets import redact
+
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        # a dict key is part of the location: a key pasted as a variable name must not be shown there
+        loc = ".".join("<not shown>" if redact(p) else str(p) for p in field_path(err["loc"])) or "(root)"
         origin = f"--set {loc}" if _from_override(loc, overridden) else where
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key; remove it or fix its spelling"
-        got = err.get("input")
-        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {_short(got)})"
+        shown = "" if err["type"] in HIDDEN_INPUT else _shown(err.get("input"))
         lines.append(f"{origin}: {model}.{loc}: {msg}{shown}")
     return f"{len(lines)} problem(s) in config:\n  " + "\n  ".join(lines)
+
+
+HIDDEN_INPUT = ("missing", "extra_forbidden", "env_name")
+"""Error types whose input is never shown: absent, irrelevant, or a field that names a secret's variable."""
+
+
+def _shown(value: Any) -> str:
+    """`` (got VALUE)`` for a message; a whole section is not repeated, and nothing key-like is shown."""
+    from distilflow.secrets import redact
+
+    if isinstance(value, dict):
+        return ""
+    note = redact(value)
+    return f" (got {note})" if note else f" (got {_short(value)})"
+
+
+def field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error's location as config keys: without tagged union labels (``UNION_TAG``)."""
+    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith(UNION_TAG)))
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

@@ -1,6 +1,7 @@
 """Importing the SDK (every package: client, teachers and their backends, training, launch, synthetic), the
 components and pipelines, compiling every pipeline and the CLI's help must not load torch,
-transformers, trl, vllm or deepspeed (they live in the stage images)."""
+transformers, trl, vllm or deepspeed (they live in the stage images), nor mlflow, tensorboard, wandb,
+pyarrow or huggingface_hub (loaded when a stage tracks its run or reads Parquet or hf://)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 import sys
 
 HEAVY = ("torch", "transformers", "trl", "vllm", "deepspeed", "peft", "accelerate", "datasets")
+# tracking (issue 20): mlflow (and its sqlalchemy, pandas), tensorboard and wandb load only in a tracked stage
+HEAVY += ("mlflow", "tensorboard", "wandb", "pyarrow", "huggingface_hub")
 
 SCRIPT = """
 import sys, tempfile, os
@@ -17,6 +20,7 @@ import distilflow.training.fields, distilflow.training.data, distilflow.training
 import distilflow.training.checkpointing, distilflow.training.report, distilflow.training.save
 import distilflow.launch.torchrun, distilflow.launch.trainjob, distilflow.launch.dlc
 import distilflow.synthetic.server, distilflow.synthetic.student, distilflow.prompts
+import distilflow.tracking, distilflow.sources, distilflow.components.evaluate.registry
 from distilflow.components import STAGES, load_component, load_config_class
 from distilflow.pipelines import PIPELINES
 from distilflow.client.pipelines import compile_pipeline

@@ -12,8 +12,9 @@ first (``crv.py``): verified rewrites replace the original trace and are scored 
 Every judge, critic and rewrite answer goes through the content-addressed teacher cache
 (``judging.CachedTeacher``, default ``<output_uri>/cache``) as it arrives: a rerun after a kill
 or a failed request re-sends none of the judgments already received. A judgment that cannot be
-read (generate mode: no ``<score>`` on the scale; logprobs mode: no score digit among the judge's
-top next tokens) leaves its trace unscored and is written to ``judge_failures``, never guessed.
+read (generate mode: no ``<score>`` on the scale; logprobs mode: the score digits carry less than
+``judge.min_digit_mass`` of the judge's next-token probability) leaves its trace unscored and is
+written to ``judge_failures`` with the reason, never guessed.
 
 Outputs, as shards ``<kind>-NNNNN-of-NNNNN.jsonl`` of at most ``shard_rows`` rows listed in the
 manifest (``result.shards``; read them with ``distilflow.records.iter_output_rows``) and, with
@@ -34,20 +35,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from distilflow import answers
 from distilflow import uri as uris
 from distilflow.components.curate import report, shards
 from distilflow.components.curate.columnar import select_file
 from distilflow.components.curate.config import FORMAT_TEMPLATES, JUDGE_TEMPLATES, CurateConfig
+from distilflow.components.curate.corpus import annotator, load_corpus
 from distilflow.components.curate.select import filter_flow, iter_lines
 from distilflow.errors import RecordError
 from distilflow.outputs import COUNT, METRIC, StageOutput, require_complete
 from distilflow.progress import Progress
-from distilflow.records import Scored, Trace, template_tokens
+from distilflow.records import Scored, Trace, describe, template_tokens
+from distilflow.sources import source_uri
 from distilflow.teachers.cache import TeacherCache
 from distilflow.teachers.cached import CachedTeacher
+from distilflow.teachers.protocol import Unreadable
 
 TRACES = "traces.jsonl"
 SELECTION, REPORT = "selection.json", "report.html"
@@ -187,7 +191,8 @@ def score_logprobs(
     judge: CachedTeacher, traces: list[Trace]
 ) -> tuple[list[dict[str, float] | None], list[dict]]:
     """Expected scores from the judge's next-token digit distribution (all kinds in one round of
-    requests); a trace with a judgment that has no score digit gets None and a failure row."""
+    requests); a trace with an unreadable judgment (``teachers.protocol.Unreadable``: too little of
+    the probability on the score digits) gets None and a failure row with the reason."""
     kinds = list(SCALES)
     chats = [chat for kind in kinds for chat in judge_chats(traces, kind, "logprobs")]
     probs = judge.digit_probs(chats, [SCALES[kind] for kind in kinds for _ in traces])
@@ -196,9 +201,8 @@ def score_logprobs(
     for k, kind in enumerate(kinds):
         for i, trace in enumerate(traces):
             p = probs[k * len(traces) + i]
-            if p is None:
-                reason = f"no score digit ({SCALE_TEXT[kind]}) among the judge's top next tokens"
-                failures.append(_failure(trace, kind, reason, "", None))
+            if isinstance(p, Unreadable):
+                failures.append(_failure(trace, kind, p.reason, "", None))
                 scores[i] = None
             elif scores[i] is not None:
                 # logic: P("1") over {"0","1"}, the judge's confidence that the reasoning is sound.
@@ -259,7 +263,9 @@ def iter_traces(uri: str) -> Iterator[Trace]:
     """Validated traces streamed from a JSONL file; a bad line is reported as ``file:line``."""
     for lineno, line in iter_lines(uri):
         try:
-            yield Trace.model_validate_json(line)
+            yield Trace.model_validate_json(line, strict=True)
+        except ValidationError as exc:
+            raise RecordError(f"{uri}:{lineno}: not a valid Trace: {describe(exc)}") from None
         except ValueError as exc:
             raise RecordError(f"{uri}:{lineno}: not a valid Trace: {str(exc).splitlines()[-1]}") from None
 
@@ -447,6 +453,8 @@ def _publish_outputs(
 
 def templates_used(config: CurateConfig) -> list[str]:
     """The versioned prompt templates a run with ``config`` sends (recorded in the manifest)."""
+    if config.corpus is not None:
+        return []  # a scored corpus: no judge prompt is sent
     used = [*JUDGE_TEMPLATES.values(), FORMAT_TEMPLATES[config.mode]]
     if config.crv:
         used += CRV_TEMPLATES if config.crv_critic == "judge" else CRV_TEMPLATES[1:]
@@ -456,6 +464,8 @@ def templates_used(config: CurateConfig) -> list[str]:
 def run(config: CurateConfig) -> CurateResult:
     """Judge every trace, verify answers, select rows and write scored, SFT and preference shards.
 
+    With ``corpus`` (traces already scored, e.g. OmniThought's release) it reads the given RV/CD/logic
+    scores instead of judging (``corpus.py``) and selects from them without any judge call.
     Refuses a ``data_uri`` without a completion marker. A rerun of a finished output with the
     same config returns the stored result without loading the judge; a rerun of an interrupted
     one takes every judgment it had received from the teacher cache and asks only for the rest.
@@ -465,12 +475,16 @@ def run(config: CurateConfig) -> CurateResult:
     if manifest is not None:
         print(f"[curate] {out.uri} is complete for this config; nothing to do", flush=True)
         return CurateResult.model_validate(manifest["result"])
-    require_complete(config.data_uri, "curate data_uri")
-    traces_uri = uris.join(config.data_uri, TRACES)
+    if config.corpus is None:
+        require_complete(config.data_uri, "curate data_uri")
+    traces_uri = uris.join(config.data_uri, TRACES) if config.data_uri else source_uri(config.corpus)
     out.begin(config)
     work = _workdir(config.output_uri)
     judged_path = os.path.join(work, "judged.jsonl")
-    judged = judge_all(config, traces_uri, judged_path, work)
+    if config.corpus is None:
+        judged = judge_all(config, traces_uri, judged_path, work)
+    else:  # scores given: selection without a judge call
+        judged = load_corpus(config, judged_path, Judged(failures_by_kind=dict.fromkeys(SCALES, 0)))
     result = select_and_publish(config, out, work, judged_path, judged)
     log_summary(result, judged.failures_by_kind)
     out.finish(
@@ -478,7 +492,7 @@ def run(config: CurateConfig) -> CurateResult:
         inputs={
             "traces": traces_uri,
             "judge_templates": ",".join(result.templates),
-            "cache": judged.cache_uri,
+            **({"cache": judged.cache_uri} if judged.cache_uri else {}),
         }
         | {f"decontaminate_{i}": u for i, u in enumerate(config.decontaminate_uris)},
         outputs={k: v for k, v in single_files(result).items() if v}
@@ -555,7 +569,7 @@ def write_outputs(
         dropped=stats.dropped,
         mean_rv=round(stats.sum_rv / stats.rows_in, 4) if stats.rows_in else None,
         mean_cd=round(stats.sum_cd / stats.rows_in, 4) if stats.rows_in else None,
-        judge=config.judge.display_name,
+        judge=annotator(config) if config.corpus is not None else config.judge.display_name,
         templates=templates_used(config),
         answer_checker=answers.checker(),
     )

@@ -100,7 +100,10 @@ def _stream(client: Any, base_url: str, model: str, prompt: str, max_tokens: int
             for choice in chunk.choices:
                 events += 1
                 delta = choice.delta
-                piece = (delta.content or "") + (getattr(delta, "reasoning_content", None) or "")
+                # A reasoning parser streams the thinking apart, as reasoning_content (SGLang, older
+                # vLLM) or reasoning (vLLM 0.31); both are generated tokens.
+                thought = getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
+                piece = (delta.content or "") + (thought or "")
                 if piece:
                     first = first if first is not None else time.monotonic() - started
                     chunks += 1
@@ -149,7 +152,7 @@ def smoke_test(
     )
     try:
         listed = [m.id for m in _call("listing models", base_url, lambda: client.models.list().data)]
-        # `transformers serve` lists only cached hub models (none here); vLLM lists what it serves.
+        # Servers that list no model (`transformers serve` lists only cached hub models) are not held to it.
         if listed and served_model not in listed:
             raise BackendError(
                 f"{base_url}: serves {listed}, not {served_model!r}; set deploy.served_model_name to one of them"

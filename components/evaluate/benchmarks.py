@@ -31,11 +31,14 @@ import random
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distilflow import uri as uris
 from distilflow.components.evaluate.config import BenchmarkConfig, EvaluateConfig
 from distilflow.errors import RecordError
+from distilflow.records import describe
 from distilflow.sandbox import TestCase
 
 SAMPLES_DIR = os.path.join(os.path.dirname(__file__), "samples")
@@ -209,32 +212,56 @@ def adapt_lcb(row: dict[str, Any], _cfg: BenchmarkConfig, _seed: int) -> Item:
     )
 
 
+class EvalTest(BaseModel):
+    """One test of a code problem in your own evaluation file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field("", description="Standard input, or the call's arguments (kind call)")
+    output: str = Field("", description="Expected standard output, or the call's result")
+    kind: Literal["stdin", "call"] = Field("stdin", description="stdin: a program; call: a function")
+
+
+class EvalProblem(BaseModel):
+    """A line of your own evaluation file (benchmark ``jsonl``); read strictly, like ``records.Problem``:
+    ids, answers and difficulties are text (``"answer": "42"``, not ``42``). Extra keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1, description="Unique id of the problem")
+    problem: str = Field(min_length=1, description="The question text")
+    answer: str | None = Field(None, description="Reference final answer (or the correct choice's text)")
+    domain: str | None = Field(None, description="math (default), code, multiple_choice, ...")
+    difficulty: str | None = Field(None, description="A label to break accuracy down by")
+    choices: list[str] | None = Field(None, description="Options of a multiple-choice question")
+    tests: list[EvalTest] | None = Field(None, description="Tests of a code problem")
+    func_name: str | None = Field(None, description="Function the tests call (kind call)")
+
+
 def adapt_jsonl(row: dict[str, Any], _cfg: BenchmarkConfig, _seed: int) -> Item:
     """Your own problems: {id, problem, answer?, domain?, difficulty?, choices?, tests?, func_name?}."""
-    if not isinstance(row.get("problem"), str) or row.get("id") in (None, ""):
-        raise ValueError("needs 'id' and 'problem' (text)")
-    problem, answer, domain = row["problem"], row.get("answer"), row.get("domain") or "math"
-    choices = row.get("choices")
-    if choices:
+    try:
+        rec = EvalProblem.model_validate(row, strict=True)
+    except ValidationError as exc:
+        raise ValueError(f"EvalProblem {describe(exc)}") from None
+    problem, answer, domain = rec.problem, rec.answer, rec.domain or "math"
+    if rec.choices:
         letters = "ABCDEFGHIJ"
-        problem = problem + "\n\n" + "\n".join(f"{letters[i]}) {c}" for i, c in enumerate(choices))
-        if answer is not None and str(answer) in [str(c) for c in choices]:
-            answer = letters[[str(c) for c in choices].index(str(answer))]
+        problem = problem + "\n\n" + "\n".join(f"{letters[i]}) {c}" for i, c in enumerate(rec.choices))
+        if answer is not None and answer in rec.choices:
+            answer = letters[rec.choices.index(answer)]
         domain = "multiple_choice"
-    tests = [
-        TestCase(input=str(t.get("input", "")), output=str(t.get("output", "")), kind=t.get("kind", "stdin"))
-        for t in row.get("tests") or []
-    ]
+    tests = [TestCase(input=t.input, output=t.output, kind=t.kind) for t in rec.tests or []]
     if tests:
         domain = "code"
     return Item(
-        id=str(row["id"]),
+        id=rec.id,
         problem=problem,
-        answer=None if answer is None else str(answer),
+        answer=answer,
         domain=domain,
-        difficulty=None if row.get("difficulty") is None else str(row["difficulty"]),
+        difficulty=rec.difficulty,
         tests=tests,
-        func_name=row.get("func_name"),
+        func_name=rec.func_name,
     )
 
 
@@ -251,17 +278,20 @@ def sample_path(name: str) -> str:
     return os.path.join(SAMPLES_DIR, f"{name}.jsonl")
 
 
-def _read_rows(uri: str) -> list[dict[str, Any]]:
-    """Rows of a .jsonl/.json (JSON lines) or .parquet file, local or in object storage."""
+def _read_rows(uri: str) -> tuple[list[dict[str, Any]], str]:
+    """Rows of a .jsonl/.json (JSON lines) or .parquet file, local or in object storage, and the
+    sha256 of the file's bytes (what ``sha256sum`` prints for it)."""
+    data = uris.read_bytes(uri)
+    file_sha256 = hashlib.sha256(data).hexdigest()
     if uri.endswith(".parquet"):
         import datasets
 
         ds = datasets.load_dataset(
             "parquet", data_files=uri, split="train", storage_options=uris.storage_options(uri) or None
         )
-        return [dict(r) for r in ds]
+        return [dict(r) for r in ds], file_sha256
     rows = []
-    for n, line in enumerate(uris.read_text(uri).splitlines(), 1):
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -271,7 +301,7 @@ def _read_rows(uri: str) -> list[dict[str, Any]]:
         if not isinstance(value, dict):
             raise RecordError(f"{uri}:{n}: expected a JSON object, got {type(value).__name__}")
         rows.append(value)
-    return rows
+    return rows, file_sha256
 
 
 def _from_hub(cfg: BenchmarkConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -305,7 +335,8 @@ def load_benchmark(cfg: BenchmarkConfig, config: EvaluateConfig) -> Benchmark:
         where = {"source": "hub", **where}
     else:
         path = sample_path(cfg.name) if cfg.source == "sample" else cfg.source
-        rows, where = _read_rows(path), {"source": cfg.source, "uri": path}
+        rows, file_sha256 = _read_rows(path)
+        where = {"source": cfg.source, "uri": path, "file_sha256": file_sha256}
     if cfg.name == "gpqa_diamond":
         where["shuffle_choices"] = cfg.shuffle_choices
     adapter = ADAPTERS[cfg.name]
@@ -330,19 +361,26 @@ def load_benchmark(cfg: BenchmarkConfig, config: EvaluateConfig) -> Benchmark:
     limit = cfg.max_problems or config.max_problems
     if limit is not None:
         items = items[:limit]
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps(row, sort_keys=True, default=str, ensure_ascii=False).encode())
-        digest.update(b"\n")
     return Benchmark(
         name=cfg.display,
         kind=cfg.name,
         items=items,
         source=where,
-        sha256=digest.hexdigest(),
+        sha256=rows_sha256(rows),
         prompt_template=prompt_template(cfg, config),
         samples=effective_samples(cfg, config),
     )
+
+
+def rows_sha256(rows: list[dict[str, Any]]) -> str:
+    """The data's identity in the protocol (``problems_sha256``): sha256 over every row as canonical JSON
+    (keys sorted, UTF-8, ``ensure_ascii=False``) followed by a newline, in file order, all rows before
+    ``max_problems`` is applied. A mirror of the hub data (.jsonl or .parquet) hashes alike."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, default=str, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def prompt_template(cfg: BenchmarkConfig, config: EvaluateConfig) -> str:
@@ -362,9 +400,24 @@ def effective_samples(cfg: BenchmarkConfig, config: EvaluateConfig) -> int:
     return cfg.samples or config.samples or DEFAULT_SAMPLES.get(cfg.name, 1)
 
 
+def mirror_source(source: str, name: str) -> str:
+    """A benchmark's source under the stage's ``source``: hub and sample as they are; a folder, the
+    benchmark's mirror in it (``<name>.parquet`` when there is one, else ``<name>.jsonl``)."""
+    if source in ("hub", "sample"):
+        return source
+    parquet = uris.join(source, f"{name}.parquet")
+    return parquet if uris.exists(parquet) else uris.join(source, f"{name}.jsonl")
+
+
 def benchmark_configs(config: EvaluateConfig) -> list[BenchmarkConfig]:
-    """The configured benchmarks, with ``problems_uri`` as a ``jsonl`` benchmark named 'problems'."""
-    found = list(config.benchmarks)
+    """The configured benchmarks (those without a source of their own take the stage's ``source``), with
+    ``problems_uri`` as a ``jsonl`` benchmark named 'problems'."""
+    found = [
+        b.model_copy(update={"source": mirror_source(config.source, b.name)})
+        if config.source and "source" not in b.model_fields_set and b.name != "jsonl"
+        else b
+        for b in config.benchmarks
+    ]
     if config.problems_uri:
         found.insert(0, BenchmarkConfig(name="jsonl", source=config.problems_uri, label="problems"))
     return found

@@ -8,6 +8,8 @@ from pydantic import Field, field_validator, model_validator
 
 from distilflow.config import BaseConfig
 from distilflow.prompts import STUDENT_PROMPT
+from distilflow.secrets import EnvName
+from distilflow.tracking import TRACKING_FIELD, TrackingConfig
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "model")
@@ -89,7 +91,7 @@ class ModelSpec(BaseConfig):
         "GPUs; openai: an OpenAI-compatible endpoint (e.g. the one deploy starts)",
     )
     base_url: str | None = Field(None, description="Endpoint base URL, e.g. http://host:8000/v1 (openai)")
-    api_key_env: str = Field(
+    api_key_env: EnvName = Field(
         "OPENAI_API_KEY", description="Name of the environment variable holding the API key (openai)"
     )
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder (transformers)")
@@ -100,6 +102,9 @@ class ModelSpec(BaseConfig):
     tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs one vLLM engine spans (vllm)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory share vLLM may take")
     max_model_len: int | None = Field(None, ge=1, description="Longest prompt + answer vLLM plans for")
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="More vllm.LLM engine arguments (vllm), e.g. {enforce_eager: true}"
+    )
     concurrency: int = Field(32, ge=1, description="Requests in flight (openai)")
     timeout_s: float = Field(3600, gt=0, description="Per-request timeout in seconds (openai)")
 
@@ -108,6 +113,17 @@ class ModelSpec(BaseConfig):
         if self.backend == "openai" and not self.base_url:
             raise ValueError(f"model {self.name!r}: backend 'openai' needs base_url")
         return self
+
+
+class RegistryConfig(BaseConfig):
+    """Registering the evaluated model in MLflow's model registry (the tracking server of ``tracking``)."""
+
+    model_name: str | None = Field(
+        None,
+        description="Registered model name the evaluated model becomes a new version of (tags: its scores, "
+        "the protocol hash, the data and training run); null: no registration",
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="More tags on the model version")
 
 
 class EvaluateConfig(BaseConfig):
@@ -135,6 +151,12 @@ class EvaluateConfig(BaseConfig):
         default_factory=list,
         description="Benchmarks to score, e.g. [aime2024, math500, gpqa_diamond, livecodebench] or "
         "[{name: math500, source: sample}]",
+    )
+    source: str | None = Field(
+        None,
+        description="Where the benchmarks that set no source of their own come from: hub (the Hugging Face "
+        "hub), sample (the few rows shipped with distilflow: local runs and tests, no download), or a folder "
+        "URI holding mirrors named <benchmark>.parquet or <benchmark>.jsonl in the hub's format; null: hub",
     )
     thinking_modes: list[bool] | None = Field(
         None,
@@ -187,6 +209,10 @@ class EvaluateConfig(BaseConfig):
     tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs one vLLM engine spans (vllm)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory share vLLM may take")
     max_model_len: int | None = Field(None, ge=1, description="Longest prompt + answer vLLM plans for")
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More vllm.LLM engine arguments for the wired model (vllm), e.g. {enforce_eager: true}",
+    )
     model_hash: Literal["content", "sizes"] = Field(
         "content",
         description="Model identity: content (sha256 of every file) or sizes (names and sizes: cheap)",
@@ -199,6 +225,18 @@ class EvaluateConfig(BaseConfig):
     )
     report_failures: int = Field(
         3, ge=0, description="Failed answers shown per model and benchmark in the report"
+    )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="Log the scores to an experiment: {backend: mlflow, uri, experiment, ...} (the same "
+        "experiment as the training stages'); not part of the fingerprint",
+        json_schema_extra=TRACKING_FIELD,
+    )
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig,
+        description="Register the evaluated model in MLflow's model registry: {model_name: ...} (needs "
+        "tracking.backend: mlflow); not part of the fingerprint",
+        json_schema_extra=TRACKING_FIELD,
     )
 
     @field_validator("benchmarks", mode="before")
@@ -233,6 +271,13 @@ class EvaluateConfig(BaseConfig):
             problems.append(f"model names repeat ({model_names})")
         if any(k < 1 for k in self.pass_k):
             problems.append(f"pass_k values must be >= 1, got {self.pass_k}")
+        if self.registry.model_name and self.tracking.backend != "mlflow":
+            problems.append(
+                f"registry.model_name={self.registry.model_name!r} registers in MLflow's model registry; set "
+                f"tracking.backend: mlflow (with tracking.uri or MLFLOW_TRACKING_URI), not {self.tracking.backend!r}"
+            )
+        if self.registry.model_name and not self.model:
+            problems.append("registry.model_name needs the evaluated model (model), which is not set")
         if problems:
             raise ValueError("; ".join(problems))
         return self

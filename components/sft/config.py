@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from distilflow.training.fields import RowCounts, TokenThroughput, TrainingConfig, TrainingResult
@@ -53,7 +55,20 @@ class SftConfig(TrainingConfig):
         description="Attention kernel for from_pretrained, e.g. sdpa, flash_attention_2 or flex_attention; "
         "None uses transformers' default (sdpa), or flash_attention_2 for packing on a GPU with flash-attn",
     )
+    if_no_examples: Literal["fail", "skip"] = Field(
+        "fail",
+        description="When the data holds no example at all (e.g. curate kept no trace with a correct answer): "
+        "fail, or skip: train nothing and publish the starting model unchanged as this stage's model, with "
+        "trained false and the reason in the result, so a demonstration run (the quickstart) goes on and says "
+        "so instead of training on wrong answers",
+    )
 
 
 class SftResult(TokenThroughput, RowCounts, TrainingResult):
     """What an `sft` run produced (stored in its manifest, returned again on a rerun)."""
+
+    trained: bool = Field(
+        True,
+        description="False when training was skipped (if_no_examples: skip): the model is the starting model",
+    )
+    skipped: str | None = Field(None, description="Why training was skipped (None: it was not)")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilflow import records
+from distilflow import records, tracking
 from distilflow import uri as uris
 from distilflow.components.sft.config import SftConfig, SftResult
 from distilflow.errors import ConfigError
@@ -225,12 +225,46 @@ def run(config: SftConfig) -> SftResult:
         return SftResult.model_validate(stored["result"])
 
     data_file = config.data_uri
-    examples = read_rows(data_file, "sft", records.SftExample, "sft data")
+    skip = config.if_no_examples == "skip"
+    examples = read_rows(data_file, "sft", records.SftExample, "sft data", allow_empty=skip)
+    if not examples:
+        return skip_training(config, out, f"{data_file} holds no sft examples (curate kept no trace)")
     if torchrun.needs_launch(config):  # several GPUs: one process each, under torchrun
         return SftResult.model_validate(torchrun.launch(STAGE, config))
     was_complete = out.is_complete()
     out.begin(config)
-    return train(config, out, data_file, examples, was_complete)
+    with tracking.training_run(
+        config, STAGE, out.uri
+    ):  # MLflow / TensorBoard / W&B, when tracking asks for it
+        return train(config, out, data_file, examples, was_complete)
+
+
+def skip_training(config: SftConfig, out: StageOutput, reason: str) -> SftResult:
+    """``if_no_examples: skip``: train nothing; publish the starting model unchanged as this stage's
+    model, the result saying so (``trained`` false, ``skipped`` the reason)."""
+    from distilflow.models import resolve_model
+
+    print(
+        f"[{STAGE}] training skipped: {reason}; the model published is the starting model {config.model}, "
+        "unchanged (if_no_examples: skip)",
+        flush=True,
+    )
+    out.begin(config)
+    model_uri = uris.join(out.uri, "model")
+    uris.upload_dir(resolve_model(config.model), model_uri)
+    result = SftResult(
+        model_uri=model_uri,
+        first_loss=None,
+        final_loss=None,
+        steps=0,
+        rows_used=0,
+        rows_dropped=0,
+        seed=config.seed,
+        trained=False,
+        skipped=reason,
+    )
+    out.finish(result, inputs={"data": config.data_uri, "model": config.model}, outputs={"model": model_uri})
+    return result
 
 
 def train(
@@ -297,7 +331,7 @@ def train(
     out.finish(
         result,
         inputs={"data": data_file, "model": config.model},
-        outputs={"model": result.model_uri, "report": report},
+        outputs={"model": result.model_uri, "report": report, **tracking.published(result)},
         student_prompt=recorded_prompt(config.data_uri),
     )
     return result

@@ -32,6 +32,8 @@ def stage_config(stage: str, section: dict[str, Any], run_uri: str) -> BaseConfi
     module = __import__(f"distilflow.components.{stage}.config", fromlist=["WIRED"])
     data = dict(section)
     for name in getattr(module, "WIRED", ("output_uri",)):
+        if stage == "curate" and name == "data_uri" and section.get("corpus"):
+            continue  # a scored corpus replaces distill's output: nothing upstream is wired in
         # Wired inputs are produced upstream; any well-formed URI stands in for them here.
         data[name] = uris.join(run_uri, stage) if name == "output_uri" else uris.join(run_uri, f"<{name}>")
     return cls.from_dict(data, where=f"config section {stage!r}")
@@ -131,9 +133,12 @@ def check_endpoint(where: str, teacher: Any, timeout_s: float) -> None:
             f"{where}: endpoint {url} unreachable ({type(exc).__name__}); check base_url"
         ) from None
     if resp.status_code in (401, 403):
-        raise DistilflowError(
-            f"{where}: endpoint {url} refused the key (HTTP {resp.status_code}); set ${teacher.api_key_env}"
+        fix = (
+            f"the key in ${teacher.api_key_env} was refused: check it"
+            if key
+            else f"{teacher.api_key_env} is not set: export the key in it"
         )
+        raise DistilflowError(f"{where}: endpoint {url} answered HTTP {resp.status_code}; {fix}")
     if resp.status_code != 200:
         raise DistilflowError(f"{where}: endpoint {url} answered HTTP {resp.status_code}")
     served = [m.get("id") for m in resp.json().get("data", [])]
@@ -146,7 +151,21 @@ def run(config: ValidateConfig) -> ValidateResult:
 
     It does not start servers, load weights or claim accelerators.
     """
+    checked, configs = check_all(config)
     out = StageOutput(config.output_uri, "validate")
+    out.begin(config)
+    report_uri = out.path("report.json")
+    uris.write_text(report_uri, json.dumps({"checked": checked, "configs": configs}, indent=2))
+    result = ValidateResult(report_uri=report_uri, checked=checked, configs=configs)
+    out.finish(result, counts={"checks": len(checked)})
+    for line in checked:
+        print(f"[validate] ok: {line}", flush=True)
+    return result
+
+
+def check_all(config: ValidateConfig) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Every check of ``run``, writing nothing: ``(what was checked, one line each; the resolved config
+    of each stage)``, or a ConfigError listing every problem."""
     problems: list[str] = []
     checked: list[str] = []
     configs: dict[str, dict[str, Any]] = {}
@@ -168,18 +187,32 @@ def run(config: ValidateConfig) -> ValidateResult:
         problems.extend(_check_inputs(stage, cfg, config, checked))
     if problems:
         raise ConfigError(f"validate found {len(problems)} problem(s):\n- " + "\n- ".join(problems))
-    out.begin(config)
-    report_uri = out.path("report.json")
-    uris.write_text(report_uri, json.dumps({"checked": checked, "configs": configs}, indent=2))
-    result = ValidateResult(report_uri=report_uri, checked=checked, configs=configs)
-    out.finish(result, counts={"checks": len(checked)})
-    for line in checked:
-        print(f"[validate] ok: {line}", flush=True)
-    return result
+    return checked, configs
+
+
+def _check_corpus(where: str, corpus: Any, checked: list[str]) -> list[str]:
+    """A scored corpus is listed (its files exist) and its mapping can fill Scored records; its rows
+    are read by curate (a released corpus can hold millions)."""
+    from distilflow.records import Scored
+    from distilflow.sources import as_spec, check_mapping, describe, expand
+
+    spec = as_spec(corpus)
+    try:
+        files = expand(spec)
+        missing = [f for f in files[:1] if not uris.exists(f)]
+        if missing:
+            return [f"{where}: {missing[0]}: no such file"]
+        if spec.mapped():
+            check_mapping(spec, Scored)
+    except (DistilflowError, OSError) as exc:
+        return [f"{where}: {exc}"]
+    checked.append(f"{where}: {len(files)} file(s) of scored traces in {describe(spec)}")
+    return []
 
 
 def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: list[str]) -> list[str]:
-    from distilflow.records import Problem, read_jsonl
+    from distilflow.records import Problem
+    from distilflow.sources import describe, read_records
 
     problems = []
     wired = getattr(__import__(f"distilflow.components.{stage}.config", fromlist=["WIRED"]), "WIRED", ())
@@ -188,13 +221,19 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
         if value is None or name in wired or not config.check_data:
             continue
         try:
-            rows = read_jsonl(value, Problem)
-            checked.append(f"{stage}.{name}: {len(rows)} problems in {value}")
+            rows = read_records(value, Problem)
+            checked.append(f"{stage}.{name}: {len(rows)} problems in {describe(value)}")
         except (DistilflowError, OSError) as exc:
             problems.append(f"{stage}.{name}: {exc}")
+    corpus = getattr(cfg, "corpus", None)
+    if corpus is not None and config.check_data:
+        problems.extend(_check_corpus(f"{stage}.corpus", corpus, checked))
     for name in MODEL_FIELDS:
         value = getattr(cfg, name, None)
         if isinstance(value, str) and name not in wired and config.check_models:
+            if value in config.pending_models:
+                checked.append(f"{stage}.{name}: {value} (made when the run starts; not checked now)")
+                continue
             try:
                 check_model(f"{stage}.{name}", value)
                 checked.append(f"{stage}.{name}: {value}")
@@ -202,8 +241,17 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
                 problems.append(f"{stage}.{name}: {exc}")
                 continue
             problems.extend(check_lengths(stage, value, cfg))
+    from distilflow.secrets import unset_keys
+
+    unset = unset_keys(cfg, stage)
+    problems.extend(unset)
     for name, teacher in _teachers(cfg):
         where = f"{stage}.{name}"
+        if any(line.startswith(f"{teacher.api_key_env} ") for line in unset):
+            continue  # its key is missing (reported above): calling the endpoint would only say 401
+        if teacher.backend == "transformers" and teacher.model in config.pending_models:
+            checked.append(f"{where}: model {teacher.model} (made when the run starts; not checked now)")
+            continue
         try:
             if teacher.backend == "transformers" and config.check_models:
                 check_model(where, teacher.model, teacher.gguf_file)
@@ -214,4 +262,20 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
                 checked.append(f"{where}: endpoint {teacher.base_url}")
         except (DistilflowError, OSError) as exc:
             problems.append(str(exc) if str(exc).startswith(where) else f"{where}: {exc}")
+    if config.check_endpoints and config.probe_judges and not problems:
+        problems.extend(_probe_judge(stage, cfg, checked))
     return problems
+
+
+def _probe_judge(stage: str, cfg: BaseConfig, checked: list[str]) -> list[str]:
+    """The calibration probe of the stage's logprobs judge on an endpoint (``judge_probe``), if any."""
+    from distilflow.components.validate import judge_probe
+
+    found = judge_probe.probed_judge(stage, cfg)
+    if found is None:
+        return []
+    problem = judge_probe.probe(stage, found[1])
+    if problem is None:
+        checked.append(f"{stage}.{found[0]}: calibration probe (an obviously low and an obviously high case)")
+        return []
+    return [problem]

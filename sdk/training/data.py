@@ -20,7 +20,7 @@ def resolve_data(data_uri: str, default_name: str, what: str) -> tuple[str, dict
 
     Args:
         data_uri: An upstream stage output folder (its completion marker is required) or a ``.jsonl``
-            file used as is.
+            or ``.parquet`` file used as is.
         default_name: File to read inside a stage output folder, e.g. ``sft.jsonl``.
         what: How error messages name this input, e.g. ``"sft data"``.
 
@@ -31,7 +31,9 @@ def resolve_data(data_uri: str, default_name: str, what: str) -> tuple[str, dict
         IncompleteOutputError: The folder has no completion marker.
         ConfigError: The folder is complete but holds no ``default_name``.
     """
-    if data_uri.rstrip("/").endswith(".jsonl"):
+    from distilflow.sources import is_record_file
+
+    if is_record_file(data_uri):  # a .jsonl or .parquet file of records
         return data_uri, None
     manifest = require_complete(data_uri, what)
     file_uri = uris.join(data_uri, default_name)
@@ -43,14 +45,15 @@ def resolve_data(data_uri: str, default_name: str, what: str) -> tuple[str, dict
     return file_uri, manifest
 
 
-def read_rows(data_uri: str, kind: str, model: type[R], what: str) -> list[R]:
+def read_rows(data_uri: str, kind: str, model: type[R], what: str, allow_empty: bool = False) -> list[R]:
     """All ``kind`` rows (e.g. ``sft``) of an upstream stage output (the shards its manifest lists, or
-    its ``<kind>.jsonl``) or of a ``.jsonl`` file; an unfinished output or no rows at all is an error."""
+    its ``<kind>.jsonl``) or of a ``.jsonl`` file; an unfinished output, or no rows at all unless
+    ``allow_empty``, is an error."""
     try:
         rows = list(records.iter_output_rows(data_uri, kind, model))
     except ConfigError as exc:  # name the setting to change
         raise ConfigError(f"{what}: data_uri {exc}") from None
-    if not rows:
+    if not rows and not allow_empty:
         raise records.RecordError(f"{what}: {data_uri} holds no {kind} rows; nothing to train on")
     return rows
 

@@ -65,6 +65,38 @@ def test_several_teacher_models_make_several_teachers_and_a_named_teacher_replac
 
 
 @pytest.mark.unit
+def test_a_corpus_uri_replaces_distill_and_the_judge():
+    from distilflow.pipelines.params import running_stages
+
+    uri = "hf://datasets/alibaba-pai/OmniThought/data/*.parquet"
+    stages = running_stages(THOUGHTX, corpus_uri=uri)
+    assert stages == [s for s in THOUGHTX if s != "distill"] and running_stages(THOUGHTX) == THOUGHTX
+    cfg = resolve_config(
+        "thoughtx", stages, teacher_model="r1", teacher_base_url="http://t/v1", corpus_uri=uri
+    )
+    assert cfg["curate"]["corpus"] == {"uri": uri, "preset": "omnithought"}
+    assert "judge" not in cfg["curate"] and "distill" not in cfg
+    judged = resolve_config("thoughtx", THOUGHTX, teacher_model="r1", teacher_base_url="http://t/v1")
+    assert "corpus" not in judged["curate"] and judged["curate"]["judge"]["model"] == "r1"
+
+
+@pytest.mark.unit
+def test_the_pipeline_run_names_every_tracked_stage():
+    from distilflow.pipelines.params import with_pipeline_run
+
+    resolved = {
+        "curate": {"preset": "7b"},
+        "sft": {"tracking": {"backend": "mlflow"}},
+        "dpo": {"tracking": {"backend": "none"}},
+        "evaluate": {"tracking": {"backend": "mlflow", "pipeline_run": "mine"}},
+    }
+    named = with_pipeline_run(resolved, "thoughtx-abc")
+    assert named["sft"]["tracking"] == {"backend": "mlflow", "pipeline_run": "thoughtx-abc"}
+    assert named["evaluate"]["tracking"]["pipeline_run"] == "mine"  # given: kept
+    assert named["dpo"] == resolved["dpo"] and named["curate"] == resolved["curate"]
+    assert with_pipeline_run(resolved, "") == resolved
+
+
 def test_bad_overrides_and_presets_are_named():
     with pytest.raises(ConfigError, match="overrides: not valid JSON at line 1"):
         parse_overrides_json('{"sft": ')
@@ -212,8 +244,9 @@ def tiny_thoughtx_overrides(model: str) -> list[str]:
         f"distill.teachers=[{teacher('teacher-a', 0)}, {teacher('teacher-b', 1)}]",
         f"distill.problems_uri={data_file('quickstart_problems.jsonl')}",
         "distill.limit=4",
-        f"curate.judge={{backend: transformers, model: {model}, batch_size: 8}}",
-        # A random tiny judge: keep the selection wide so there are rows to train on.
+        f"curate.judge={{backend: transformers, model: {model}, batch_size: 8, min_digit_mass: 0}}",
+        # A random tiny judge (its digits carry scraps, read anyway): keep the selection wide so there are
+        # rows to train on.
         "curate.require_correct=false",
         "curate.min_logic=0",
         f"sft.model={model}",
@@ -224,7 +257,7 @@ def tiny_thoughtx_overrides(model: str) -> list[str]:
         "sft.deepspeed=none",
         "sft.gradient_checkpointing=false",
         "sft.gradient_accumulation_steps=1",
-        f"evaluate.problems_uri={data_file('quickstart_eval.jsonl')}",
+        "evaluate.source=sample",  # the recipe's four benchmarks, on the rows shipped with distilflow
         "evaluate.samples=1",
         "evaluate.max_problems=2",
         "evaluate.max_new_tokens=16",
@@ -260,6 +293,33 @@ def test_thoughtx_end_to_end_on_tiny_models(tmp_path, tiny_qwen2):
     with open(os.path.join(root, "evaluate", "metrics.json")) as f:
         metrics = json.load(f)
     assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["mean_tokens"] > 0
+    runs = {r["benchmark"]: r["protocol"] for r in metrics["runs"]}
+    assert set(runs) == set(PAPER_BENCHMARKS)
+    assert all(p["data_source"] == "sample" and p["n_problems"] == 2 for p in runs.values())
+
+
+PAPER_BENCHMARKS = ("aime2024", "math500", "gpqa_diamond", "livecodebench")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("recipe", ["slow_thinking", "thoughtx", "thoughty", "reward_rl", "lifecycle"])
+def test_recipes_evaluate_what_the_paper_reports(recipe):
+    """Every recipe evaluates AIME24, MATH500, GPQA-Diamond and LiveCodeBench by default with the pinned
+    protocol (from the hub; evaluate.source picks sample rows or a folder of mirrors)."""
+    from distilflow.components.evaluate.benchmarks import benchmark_configs, effective_samples
+    from distilflow.components.evaluate.config import EvaluateConfig
+    from distilflow.pipelines import load_pipeline
+
+    stages = load_pipeline(recipe).STAGES
+    section = resolve_config(recipe, stages)["evaluate"]
+    cfg = EvaluateConfig.from_dict({**section, "output_uri": "/o", "model": "/m"})
+    assert [b.name for b in cfg.benchmarks] == list(PAPER_BENCHMARKS) and cfg.problems_uri is None
+    assert (cfg.temperature, cfg.top_p, cfg.max_new_tokens, cfg.seed) == (0.6, 0.95, 32768, 0)
+    samples = {b.name: effective_samples(b, cfg) for b in benchmark_configs(cfg)}
+    assert samples == {"aime2024": 8, "math500": 1, "gpqa_diamond": 1, "livecodebench": 1}
+    assert {b.source for b in benchmark_configs(cfg)} == {"hub"}
+    local = cfg.model_copy(update={"source": "sample"})
+    assert {b.source for b in benchmark_configs(local)} == {"sample"}
 
 
 def test_lifecycle_runs_locally_and_its_switches_pick_the_newest_model(tmp_path, tiny_qwen3):
@@ -367,3 +427,74 @@ def test_reward_rl_end_to_end(tmp_path, tiny_qwen3, tiny_reward):
     with open(os.path.join(root, "rl", "config.resolved.yaml")) as f:
         resolved = f.read()
     assert "reward_model: 0.5" in resolved and os.path.join(root, "reward") in resolved
+
+
+def corpus_overrides(model: str, corpus_uri: str) -> list[str]:
+    """thoughtx from a scored corpus: no teacher, no judge; the tiny student trains on the selected mix."""
+    keep = ("sft.", "evaluate.")
+    return [f"corpus_uri={corpus_uri}"] + [o for o in tiny_thoughtx_overrides(model) if o.startswith(keep)]
+
+
+def test_thoughtx_starts_from_a_scored_corpus_and_tracks_it_in_mlflow(
+    tmp_path, tiny_qwen2, hf_hub, mlflow_server
+):
+    """corpus_uri: curate selects from OmniThought-layout Parquet on a (loopback) hub; distill and the judge
+    never run; sft trains on the released annotations' mix in curriculum order and logs to a real MLflow
+    server; evaluate logs its scores to the same experiment and registers the student, whose KFP Model
+    artifact carries the same metadata."""
+    import glob
+
+    from mlflow import MlflowClient
+
+    from distilflow.client.local import run_local
+    from distilflow.records import SftExample, iter_output_rows
+    from tests.corpora import omnithought_rows, parquet_bytes
+
+    rows = omnithought_rows(problems=6)
+    hf_hub.add("alibaba-pai/OmniThought", {"data/train-00000-of-00001.parquet": parquet_bytes(rows)})
+    root = str(tmp_path / "thoughtx-corpus")
+    corpus = "hf://datasets/alibaba-pai/OmniThought@main/data/train-00000-of-00001.parquet"
+    tracking = f"{{backend: mlflow, uri: '{mlflow_server}', experiment: thoughtx-corpus}}"
+    overrides = corpus_overrides(tiny_qwen2, corpus) + [
+        f"sft.tracking={tracking}",
+        f"evaluate.tracking={tracking}",
+        "evaluate.registry={model_name: thoughtx-student}",
+    ]
+    summary = run_local("thoughtx", overrides=overrides, output_uri=root)
+    assert list(summary.stages) == ["validate", "curate", "sft", "evaluate"]
+    assert not os.path.exists(os.path.join(root, "distill"))
+    with open(os.path.join(root, "curate", "manifest.json")) as f:
+        curate = json.load(f)
+    assert curate["counts"]["judge_requests"] == 0 and curate["counts"]["traces"] == 18
+    examples = list(iter_output_rows(os.path.join(root, "curate"), "sft", SftExample))
+    # the 7b-1node preset keeps two chains per question, closest to the bin's RV target, easiest bin first
+    stages = [e.curriculum_stage for e in examples]
+    assert len(examples) == 12 and stages == sorted(stages)
+    with open(os.path.join(root, "sft", "manifest.json")) as f:
+        sft = json.load(f)["result"]
+    assert sft["rows_used"] == 12
+    with open(os.path.join(root, "evaluate", "manifest.json")) as f:
+        evaluate = json.load(f)["result"]
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("thoughtx-corpus").experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment])}
+    (job,) = os.listdir(os.path.join(root, "kfp"))  # kfp.local's folder is named after the pipeline run
+    assert set(runs) == {f"{job}/sft", f"{job}/evaluate"}  # <pipeline run>/<stage>, not the run folder's
+    pipeline_run = job
+    assert runs[f"{pipeline_run}/sft"].info.run_id == sft["tracking_run"]
+    assert runs[f"{pipeline_run}/sft"].data.params["config.curriculum"] == "true"
+    assert runs[f"{pipeline_run}/evaluate"].data.metrics["accuracy"] == pytest.approx(evaluate["accuracy"])
+    version = client.get_model_version("thoughtx-student", evaluate["registered_version"])
+    assert version.tags["distilflow.accuracy"] == str(evaluate["accuracy"])
+    assert version.tags["distilflow.protocol_sha256"] == evaluate["protocol_sha256"]
+    assert version.tags["distilflow.training_run"] == sft["tracking_run"]
+    (executed,) = glob.glob(os.path.join(root, "kfp", "*", "evaluate", "executor_output.json"))
+    with open(executed) as f:
+        (student,) = json.load(f)["artifacts"]["student"]["artifacts"]
+    meta = student["metadata"]
+    assert (meta["registered_version"], meta["protocol_sha256"]) == (
+        version.version,
+        evaluate["protocol_sha256"],
+    )
+    assert meta["accuracy"] == evaluate["accuracy"] and meta["uri"] == sft["model_uri"]

@@ -251,6 +251,10 @@ def test_preference_pairs_by_correctness_then_fit_with_beta(tmp_path):
         pairs["a/pair"].prompt[-1].content
         == rows[0].problem + "\nPlease reason step by step, and put your final answer within \\boxed{}."
     )
+    # beta = pair_beta * (1 + pair_beta_scale * gap): the scale multiplies each pair's gap
+    c2 = SelectConfig.model_validate({"pair_beta": 0.1, "pair_beta_scale": 2.0})
+    scaled = {p.id: p.beta for p in stream(rows, c2, tmp_path / "scaled")[2]}
+    assert scaled == pytest.approx({"a/pair": 0.3, "b/pair": 0.1 * (1 + 2 * 4 / 9), "c/pair": 0.2}, abs=1e-6)
     plain = {p.id: p.beta for p in select_in_memory(rows, SelectConfig()).pairs}
     assert plain == {"a/pair": None, "b/pair": None, "c/pair": None}
 
@@ -327,8 +331,9 @@ def test_report_has_charts_and_counts(tmp_path):
     assert page.count('class="cell"') == 200
     # rows in, dropped, rows out of the per_bin filter (domain quotas come after it)
     out = stats.kept + stats.dropped["domain_quota"]
-    assert f"<td>per_bin</td><td>{out + 1}</td><td>1</td><td>{out}</td>" in page
-    assert "<td>judge_failures</td><td>1</td>" in page and "p1/t/0" in page
+    num = '<td class="num">{}</td>'.format
+    assert f"<td>per_bin</td>{num(out + 1)}{num(1)}{num(out)}" in page
+    assert f"<th>traces left unscored (unreadable judgment)</th>{num(1)}" in page and "p1/t/0" in page
     json.dumps(stats.to_dict())  # selection.json is plain JSON
     assert os.path.basename(__file__) == "test_select.py"
 
