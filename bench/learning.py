@@ -53,6 +53,9 @@ LABELS = {
 # normalisation keeps words only, so "1: +4" and "1: -4" would look like duplicates.
 COMMON = {"dedup": "none", "batch_size": 256}
 MODEL = "synthetic-teacher"
+# The simulated server takes any key; the stages refuse to start without the variable they are told
+# to read it from, so the benchmark sets one for its own server (a placeholder, not a secret).
+KEY_ENV = "DISTILFLOW_SYNTHETIC_KEY"
 
 
 @dataclass
@@ -145,7 +148,7 @@ def teacher_config(base_url: str) -> dict[str, Any]:
         "seed": 0,
         "max_new_tokens": 2048,
         "concurrency": 16,
-        "api_key_env": "DISTILFLOW_SYNTHETIC_KEY",
+        "api_key_env": KEY_ENV,
     }
 
 
@@ -321,6 +324,7 @@ def run_benchmark(folder: str, s: Settings, log: Callable[[str], None] = print) 
     from distilflow.synthetic.student import build_student
 
     started = time.monotonic()
+    os.environ.setdefault(KEY_ENV, "any-key-the-local-server-ignores")
     os.makedirs(folder, exist_ok=True)
     train_file, eval_file = write_problems(folder, s)
     students = {

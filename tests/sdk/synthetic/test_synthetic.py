@@ -8,6 +8,7 @@ read back through curate's own scoring, the path the benchmark uses.
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import urllib.error
@@ -116,7 +117,7 @@ def _judged(problem: tasks.ChainProblem, level: str, bug: bool = False) -> dict[
     """Each quantity as curate scores it: its rubric prompt, the judge's top tokens, the expected digit."""
     from distilflow.components.curate.run import expected_score, judge_chats
     from distilflow.records import Trace
-    from distilflow.teachers.protocol import normalise_digit_probs
+    from distilflow.teachers.protocol import read_digit_probs
 
     reasoning, answer = tasks.render_chain(problem, level, bug)
     trace = Trace(
@@ -130,7 +131,7 @@ def _judged(problem: tasks.ChainProblem, level: str, bug: bool = False) -> dict[
         assert prompt is not None and prompt.kind == kind and prompt.problem == problem.text
         top = judge.next_token_distribution(prompt, text)
         assert sum(p for t, p in top.items() if t.isdigit()) == pytest.approx(0.92)  # 8% elsewhere
-        probs = normalise_digit_probs(top, digits)
+        probs = read_digit_probs(top, digits, 0.5)  # curate's default min_digit_mass
         found[kind] = probs["1"] if kind == "logic" else expected_score(probs)
     return found
 
@@ -256,9 +257,20 @@ def test_server_judges_with_top_logprobs_a_prefill_and_thinking_off():
         written = {k: v for k, v in body.items() if k not in ("logprobs", "top_logprobs")} | {
             "max_tokens": 200
         }
+        # the body curate's logprobs judge sends (teachers.protocol.judge_body: prefill, thinking off)
+        from distilflow.teachers.config import TeacherConfig
+        from distilflow.teachers.protocol import judge_body
+
+        config = TeacherConfig(backend="openai", base_url=server.base_url, model="synthetic-teacher")
+        sent = judge_body(config, chat)
+        assert sent["continue_final_message"] and sent["messages"][-1]["role"] == "assistant"
+        status, production = _post(server.base_url, sent)
+        assert status == 200, production
+        top = production["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+        assert sum(math.exp(t["logprob"]) for t in top if t["token"].isdigit()) == pytest.approx(0.92)
         status, judgment = _post(server.base_url, written)
         assert re.search(r"<score>\d</score>$", judgment["choices"][0]["message"]["content"])
-        assert server.counts["judge"] == 3
+        assert server.counts["judge"] == 4
 
 
 def test_curate_judge_client_reads_the_server_like_an_endpoint(tmp_path):
