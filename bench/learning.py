@@ -134,7 +134,7 @@ def write_problems(folder: str, s: Settings) -> tuple[str, str]:
         path = os.path.join(folder, name)
         with open(path, "w", encoding="utf-8") as f:
             for p in problems:
-                f.write(json.dumps(p.record() | {"difficulty": p.steps}) + "\n")
+                f.write(json.dumps(p.record() | {"difficulty": str(p.steps)}) + "\n")
         paths.append(path)
     return paths[0], paths[1]
 
