@@ -21,15 +21,16 @@ from distilflow.prompts import STUDENT_PROMPT
 sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "bench"))
 from learning import Settings, run_benchmark  # noqa: E402
 
-# (c) - (a) measured by hand with seeds 0-3 of these settings (docs/learning.md): the smallest gap
-# leaves room under it for this margin.
+# (c) - (a) measured by hand with these settings (docs/learning.md): seed 0 +0.65 (0.967 vs 0.317),
+# seed 1 -0.07 (0.133 vs 0.200: that student had not learnt the tables within the budget). The test
+# runs seed 0; the margin does not yet hold for every seed.
 MARGIN = 0.10
 SETTINGS = Settings(
     train_problems=500,
     eval_problems=60,
     seeds=(0,),
     arms=("all", "curated"),
-    token_budget=330_000,
+    token_budget=700_000,
     difficulty_mix=(2,),
 )
 
