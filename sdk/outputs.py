@@ -117,6 +117,7 @@ class StageOutput:
         outputs: dict[str, str] | None = None,
         counts: dict[str, int] | None = None,
         metrics: dict[str, float] | None = None,
+        student_prompt: str | None = None,
     ) -> dict[str, Any]:
         """Write ``manifest.json`` and then the completion marker; return the manifest.
 
@@ -127,6 +128,8 @@ class StageOutput:
             outputs: What it wrote, by name.
             counts: Counts that are no field of the result, added to the declared ones.
             metrics: Metrics computed from several fields (e.g. a rate), added to the declared ones.
+            student_prompt: The template the stage asked the student with (or that its training rows
+                were built with), recorded as the manifest's ``student_prompt`` (``distilflow.prompts``).
         """
         if isinstance(result, BaseModel):
             counts = {**declared(result, COUNT), **(counts or {})}
@@ -143,6 +146,7 @@ class StageOutput:
             "counts": counts or {},
             "metrics": metrics or {},
             "result": result,
+            **({"student_prompt": student_prompt} if student_prompt is not None else {}),
             "versions": package_versions(),
             "command": sys.argv[:1],
         }

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from distilflow.prompts import STUDENT_PROMPT, render
 from distilflow.records import Message, Scored
 
 # RV targets named by level (on the 0-9 RV scale).
@@ -99,9 +100,11 @@ def preference_key(row: Scored, target: float) -> tuple[int, float, float]:
     return (CORRECT_RANK[row.correct], -round(abs(row.rv - target), 6), round(row.logic, 6))
 
 
-def prompt_messages(problem: str, system_prompt: str | None) -> list[Message]:
+def prompt_messages(problem: str, system_prompt: str | None, template: str = STUDENT_PROMPT) -> list[Message]:
+    """The student's prompt for ``problem`` (``distilflow.prompts``): an optional system message, then
+    the user turn rendered from ``template``."""
     system = [Message(role="system", content=system_prompt)] if system_prompt else []
-    return system + [Message(role="user", content=problem)]
+    return system + [Message(role="user", content=render(problem, template))]
 
 
 def assistant(row: Scored) -> Message:

@@ -52,14 +52,35 @@ CORPUS = [
     "def solve(n):\n    return sum(range(n))\n",
 ] * 20
 
+# Qwen2's pre-tokenizer pattern (tokenizer.json of Qwen/Qwen2.5-*): words, single digits, punctuation runs,
+# newlines and spaces. Digits never merge, so every number is a sequence of digit tokens.
+QWEN_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|"""
+    r"""\s+(?!\S)|\s+"""
+)
 
-def train_tokenizer(out_dir: str, vocab_size: int = 512):
-    """Train and save a byte-level BPE tokenizer with Qwen's special tokens and chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+def train_tokenizer(
+    out_dir: str, vocab_size: int = 512, corpus: list[str] | None = None, split_digits: bool = False
+):
+    """Train and save a byte-level BPE tokenizer with Qwen's special tokens and chat template.
+
+    ``corpus`` replaces the built-in texts (e.g. a synthetic task's, so its words are single tokens);
+    ``split_digits`` pre-splits text the way Qwen2's tokenizer does, one token per digit.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    if split_digits:
+        tok.pre_tokenizer = pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN_SPLIT), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        )
+    else:
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -67,7 +88,7 @@ def train_tokenizer(out_dir: str, vocab_size: int = 512):
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.train_from_iterator(CORPUS if corpus is None else corpus, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token="<|im_end|>",
@@ -83,9 +104,26 @@ def train_tokenizer(out_dir: str, vocab_size: int = 512):
 
 
 def build_tiny(
-    out_dir: str, arch: str = "qwen3", kind: str = "causal", seed: int = 0, hidden: int = 64
+    out_dir: str,
+    arch: str = "qwen3",
+    kind: str = "causal",
+    seed: int = 0,
+    hidden: int = 64,
+    *,
+    layers: int = 2,
+    heads: int = 2,
+    intermediate: int | None = None,
+    corpus: list[str] | None = None,
+    split_digits: bool = False,
+    vocab_size: int = 512,
 ) -> str:
-    """Write a tiny model folder (config, safetensors, tokenizer, chat template) and return its path."""
+    """Write a tiny model folder (config, safetensors, tokenizer, chat template) and return its path.
+
+    The defaults make the fixture the tests use (2 layers, 2 heads of 32, MLP 2 x hidden, the built-in
+    corpus). ``heads`` attention heads of 32 dimensions share ``heads // 2`` key/value heads (at least
+    one); ``intermediate`` is the MLP width (default 2 x hidden); ``corpus``, ``split_digits`` and
+    ``vocab_size`` go to ``train_tokenizer``.
+    """
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -97,16 +135,16 @@ def build_tiny(
     if arch not in ("qwen2", "qwen3") or kind not in ("causal", "reward"):
         raise ValueError(f"arch must be qwen2|qwen3 and kind causal|reward, got {arch!r}/{kind!r}")
     os.makedirs(out_dir, exist_ok=True)
-    tok = train_tokenizer(out_dir)
+    tok = train_tokenizer(out_dir, vocab_size, corpus, split_digits)
     torch.manual_seed(seed)
     cls = Qwen3Config if arch == "qwen3" else Qwen2Config
     config = cls(
         vocab_size=len(tok),
         hidden_size=hidden,
-        intermediate_size=hidden * 2,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=1,
+        intermediate_size=intermediate or hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=max(1, heads // 2),
         head_dim=32,
         max_position_embeddings=4096,
         tie_word_embeddings=True,
@@ -123,7 +161,9 @@ def build_tiny(
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "distilflow_tiny.json"), "w") as f:
-        json.dump({"arch": arch, "kind": kind, "seed": seed, "hidden": hidden}, f)
+        json.dump(
+            {"arch": arch, "kind": kind, "seed": seed, "hidden": hidden, "layers": layers, "heads": heads}, f
+        )
     return out_dir
 
 

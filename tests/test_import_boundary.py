@@ -1,4 +1,4 @@
-"""Importing the SDK (every package: client, teachers and their backends, training, launch), the
+"""Importing the SDK (every package: client, teachers and their backends, training, launch, synthetic), the
 components and pipelines, compiling every pipeline and the CLI's help must not load torch,
 transformers, trl, vllm or deepspeed (they live in the stage images), nor mlflow, tensorboard, wandb,
 pyarrow or huggingface_hub (loaded when a stage tracks its run or reads Parquet or hf://)."""
@@ -19,6 +19,7 @@ import distilflow.teachers.openai, distilflow.teachers.transformers, distilflow.
 import distilflow.training.fields, distilflow.training.data, distilflow.training.arguments, distilflow.training.callbacks
 import distilflow.training.checkpointing, distilflow.training.report, distilflow.training.save
 import distilflow.launch.torchrun, distilflow.launch.trainjob, distilflow.launch.dlc
+import distilflow.synthetic.server, distilflow.synthetic.student, distilflow.prompts
 import distilflow.tracking, distilflow.sources, distilflow.components.evaluate.registry
 from distilflow.components import STAGES, load_component, load_config_class
 from distilflow.pipelines import PIPELINES

@@ -49,6 +49,7 @@ from distilflow.components.curate.select import (
 from distilflow.components.curate.shards import ShardWriter
 from distilflow.errors import RecordError
 from distilflow.preference import CORRECT_RANK
+from distilflow.prompts import PLACEHOLDER
 
 PARALLEL_TEXTS = 20_000  # distinct problem texts from which MinHash runs in worker processes
 BUFFER = 1 << 22  # bytes of each file buffer: few system calls for a stream of short lines
@@ -533,35 +534,44 @@ def _assistant(row: Any) -> bytes:
     )
 
 
-def _prompt(row: Any, system: bytes) -> bytes:
-    return system + b'{"role":"user","content":' + bytes(row.problem) + b',"reasoning_content":null}'
+def _prompt(row: Any, prompt: tuple[bytes, list[bytes]]) -> bytes:
+    """The prompt messages of a row: ``prompt`` is ``_prompt_parts``' system message and the student
+    prompt's template cut at ``{{problem}}`` (JSON-escaped), joined around the raw problem string."""
+    system, pieces = prompt
+    problem = bytes(row.problem)[1:-1]  # the raw JSON string without its quotes
+    user = b'"' + problem.join(pieces) + b'"'
+    return system + b'{"role":"user","content":' + user + b',"reasoning_content":null}'
 
 
-def sft_line(row: Any, rv: float, cd: float, stage: int, c: SelectConfig, system: bytes) -> bytes:
+def sft_line(
+    row: Any, rv: float, cd: float, stage: int, c: SelectConfig, prompt: tuple[bytes, list[bytes]]
+) -> bytes:
     """``select.sft_example(...).model_dump_json()`` of a row, assembled from its raw JSON values."""
-    head = b'{"id":' + bytes(row.id) + b',"messages":[' + _prompt(row, system) + b"," + _assistant(row)
+    head = b'{"id":' + bytes(row.id) + b',"messages":[' + _prompt(row, prompt) + b"," + _assistant(row)
     thinking = "null" if c.enable_thinking is None else "true" if c.enable_thinking else "false"
     curriculum = "null" if stage < 0 else str(stage)
     tail = f'],"enable_thinking":{thinking},"rv":{rv!r},"cd":{cd!r},"curriculum_stage":{curriculum}}}\n'
     return head + tail.encode()
 
 
-def pair_line(best: Any, worst: Any, beta: float | None, system: bytes) -> bytes:
+def pair_line(best: Any, worst: Any, beta: float | None, prompt: tuple[bytes, list[bytes]]) -> bytes:
     """``select.preference_pair(...).model_dump_json()``, assembled from the two rows' raw values."""
     pair_id = bytes(best.problem_id)[:-1] + b'/pair"'  # the raw JSON string, "/pair" appended
     return (
-        b'{"id":' + pair_id + b',"prompt":[' + _prompt(best, system)
+        b'{"id":' + pair_id + b',"prompt":[' + _prompt(best, prompt)
         + b'],"chosen":[' + _assistant(best) + b'],"rejected":[' + _assistant(worst)
         + b'],"beta":' + (b"null" if beta is None else repr(beta).encode()) + b"}\n"
     )  # fmt: skip
 
 
-def _system(c: SelectConfig) -> bytes:
+def _prompt_parts(c: SelectConfig) -> tuple[bytes, list[bytes]]:
+    """The system message (raw JSON, with its trailing comma; empty without one) and the pieces of
+    ``c.prompt_template`` around ``{{problem}}`` as JSON string contents (``distilflow.prompts.render``)."""
+    pieces = [json.dumps(p, ensure_ascii=False)[1:-1].encode() for p in c.prompt_template.split(PLACEHOLDER)]
     if not c.system_prompt:
-        return b""
-    return (
-        b'{"role":"system","content":' + json.dumps(c.system_prompt).encode() + b',"reasoning_content":null},'
-    )
+        return b"", pieces
+    system = json.dumps(c.system_prompt, ensure_ascii=False).encode()
+    return b'{"role":"system","content":' + system + b',"reasoning_content":null},', pieces
 
 
 def write(
@@ -570,7 +580,7 @@ def write(
     """Pass 2: scored rows (all, input order), SFT examples (kept rows, input order within each
     curriculum stage) and preference pairs (problem order) as shards in ``workdir``."""
     decode = _decoders()[1].decode
-    system = _system(c)
+    prompt = _prompt_parts(c)
     reasons = d.reason.tolist()
     stages = d.stage.tolist()
     n_stages = max(stages) + 1 if c.curriculum and stages else 1
@@ -593,7 +603,7 @@ def write(
                 if code == KEPT:
                     stage = stages[i]
                     part_fs[max(stage, 0)].write(
-                        sft_line(decode(line), cols.rv[i], cols.cd[i], stage, c, system)
+                        sft_line(decode(line), cols.rv[i], cols.cd[i], stage, c, prompt)
                     )
                 i += 1
     finally:
@@ -609,7 +619,7 @@ def write(
         fd = f.fileno()
         for best, worst, beta in d.pairs:
             rows = [decode(os.pread(fd, cols.lengths[r], cols.offsets[r])) for r in (best, worst)]
-            pair_f.write(pair_line(rows[0], rows[1], beta, system))
+            pair_f.write(pair_line(rows[0], rows[1], beta, prompt))
     return StreamOutputs(scored_f.paths, sft_f.paths, pair_f.paths)
 
 

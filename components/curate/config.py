@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distilflow.config import BaseConfig
+from distilflow.prompts import STUDENT_PROMPT
 from distilflow.sources import Source
 from distilflow.teachers.config import TeacherConfig
 from distilflow.uri import Uri
@@ -120,6 +121,11 @@ class SelectConfig(BaseConfig):
         "the preference gap of the pair; null: no per-pair beta (the dpo stage's default)",
     )
     pair_beta_scale: float = Field(1.0, ge=0, description="How much beta grows with the preference gap")
+    prompt_template: str = Field(
+        STUDENT_PROMPT,
+        description="User message of every SFT example and preference prompt, {{problem}} replaced by the "
+        "problem: the student prompt that rl and evaluate ask with too (distilflow.prompts)",
+    )
     system_prompt: str | None = Field(
         None, description="System message put first in every SFT example and DPO prompt"
     )
@@ -164,6 +170,8 @@ class SelectConfig(BaseConfig):
         for target in self.rv_targets or []:
             if isinstance(target, float) and not 0 <= target <= 9:
                 problems.append(f"rv_targets value {target} is outside the RV scale 0-9")
+        if "{{problem}}" not in self.prompt_template:
+            problems.append(f"prompt_template must contain {{{{problem}}}}, got {self.prompt_template!r}")
         if self.curriculum and edges is None:
             problems.append("curriculum=true needs cd_bins (e.g. [0, 3, 6, 9] or preset: 7b)")
         if problems:

@@ -499,6 +499,7 @@ def run(config: CurateConfig) -> CurateResult:
         | {"selection": out.path(SELECTION), "report": out.path(REPORT)},
         counts={f"{kind}_shards": len(n) for kind, n in result.shards.items()},
         metrics=flow_metrics(result),
+        student_prompt=config.prompt_template,
     )
     return result
 

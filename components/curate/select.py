@@ -195,7 +195,7 @@ def row_filter(row: Scored, c: SelectConfig) -> str | None:
 def sft_example(row: Scored, c: SelectConfig, stage: int | None = None) -> SftExample:
     return SftExample(
         id=row.id,
-        messages=[*prompt_messages(row.problem, c.system_prompt), assistant(row)],
+        messages=[*prompt_messages(row.problem, c.system_prompt, c.prompt_template), assistant(row)],
         enable_thinking=c.enable_thinking,
         rv=row.rv,
         cd=row.cd,
@@ -230,7 +230,7 @@ def preference_pair(rows: list[Scored], c: SelectConfig, targets: Targets) -> Pr
         beta = round(c.pair_beta * (1 + c.pair_beta_scale * gap), 6)
     return PreferencePair(
         id=f"{best.problem_id}/pair",
-        prompt=prompt_messages(best.problem, c.system_prompt),
+        prompt=prompt_messages(best.problem, c.system_prompt, c.prompt_template),
         chosen=[assistant(best)],
         rejected=[assistant(worst)],
         beta=beta,

@@ -9,6 +9,7 @@ from distilflow import uri as uris
 from distilflow.components.dpo.config import DpoConfig, DpoResult
 from distilflow.errors import ConfigError
 from distilflow.outputs import StageOutput
+from distilflow.prompts import recorded_prompt
 
 STAGE = "dpo"
 
@@ -253,4 +254,5 @@ def publish(
         inputs={"data": config.data_uri, "model": config.model},
         outputs={"model": result.model_uri, "report": report, **tracking.published(result)},
         metrics=betas,
+        student_prompt=recorded_prompt(config.data_uri),
     )

@@ -7,14 +7,16 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from distilflow.config import BaseConfig
+from distilflow.prompts import STUDENT_PROMPT
 from distilflow.secrets import EnvName
 from distilflow.tracking import TRACKING_FIELD, TrackingConfig
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "model")
 
-# The prompt of the DeepSeek-R1 / DistilQwen math tables; part of the recorded protocol.
-DEFAULT_PROMPT = "{{problem}}\nPlease reason step by step, and put your final answer within \\boxed{}."
+# The prompt of the DeepSeek-R1 / DistilQwen math tables, the one student prompt SFT rows and RL use too
+# (distilflow.prompts); part of the recorded protocol.
+DEFAULT_PROMPT = STUDENT_PROMPT
 
 BENCHMARK_NAMES = ("aime2024", "math500", "gpqa_diamond", "livecodebench", "jsonl")
 
@@ -187,7 +189,8 @@ class EvaluateConfig(BaseConfig):
     system_prompt: str | None = Field(None, description="System message put before every problem, if any")
     prompt_template: str = Field(
         DEFAULT_PROMPT,
-        description="User message for math problems; {{problem}} is replaced by the problem text",
+        description="User message for math problems; {{problem}} is replaced by the problem text (default: the "
+        "student prompt curate's SFT rows and rl use, distilflow.prompts)",
     )
     max_problems: int | None = Field(
         None, ge=1, description="Evaluate only the first N problems of each benchmark (null = all)"

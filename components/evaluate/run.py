@@ -44,6 +44,7 @@ from distilflow.components.evaluate.metrics import summarise
 from distilflow.errors import ConfigError
 from distilflow.outputs import COUNT, METRIC, StageOutput
 from distilflow.progress import Progress
+from distilflow.prompts import student_messages
 from distilflow.records import write_jsonl
 
 STAGE = "evaluate"
@@ -132,9 +133,7 @@ def item_template(bench: Benchmark, item: Item, config: EvaluateConfig) -> str:
 
 def build_chat(config: EvaluateConfig, problem: Any, template: str | None = None) -> list[dict[str, str]]:
     """The chat one problem is asked as (system prompt, if any, then the rendered user message)."""
-    chat = [{"role": "system", "content": config.system_prompt}] if config.system_prompt else []
-    text = (template or config.prompt_template).replace("{{problem}}", problem.problem)
-    return chat + [{"role": "user", "content": text}]
+    return student_messages(problem.problem, template or config.prompt_template, config.system_prompt)
 
 
 def wired_spec(config: EvaluateConfig) -> ModelSpec | None:
@@ -432,6 +431,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
             **score_files,
         },
         metrics=per_run_metrics(result),
+        student_prompt=config.prompt_template,
     )
     return result
 

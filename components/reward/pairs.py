@@ -154,7 +154,7 @@ def pairs_from_scored(scored: dict[str, list[Scored]], select: Any, per_problem:
                 gap = (kb[0] - kw[0], kb[1] - kw[1], kb[2] - kw[2])
                 candidates.append((gap, better, worse))
         candidates.sort(key=lambda c: (c[0], c[1].id, c[2].id), reverse=True)
-        prompt = prompt_messages(rows[0].problem, select.system_prompt)
+        prompt = prompt_messages(rows[0].problem, select.system_prompt, select.prompt_template)
         for k, (_, better, worse) in enumerate(candidates[:per_problem]):
             pair = PreferencePair(
                 id=f"{problem_id}/pair-{k}",

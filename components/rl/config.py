@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from distilflow.outputs import COUNT, METRIC
+from distilflow.prompts import STUDENT_PROMPT
 from distilflow.sources import Source
 from distilflow.training.fields import RESUME_NEUTRAL, TrainingConfig, TrainingResult
 from distilflow.uri import Uri
@@ -16,8 +17,6 @@ WIRED = ("output_uri", "model", "reward_model_uri", "difficulty_uri")
 the reward stage's output folder (for the ``reward_model`` term) and curate's output folder (per-problem CD
 for the ``length`` term). The last two are optional inputs: a recipe without a reward or curate stage
 leaves them unset."""
-
-DEFAULT_SYSTEM_PROMPT = "Please reason step by step, and put your final answer within \\boxed{}."
 
 REWARD_TERMS = ("correctness", "reward_model", "format", "length")
 """Names of the reward terms (see ``distilflow.components.rl.rewards``)."""
@@ -33,8 +32,14 @@ class RlConfig(TrainingConfig):
         "mapping {uri, preset | columns} (distilflow.sources) or a finished stage output folder holding "
         "problems.jsonl; problems without an answer are skipped"
     )
+    prompt_template: str = Field(
+        STUDENT_PROMPT,
+        description="User message of each problem, {{problem}} replaced by the problem: the student prompt "
+        "its SFT rows and evaluation use (distilflow.prompts); '{{problem}}' sends the problem alone",
+    )
     system_prompt: str | None = Field(
-        DEFAULT_SYSTEM_PROMPT, description="System message before each problem; null sends the problem alone"
+        None,
+        description="System message before each problem (null: none; the instruction is in the user turn)",
     )
     rewards: dict[str, float] = Field(
         default_factory=lambda: {"correctness": 1.0},
@@ -146,6 +151,8 @@ class RlConfig(TrainingConfig):
     @model_validator(mode="after")
     def _check(self) -> RlConfig:
         problems = []
+        if "{{problem}}" not in self.prompt_template:
+            problems.append(f"prompt_template must contain {{{{problem}}}}, got {self.prompt_template!r}")
         batch = self.per_device_train_batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
             problems.append(

@@ -12,6 +12,7 @@ from distilflow.components.rl.config import RlConfig, RlResult
 from distilflow.components.rl.rewards import correctness
 from distilflow.errors import ConfigError, IncompleteOutputError
 from distilflow.outputs import MARKER, StageOutput, require_complete
+from distilflow.prompts import STUDENT_PROMPT, student_messages
 
 STAGE = "rl"
 
@@ -40,9 +41,10 @@ def build_rows(
     problems: list[records.Problem],
     system_prompt: str | None,
     cds: tuple[dict[str, float], dict[str, float]] | None = None,
+    template: str = STUDENT_PROMPT,
 ) -> tuple[list[dict[str, Any]], int]:
-    """Conversational prompts with their reference answers and CD (None when unknown), and how many
-    problems had no answer."""
+    """Conversational prompts (the student prompt ``template``, after ``system_prompt`` when given) with
+    their reference answers and CD (None when unknown), and how many problems had no answer."""
     by_id, by_text = cds or ({}, {})
     rows = []
     skipped = 0
@@ -50,8 +52,7 @@ def build_rows(
         if not p.answer:
             skipped += 1
             continue
-        prompt = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        prompt.append({"role": "user", "content": p.problem})
+        prompt = student_messages(p.problem, template, system_prompt)
         cd = by_id.get(p.id, by_text.get(normalise_problem(p.problem)))
         rows.append({"prompt": prompt, "answer": p.answer, "domain": p.domain, "cd": cd})
     return rows, skipped
@@ -240,7 +241,7 @@ def run(config: RlConfig) -> RlResult:
         resolve_reward_model(config.reward_model_uri) if "reward_model" in config.weights() else None
     )
     cds = problem_cds(config.difficulty_uri) if config.difficulty_uri else None
-    rows, skipped = build_rows(problems, config.system_prompt, cds)
+    rows, skipped = build_rows(problems, config.system_prompt, cds, config.prompt_template)
     if not rows:
         raise ConfigError(
             f"rl: none of the {len(problems)} problems in {problems_file} has a reference answer; "
@@ -333,5 +334,5 @@ def train(
     if config.difficulty_uri:
         inputs["difficulty"] = config.difficulty_uri
     outputs = {"model": result.model_uri, "report": report, **tracking.published(result)}
-    out.finish(result, inputs=inputs, outputs=outputs)
+    out.finish(result, inputs=inputs, outputs=outputs, student_prompt=config.prompt_template)
     return result

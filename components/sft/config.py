@@ -25,6 +25,11 @@ class SftConfig(TrainingConfig):
         description="The student to fine-tune: a Hugging Face model folder or URI with a chat template"
     )
     num_train_epochs: float = Field(2.0, gt=0, description="Passes over the data when max_steps is -1")
+    warmup_steps: float = Field(
+        0,
+        ge=0,
+        description="Linear learning-rate warmup: optimizer steps (>= 1), or a fraction of the run (< 1)",
+    )
     max_length: int = Field(
         8192,
         ge=16,

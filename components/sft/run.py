@@ -9,6 +9,7 @@ from distilflow import uri as uris
 from distilflow.components.sft.config import SftConfig, SftResult
 from distilflow.errors import ConfigError
 from distilflow.outputs import StageOutput
+from distilflow.prompts import recorded_prompt
 
 STAGE = "sft"
 
@@ -177,6 +178,7 @@ def make_trainer(
         assistant_only_loss=config.assistant_only_loss,
         model_init_kwargs=init_kwargs,
         **liger_arguments(config.use_liger_kernel, model_path, STAGE, gpu),
+        warmup_steps=config.warmup_steps,
     )
     trainer = trainer_class(config.curriculum)(
         model=model_path,
@@ -330,5 +332,6 @@ def train(
         result,
         inputs={"data": data_file, "model": config.model},
         outputs={"model": result.model_uri, "report": report, **tracking.published(result)},
+        student_prompt=recorded_prompt(config.data_uri),
     )
     return result

@@ -81,7 +81,13 @@ def test_messages():
     r = row(0, True, 4.0).model_copy(update={"reasoning": ""})
     assert assistant(r).reasoning_content is None and assistant(r).content == "answer 0"
     assert [m.role for m in prompt_messages("q", None)] == ["user"]
-    assert [(m.role, m.content) for m in prompt_messages("q", "sys")] == [("system", "sys"), ("user", "q")]
+    assert [(m.role, m.content) for m in prompt_messages("q", "sys", "{{problem}}")] == [
+        ("system", "sys"),
+        ("user", "q"),
+    ]
+    # by default the user turn is the student prompt: the problem, then the instruction
+    instruction = "Please reason step by step, and put your final answer within \\boxed{}."
+    assert prompt_messages("q", None)[-1].content == "q\n" + instruction
 
 
 def test_same_rule_as_curate():

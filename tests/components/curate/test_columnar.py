@@ -111,6 +111,8 @@ CONFIGS = [
     {"rv_targets": None, "per_problem": 2, "domain_quotas": {"math": 5}, "rv_max": 8.5, "cd_min": 1},
     {"preset": "32b", "require_correct": False, "pair_beta": 0.2, "pair_beta_scale": 2.0, "dedup": "exact"},
     {"system_prompt": "Think step by step.", "enable_thinking": True, "per_problem": 1, "per_bin": 3},
+    # a student prompt with quotes, a backslash, non-ASCII and the problem twice: spliced as raw JSON
+    {"prompt_template": 'Q «{{problem}}»\n"again": {{problem}} \\boxed{}', "system_prompt": "Ünï"},
 ]
 
 

@@ -119,6 +119,11 @@ def test_curate_scores_verifies_selects_and_pairs(tmp_path, distill_dir, tiny_qw
     assert kept == {rid for rid, ok in EXPECTED.items() if ok is not False}
     assert (result.correct, result.incorrect, result.unverified) == (4, 2, 1)
     assert result.mean_rv == pytest.approx(statistics.fmean(r.rv for r in scored), abs=1e-3)
+    manifest = json.loads(uris.read_text(os.path.join(out, "manifest.json")))
+    assert (
+        manifest["student_prompt"]
+        == "{{problem}}\nPlease reason step by step, and put your final answer within \\boxed{}."
+    )
 
     sft = read_output(out, "sft", SftExample)
     assert {e.id for e in sft} == kept and result.sft_rows == len(sft)
@@ -126,7 +131,11 @@ def test_curate_scores_verifies_selects_and_pairs(tmp_path, distill_dir, tiny_qw
     for example in sft:
         system, user, assistant = example.messages
         assert (system.role, system.content) == ("system", "Think first.")
-        assert user.content == by_id[example.id].problem
+        assert (
+            user.content
+            == by_id[example.id].problem
+            + "\nPlease reason step by step, and put your final answer within \\boxed{}."
+        )
         assert (
             assistant.reasoning_content == by_id[example.id].reasoning
             and assistant.content == by_id[example.id].content
@@ -141,7 +150,11 @@ def test_curate_scores_verifies_selects_and_pairs(tmp_path, distill_dir, tiny_qw
         pairs["p4/pair"].chosen[0].content == "\\boxed{0.5}"
         and pairs["p4/pair"].rejected[0].content == "I cannot tell."
     )
-    assert pairs["p1/pair"].prompt[-1].content == "What is 3 + 4?" and pairs["p1/pair"].beta is None
+    assert (
+        pairs["p1/pair"].prompt[-1].content
+        == "What is 3 + 4?" + "\nPlease reason step by step, and put your final answer within \\boxed{}."
+    )
+    assert pairs["p1/pair"].beta is None
 
     manifest = json.loads(uris.read_text(os.path.join(out, MANIFEST)))
     assert (

@@ -246,7 +246,11 @@ def test_preference_pairs_by_correctness_then_fit_with_beta(tmp_path):
     )
     assert pairs["b/pair"].beta == pytest.approx(0.1 * (1 + 4 / 9), abs=1e-6)  # fit gap 4 of 9
     assert pairs["c/pair"].beta == pytest.approx(0.15)  # one correctness step
-    assert pairs["a/pair"].prompt[-1].content == rows[0].problem
+    # the student prompt: the problem, then the instruction rl and evaluate ask with too
+    assert (
+        pairs["a/pair"].prompt[-1].content
+        == rows[0].problem + "\nPlease reason step by step, and put your final answer within \\boxed{}."
+    )
     # beta = pair_beta * (1 + pair_beta_scale * gap): the scale multiplies each pair's gap
     c2 = SelectConfig.model_validate({"pair_beta": 0.1, "pair_beta_scale": 2.0})
     scaled = {p.id: p.beta for p in stream(rows, c2, tmp_path / "scaled")[2]}

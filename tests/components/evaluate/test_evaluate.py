@@ -78,6 +78,8 @@ def test_evaluate_writes_results_metrics_and_reports(tiny_qwen3, problems_file, 
     assert proto["enable_thinking"] is False and proto["system_prompt"] == "Be brief."
     assert proto["checker"] == "math: math-verify" and len(proto["problems_sha256"]) == 64
     assert metrics["model"]["uri"] == tiny_qwen3 and len(metrics["model"]["files_sha256"]) == 16
+    manifest = json.loads(_read(out, "manifest.json"))
+    assert manifest["student_prompt"] == cfg.prompt_template == proto["prompt_template"]
 
     md = _read(out, "report.md")
     assert "pass@2" in md and metrics["model"]["files_sha256"] in md and "prompt_template" in md

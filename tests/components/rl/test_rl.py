@@ -171,17 +171,20 @@ def test_build_rows_skips_unanswered_problems_and_attaches_cd(tmp_path):
     cds = problem_cds(str(tmp_path))
     rows, skipped = build_rows(problems, "Box the answer.", cds)
     assert skipped == 1
+    instruction = "Please reason step by step, and put your final answer within \\boxed{}."
     assert rows[0] == {
         "prompt": [
             {"role": "system", "content": "Box the answer."},
-            {"role": "user", "content": "What is 1 + 1?"},
+            {"role": "user", "content": "What is 1 + 1?\n" + instruction},
         ],
         "answer": "2",
         "domain": None,
         "cd": 3.0,  # the mean of its traces' CD
     }
     assert [r["cd"] for r in rows] == [3.0, 6.0, None]  # matched by id, by normalised text, not at all
-    assert build_rows(problems, None)[0][0]["prompt"] == [{"role": "user", "content": "What is 1 + 1?"}]
+    assert build_rows(problems, None, template="Q: {{problem}}")[0][0]["prompt"] == [
+        {"role": "user", "content": "Q: What is 1 + 1?"}
+    ]
 
 
 @pytest.mark.unit
@@ -412,7 +415,7 @@ def test_grpo_with_the_correctness_reward_raises_mean_reward(tmp_path):
             output_uri=str(tmp_path / "rl"),
             model=model,
             problems_uri=path,
-            system_prompt=None,
+            prompt_template="{{problem}}",  # the bare sum: the digit model knows no instruction
             num_generations=8,
             per_device_train_batch_size=32,
             max_completion_length=1,
@@ -423,6 +426,7 @@ def test_grpo_with_the_correctness_reward_raises_mean_reward(tmp_path):
     )
     manifest = json.loads(uris.read_text(str(tmp_path / "rl" / MANIFEST)))
     assert manifest["result"]["steps"] == 40
+    assert manifest["student_prompt"] == "{{problem}}"  # the prompt it asked with, recorded
     assert result.first_reward < 0.3
     assert result.final_reward >= 0.6, result
     assert result.final_accuracy == result.final_reward  # correctness is the only term
