@@ -83,9 +83,18 @@ def train_tokenizer(out_dir: str, vocab_size: int = 512):
 
 
 def build_tiny(
-    out_dir: str, arch: str = "qwen3", kind: str = "causal", seed: int = 0, hidden: int = 64
+    out_dir: str,
+    arch: str = "qwen3",
+    kind: str = "causal",
+    seed: int = 0,
+    hidden: int = 64,
+    sharpness: float = 1.0,
 ) -> str:
-    """Write a tiny model folder (config, safetensors, tokenizer, chat template) and return its path."""
+    """Write a tiny model folder (config, safetensors, tokenizer, chat template) and return its path.
+
+    ``sharpness`` scales the (tied) embedding matrix: random weights give a nearly uniform next-token
+    distribution, and a factor of 10-30 makes it peaked like a trained model's (a teacher with
+    something to distil: most mass on a few tokens, a long tail)."""
     import torch
     from transformers import (
         AutoModelForCausalLM,
@@ -117,13 +126,16 @@ def build_tiny(
     )
     auto = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
     model = auto.from_config(config)
+    if sharpness != 1.0:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.mul_(sharpness)
     model.save_pretrained(out_dir)
     if kind == "causal":
         model.generation_config.eos_token_id = tok.eos_token_id
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "distilflow_tiny.json"), "w") as f:
-        json.dump({"arch": arch, "kind": kind, "seed": seed, "hidden": hidden}, f)
+        json.dump({"arch": arch, "kind": kind, "seed": seed, "hidden": hidden, "sharpness": sharpness}, f)
     return out_dir
 
 
