@@ -100,13 +100,29 @@ def prepare_data(
     distill_name: str = "distill",
     curate_name: str = "curate",
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """The start every recipe shares, called first in its pipeline function with ``locals()`` (its
-    console parameters): configure -> validate -> distill -> curate. Returns the run's config (the
-    ``configure`` output every stage reads), the curate task (its ``curated`` output feeds the
-    training stages) and the GPUs of each training stage's pod by stage name (``gpu_count``, or 0
-    where the stage's launcher is trainjob or dlc). ``lifecycle``'s switches (``with_dpo``, ...)
-    leave the stages they turn off out of the config and out of validate's checks."""
+    """The start every recipe with curated data shares, called first in its pipeline function with
+    ``locals()`` (its console parameters): configure -> validate -> distill (``prepare_teacher``) ->
+    curate. Returns the run's config (the ``configure`` output every stage reads), the curate task (its
+    ``curated`` output feeds the training stages) and the GPUs of each training stage's pod by stage
+    name (``gpu_count``, or 0 where the stage's launcher is trainjob or dlc)."""
     from distilflow.components.curate.component import curate
+
+    cfg, distill_task, pod_gpus = prepare_teacher(recipe, stages, parameters, distill_name)
+    # Judge RV/CD/logic, verify answers (CRV when configured), select, build preference pairs.
+    curate_task = curate(
+        config=cfg, output_uri=parameters["output_uri"], traces=distill_task.outputs["traces"]
+    )
+    cpu_step(curate_task, curate_name, parameters["teacher_key_secret"])
+    return cfg, curate_task, pod_gpus
+
+
+def prepare_teacher(
+    recipe: str, stages: list[str], parameters: dict[str, Any], distill_name: str = "distill"
+) -> tuple[Any, Any, dict[str, Any]]:
+    """configure -> validate -> distill, from a recipe's console parameters (``locals()``). Returns the
+    run's config, the distill task (its ``traces`` output: the distill folder) and the GPUs of each
+    training stage's pod. ``lifecycle``'s switches (``with_dpo``, ...) leave the stages they turn off
+    out of the config and out of validate's checks."""
     from distilflow.components.distill.component import distill
     from distilflow.components.validate.component import validate
     from distilflow.pipelines.params import SWITCHES
@@ -130,7 +146,4 @@ def prepare_data(
     # Teacher chains of thought; distill's own request cache makes reruns free, KFP's would skip new data.
     distill_task = distill(config=cfg, output_uri=output_uri).after(validate_task)
     cpu_step(distill_task, distill_name, teacher_key_secret)
-    # Judge RV/CD/logic, verify answers (CRV when configured), select, build preference pairs.
-    curate_task = curate(config=cfg, output_uri=output_uri, traces=distill_task.outputs["traces"])
-    cpu_step(curate_task, curate_name, teacher_key_secret)
-    return cfg, curate_task, pod_gpus
+    return cfg, distill_task, pod_gpus

@@ -214,4 +214,31 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
                 checked.append(f"{where}: endpoint {teacher.base_url}")
         except (DistilflowError, OSError) as exc:
             problems.append(str(exc) if str(exc).startswith(where) else f"{where}: {exc}")
+    if config.check_models:
+        problems.extend(_check_logits_tokenizers(stage, cfg, checked))
+    return problems
+
+
+def _check_logits_tokenizers(stage: str, cfg: BaseConfig, checked: list[str]) -> list[str]:
+    """A stage storing teacher logits from an endpoint needs the served model's tokenizer here (to read
+    and check the token ids it returns): a folder or URI with tokenizer files."""
+    if getattr(cfg, "logits", None) is None:
+        return []
+    problems = []
+    for name, teacher in _teachers(cfg):
+        if teacher.backend != "openai":
+            continue
+        source = teacher.tokenizer or teacher.model
+        where = f"{stage}.{name}.tokenizer"
+        try:
+            found = uris.exists(uris.join(source, "tokenizer_config.json"))
+        except (OSError, ValueError):
+            found = False
+        if found:
+            checked.append(f"{where}: {source}")
+        else:
+            problems.append(
+                f"{where}: no tokenizer at {source!r} (no tokenizer_config.json); logits from an endpoint need "
+                "the served model's tokenizer: set it to a folder or URI holding its tokenizer files"
+            )
     return problems

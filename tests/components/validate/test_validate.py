@@ -116,3 +116,22 @@ def test_evaluate_models_are_checked(tmp_path, problems_file, tiny_qwen3):
     assert "evaluate.models[1]" in text and "no-such-student" in text
     assert "evaluate.models[2]" in text and url in text and "unreachable" in text
     assert "models[0]" not in text and "2 problem(s)" in text
+
+
+def test_an_endpoint_teacher_storing_logits_needs_its_tokenizer_here(tmp_path, problems_file, tiny_qwen3):
+    """distill.logits from an endpoint: the served model's tokenizer must be a folder or URI here (it
+    reads the token ids); a hub name is refused before any GPU is claimed, a folder passes."""
+    config = good_config(problems_file, tiny_qwen3)
+    endpoint = {
+        "backend": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "Qwen/Qwen2.5-72B-Instruct",
+    }
+    config["distill"] |= {"teacher": endpoint, "logits": {"top_k": 20}}
+    with pytest.raises(
+        ConfigError, match=r"distill.teacher.tokenizer: no tokenizer at 'Qwen/Qwen2.5-72B-Instruct'"
+    ):
+        run(make(tmp_path, config, check_endpoints=False))
+    config["distill"]["teacher"]["tokenizer"] = tiny_qwen3
+    result = run(make(tmp_path, config, check_endpoints=False))
+    assert f"distill.teacher.tokenizer: {tiny_qwen3}" in result.checked
