@@ -58,7 +58,11 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="bench-logits-")
     problems = read_jsonl(data_file("quickstart_problems.jsonl"), Problem)
     problems = (problems * math.ceil(args.problems / len(problems)))[: args.problems]
-    problems = [p.model_copy(update={"id": f"{p.id}-{i}"}) for i, p in enumerate(problems)]
+    # distinct texts: the cache is content-addressed, a repeated question would be answered once
+    problems = [
+        p.model_copy(update={"id": f"{p.id}-{i}", "problem": f"{p.problem} (Problem {i + 1}.)"})
+        for i, p in enumerate(problems)
+    ]
     write_jsonl(os.path.join(root, "problems.jsonl"), problems)
     cache = os.path.join(root, "cache")
     found: dict[str, float] = {}
