@@ -12,6 +12,12 @@ request, and sends only what was never answered (at most the requests in flight 
 sent again). The result is ``traces.jsonl`` (records.Trace, one per (problem, sample), in problem
 order), ``failures.jsonl`` (rows that failed after retries), a Markdown/HTML report and metrics.
 
+With ``logits`` each answer also carries the teacher's top-k log-probabilities at every token
+(``distilflow.teachers.logprobs``): asked for in the request (so cached apart from text-only answers),
+written as a Parquet part before each traces shard, and assembled into ``logits/`` for exactly the
+traces written, with the teachers' vocabulary fingerprint and sampling settings in the manifest
+(``components/distill/logits.py``). ``logits.answers_uri`` scores given answers instead of generating.
+
 It does not score, filter or deduplicate traces (``curate`` does).
 """
 
@@ -595,11 +601,13 @@ def run(config: DistillConfig) -> DistillResult:
         problems = shard_of(problems, config.shard_index, config.num_shards)
     problems, rejected = reject_hostile(problems)
     out.begin(config)
+    # with logits, the teachers' vocabulary first: a tokenizer that cannot be read fails before any request
+    vocab = teachers_fingerprint(config) if config.logits is not None else None
     plan = plan_jobs(config, out, problems, rejected)
     generated = generate(config, plan)
     traces = write_rows(config, out, plan, generated)
     result = result_of(config, out, plan, generated, traces)
-    result = with_logits(result, write_logits(config, out, plan, traces))
+    result = with_logits(result, write_logits(config, out, plan, traces, vocab))
     publish(config, out, result, traces)
     uris.remove(out.path(PARTS), recursive=True)
     return result
@@ -788,11 +796,11 @@ def result_of(
 
 
 def write_logits(
-    config: DistillConfig, out: StageOutput, plan: Plan, traces: list[Trace]
+    config: DistillConfig, out: StageOutput, plan: Plan, traces: list[Trace], vocab: dict[str, Any] | None
 ) -> LogitsSummary | None:
     """With ``logits``: the Parquet shards of exactly the written traces (``logits.assemble``), the
-    teachers' vocabulary fingerprint and sampling settings; None without."""
-    if config.logits is None:
+    teachers' vocabulary fingerprint (``vocab``) and sampling settings; None without."""
+    if config.logits is None or vocab is None:
         return None
     from distilflow.components.distill import logits
 
@@ -801,7 +809,6 @@ def write_logits(
         uris.remove(folder, recursive=True)
     parts = logits.part_uris(plan.shards.dir)
     files, rows, tokens, size = logits.assemble(parts, folder, [t.id for t in traces])
-    vocab = teachers_fingerprint(config)
     sampling = {
         t.display_name: t.model_dump(
             include={"temperature", "top_p", "max_new_tokens", "seed", "chat_template_kwargs"}

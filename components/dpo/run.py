@@ -133,8 +133,9 @@ def run(config: DpoConfig) -> DpoResult:
     finished output returns the stored result). Loss, reward margin and accuracy and learning-rate
     curves go to ``<output_uri>/report.html``. With ``processes`` > 1 it starts itself under
     ``torchrun`` (see the sft stage); with ``launcher: trainjob`` or ``dlc`` a job of ``nodes`` nodes
-    trains and this process waits for its result. It does not precompute reference log-probabilities
-    or sync the reference model.
+    trains and this process waits for its result. With ``rank`` (rank-DPO) it builds the pairs itself
+    from curate's SFT examples, the start model's own answers rejected (``rank.py``). It does not
+    precompute reference log-probabilities or sync the reference model.
     """
     from distilflow.launch import dispatch, torchrun
     from distilflow.training.data import read_rows

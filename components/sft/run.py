@@ -146,7 +146,10 @@ def run(config: SftConfig) -> SftResult:
     With ``launcher: trainjob`` (or ``dlc``) it trains nothing here: ``distilflow.launch.trainjob.launch``
     submits a Kubeflow TrainJob (``distilflow.launch.dlc.launch`` a PAI-DLC job) of ``nodes`` nodes that runs
     this stage with ``launcher: local`` and returns its result.
-    It does not pack sequences on a CPU.
+    With ``kd`` it trains on the teacher logits of a distill output instead (``kd.py``: CE mixed with a
+    KL to the stored top-k; a student of another vocabulary is refused); with ``gkd``, on-policy
+    distillation from a live teacher (``gkd.py``, TRL's ``GKDTrainer``). It does not pack sequences on
+    a CPU.
     """
     from distilflow.launch import dispatch, torchrun
     from distilflow.training.data import read_rows

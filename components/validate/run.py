@@ -56,6 +56,8 @@ def _teachers(config: BaseModel) -> list[tuple[str, Any]]:
             found.extend((f"{name}[{i}]", v) for i, v in enumerate(value) if generates(v))
         elif generates(value):
             found.append((name, value))
+        elif isinstance(value, BaseConfig):  # a teacher inside a settings block, e.g. sft.gkd.teacher
+            found.extend((f"{name}.{inner}", v) for inner, v in _teachers(value))
     return found
 
 

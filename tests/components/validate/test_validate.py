@@ -135,3 +135,14 @@ def test_an_endpoint_teacher_storing_logits_needs_its_tokenizer_here(tmp_path, p
     config["distill"]["teacher"]["tokenizer"] = tiny_qwen3
     result = run(make(tmp_path, config, check_endpoints=False))
     assert f"distill.teacher.tokenizer: {tiny_qwen3}" in result.checked
+
+
+def test_a_teacher_inside_a_settings_block_is_checked(tmp_path, problems_file, tiny_qwen3):
+    """sft.gkd.teacher (on-policy distillation) is a model like any other: a missing folder is named
+    before any GPU is claimed."""
+    config = good_config(problems_file, tiny_qwen3)
+    config["sft"]["gkd"] = {"teacher": {"backend": "transformers", "model": str(tmp_path / "no-teacher")}}
+    with pytest.raises(ConfigError, match=r"sft.gkd.teacher: .*no-teacher"):
+        run(make(tmp_path, config))
+    config["sft"]["gkd"]["teacher"]["model"] = tiny_qwen3
+    assert f"sft.gkd.teacher: model {tiny_qwen3}" in run(make(tmp_path, config)).checked
