@@ -237,3 +237,43 @@ def test_fanned_out_shards_merge_their_logits_in_float16(tmp_path, problems, tin
     exact = {r["id"]: r for f in full.logits.files for r in iter_rows(f)}
     for row in (r for f in merged.logits.files for r in iter_rows(f)):
         np.testing.assert_allclose(row["top_logprobs"], exact[row["id"]]["top_logprobs"], atol=1e-2)
+
+
+def test_a_text_only_output_asked_again_with_logits_gets_them_for_every_trace(
+    tmp_path, problems, tiny_teacher
+):
+    """Logits change what is asked: a text-only run's shards and cached answers are not taken for a
+    run with logits (its answers would have none); every trace of the rerun has its row."""
+    from distilflow.components.distill.run import run
+
+    teacher = {"backend": "transformers", "model": tiny_teacher}
+    text = distill_config(tmp_path, problems, teacher, logits=None, shard_size=2)
+    assert run(text).logits is None
+    result = run(distill_config(tmp_path, problems, teacher, shard_size=2))
+    assert result.resumed == 0 and result.logits_rows == 6
+    check_rows(result, tiny_teacher, read_jsonl(result.traces_uri, Trace))
+
+
+@pytest.mark.unit
+def test_assembly_refuses_a_trace_without_logits(tmp_path):
+    from distilflow.components.distill.logits import assemble, write_part
+    from distilflow.errors import DistilflowError
+
+    row = {
+        "id": "p1/t/0",
+        "problem_id": "p1",
+        "sample": 0,
+        "teacher": "t",
+        "prompt": "[]",
+        "ids": np.array([5, 6], dtype=np.int32),
+        "logprobs": np.array([-0.1, -0.2], dtype=np.float32),
+        "top_ids": np.array([5, 1, 6, 2], dtype=np.int32),
+        "top_logprobs": np.array([-0.1, -3.0, -0.2, -2.0], dtype=np.float32),
+        "k": 2,
+    }
+    part = str(tmp_path / "parts" / "logits-00000.parquet")
+    write_part(part, [row, row | {"id": "p1/t/1"}], 2, "float32")
+    files, rows, tokens, _ = assemble([part], str(tmp_path / "logits"), ["p1/t/1"])
+    assert (len(files), rows, tokens) == (1, 1, 2)  # only the wanted trace, once
+    with pytest.raises(DistilflowError, match="1 traces have no logits.*p2/t/0"):
+        assemble([part], str(tmp_path / "logits2"), ["p1/t/0", "p2/t/0"])

@@ -216,3 +216,29 @@ def test_kd_brings_the_student_closer_to_the_teacher_than_ce_on_the_same_tokens(
     assert kd_drop > 1.1 * ce_drop, (
         f"KL after CE {found[0.0]:.3f}, after KD {found[0.9]:.3f} (start {start:.3f})"
     )
+
+
+def test_rows_drop_what_is_too_long_and_top_k_ids_beyond_the_students_logits(
+    tmp_path, logits_output, tiny_qwen3
+):
+    """Rows longer than max_length are left out (counted by the trainer as dropped); a top-k id the
+    student has no logit for carries no mass (it joins the tail)."""
+    import numpy as np
+
+    from distilflow.components.distill.logits import read_summary
+    from distilflow.components.sft.kd import _rows
+    from distilflow.models import load_tokenizer
+    from distilflow.outputs import require_complete
+
+    summary = read_summary(require_complete(logits_output), "test")
+    tok = load_tokenizer(tiny_qwen3)
+    rows = list(_rows(summary.files, tok, 1024, vocab=100))
+    assert len(rows) == 6
+    for row in rows:
+        ids, lps = np.asarray(row["top_ids"]), np.asarray(row["top_logprobs"])
+        assert (ids < 100).all() and (ids[np.isneginf(lps)] == 0).all()
+    assert any(np.isneginf(np.asarray(r["top_logprobs"])).any() for r in rows)
+    kept = list(_rows(summary.files, tok, 1024, vocab=10_000))
+    assert not any(np.isneginf(np.asarray(r["top_logprobs"])).any() for r in kept)
+    shortest = min(len(r["input_ids"]) for r in rows)
+    assert list(_rows(summary.files, tok, shortest - 1, vocab=1000)) == []
