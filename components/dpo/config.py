@@ -8,7 +8,7 @@ from pydantic import Field
 
 from distilflow.config import BaseConfig
 from distilflow.outputs import COUNT, METRIC
-from distilflow.training.fields import RowCounts, TrainingConfig, TrainingResult
+from distilflow.training.fields import RowCounts, TokenThroughput, TrainingConfig, TrainingResult
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri", "model")
@@ -72,7 +72,7 @@ class DpoConfig(TrainingConfig):
     )
 
 
-class DpoResult(RowCounts, TrainingResult):
+class DpoResult(TokenThroughput, RowCounts, TrainingResult):
     """What a `dpo` run produced (stored in its manifest, returned again on a rerun)."""
 
     final_reward_accuracy: float | None = Field(

@@ -87,9 +87,11 @@ def make_trainer(
     from datasets import Dataset
     from trl import DPOConfig
 
-    from distilflow.training.arguments import lora_config, training_arguments
+    from distilflow.training.arguments import lora_config, on_gpu, training_arguments
     from distilflow.training.callbacks import quiet_trainer
     from distilflow.training.checkpointing import scratch_dir
+    from distilflow.training.kernels import liger_arguments
+    from distilflow.training.throughput import count_tokens
 
     trainer_cls, collator_cls = trainer_class()
     args = training_arguments(
@@ -99,6 +101,7 @@ def make_trainer(
         beta=config.beta,
         loss_type=[config.loss_type],
         max_length=config.max_length,
+        **liger_arguments(config.use_liger_kernel, model_path, STAGE, on_gpu()),
     )
     if isinstance(ref_model, str):
         # loaded after the arguments exist, so that under ZeRO-3 it is partitioned as it loads
@@ -116,6 +119,7 @@ def make_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    count_tokens(trainer, STAGE)
     return quiet_trainer(trainer, STAGE)
 
 
@@ -229,6 +233,7 @@ def result_of(
 ) -> DpoResult:
     """What the run produced, read from the trainer's log; ``rows`` is (read, used, dropped, rejected)."""
     from distilflow.training.report import first_last, logged
+    from distilflow.training.throughput import throughput
 
     history = trainer.state.log_history
     first, final = first_last(logged(history, "loss"))
@@ -247,6 +252,7 @@ def result_of(
         final_reward_margin=first_last(logged(history, "rewards/margins"))[1],
         resumed_from_step=start_step or None,
         seed=config.seed,
+        **throughput(trainer),
     )
 
 

@@ -8,7 +8,7 @@ from pydantic import Field, model_validator
 
 from distilflow.outputs import COUNT, METRIC
 from distilflow.teachers.config import TeacherConfig
-from distilflow.training.fields import TrainingConfig, TrainingResult
+from distilflow.training.fields import TokenThroughput, TrainingConfig, TrainingResult
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri")
@@ -136,7 +136,7 @@ class RewardConfig(TrainingConfig):
         return self
 
 
-class RewardResult(TrainingResult):
+class RewardResult(TokenThroughput, TrainingResult):
     """What a `reward` run produced (stored in its manifest, returned again on a rerun)."""
 
     model_uri: str = Field(

@@ -389,6 +389,7 @@ def measure(
     score distribution, the gate's verdict, the training log's losses and the judge's counts. ``start``
     is the training pairs' accuracy before training and the step training began at."""
     from distilflow.training.report import first_last, logged
+    from distilflow.training.throughput import throughput
 
     accuracy_before, start_step = start
 
@@ -428,6 +429,7 @@ def measure(
         judge_first_rate=counts.get("judge_first_rate"),
         resumed_from_step=start_step or None,
         seed=config.seed,
+        **throughput(trainer),
     )
     print(
         f"[{STAGE}] pairwise accuracy: train {result.train_accuracy_before:.3f} -> {result.train_accuracy:.3f}, "
@@ -493,15 +495,61 @@ def fail_gate(trainer: Any, out: StageOutput, result: RewardResult) -> None:
     )
 
 
+def trainer_class() -> type:
+    """TRL's ``RewardTrainer`` with nothing read back to the host in a step that does not log.
+
+    TRL 1.16 computes the same Bradley-Terry loss, ``-log sigmoid(r_chosen - r_rejected)`` (plus
+    ``center_rewards_coefficient * mean((r_chosen + r_rejected)^2)``), but reads the token count and the
+    min/mean/max reward, accuracy and margin back to the host in every ``compute_loss`` (six syncs a
+    micro-batch). Here accuracy, margin and mean reward stay on the device (``DeviceMeans``) until the
+    trainer logs; evaluation goes through TRL's own ``compute_loss``.
+    """
+    from torch import nn
+    from trl import RewardTrainer
+
+    from distilflow.training.lean import DeviceMeans
+
+    class LeanRewardTrainer(RewardTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.device_means = DeviceMeans()
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not self.model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False
+            required = inputs.pop("margin", None)  # a pair's required margin, when the rows carry one
+            outputs = model(**inputs)
+            chosen, rejected = outputs.logits.squeeze(-1).chunk(2)
+            diff = chosen - rejected
+            loss = -nn.functional.logsigmoid(diff if required is None else diff - required).mean()
+            if self.args.center_rewards_coefficient is not None:
+                loss = loss + self.args.center_rewards_coefficient * ((chosen + rejected) ** 2).mean()
+            diff = diff.detach()
+            self.device_means.add("accuracy", (diff > 0).float().mean())
+            self.device_means.add("margin", diff.mean())
+            self.device_means.add("mean_reward", outputs.logits.detach().mean())
+            return (loss, outputs) if return_outputs else loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if self.model.training:
+                gather = self.accelerator.gather if self.accelerator.num_processes > 1 else None
+                logs.update(self.device_means.pop(gather))
+            super().log(logs, start_time)
+
+    return LeanRewardTrainer
+
+
 def make_trainer(
     config: RewardConfig, rows: list[dict[str, Any]], tokenizer: Any, model_path: str, scratch: str
 ) -> Any:
     from datasets import Dataset
     from trl import RewardConfig as TrlRewardConfig
-    from trl import RewardTrainer
 
-    from distilflow.training.arguments import lora_config, training_arguments
+    from distilflow.training.arguments import lora_config, on_gpu, training_arguments
     from distilflow.training.callbacks import quiet_trainer
+    from distilflow.training.kernels import liger_arguments
+    from distilflow.training.throughput import count_tokens
 
     args = training_arguments(
         TrlRewardConfig,
@@ -509,17 +557,19 @@ def make_trainer(
         scratch,
         max_length=config.max_length,
         center_rewards_coefficient=config.center_rewards_coefficient,
+        **liger_arguments(config.use_liger_kernel, model_path, STAGE, on_gpu()),
     )
     peft_config = lora_config(config, "SEQ_CLS")
     # A string model lets TRL load it as AutoModelForSequenceClassification(num_labels=1): a causal LM
     # folder gets a fresh scalar head, a reward folder keeps its own.
-    trainer = RewardTrainer(
+    trainer = trainer_class()(
         model=model_path,
         args=args,
         train_dataset=Dataset.from_list(rows),
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    count_tokens(trainer, STAGE)
     return quiet_trainer(trainer, STAGE)
 
 

@@ -161,8 +161,9 @@ def make_trainer(
     from datasets import Dataset
     from trl import GRPOConfig, GRPOTrainer
 
-    from distilflow.training.arguments import lora_config, training_arguments
+    from distilflow.training.arguments import lora_config, on_gpu, training_arguments
     from distilflow.training.callbacks import quiet_trainer
+    from distilflow.training.kernels import liger_arguments
 
     vllm: dict[str, Any] = {"use_vllm": engine == "vllm"}
     if engine == "vllm":
@@ -187,6 +188,11 @@ def make_trainer(
         loss_type=config.loss_type,
         scale_rewards=config.scale_rewards,
         reward_weights=list(config.weights().values()),
+        # prompts need no collation worth a worker process, and none is forked beside vLLM's engine
+        dataloader_num_workers=0,
+        dataloader_persistent_workers=False,
+        dataloader_prefetch_factor=None,
+        **liger_arguments(config.use_liger_kernel, model_path, STAGE, on_gpu()),
         **vllm,
     )
     peft_config = lora_config(config)

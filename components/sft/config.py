@@ -9,7 +9,7 @@ from pydantic import Field, model_validator
 from distilflow.config import BaseConfig
 from distilflow.outputs import METRIC
 from distilflow.teachers.config import TeacherConfig
-from distilflow.training.fields import RowCounts, TrainingConfig, TrainingResult
+from distilflow.training.fields import RowCounts, TokenThroughput, TrainingConfig, TrainingResult
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "data_uri")
@@ -112,14 +112,14 @@ class SftConfig(TrainingConfig):
     )
     packing: bool = Field(
         False,
-        description="Pack rows into max_length-token sequences without padding (TRL best-fit packing). "
-        "GPU only, with a varlen flash-attention attn_implementation: without it packed rows attend to "
-        "each other",
+        description="Pack rows into max_length-token sequences without padding (TRL best-fit packing): "
+        "padding-free batches whose rows are kept apart by their position ids (flash-attention's varlen "
+        "kernel when installed on a GPU, else a block-diagonal mask with sdpa)",
     )
     attn_implementation: str | None = Field(
         None,
-        description="Attention kernel for from_pretrained, e.g. flash_attention_2 or "
-        "kernels-community/flash-attn2; None uses transformers' default (sdpa)",
+        description="Attention kernel for from_pretrained, e.g. sdpa, flash_attention_2 or flex_attention; "
+        "None uses transformers' default (sdpa), or flash_attention_2 for packing on a GPU with flash-attn",
     )
     kd: KdConfig | None = Field(
         None,
@@ -142,18 +142,8 @@ class SftConfig(TrainingConfig):
             raise ValueError("kd and gkd train on unpacked rows; set packing=false")
         return self
 
-    @model_validator(mode="after")
-    def _check_packing(self) -> SftConfig:
-        if self.packing and "flash" not in (self.attn_implementation or ""):
-            raise ValueError(
-                f"packing=true needs a varlen flash-attention kernel, but attn_implementation="
-                f"{self.attn_implementation!r}: packed rows would attend to each other. Set "
-                "attn_implementation=flash_attention_2 (or kernels-community/flash-attn2) on a GPU, or packing=false"
-            )
-        return self
 
-
-class SftResult(RowCounts, TrainingResult):
+class SftResult(TokenThroughput, RowCounts, TrainingResult):
     """What an `sft` run produced (stored in its manifest, returned again on a rerun)."""
 
     loss: Literal["ce", "kd", "gkd"] = Field("ce", description="The loss trained with")

@@ -135,13 +135,25 @@ def trainer_class() -> type:
 
     The loss is the CE and divergence sums over the answer positions divided by the positions of the
     whole accumulated batch (``num_items_in_batch``, as transformers' own causal-LM loss), so gradient
-    accumulation weighs every token alike; both terms are logged (``ce``, ``divergence``).
+    accumulation weighs every token alike; both terms are logged (``ce``, ``divergence``), kept on the
+    device until the trainer logs (``DeviceMeans``).
     """
     from trl import SFTTrainer
 
     from distilflow.components.sft.kd_loss import kd_terms
+    from distilflow.training.lean import DeviceMeans
 
     class KdTrainer(SFTTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.device_means = DeviceMeans()
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if self.model.training:
+                gather = self.accelerator.gather if self.accelerator.num_processes > 1 else None
+                logs.update(self.device_means.pop(gather))
+            super().log(logs, start_time)
+
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             settings = self.kd_settings
             outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
@@ -157,10 +169,10 @@ def trainer_class() -> type:
             loss = ((1 - settings.alpha) * terms.ce + settings.alpha * terms.kd) / count
             if self.args.average_tokens_across_devices and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes  # num_items_in_batch counts every device
-            mode = "train" if model.training else "eval"
-            positions = max(terms.positions, 1)
-            self._metrics[mode]["ce"].append(float(terms.ce.detach()) / positions)
-            self._metrics[mode]["divergence"].append(float(terms.kd.detach()) / positions)
+            if model.training:
+                positions = max(terms.positions, 1)
+                self.device_means.add("ce", terms.ce / positions)
+                self.device_means.add("divergence", terms.kd / positions)
             return (loss, outputs) if return_outputs else loss
 
     return KdTrainer
@@ -174,6 +186,7 @@ def make_kd_trainer(config: SftConfig, tokenizer: Any, model_path: str, scratch:
 
     from distilflow.training.arguments import lora_config, training_arguments
     from distilflow.training.callbacks import quiet_trainer
+    from distilflow.training.throughput import count_tokens
 
     summary = logits_source(config.data_uri)
     teacher = {"fingerprint": summary.tokenizer_fingerprint, "vocab_size": summary.vocab_size}
@@ -210,4 +223,5 @@ def make_kd_trainer(config: SftConfig, tokenizer: Any, model_path: str, scratch:
         peft_config=lora_config(config),
     )
     trainer.kd_settings = config.kd
+    count_tokens(trainer, STAGE)
     return quiet_trainer(trainer, STAGE), summary.rows, dropped

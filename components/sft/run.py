@@ -68,18 +68,55 @@ def training_template(tokenizer: Any, config: SftConfig) -> str | None:
 
 
 def trainer_class(curriculum: bool) -> type:
-    """``SFTTrainer``, or a subclass that reads rows in dataset order when ``curriculum`` is on.
+    """``SFTTrainer`` with a step as lean as a bare loop, and in dataset order when ``curriculum`` is on.
+
+    TRL 1.16's ``SFTTrainer`` computes entropy and token accuracy of every token in its fused LM head and
+    reads them, and the batch's token count, back to the host in every ``compute_loss`` (three syncs a
+    micro-batch). This subclass asks the fused head for the log-probabilities alone and computes the
+    same loss, ``-sum(log p) / tokens`` (``num_items_in_batch`` when the Trainer counts over the
+    accumulated micro-batches), with nothing read back; the logged loss, grad norm and learning rate
+    come from the Trainer as before, and ``distilflow.training.throughput`` counts the tokens on the
+    device. Options TRL computes differently (a custom loss function, label smoothing, DFT, MoE aux loss,
+    sequence parallelism) and evaluation go through TRL's own ``compute_loss``.
 
     The Trainer shuffles with a ``RandomSampler``; curate writes ``sft.jsonl`` in curriculum order
     (easy to hard), which a shuffle would undo. A ``SequentialSampler`` keeps it (with several
     processes, accelerate deals consecutive batches out to the ranks, so the global order stays).
     """
+    import torch
     from trl import SFTTrainer
+    from trl.trainer.utils import add_fused_lm_head
+
+    class LeanSFTTrainer(SFTTrainer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            model = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            add_fused_lm_head(model, outputs=("log_probs",))  # no entropy, no top-1 flags
+            parallel = self.accelerator.parallelism_config
+            self.lean_loss = (
+                self.compute_loss_func is None
+                and self.label_smoother is None
+                and self.args.loss_type in ("nll", "chunked_nll")
+                and not self.aux_loss_enabled
+                and not (parallel is not None and parallel.sp_enabled)
+            )
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if return_outputs or not self.lean_loss or not self.model.training:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False
+            outputs = model(**inputs, fused_lm_head=True)
+            tokens = outputs.label_mask.sum() if num_items_in_batch is None else num_items_in_batch
+            loss = -outputs.log_probs.sum() / torch.as_tensor(tokens).clamp(min=1)
+            if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+                # num_items_in_batch counts every rank's tokens and DDP averages the gradients over ranks
+                loss = loss * (self.accelerator.num_processes // self.get_tp_size())
+            return loss
 
     if not curriculum:
-        return SFTTrainer
+        return LeanSFTTrainer
 
-    class CurriculumSFTTrainer(SFTTrainer):
+    class CurriculumSFTTrainer(LeanSFTTrainer):
         def _get_train_sampler(self, train_dataset=None):
             from torch.utils.data import SequentialSampler
 
@@ -89,34 +126,57 @@ def trainer_class(curriculum: bool) -> type:
     return CurriculumSFTTrainer
 
 
+def attention(config: SftConfig, gpu: bool) -> str | None:
+    """The ``attn_implementation`` to load the student with: the config's, else flash-attention's varlen
+    kernel for packed rows on a GPU where ``flash_attn`` is installed, else transformers' default (sdpa).
+
+    Packed (padding-free) rows carry position ids that restart at 0 for every row; transformers 5.17
+    keeps the rows apart with them under every kernel: flash-attention's varlen kernel takes the row
+    boundaries, sdpa, eager and flex_attention a block-diagonal causal mask.
+    """
+    import importlib.util
+
+    if config.attn_implementation:
+        return config.attn_implementation
+    if config.packing and gpu and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return None
+
+
 def make_trainer(
     config: SftConfig, rows: list[dict[str, Any]], tokenizer: Any, model_path: str, scratch: str
 ) -> Any:
-    """The SFT trainer for ``rows`` (checkpoints, when enabled, go to ``scratch`` first)."""
+    """The SFT trainer for ``rows`` (checkpoints, when enabled, go to ``scratch`` first); it counts the
+    tokens it trains on (``distilflow.training.throughput``)."""
     from datasets import Dataset
     from trl import SFTConfig
 
     from distilflow.training.arguments import lora_config, on_gpu, training_arguments
     from distilflow.training.callbacks import quiet_trainer
+    from distilflow.training.kernels import liger_arguments
+    from distilflow.training.throughput import count_tokens
 
-    if config.packing and not on_gpu():
-        raise ConfigError(
-            "sft.packing=true needs a GPU with a flash-attention kernel (packed rows are kept apart by the "
-            "varlen kernel, which the CPU does not have); set sft.packing=false on a CPU"
-        )
+    gpu = on_gpu()
     peft_config = lora_config(config)
     init_kwargs: dict[str, Any] = {"dtype": "float32"}
-    if config.attn_implementation:
-        init_kwargs["attn_implementation"] = config.attn_implementation
+    attn = attention(config, gpu)
+    if attn:
+        init_kwargs["attn_implementation"] = attn
+    if config.packing:
+        print(
+            f"[{STAGE}] packing: padding-free rows of up to {config.max_length} tokens, kept apart by position "
+            f"ids (attention: {attn or 'sdpa'})",
+            flush=True,
+        )
     args = training_arguments(
         SFTConfig,
         config,
         scratch,
         max_length=config.max_length,
-        # best-fit packing is padding-free: only a varlen (flash) kernel keeps packed rows apart
-        packing=config.packing,
+        packing=config.packing,  # best-fit decreasing: padding-free batches with position ids
         assistant_only_loss=config.assistant_only_loss,
         model_init_kwargs=init_kwargs,
+        **liger_arguments(config.use_liger_kernel, model_path, STAGE, gpu),
     )
     trainer = trainer_class(config.curriculum)(
         model=model_path,
@@ -125,6 +185,7 @@ def make_trainer(
         processing_class=tokenizer,
         peft_config=peft_config,
     )
+    count_tokens(trainer, STAGE)
     return quiet_trainer(trainer, STAGE)
 
 
@@ -148,8 +209,8 @@ def run(config: SftConfig) -> SftResult:
     this stage with ``launcher: local`` and returns its result.
     With ``kd`` it trains on the teacher logits of a distill output instead (``kd.py``: CE mixed with a
     KL to the stored top-k; a student of another vocabulary is refused); with ``gkd``, on-policy
-    distillation from a live teacher (``gkd.py``, TRL's ``GKDTrainer``). It does not pack sequences on
-    a CPU.
+    distillation from a live teacher (``gkd.py``, TRL's ``GKDTrainer``).
+    It prints the tokens trained, their padding share and tokens/s, counted from the batches trained on.
     """
     from distilflow.launch import dispatch, torchrun
     from distilflow.training.data import read_rows
@@ -220,6 +281,7 @@ def train(
     from distilflow.training.checkpointing import scratch_dir, train_resumable
     from distilflow.training.report import first_last, logged, write_report
     from distilflow.training.save import lineage, model_card, save_trained
+    from distilflow.training.throughput import throughput
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
@@ -250,6 +312,7 @@ def train(
         loss="kd" if config.kd is not None else "gkd" if config.gkd is not None else "ce",
         final_ce=first_last(logged(history, "ce"))[1],
         final_divergence=first_last(logged(history, "divergence"))[1],
+        **throughput(trainer),
     )
     card = model_card(
         STAGE,

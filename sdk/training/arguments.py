@@ -7,6 +7,7 @@ from typing import Any
 
 from distilflow.errors import ConfigError
 from distilflow.training.fields import TrainingConfig
+from distilflow.training.lean import lean_arguments
 
 
 def on_gpu() -> bool:
@@ -57,7 +58,6 @@ def training_arguments(cls: type, config: TrainingConfig, output_dir: str, **ext
         if config.gradient_checkpointing is None
         else config.gradient_checkpointing,
         "dataloader_num_workers": 0,
-        "dataloader_pin_memory": gpu,
         # without it accelerate ignores torchrun's process group on a CPU and every rank trains alone
         "use_cpu": not gpu,
         "report_to": "none",
@@ -65,6 +65,8 @@ def training_arguments(cls: type, config: TrainingConfig, output_dir: str, **ext
         "disable_tqdm": True,
         # fp32 master weights everywhere; on a GPU bf16 comes from autocast (mixed precision), as TRL intends
         "model_init_kwargs": {"dtype": "float32"},
+        # no host sync in a step that does not log; batches prepared beside the step on a GPU
+        **lean_arguments(gpu),
     }
     if config.deepspeed != "none":
         kwargs["deepspeed"] = deepspeed_config(config.deepspeed, config.offload)

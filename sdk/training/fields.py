@@ -9,8 +9,9 @@ config redeclares a field only where its default or meaning differs. Fields that
 is trained (how often to log or checkpoint, where a job is submitted) say so with
 ``json_schema_extra=RESUME_NEUTRAL``: changing them does not prevent resuming from a checkpoint.
 
-``TrainingResult`` is the base of their results (the model, the losses, steps, resume step, seed) and
-``RowCounts`` what sft and dpo did with the rows they read.
+``TrainingResult`` is the base of their results (the model, the losses, steps, resume step, seed),
+``RowCounts`` what sft and dpo did with the rows they read and ``TokenThroughput`` the tokens sft, dpo
+and reward trained on (padding share, tokens/s).
 """
 
 from __future__ import annotations
@@ -189,6 +190,12 @@ class TrainingConfig(LauncherFields, ScaleAndCheckpointFields):
     gradient_checkpointing: bool | None = Field(
         None, description="Recompute activations in the backward pass to save memory; None: on a GPU only"
     )
+    use_liger_kernel: bool = Field(
+        False,
+        description="Liger's fused Triton kernels (RMSNorm, RoPE, SwiGLU) in a Qwen2/Qwen3/Llama student: less "
+        "memory and time per step on a CUDA GPU; off (and said so) on a CPU; needs distilflow[liger]",
+        json_schema_extra=RESUME_NEUTRAL,
+    )
     seed: int = Field(0, description="Seed for weight init (LoRA), data order and dropout")
     logging_steps: int = Field(
         10,
@@ -239,4 +246,25 @@ class RowCounts(BaseModel):
         0,
         description="Rows rejected because their messages hold chat-template control tokens",
         json_schema_extra=COUNT,
+    )
+
+
+class TokenThroughput(BaseModel):
+    """The tokens a stage trained on, counted from the batches its trainer saw: a block of the results of
+    sft, dpo and reward (``distilflow.training.throughput``)."""
+
+    tokens_trained: int | None = Field(
+        None,
+        description="Real (non-padding) tokens in the batches this run trained on, counted on the device",
+        json_schema_extra=COUNT,
+    )
+    padding_share: float | None = Field(
+        None,
+        description="Padding tokens / all token slots of the batches trained on (0 for padding-free batches)",
+        json_schema_extra=METRIC,
+    )
+    tokens_per_second: float | None = Field(
+        None,
+        description="tokens_trained / seconds from the first to the last training step of this run",
+        json_schema_extra=METRIC,
     )

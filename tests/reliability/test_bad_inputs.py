@@ -402,7 +402,6 @@ CASES = [
         ),
         ["role.jsonl:1", "role"],
     ),
-    Case("sft-packing-on-cpu", lambda c: sft(c, packing=True), ["packing=true", "flash", "packing=false"]),
     Case(
         "evaluate-no-answers",
         lambda c: [

@@ -119,6 +119,34 @@ def test_the_trainers_loss_is_the_ce_kl_mix_over_the_teacher_tokens(tmp_path, lo
     assert float(loss.detach()) == pytest.approx(expected_loss(tiny_qwen3, rows, 0.3), rel=1e-4)
 
 
+def test_the_logged_terms_are_the_batchs_per_token_ce_and_kl_and_its_tokens_are_counted(
+    tmp_path, logits_output, tiny_qwen3
+):
+    """``ce`` and ``divergence`` are logged from device sums (no host read per step): each equals the
+    per-token term computed by hand; a run over the six rows counts every token of them."""
+    from distilflow.components.distill.logits import iter_rows, read_summary
+    from distilflow.components.sft.kd import make_kd_trainer
+    from distilflow.models import load_tokenizer
+    from distilflow.outputs import require_complete
+    from distilflow.training.throughput import throughput
+
+    config = sft_config(str(tmp_path / "sft"), logits_output, tiny_qwen3, kd={"alpha": 0.3})
+    trainer, _, _ = make_kd_trainer(config, load_tokenizer(tiny_qwen3), tiny_qwen3, str(tmp_path / "s"))
+    dataset = trainer.train_dataset
+    summary = read_summary(require_complete(logits_output), "test")
+    by_id = {r["id"]: r for f in summary.files for r in iter_rows(f)}
+    for pair in ((0, 1), (2, 3)):  # two steps: the logged value is their mean
+        trainer.compute_loss(trainer.model.train(), trainer.data_collator([dataset[i] for i in pair]))
+    logs: dict = {}
+    trainer.log(logs)
+    ce = [expected_loss(tiny_qwen3, [by_id[dataset[i]["id"]] for i in p], 0.0) for p in ((0, 1), (2, 3))]
+    kl = [expected_loss(tiny_qwen3, [by_id[dataset[i]["id"]] for i in p], 1.0) for p in ((0, 1), (2, 3))]
+    assert logs["ce"] == pytest.approx(sum(ce) / 2, rel=1e-4)
+    assert logs["divergence"] == pytest.approx(sum(kl) / 2, rel=1e-4)
+    trainer.train()  # max_steps 2 at batch 4: one pass over the six rows
+    assert throughput(trainer)["tokens_trained"] == sum(len(row["input_ids"]) for row in dataset)
+
+
 def test_a_student_of_another_vocabulary_is_refused(tmp_path, logits_output, tiny_qwen3, tiny_teacher):
     from transformers import AutoTokenizer
 

@@ -68,11 +68,13 @@ def test_max_steps_zero_is_refused(cls):
 def test_resume_neutral_fields_are_the_ones_a_checkpoint_ignores():
     cfg = SftConfig(**REQUIRED[SftConfig])
     neutral = {"save_steps", "save_total_limit", "logging_steps", "resume"}
+    neutral |= {"use_liger_kernel"}  # the same computation in other kernels: a checkpoint stays usable
     neutral |= {"launcher", "runtime", "namespace", "env", "secret_env", "dlc"}
     assert resume_neutral(cfg) == neutral
     assert resume_neutral(RlConfig(**REQUIRED[RlConfig])) == neutral  # rl's own logging_steps too
     assert set(checkpoint_config(cfg)) == set(cfg.to_dict()) - neutral
     same = checkpoint_fingerprint(cfg)
     assert checkpoint_fingerprint(cfg.model_copy(update={"logging_steps": 3, "save_steps": 7})) == same
+    assert checkpoint_fingerprint(cfg.model_copy(update={"use_liger_kernel": True})) == same
     assert checkpoint_fingerprint(cfg.model_copy(update={"learning_rate": 3e-5})) != same
     assert checkpoint_fingerprint(cfg.model_copy(update={"nodes": 2})) != same  # the world size changes
