@@ -91,3 +91,43 @@ def test_whitebox_end_to_end_on_tiny_models(tmp_path, tiny_teacher, tiny_qwen3):
     assert sft["metrics"]["final_divergence"] > 0 and sft["metrics"]["final_ce"] > 0
     with open(os.path.join(root, "evaluate", "manifest.json")) as f:
         assert os.path.join(root, "sft", "model") in json.dumps(json.load(f)["inputs"])
+
+
+@pytest.mark.slow
+def test_gkd_and_rank_dpo_run_in_lifecycle_under_kfp_local(tmp_path, tiny_qwen3, tiny_teacher):
+    """The other two paths through the console's ``overrides``: lifecycle with ``sft.gkd`` (on-policy
+    distillation from a tiny in-process teacher of the student's vocabulary) and ``dpo.rank`` (pairs
+    against the sft student's own answers) under kfp.local (about 40 s of CPU; slow: the stage tests
+    cover both paths in the default suite)."""
+    from distilflow.client.local import run_local
+    from distilflow.records import PreferencePair, read_jsonl
+    from tests.pipelines.test_recipes import tiny_thoughtx_overrides
+
+    root = str(tmp_path / "lifecycle")
+    gkd = f"{{teacher: {{backend: transformers, model: {tiny_teacher}}}, lmbda: 0.5, beta: 0.5, max_new_tokens: 8}}"
+    overrides = tiny_thoughtx_overrides(tiny_qwen3) + [
+        "with_rl=false",
+        "with_deploy=false",
+        "curate.crv=false",
+        "sft.max_steps=2",
+        "sft.per_device_train_batch_size=2",
+        f"sft.gkd={gkd}",
+        "dpo.rank={max_new_tokens: 8, pair_beta: 0.2}",
+        "dpo.max_steps=2",
+        "dpo.max_length=1024",
+        "dpo.deepspeed=none",
+        "dpo.gradient_checkpointing=false",
+        "dpo.gradient_accumulation_steps=1",
+        "dpo.per_device_train_batch_size=2",
+    ]
+    summary = run_local("lifecycle", overrides=overrides, output_uri=root)
+    assert list(summary.stages) == ["validate", "distill", "curate", "sft", "dpo", "evaluate"]
+    with open(os.path.join(root, "sft", "manifest.json")) as f:
+        sft = json.load(f)["result"]
+    assert sft["loss"] == "gkd" and sft["steps"] == 2
+    with open(os.path.join(root, "dpo", "manifest.json")) as f:
+        dpo = json.load(f)
+    assert dpo["inputs"]["model"] == os.path.join(root, "sft", "model")  # the current student answers
+    pairs = read_jsonl(os.path.join(root, "dpo", "rank_pairs.jsonl"), PreferencePair)
+    assert dpo["result"]["rank_pairs"] == len(pairs) > 0 and dpo["result"]["steps"] == 2
+    assert {p.beta for p in pairs} <= {0.2, 0.3, 0.4}  # pair_beta * (1 + gap), gap 0, 1/2 (unchecked) or 1
