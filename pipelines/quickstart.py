@@ -66,8 +66,13 @@ def data_file(name: str) -> str:
     return str(resources.files("distilflow.pipelines").joinpath(name))
 
 
-def prepare(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
-    """Fill in local assets a laptop run needs: the packaged problems and a tiny student."""
+STUDENT = "a tiny Qwen3 student, built when the run starts"
+"""How ``validate`` names the student ``prepare`` fills in when the config names none."""
+
+
+def prepare(config: dict[str, Any], run_dir: str, build: bool = True) -> dict[str, Any]:
+    """Fill in local assets a laptop run needs: the packaged problems and a tiny student (built only
+    with ``build``; ``distilflow validate`` names its folder without building it)."""
     config = {k: dict(v) if isinstance(v, dict) else v for k, v in config.items()}
     for stage, name in (("distill", "quickstart_problems.jsonl"), ("evaluate", "quickstart_eval.jsonl")):
         section = config.setdefault(stage, {})
@@ -78,7 +83,7 @@ def prepare(config: dict[str, Any], run_dir: str) -> dict[str, Any]:
         from distilflow.tiny import build_tiny
 
         student = os.path.join(run_dir, "models", "student-tiny-qwen3")
-        if not os.path.exists(os.path.join(student, "config.json")):
+        if build and not os.path.exists(os.path.join(student, "config.json")):
             build_tiny(student, arch="qwen3")
         sft_section["model"] = student
     return config

@@ -33,7 +33,11 @@ T = TypeVar("T", bound="BaseConfig")
 class BaseConfig(BaseModel):
     """Base of all distilflow configs: strict keys, documented fields, YAML/JSON round trip."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+    # hide_input_in_errors: a raw ValidationError (a traceback) never echoes a value; a key pasted into
+    # an ``*_env`` field must not reach a terminal. ``format_validation_error`` shows values it may show.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, protected_namespaces=(), hide_input_in_errors=True
+    )
 
     @classmethod
     def load(cls: type[T], source: str | Path | dict | None = None, overrides: list[str] | None = None) -> T:
@@ -94,17 +98,33 @@ def format_validation_error(
     exc: ValidationError, model: str, where: str, overridden: set[str] | frozenset[str] = frozenset()
 ) -> str:
     """One line per problem: ``<where>: <Model>.<field>: <what is wrong> (got <value>)``."""
+    from distilflow.secrets import redact
+
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        # a dict key is part of the location: a key pasted as a variable name must not be shown there
+        loc = ".".join("<not shown>" if redact(p) else str(p) for p in err["loc"]) or "(root)"
         origin = f"--set {loc}" if _from_override(loc, overridden) else where
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key; remove it or fix its spelling"
-        got = err.get("input")
-        shown = "" if err["type"] in ("missing", "extra_forbidden") else f" (got {_short(got)})"
+        shown = "" if err["type"] in HIDDEN_INPUT else _shown(err.get("input"))
         lines.append(f"{origin}: {model}.{loc}: {msg}{shown}")
     return f"{len(lines)} problem(s) in config:\n  " + "\n  ".join(lines)
+
+
+HIDDEN_INPUT = ("missing", "extra_forbidden", "env_name")
+"""Error types whose input is never shown: absent, irrelevant, or a field that names a secret's variable."""
+
+
+def _shown(value: Any) -> str:
+    """`` (got VALUE)`` for a message; a whole section is not repeated, and nothing key-like is shown."""
+    from distilflow.secrets import redact
+
+    if isinstance(value, dict):
+        return ""
+    note = redact(value)
+    return f" (got {note})" if note else f" (got {_short(value)})"
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

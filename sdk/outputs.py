@@ -94,7 +94,16 @@ class StageOutput:
         return None
 
     def begin(self, config: Any) -> None:
-        """Start (or restart) the output: drop a stale marker, record the resolved config."""
+        """Start (or restart) the output: drop a stale marker, record the resolved config.
+
+        Refuses first (writing nothing) when a key variable the config needs is unset (``unset_keys``).
+        """
+        from distilflow.errors import ConfigError
+        from distilflow.secrets import unset_keys
+
+        missing = unset_keys(config, self.stage) if isinstance(config, BaseModel) else []
+        if missing:
+            raise ConfigError(f"[{self.stage}] " + "; ".join(missing))
         if self.is_complete():
             uris.remove(self.path(MARKER))
         uris.write_text(self.path(RESOLVED_CONFIG), config.to_yaml())

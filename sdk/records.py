@@ -38,14 +38,18 @@ def template_tokens(*texts: str | None) -> list[str]:
 
 
 class Record(BaseModel):
+    """Base of the records: unknown fields refused. Readers (``iter_jsonl``) validate strictly: every
+    field has its JSON type (``"problem": 12345`` is an error naming the file, line and field, never the
+    text "12345" sent to a teacher)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
 class Problem(Record):
-    """A problem to distill. Extra keys in user data are ignored (kept out of later records)."""
+    """A problem to distill. Extra keys in user data are ignored (kept out of later records); ids and
+    answers are text: write ``"answer": "42"``, not ``42``."""
 
-    # user data: extra keys are dropped, and numeric ids/answers ("answer": 42) are read as text
-    model_config = ConfigDict(extra="ignore", coerce_numbers_to_str=True)
+    model_config = ConfigDict(extra="ignore")
 
     id: str = Field(min_length=1, description="Unique id of the problem")
     problem: str = Field(min_length=1, description="The question text")
@@ -123,11 +127,41 @@ class PreferencePair(Record):
 R = TypeVar("R", bound=BaseModel)
 
 
-def _describe(exc: ValidationError) -> str:
+JSON_TYPES = {
+    str: "text",
+    bool: "true/false",
+    int: "a number",
+    float: "a number",
+    list: "a list",
+    dict: "an object",
+}
+EXPECTED = {
+    "string_type": "text (a JSON string)",
+    "int_type": "a whole number",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "model_type": "an object",
+    "dict_type": "an object",
+}
+
+
+def json_type(value: Any) -> str:
+    """How a JSON reader would name the type of ``value``: text, a number, null, ..."""
+    return "null" if value is None else JSON_TYPES.get(type(value), type(value).__name__)
+
+
+def describe(exc: ValidationError) -> str:
+    """Each problem of a record as ``field 'name': expected text (a JSON string), got a number``."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "record"
-        msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field"
+        elif err["type"] in EXPECTED:
+            msg = f"expected {EXPECTED[err['type']]}, got {json_type(err.get('input'))}"
+        else:
+            msg = err["msg"]
         parts.append(f"field {loc!r}: {msg}")
     return "; ".join(parts)
 
@@ -169,9 +203,9 @@ def iter_jsonl(uri: str, model: type[R], unique_ids: bool = True) -> Iterator[R]
             errors.append(f"{uri}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             continue
         try:
-            rec = model.model_validate(obj)
+            rec = model.model_validate(obj, strict=True)
         except ValidationError as exc:
-            errors.append(f"{uri}:{lineno}: {model.__name__} {_describe(exc)}")
+            errors.append(f"{uri}:{lineno}: {model.__name__} {describe(exc)}")
             continue
         rid = getattr(rec, "id", None)
         if unique_ids and rid is not None:

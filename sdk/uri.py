@@ -23,6 +23,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator
 
 from distilflow.errors import StorageError
+from distilflow.storage_errors import on_uri
 
 SCHEMES = ("file", "s3", "oss", "gs")
 
@@ -101,6 +102,7 @@ def _credentials(uri: str) -> dict[str, Any]:
     return {"key": key, "secret": secret, **({"token": token} if token else {})}
 
 
+@on_uri(0)
 def filesystem(uri: str):
     """Return ``(fs, path)`` for ``uri``."""
     import fsspec
@@ -108,12 +110,8 @@ def filesystem(uri: str):
     check_uri(uri)
     if is_local(uri):
         return fsspec.filesystem("file"), local_path(uri)
-    try:
-        fs, path = fsspec.core.url_to_fs(uri, **storage_options(uri), **_credentials(uri))
-    except ImportError as exc:
-        extra = {"oss": "oss", "gs": "gcs"}.get(scheme(uri), "")
-        raise ImportError(f"{uri}: {exc}; install distilflow[{extra}]") from None
-    return fs, path
+    # a missing ossfs/gcsfs is an ImportError that ``on_uri`` turns into a line saying what to install
+    return fsspec.core.url_to_fs(uri, **storage_options(uri), **_credentials(uri))
 
 
 def join(uri: str, *parts: str) -> str:
@@ -152,7 +150,12 @@ def _bucket_exists(fs: Any, uri: str) -> bool:
 
 
 def _not_found(fs: Any, uri: str) -> Exception:
-    """A store's bare "not found" turned into an error naming the URI, or the bucket when that is missing."""
+    """A store's bare "not found" turned into an error naming the URI, or the bucket when that is missing
+    (for oss://, also a refused or missing key: ossfs says "not found" for those too)."""
+    if scheme(uri) == "oss":
+        from distilflow.storage_errors import oss_bucket_problem
+
+        return oss_bucket_problem(uri) or FileNotFoundError(f"{uri}: no such file or folder")
     if not _bucket_exists(fs, uri):
         return _missing_bucket(uri)
     return FileNotFoundError(f"{uri}: no such file or folder")
@@ -167,11 +170,13 @@ def _fresh(uri: str):
     return fs, path
 
 
+@on_uri(0)
 def exists(uri: str) -> bool:
     fs, path = _fresh(uri)
     return fs.exists(path)
 
 
+@on_uri(0)
 def read_bytes(uri: str) -> bytes:
     fs, path = _fresh(uri)  # a cached listing would also give a stale size for a rewritten object
     try:
@@ -192,6 +197,7 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+@on_uri(0)
 def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically: a local file is written beside its target and renamed; an object
     store PUT only becomes visible once complete."""
@@ -222,12 +228,14 @@ def write_text(uri: str, text: str) -> None:
     write_bytes(uri, text.encode("utf-8"))
 
 
+@on_uri(0)
 def remove(uri: str, recursive: bool = False) -> None:
     fs, path = _fresh(uri)
     if fs.exists(path):
         fs.rm(path, recursive=recursive)
 
 
+@on_uri(1)
 def upload_dir(local_dir: str, uri: str) -> None:
     """Copy a local folder to ``uri`` (a no-op when they are the same place)."""
     if not os.path.isdir(local_dir):
@@ -244,6 +252,7 @@ def upload_dir(local_dir: str, uri: str) -> None:
     fs.put(local_dir.rstrip("/") + "/", path.rstrip("/") + "/", recursive=True)
 
 
+@on_uri(0)
 def materialize(uri: str, cache_dir: str | None = None) -> str:
     """Return a local folder or file holding ``uri``'s content (downloaded once into a cache).
 

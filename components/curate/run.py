@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from distilflow import answers
 from distilflow import uri as uris
@@ -45,7 +45,7 @@ from distilflow.components.curate.select import filter_flow, iter_lines
 from distilflow.errors import RecordError
 from distilflow.outputs import COUNT, METRIC, StageOutput, require_complete
 from distilflow.progress import Progress
-from distilflow.records import Scored, Trace, template_tokens
+from distilflow.records import Scored, Trace, describe, template_tokens
 from distilflow.teachers.cache import TeacherCache
 from distilflow.teachers.cached import CachedTeacher
 
@@ -259,7 +259,9 @@ def iter_traces(uri: str) -> Iterator[Trace]:
     """Validated traces streamed from a JSONL file; a bad line is reported as ``file:line``."""
     for lineno, line in iter_lines(uri):
         try:
-            yield Trace.model_validate_json(line)
+            yield Trace.model_validate_json(line, strict=True)
+        except ValidationError as exc:
+            raise RecordError(f"{uri}:{lineno}: not a valid Trace: {describe(exc)}") from None
         except ValueError as exc:
             raise RecordError(f"{uri}:{lineno}: not a valid Trace: {str(exc).splitlines()[-1]}") from None
 

@@ -9,6 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from distilflow.config import BaseConfig
 from distilflow.launch.aliyun import AliyunApiFields
+from distilflow.secrets import EnvName
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "model")
@@ -141,8 +142,9 @@ class DeployConfig(BaseConfig):
     )
     backend: Literal["auto", "transformers", "vllm"] = Field(
         "auto",
-        description="target local: vllm = vLLM's OpenAI server; transformers = `transformers serve`; auto: vllm "
-        "when importable. Cluster targets always run vLLM",
+        description="target local: vllm = vLLM's OpenAI server; transformers = distilflow's OpenAI-compatible "
+        "server over transformers' generate (streams token by token); auto: vllm when importable. Cluster "
+        "targets always run vLLM",
     )
     host: str = Field("127.0.0.1", description="target local: address the server listens on")
     port: int = Field(0, ge=0, le=65535, description="target local: port (0 = pick a free one)")
@@ -154,8 +156,8 @@ class DeployConfig(BaseConfig):
     poll_interval_s: float = Field(10, gt=0, description="Cluster targets: seconds between status polls")
     keep_running: bool = Field(
         False,
-        description="target local: leave the server running after the smoke test (its pid is recorded); "
-        "cluster services always keep running",
+        description="target local: leave the server running after the smoke test (its pid goes to server.pid; "
+        "distilflow stop OUTPUT stops it); cluster services always keep running",
     )
     service_name: str | None = Field(
         None, description="Cluster targets: name of the InferenceService / EAS service (required there)"
@@ -196,7 +198,7 @@ class DeployConfig(BaseConfig):
         description="Also chat with thinking on and off (chat_template_kwargs.enable_thinking); None = when "
         "the model's chat template honours enable_thinking",
     )
-    api_key_env: str | None = Field(
+    api_key_env: EnvName | None = Field(
         None,
         description="Name of an environment variable holding the key clients send (local vLLM --api-key; "
         "the smoke test's key on KServe; the service token on PAI-EAS, else the one EAS reports); the key "

@@ -1,8 +1,10 @@
 """The ``deploy`` stage: serve a model behind an OpenAI-compatible API and prove it answers.
 
 ``target: local`` starts the server as a subprocess on this machine: vLLM's OpenAI server when
-``vllm`` is importable (``backend: auto`` or ``vllm``), else ``transformers serve`` (from
-``transformers[serving]``), waits for ``/health``, smoke-tests it and stops it unless ``keep_running``.
+``vllm`` is importable (``backend: auto`` or ``vllm``), else distilflow's own OpenAI-compatible server
+over transformers' ``generate`` that streams token by token (``server.py``), waits for ``/health``,
+smoke-tests it and stops it unless ``keep_running``; a kept server's pid goes to ``server.pid`` in the
+output folder, and ``distilflow stop OUTPUT`` (``stop_server``) stops it.
 
 ``target: kserve`` applies a KServe InferenceService running vLLM (``kserve.py``); ``target: pai-eas``
 creates or updates a PAI-EAS service running vLLM (``eas.py``). Both write the manifest / service
@@ -34,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from distilflow import uri as uris
 from distilflow.components.deploy import smoke as smoke_mod
 from distilflow.components.deploy.config import DeployConfig
+from distilflow.components.deploy.pidfile import write_pid_file
 from distilflow.components.deploy.vllm_server import served_name, thinking_model
 from distilflow.errors import BackendError, ConfigError
 from distilflow.outputs import METRIC, StageOutput
@@ -98,13 +101,16 @@ def free_port(host: str) -> int:
         return s.getsockname()[1]
 
 
-def server_command(backend: str, model_dir: str, host: str, port: int) -> list[str]:
-    """The command line of the server; the model folder's path is the id requests name."""
-    if backend == "vllm":
-        module = ["vllm.entrypoints.openai.api_server", "--model", model_dir]
-    else:
-        # A positional model is preloaded before the port opens, and the server is pinned to it.
-        module = ["transformers.cli.transformers", "serve", model_dir]
+SERVER_MODULES = {
+    "vllm": "vllm.entrypoints.openai.api_server",
+    "transformers": "distilflow.components.deploy.server",
+}
+"""The module each backend's server runs as (``stop_server`` checks a pid still runs one of them)."""
+
+
+def server_command(backend: str, model_dir: str, host: str, port: int, served: str) -> list[str]:
+    """The command line of the server; requests name the model ``served`` (``vllm_server.served_name``)."""
+    module = [SERVER_MODULES[backend], "--model", model_dir, "--served-model-name", served]
     return [sys.executable, "-m", *module, "--host", host, "--port", str(port)]
 
 
@@ -121,15 +127,15 @@ def api_key(config: DeployConfig) -> str | None:
 
 
 def server_env(backend: str, key: str | None, cache_dir: str) -> dict[str, str]:
+    from distilflow.components.deploy.server import API_KEY_ENV
+
     env = dict(os.environ)
     # The model is a local folder: nothing needs the hub, and an offline CLI skips its update check.
     env["HF_HUB_OFFLINE"] = "1"
-    if backend == "transformers":
-        # `transformers serve` lists the models of the HF cache (a missing cache is an HTTP 500); an
-        # empty private cache makes /v1/models answer without advertising models the server refuses.
-        env["HF_HUB_CACHE"] = cache_dir
-    if backend == "vllm" and key:
-        env["VLLM_API_KEY"] = key  # by environment, not argv, so `ps` never shows it
+    env["HF_HUB_CACHE"] = cache_dir
+    if key:
+        # by environment, not argv, so `ps` never shows it; both servers refuse requests without it
+        env["VLLM_API_KEY" if backend == "vllm" else API_KEY_ENV] = key
     return env
 
 
@@ -198,7 +204,7 @@ def start_server(
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     cache_dir = os.path.join(work_dir, "hf-cache")
     os.makedirs(cache_dir)
-    cmd = server_command(backend, model_dir, config.host, port)
+    cmd = server_command(backend, model_dir, config.host, port, served_name(config))
     print(f"[{STAGE}] starting {backend} server: {' '.join(cmd)}", flush=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -236,16 +242,7 @@ def run_local(config: DeployConfig, out: StageOutput) -> DeployResult:
 
     model_dir = resolve_model(config.model)
     backend = pick_backend(config.backend)
-    if backend == "transformers" and "@" in model_dir:
-        raise ConfigError(
-            f"model {model_dir!r}: `transformers serve` reads '@' as a revision; move the folder"
-        )
     key = api_key(config)
-    if key and backend == "transformers":
-        print(
-            f"[{STAGE}] warning: `transformers serve` does not check API keys; ${config.api_key_env} is only sent",
-            flush=True,
-        )
     out.begin(config)
     thinking = config.smoke_thinking
     if thinking is None:
@@ -256,7 +253,7 @@ def run_local(config: DeployConfig, out: StageOutput) -> DeployResult:
         ready_s = wait_ready(proc, root_url, config.startup_timeout_s)
         print(f"[{STAGE}] server ready at {base_url} after {ready_s:.1f}s (pid {proc.pid})", flush=True)
         smoke = smoke_mod.smoke_test(
-            base_url, model_dir, config.smoke_prompt, config.max_tokens, key, thinking
+            base_url, served_name(config), config.smoke_prompt, config.max_tokens, key, thinking
         )
     except BaseException as exc:
         # Never leave a half-started server behind; the log tail carries the server's own error.
@@ -272,6 +269,8 @@ def run_local(config: DeployConfig, out: StageOutput) -> DeployResult:
     pid: int | None = proc.pid if config.keep_running else None
     if pid is None:
         stop(proc)
+    else:
+        write_pid_file(out, proc.pid, base_url, backend)
     print(
         f"[{STAGE}] server {'left running, pid ' + str(pid) if pid else 'stopped'}",
         flush=True,
@@ -282,16 +281,17 @@ def run_local(config: DeployConfig, out: StageOutput) -> DeployResult:
     endpoint = {
         "url": base_url,
         "model": model_dir,
+        "served_model": served_name(config),
         "backend": backend,
         "keep_running": config.keep_running,
         "pid": pid,
         "stopped": pid is None,
-        "api_key_enforced": bool(config.api_key_env) and backend == "vllm",
+        "api_key_enforced": bool(key),
         "startup_s": round(ready_s, 3),
     }
     result = DeployResult(
         endpoint_url=base_url,
-        served_model=model_dir,
+        served_model=served_name(config),
         backend=backend,
         stopped=pid is None,
         pid=pid,

@@ -149,7 +149,7 @@ def smoke_test(
     )
     try:
         listed = [m.id for m in _call("listing models", base_url, lambda: client.models.list().data)]
-        # `transformers serve` lists only cached hub models (none here); vLLM lists what it serves.
+        # Servers that list no model (`transformers serve` lists only cached hub models) are not held to it.
         if listed and served_model not in listed:
             raise BackendError(
                 f"{base_url}: serves {listed}, not {served_model!r}; set deploy.served_model_name to one of them"

@@ -1,12 +1,18 @@
 """distill's report: the run's figures and a histogram of output lengths, as Markdown and HTML
-(``report.md``, ``report.html`` in the stage output; the HTML is the step's KFP report)."""
+(``report.md``, ``report.html`` in the stage output; the HTML is the step's KFP report), in the shared
+report style (``distilflow.report_style``).
+
+Throughput is labelled by how the teachers generate: endpoint teachers send requests (requests sent,
+requests answered per second, mean request latency); in-process teachers (transformers, vLLM) send
+none, so their figures are traces per second and the mean time of the ``generate()`` call a trace was
+generated in; a mix of both is labelled per answer.
+"""
 
 from __future__ import annotations
 
-import collections
-import html
-import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from distilflow import report_style as rs
 
 if TYPE_CHECKING:
     from distilflow.components.distill.config import DistillConfig
@@ -14,74 +20,102 @@ if TYPE_CHECKING:
     from distilflow.records import Trace
 
 
-def length_histogram(tokens: list[int], bins: int = 10) -> list[tuple[int, int, int]]:
-    """``(low, high, count)`` over equal-width bins of output lengths (in tokens)."""
-    if not tokens:
-        return []
-    low, high = min(tokens), max(tokens)
-    width = max(1, math.ceil((high - low + 1) / bins))
-    counts = collections.Counter((t - low) // width for t in tokens)
-    return [(low + i * width, low + (i + 1) * width - 1, counts.get(i, 0)) for i in range(max(counts) + 1)]
+def length_histogram(tokens: list[int], max_bins: int = 20) -> list[tuple[int, int, int]]:
+    """``(low, high, count)`` of output lengths (in tokens) over bins of a round width (``high`` exclusive):
+    about log2(n) + 1 bins, at least 5 when the lengths differ (``report_style.histogram_bins``)."""
+    return [(int(lo), int(hi), n) for lo, hi, n in rs.histogram_bins(tokens, max_bins)]
 
 
-def _summary(
-    result: DistillResult, config: DistillConfig | None, extra: list[tuple[str, str]] | None = None
-) -> list[tuple[str, str]]:
-    teachers = (
-        ", ".join(f"{t.display_name} ({t.backend}: {t.model})" for t in config.teacher_list)
-        if config
-        else result.teacher
-    )
-    return (extra or []) + [
-        ("teachers", teachers),
-        ("traces by teacher", str(result.by_teacher)),
-        ("problems x samples", f"{result.problems} x {config.n}" if config else str(result.problems)),
-        ("traces written", str(result.traces)),
-        ("resumed from shards", str(result.resumed)),
-        ("requests sent (retries included)", str(result.requests)),
-        ("cache hits", str(result.cache_hits)),
-        ("failed rows", f"{result.failed} {result.failures_by_kind or ''}".strip()),
-        ("rejected (chat-template control tokens)", str(result.rejected)),
-        ("failed attempts by kind", str(result.errors_by_kind or {})),
-        ("prompt / completion tokens (this run)", f"{result.prompt_tokens} / {result.completion_tokens}"),
-        (
-            "tokens/s, traces/s, requests/s (retries included)",
-            f"{result.tokens_per_s:.1f}, {result.traces_per_s:.2f}, {result.requests_per_s:.2f}",
-        ),
-        ("mean request latency", f"{result.mean_latency_s:.3f} s"),
-        ("finish reasons", str(result.finish_reasons)),
+def generation_kind(config: DistillConfig | None) -> str:
+    """``endpoint``, ``in-process`` or ``mixed`` (unknown for a merge of shards: ``mixed``)."""
+    if config is None:
+        return "mixed"
+    kinds = {"endpoint" if t.backend == "openai" else "in-process" for t in config.teacher_list}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def throughput(result: DistillResult, kind: str) -> list[tuple[str, Any]]:
+    """The speed figures, labelled for how the answers were generated."""
+    if kind == "endpoint":
+        return [
+            ("requests sent (retries included)", result.requests),
+            ("requests sent per second (retries included)", result.requests_per_s),
+            ("traces received per second", result.traces_per_s),
+            ("mean request latency (s)", result.mean_latency_s),
+            ("completion tokens per second", result.tokens_per_s),
+        ]
+    if kind == "in-process":
+        return [
+            ("generation", "in-process generate() calls (no requests)"),
+            ("traces generated per second", result.traces_per_s),
+            ("mean time of the generate() call a trace was in (s)", result.mean_latency_s),
+            ("completion tokens per second", result.tokens_per_s),
+        ]
+    return [
+        ("answers (requests sent, retries included, plus in-process answers)", result.requests),
+        ("answers per second", result.traces_per_s),
+        ("requests sent per second (retries included)", result.requests_per_s),
+        ("mean wait per answer: request latency or generate() call (s)", result.mean_latency_s),
+        ("completion tokens per second", result.tokens_per_s),
     ]
+
+
+def summary(
+    result: DistillResult, config: DistillConfig | None, extra: list | None = None
+) -> list[tuple[str, Any]]:
+    """The figures of the run, in reading order, each a plain value or a small mapping."""
+    teachers: Any = (
+        {t.display_name: f"{t.backend}: {t.model}" for t in config.teacher_list} if config else result.teacher
+    )
+    asked = f"{result.problems} x {config.n}" if config else result.problems
+    return [
+        *(extra or []),
+        ("teachers", teachers),
+        ("problems x samples", asked),
+        ("traces written", result.traces),
+        ("traces by teacher", result.by_teacher),
+        ("resumed from shards of an interrupted run", result.resumed),
+        ("answers taken from the cache", result.cache_hits),
+        ("rows failed after retries", result.failed),
+        ("failed rows by error", result.failures_by_kind),
+        ("failed attempts by error (retried or not)", result.errors_by_kind),
+        ("rejected (chat-template control tokens)", result.rejected),
+        ("prompt tokens (this run)", result.prompt_tokens),
+        ("completion tokens (this run)", result.completion_tokens),
+        *throughput(result, generation_kind(config)),
+        ("seconds generating", result.wall_s),
+        ("finish reasons", result.finish_reasons),
+    ]
+
+
+def _caption(result: DistillResult, traces: list[Trace]) -> str:
+    hit = result.finish_reasons.get("length", 0)
+    note = f"; {hit} of {len(traces)} stopped at max_new_tokens (raise it)" if hit else ""
+    return f"{len(traces)} traces{note}"
 
 
 def render_markdown(
     result: DistillResult, traces: list[Trace], config: DistillConfig | None, extra: list | None = None
 ) -> str:
-    rows = "\n".join(f"| {k} | {v} |" for k, v in _summary(result, config, extra))
+    rows = "\n".join(f"| {k} | {rs.fmt(v)} |" for k, v in summary(result, config, extra))
     hist = length_histogram([t.tokens for t in traces])
     top = max((c for _, _, c in hist), default=1) or 1
-    bars = "\n".join(f"{lo:>7}-{hi:<7} {'#' * round(40 * c / top):<40} {c}" for lo, hi, c in hist)
+    bars = "\n".join(f"{lo:>7}-{hi - 1:<7} {'#' * round(40 * c / top):<40} {c}" for lo, hi, c in hist)
     return (
-        f"# distill\n\n| | |\n|---|---|\n{rows}\n\n"
-        f"## Output length (completion tokens per trace)\n\n```\n{bars or '(no traces)'}\n```\n"
+        f"# distill\n\n| figure | value |\n|---|---|\n{rows}\n\n"
+        f"## Output length (completion tokens per trace)\n\n{_caption(result, traces)}\n\n"
+        f"```\n{bars or '(no traces)'}\n```\n"
     )
 
 
 def render_html(
     result: DistillResult, traces: list[Trace], config: DistillConfig | None, extra: list | None = None
 ) -> str:
-    rows = "".join(
-        f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
-        for k, v in _summary(result, config, extra)
-    )
     hist = length_histogram([t.tokens for t in traces])
-    top = max((c for _, _, c in hist), default=1) or 1
-    bars = "".join(
-        f"<tr><td>{lo}-{hi}</td><td><div style='background:#4a7;height:12px;width:{300 * c / top:.0f}px'>"
-        f"</div></td><td>{c}</td></tr>"
-        for lo, hi, c in hist
+    bars = [(f"{lo}-{hi - 1}" if hi - lo > 1 else str(lo), n) for lo, hi, n in hist]
+    chart = rs.bar_chart(bars, "Output length", "completion tokens per trace", "traces", "length-histogram")
+    body = (
+        f"<h2>Figures</h2>{rs.kv_table(summary(result, config, extra), 'figures')}"
+        f"<h2>Output length</h2>{rs.figure(chart, _caption(result, traces))}"
     )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>distill</title></head><body>"
-        f"<h1>distill</h1><table>{rows}</table><h2>Output length (completion tokens per trace)</h2>"
-        f"<table>{bars}</table></body></html>\n"
-    )
+    return rs.page("distill report", body, f"teacher answers with chains of thought: {result.teacher}")

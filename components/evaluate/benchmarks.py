@@ -31,11 +31,14 @@ import random
 import re
 import zlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from distilflow import uri as uris
 from distilflow.components.evaluate.config import BenchmarkConfig, EvaluateConfig
 from distilflow.errors import RecordError
+from distilflow.records import describe
 from distilflow.sandbox import TestCase
 
 SAMPLES_DIR = os.path.join(os.path.dirname(__file__), "samples")
@@ -209,32 +212,56 @@ def adapt_lcb(row: dict[str, Any], _cfg: BenchmarkConfig, _seed: int) -> Item:
     )
 
 
+class EvalTest(BaseModel):
+    """One test of a code problem in your own evaluation file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str = Field("", description="Standard input, or the call's arguments (kind call)")
+    output: str = Field("", description="Expected standard output, or the call's result")
+    kind: Literal["stdin", "call"] = Field("stdin", description="stdin: a program; call: a function")
+
+
+class EvalProblem(BaseModel):
+    """A line of your own evaluation file (benchmark ``jsonl``); read strictly, like ``records.Problem``:
+    ids, answers and difficulties are text (``"answer": "42"``, not ``42``). Extra keys are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    id: str = Field(min_length=1, description="Unique id of the problem")
+    problem: str = Field(min_length=1, description="The question text")
+    answer: str | None = Field(None, description="Reference final answer (or the correct choice's text)")
+    domain: str | None = Field(None, description="math (default), code, multiple_choice, ...")
+    difficulty: str | None = Field(None, description="A label to break accuracy down by")
+    choices: list[str] | None = Field(None, description="Options of a multiple-choice question")
+    tests: list[EvalTest] | None = Field(None, description="Tests of a code problem")
+    func_name: str | None = Field(None, description="Function the tests call (kind call)")
+
+
 def adapt_jsonl(row: dict[str, Any], _cfg: BenchmarkConfig, _seed: int) -> Item:
     """Your own problems: {id, problem, answer?, domain?, difficulty?, choices?, tests?, func_name?}."""
-    if not isinstance(row.get("problem"), str) or row.get("id") in (None, ""):
-        raise ValueError("needs 'id' and 'problem' (text)")
-    problem, answer, domain = row["problem"], row.get("answer"), row.get("domain") or "math"
-    choices = row.get("choices")
-    if choices:
+    try:
+        rec = EvalProblem.model_validate(row, strict=True)
+    except ValidationError as exc:
+        raise ValueError(f"EvalProblem {describe(exc)}") from None
+    problem, answer, domain = rec.problem, rec.answer, rec.domain or "math"
+    if rec.choices:
         letters = "ABCDEFGHIJ"
-        problem = problem + "\n\n" + "\n".join(f"{letters[i]}) {c}" for i, c in enumerate(choices))
-        if answer is not None and str(answer) in [str(c) for c in choices]:
-            answer = letters[[str(c) for c in choices].index(str(answer))]
+        problem = problem + "\n\n" + "\n".join(f"{letters[i]}) {c}" for i, c in enumerate(rec.choices))
+        if answer is not None and answer in rec.choices:
+            answer = letters[rec.choices.index(answer)]
         domain = "multiple_choice"
-    tests = [
-        TestCase(input=str(t.get("input", "")), output=str(t.get("output", "")), kind=t.get("kind", "stdin"))
-        for t in row.get("tests") or []
-    ]
+    tests = [TestCase(input=t.input, output=t.output, kind=t.kind) for t in rec.tests or []]
     if tests:
         domain = "code"
     return Item(
-        id=str(row["id"]),
+        id=rec.id,
         problem=problem,
-        answer=None if answer is None else str(answer),
+        answer=answer,
         domain=domain,
-        difficulty=None if row.get("difficulty") is None else str(row["difficulty"]),
+        difficulty=rec.difficulty,
         tests=tests,
-        func_name=row.get("func_name"),
+        func_name=rec.func_name,
     )
 
 

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from distilflow.config import BaseConfig
+from distilflow.secrets import EnvName
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "model")
@@ -87,7 +88,7 @@ class ModelSpec(BaseConfig):
         "GPUs; openai: an OpenAI-compatible endpoint (e.g. the one deploy starts)",
     )
     base_url: str | None = Field(None, description="Endpoint base URL, e.g. http://host:8000/v1 (openai)")
-    api_key_env: str = Field(
+    api_key_env: EnvName = Field(
         "OPENAI_API_KEY", description="Name of the environment variable holding the API key (openai)"
     )
     gguf_file: str | None = Field(None, description="GGUF file inside the model folder (transformers)")

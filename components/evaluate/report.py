@@ -10,6 +10,8 @@ import io
 import json
 from typing import Any
 
+from distilflow import report_style as rs
+
 COLUMNS = (
     ("model", "model"),
     ("benchmark", "benchmark"),
@@ -145,7 +147,8 @@ def scatter_svg(runs: list[dict[str, Any]], width: int = 640, height: int = 360)
     pts = [
         (r["model_name"], r["benchmark"], r["metrics"]["mean_tokens"], r["metrics"]["accuracy"]) for r in runs
     ]
-    xmax = max([p[2] for p in pts] + [1.0]) * 1.1
+    xticks = rs.nice_ticks(0.0, max([p[2] for p in pts] + [1.0]) * 1.05, 6)
+    xmax = xticks[-1]
     models = list(dict.fromkeys(p[0] for p in pts))
     colour = {m: PALETTE[i % len(PALETTE)] for i, m in enumerate(models)}
     pw, ph = width - pad_l - pad_r, height - pad_t - pad_b
@@ -167,9 +170,9 @@ def scatter_svg(runs: list[dict[str, Any]], width: int = 640, height: int = 360)
         parts.append(
             f"<text x='{pad_l - 8}' y='{sy(y) + 4:.1f}' font-size='11' text-anchor='end'>{y:.1f}</text>"
         )
-        x = xmax * i / 5
+    for x in xticks:
         parts.append(
-            f"<text x='{sx(x):.1f}' y='{pad_t + ph + 16}' font-size='11' text-anchor='middle'>{x:.0f}</text>"
+            f"<text x='{sx(x):.1f}' y='{pad_t + ph + 16}' font-size='11' text-anchor='middle'>{rs.fmt(x)}</text>"
         )
     parts.append(
         f"<text x='{pad_l + pw / 2}' y='{height - 6}' font-size='12' text-anchor='middle'>mean output tokens</text>"
@@ -208,25 +211,25 @@ def _table(headers: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f"<table class='{cls}'><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
+def _html_cells(row: dict[str, Any]) -> list[Any]:
+    """A comparison row for the HTML page: values rounded by ``report_style.fmt``, pass@k with its k."""
+    return [f"{rs.fmt(row['pass'])} (k={row['k']})" if key == "pass" else row[key] for key, _ in COLUMNS]
+
+
 def render_html(runs: list[dict[str, Any]]) -> str:
-    comparison = _table([h for _, h in COLUMNS], [_cells(r) for r in comparison_rows(runs)], "comparison")
+    comparison = rs.table(
+        [h for _, h in COLUMNS], [_html_cells(r) for r in comparison_rows(runs)], css_class="comparison"
+    )
     difficulty_rows = []
     for r in runs:
         for level, d in r["metrics"]["by_difficulty"].items():
             difficulty_rows.append(
-                [
-                    r["model_name"],
-                    r["benchmark"],
-                    level,
-                    str(d["n_answers"]),
-                    _fmt(d["accuracy"]),
-                    _fmt(d["mean_tokens"], 1),
-                ]
+                [r["model_name"], r["benchmark"], level, d["n_answers"], d["accuracy"], d["mean_tokens"]]
             )
-    difficulty = _table(
+    difficulty = rs.table(
         ["model", "benchmark", "difficulty", "answers", "accuracy", "mean tokens"],
         difficulty_rows,
-        "difficulty",
+        css_class="difficulty",
     )
     failures = []
     for r in runs:
@@ -254,15 +257,10 @@ def render_html(runs: list[dict[str, Any]]) -> str:
             + "<h4>Protocol</h4>"
             + _table(["setting", "value"], proto, "protocol")
         )
-    return (
-        "<!doctype html><html><head><meta charset='utf-8'><title>Evaluation</title>"
-        "<style>body{font-family:sans-serif;margin:1.5em}table{border-collapse:collapse;margin:0.5em 0}"
-        "th,td{border:1px solid #ccc;padding:2px 8px;text-align:left;font-family:monospace;white-space:pre-wrap;"
-        "max-width:60em}pre{white-space:pre-wrap;background:#f6f6f6;padding:0.5em}</style></head><body>"
-        "<h1>Evaluation</h1><h2>Comparison</h2>"
-        f"{comparison}<h2>Accuracy vs mean output tokens</h2>{scatter_svg(runs)}"
+    body = (
+        f"<h2>Comparison</h2>{comparison}<h2>Accuracy vs mean output tokens</h2>{scatter_svg(runs)}"
         f"<h2>By difficulty</h2>{difficulty}"
         f"<h2>Sample failures</h2>{''.join(failures) or '<p>none</p>'}"
         f"<h2>Scores, models and protocols</h2>{''.join(sections)}"
-        "</body></html>\n"
     )
+    return rs.page("Evaluation", body, "accuracy and tokens spent, under a pinned protocol")

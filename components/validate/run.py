@@ -133,9 +133,12 @@ def check_endpoint(where: str, teacher: Any, timeout_s: float) -> None:
             f"{where}: endpoint {url} unreachable ({type(exc).__name__}); check base_url"
         ) from None
     if resp.status_code in (401, 403):
-        raise DistilflowError(
-            f"{where}: endpoint {url} refused the key (HTTP {resp.status_code}); set ${teacher.api_key_env}"
+        fix = (
+            f"the key in ${teacher.api_key_env} was refused: check it"
+            if key
+            else f"{teacher.api_key_env} is not set: export the key in it"
         )
+        raise DistilflowError(f"{where}: endpoint {url} answered HTTP {resp.status_code}; {fix}")
     if resp.status_code != 200:
         raise DistilflowError(f"{where}: endpoint {url} answered HTTP {resp.status_code}")
     served = [m.get("id") for m in resp.json().get("data", [])]
@@ -148,7 +151,21 @@ def run(config: ValidateConfig) -> ValidateResult:
 
     It does not start servers, load weights or claim accelerators.
     """
+    checked, configs = check_all(config)
     out = StageOutput(config.output_uri, "validate")
+    out.begin(config)
+    report_uri = out.path("report.json")
+    uris.write_text(report_uri, json.dumps({"checked": checked, "configs": configs}, indent=2))
+    result = ValidateResult(report_uri=report_uri, checked=checked, configs=configs)
+    out.finish(result, counts={"checks": len(checked)})
+    for line in checked:
+        print(f"[validate] ok: {line}", flush=True)
+    return result
+
+
+def check_all(config: ValidateConfig) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Every check of ``run``, writing nothing: ``(what was checked, one line each; the resolved config
+    of each stage)``, or a ConfigError listing every problem."""
     problems: list[str] = []
     checked: list[str] = []
     configs: dict[str, dict[str, Any]] = {}
@@ -170,14 +187,7 @@ def run(config: ValidateConfig) -> ValidateResult:
         problems.extend(_check_inputs(stage, cfg, config, checked))
     if problems:
         raise ConfigError(f"validate found {len(problems)} problem(s):\n- " + "\n- ".join(problems))
-    out.begin(config)
-    report_uri = out.path("report.json")
-    uris.write_text(report_uri, json.dumps({"checked": checked, "configs": configs}, indent=2))
-    result = ValidateResult(report_uri=report_uri, checked=checked, configs=configs)
-    out.finish(result, counts={"checks": len(checked)})
-    for line in checked:
-        print(f"[validate] ok: {line}", flush=True)
-    return result
+    return checked, configs
 
 
 def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: list[str]) -> list[str]:
@@ -197,6 +207,9 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
     for name in MODEL_FIELDS:
         value = getattr(cfg, name, None)
         if isinstance(value, str) and name not in wired and config.check_models:
+            if value in config.pending_models:
+                checked.append(f"{stage}.{name}: {value} (made when the run starts; not checked now)")
+                continue
             try:
                 check_model(f"{stage}.{name}", value)
                 checked.append(f"{stage}.{name}: {value}")
@@ -204,8 +217,14 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
                 problems.append(f"{stage}.{name}: {exc}")
                 continue
             problems.extend(check_lengths(stage, value, cfg))
+    from distilflow.secrets import unset_keys
+
+    unset = unset_keys(cfg, stage)
+    problems.extend(unset)
     for name, teacher in _teachers(cfg):
         where = f"{stage}.{name}"
+        if any(line.startswith(f"{teacher.api_key_env} ") for line in unset):
+            continue  # its key is missing (reported above): calling the endpoint would only say 401
         try:
             if teacher.backend == "transformers" and config.check_models:
                 check_model(where, teacher.model, teacher.gguf_file)

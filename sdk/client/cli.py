@@ -14,14 +14,41 @@ from distilflow import __version__
 from distilflow.errors import DistilflowError
 
 
+def _debug() -> bool:
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().params.get("debug"))
+
+
 def _fail(exc: Exception) -> None:
+    """One line and exit 1; with ``--debug`` the traceback instead."""
+    if _debug():
+        raise exc
     click.echo(f"error: {exc}", err=True)
     sys.exit(1)
 
 
-@click.group()
+class _Main(click.Group):
+    """The command group: an error no command expected (a bug, a library's own exception) is one line
+    and exit 1 as well, with a pointer to ``--debug``, which shows the traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort, SystemExit):
+            raise
+        except Exception as exc:
+            if ctx.params.get("debug"):
+                raise
+            what = "" if isinstance(exc, DistilflowError) else f"{type(exc).__name__}: "
+            hint = "" if isinstance(exc, DistilflowError) else " (distilflow --debug ... shows the traceback)"
+            click.echo(f"error: {what}{exc}{hint}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Main)
 @click.version_option(__version__, prog_name="distilflow")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the traceback of an error instead of its one line.")
+def main(debug: bool) -> None:
     """distilflow: DistilQwen-style reasoning distillation as Kubeflow Pipelines."""
 
 
@@ -230,18 +257,41 @@ def stage_cmd(name, config_file, overrides) -> None:
     click.echo(result.model_dump_json(indent=2) if hasattr(result, "model_dump_json") else str(result))
 
 
+@main.command("stop")
+@click.argument("output_uri")
+def stop_cmd(output_uri) -> None:
+    """Stop the local server a deploy with keep_running left at OUTPUT_URI (deploy's or the run's folder)."""
+    from distilflow.components.deploy.pidfile import stop_server
+
+    try:
+        stopped = stop_server(output_uri)
+    except (DistilflowError, KeyError, OSError) as exc:
+        _fail(exc)
+    click.echo(stopped.line())
+
+
 @main.command("validate")
 @click.argument("config_file")
-@click.option("--pipeline", default="quickstart", show_default=True, help="The pipeline the config is for.")
+@click.option("--pipeline", default=None, help="The pipeline the config is for (default: quickstart).")
 @click.option("--set", "overrides", multiple=True, help="Override a config value: --set sft.max_steps=20")
 def validate_cmd(config_file, pipeline, overrides) -> None:
-    """Check a pipeline config file: every section, input file, model folder and endpoint."""
+    """Check a pipeline config file: every section, input file, model folder and endpoint.
+
+    It lists each default the pipeline filled in; only the quickstart fills in models."""
+    pipeline_given = pipeline is not None
+    pipeline = pipeline or "quickstart"
     from distilflow.client.local import validate_config
 
+    which = "" if pipeline_given else " (the default; --pipeline NAME for another)"
+    click.echo(f"validating {config_file} for pipeline {pipeline}{which}")
     try:
         result = validate_config(pipeline, config_file, list(overrides))
     except (DistilflowError, KeyError, OSError) as exc:
         _fail(exc)
+    if result.filled:
+        click.echo("defaults filled in (not in your config):")
+        for line in result.filled:
+            click.echo(f"  {line}")
     for line in result.checked:
         click.echo(f"ok  {line}")
     click.echo(f"{config_file}: valid\nnext: distilflow run {pipeline} --local --config {config_file}")

@@ -19,6 +19,7 @@ from distilflow import uri as uris
 from distilflow.client import _kfp_local
 from distilflow.client.arguments import local_arguments
 from distilflow.client.pipelines import pipeline_config
+from distilflow.config import merge_layers, parse_overrides, read_config_file
 from distilflow.errors import DistilflowError
 
 
@@ -118,23 +119,111 @@ def run_stage(stage: str, config_file: str | None = None, overrides: list[str] |
     return load_run(stage)(config)
 
 
-def validate_config(name: str, config_file: str | None = None, overrides: list[str] | None = None):
-    """Run the ``validate`` stage's checks on a pipeline config, without running anything else."""
+@dataclass
+class Validation:
+    """What ``validate_config`` checked, and the defaults it filled into the user's config."""
+
+    pipeline: str
+    checked: list[str]
+    filled: list[str]
+    configs: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def validate_config(
+    name: str, config_file: str | None = None, overrides: list[str] | None = None
+) -> Validation:
+    """The ``validate`` stage's checks on a pipeline config, writing nothing and building nothing.
+
+    It validates what the user wrote merged with the pipeline's defaults, and lists each default it
+    filled in (``Validation.filled``): a section left out entirely is named as running on defaults.
+    Only the quickstart fills in models (SmolLM2 teacher and judge, a tiny student named, not built).
+    """
     from distilflow.components.validate.config import ValidateConfig
-    from distilflow.components.validate.run import run
+    from distilflow.components.validate.run import check_all
     from distilflow.pipelines import load_pipeline
 
     module = load_pipeline(name)
     config = pipeline_config(name, config_file, overrides)
+    user = merge_layers(
+        read_config_file(config_file) if config_file else {}, parse_overrides(overrides or [])
+    )
     output_uri = config.pop("output_uri", None)
-    scratch = tempfile.mkdtemp(prefix="distilflow-validate-")
+    run_dir = os.path.join(tempfile.gettempdir(), "distilflow-validate")  # named, never written
+    pending = []
     if hasattr(module, "prepare"):
-        config = module.prepare(config, scratch)
-    return run(
+        before = config
+        config = module.prepare(config, run_dir, build=False)
+        pending = [
+            (section, key, value)
+            for section, body in config.items()
+            if isinstance(body, dict)
+            for key, value in body.items()
+            if key not in (before.get(section) or {})
+        ]
+    checked, configs = check_all(
         ValidateConfig(
-            output_uri=os.path.join(scratch, "validate"),
-            run_uri=output_uri or scratch,
+            output_uri=os.path.join(run_dir, "validate"),
+            run_uri=output_uri or run_dir,
             stages=list(module.STAGES),
             pipeline_config=config,
+            pending_models=[v for s, k, v in pending if k == "model"],
         )
     )
+    made = {f"{s}.{k}": getattr(module, "STUDENT", v) if k == "model" else v for s, k, v in pending}
+    filled = defaults_filled(user, config, list(module.STAGES), getattr(module, "DEFAULT_CONFIG", None), made)
+    return Validation(pipeline=name, checked=checked, filled=filled, configs=configs)
+
+
+def _brief(value: Any) -> str:
+    if isinstance(value, dict):
+        text = "{" + ", ".join(f"{k}: {_brief(v)}" for k, v in value.items()) + "}"
+    else:
+        text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 70 else text[:67] + "..."
+
+
+def defaults_filled(
+    user: dict[str, Any],
+    final: dict[str, Any],
+    stages: list[str],
+    default_file: str | None,
+    made: dict[str, str] | None = None,
+) -> list[str]:
+    """``path = value (source)`` for each value of ``final`` that the user's config does not set; a stage
+    section the user left out is one line saying it runs on defaults. ``made`` names what a local run
+    fills in itself (the quickstart's problems and student), by dotted path."""
+    made = made or {}
+    source = f"default of the pipeline, {default_file}" if default_file else "default of the pipeline"
+    lines = []
+    for stage in stages:
+        if stage == "validate":
+            continue
+        theirs = final.get(stage) or {}
+        if user.get(stage):
+            lines.extend(_filled(user[stage], theirs, f"{stage}.", source, made))
+            continue
+        shown = ", ".join(f"{k}={_brief(made.get(f'{stage}.{k}', v))}" for k, v in theirs.items())
+        lines.append(
+            f"{stage}: not in your config; runs on "
+            + (
+                f"the pipeline's defaults ({shown}) and the stage's own"
+                if shown
+                else "the stage's own defaults"
+            )
+        )
+    return lines
+
+
+def _filled(mine: dict, theirs: dict, prefix: str, source: str, made: dict[str, str]) -> list[str]:
+    lines = []
+    for key, value in theirs.items():
+        path = prefix + key
+        if key not in mine:
+            lines.append(
+                f"{path} = {made[path]} (local run)"
+                if path in made
+                else f"{path} = {_brief(value)} ({source})"
+            )
+        elif isinstance(value, dict) and isinstance(mine[key], dict):
+            lines.extend(_filled(mine[key], value, path + ".", source, made))
+    return lines

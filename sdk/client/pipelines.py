@@ -31,6 +31,13 @@ def pipeline_config(
         read_config_file(config_file) if config_file else {},
         parse_overrides(overrides or []),
     )
+    from distilflow.secrets import env_field_problems
+
+    leaked = env_field_problems(config)
+    if leaked:
+        # refused here, before the config becomes a pipeline parameter, a KFP run or a file
+        where = config_file or "--set"
+        raise ConfigError(f"{where}: " + "\n  ".join([f"{len(leaked)} problem(s) in config:", *leaked]))
     unknown = sorted(set(config) - set(module.STAGES) - set(RESERVED_KEYS))
     if unknown:
         where = config_file or "--set"

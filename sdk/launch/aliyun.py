@@ -11,6 +11,7 @@ from pydantic import Field
 
 from distilflow.config import BaseConfig
 from distilflow.errors import ConfigError
+from distilflow.secrets import EnvName
 
 
 class AliyunApiFields(BaseConfig):
@@ -21,13 +22,13 @@ class AliyunApiFields(BaseConfig):
         None, description="API endpoint; None = <service>.<region>.aliyuncs.com (e.g. pai-eas, pai-dlc)"
     )
     protocol: Literal["https", "http"] = Field("https", description="Protocol of the API endpoint")
-    access_key_id_env: str = Field(
+    access_key_id_env: EnvName = Field(
         "ALIBABA_CLOUD_ACCESS_KEY_ID", description="Name of the variable holding the AccessKey id"
     )
-    access_key_secret_env: str = Field(
+    access_key_secret_env: EnvName = Field(
         "ALIBABA_CLOUD_ACCESS_KEY_SECRET", description="Name of the variable holding the AccessKey secret"
     )
-    security_token_env: str = Field(
+    security_token_env: EnvName = Field(
         "ALIBABA_CLOUD_SECURITY_TOKEN",
         description="Name of the variable holding an STS token (used when set)",
     )

@@ -32,6 +32,7 @@ from pydantic import Field
 
 from distilflow.errors import ConfigError, DistilflowError
 from distilflow.launch.aliyun import AliyunApiFields, openapi_config
+from distilflow.secrets import EnvName
 
 CONFIG_FILE = "dlc-config.yaml"
 """The config the job's nodes run with, written to ``<output_uri>/dlc-config.yaml``."""
@@ -65,7 +66,7 @@ class DlcSettings(AliyunApiFields):
     max_running_minutes: int | None = Field(
         None, ge=1, description="DLC stops the job after this many minutes (JobMaxRunningTimeMinutes)"
     )
-    secret_env_names: list[str] = Field(
+    secret_env_names: list[EnvName] = Field(
         default_factory=list,
         description="Names of secret variables copied from this process's environment into the job's Envs "
         "(DLC has no Kubernetes Secrets); never printed, but visible to readers of the job in the workspace",

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distilflow.config import BaseConfig
+from distilflow.secrets import EnvName
 from distilflow.uri import Uri
 
 
@@ -25,7 +26,7 @@ class TeacherConfig(BaseConfig):
     base_url: str | None = Field(
         None, description="Endpoint base URL, e.g. http://host:8000/v1 (openai backend)"
     )
-    api_key_env: str = Field(
+    api_key_env: EnvName = Field(
         "OPENAI_API_KEY", description="Name of the environment variable holding the API key (never the key)"
     )
     gguf_file: str | None = Field(

@@ -63,7 +63,14 @@ class OpenAITeacher:
 
         c = self.config
         status = getattr(exc, "status", None)
-        hint = f"; check ${c.api_key_env}" if status in (401, 403) else ""
+        hint = ""
+        if status in (401, 403):
+            unset = not os.environ.get(c.api_key_env)
+            hint = (
+                f"; {c.api_key_env} is not set: export the key in it (teacher api_key_env names it)"
+                if unset
+                else f"; the key in ${c.api_key_env} was refused: check it"
+            )
         if getattr(exc, "kind", None) in ("connection", "timeout"):
             hint = "; check base_url and that the server is up"
         what = "answered " if getattr(exc, "kind", None) == CLIENT_ERROR else ""

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from distilflow.config import BaseConfig
 from distilflow.launch.dlc import DlcSettings
 from distilflow.outputs import COUNT, METRIC
+from distilflow.secrets import EnvName, EnvNameMap
 
 RESUME_NEUTRAL: dict[str, Any] = {"resume_neutral": True}
 """``json_schema_extra`` of a field that does not change what is trained (see ``resume_neutral``)."""
@@ -133,13 +134,13 @@ class LauncherFields(BaseConfig):
         "pod's namespace",
         json_schema_extra=RESUME_NEUTRAL,
     )
-    env: list[str] = Field(
+    env: list[EnvName] = Field(
         default_factory=list,
         description="With launcher=trainjob or dlc: names of non-secret environment variables copied from "
         "this process's environment into every node (e.g. DISTILFLOW_S3_ENDPOINT_URL, AWS_DEFAULT_REGION)",
         json_schema_extra=RESUME_NEUTRAL,
     )
-    secret_env: dict[str, str] = Field(
+    secret_env: EnvNameMap = Field(
         default_factory=dict,
         description="With launcher=trainjob: environment variables of every node read from Kubernetes "
         "Secrets, NAME: secret-name/key (e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key); only the "
@@ -155,10 +156,12 @@ class LauncherFields(BaseConfig):
 
     @model_validator(mode="after")
     def _check_launcher(self) -> LauncherFields:
-        bad = {k: v for k, v in self.secret_env.items() if v.count("/") != 1 or "" in v.split("/")}
+        bad = sorted(k for k, v in self.secret_env.items() if v.count("/") != 1 or "" in v.split("/"))
         if bad:
+            # the values are not shown: a key pasted there must not reach a terminal or a log
             raise ValueError(
-                f"secret_env values must be secret-name/key, got {bad}; e.g. AWS_SECRET_ACCESS_KEY: s3-creds/secret-key"
+                f"secret_env values must be secret-name/key, not {bad}'s (not shown); e.g. "
+                "AWS_SECRET_ACCESS_KEY: s3-creds/secret-key"
             )
         # Kubeflow Trainer's torch plugin refuses these in a TrainJob's env: its torchrun rendezvous sets them.
         reserved = sorted((set(self.env) | set(self.secret_env)) & set(TORCHRUN_ENVS))

@@ -1,12 +1,14 @@
 """What training logged: values read back from ``trainer.state.log_history``, and a self-contained HTML
-report of the curves (``<output_uri>/report.html``)."""
+report of the curves (``<output_uri>/report.html``) in the shared report style: one chart per logged
+quantity with every logged point, steps on a labelled x axis, the quantity on a labelled y axis."""
 
 from __future__ import annotations
 
-import html
+import math
 from collections.abc import Sequence
 from typing import Any
 
+from distilflow import report_style as rs
 from distilflow import uri as uris
 
 
@@ -21,39 +23,35 @@ def first_last(values: list[float]) -> tuple[float | None, float | None]:
 
 REPORT = "report.html"
 
+LABELS = {
+    "loss": "training loss",
+    "learning_rate": "learning rate",
+    "grad_norm": "gradient norm",
+    "accuracy": "accuracy",
+    "kl": "KL divergence to the reference",
+    "completions/mean_length": "mean completion length (tokens)",
+    "margin": "reward margin",
+    "reward": "mean reward",
+    "rewards/chosen": "reward of chosen",
+    "rewards/rejected": "reward of rejected",
+    "rewards/margins": "reward margin",
+    "rewards/accuracies": "pair accuracy",
+}
+"""How a logged key reads on an axis."""
 
-def _svg_plot(points: list[tuple[float, float]], title: str, width: int = 560, height: int = 220) -> str:
-    """One line plot (steps on x) as inline SVG: the curve, its range on both axes, the title."""
-    pad_l, pad_r, pad_t, pad_b = 64, 16, 24, 32
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = min(xs), max(xs)
-    y0, y1 = min(ys), max(ys)
-    xr, yr = (x1 - x0) or 1.0, (y1 - y0) or 1.0
-    plot_w, plot_h = width - pad_l - pad_r, height - pad_t - pad_b
 
-    coords = [(pad_l + (x - x0) / xr * plot_w, pad_t + (1 - (y - y0) / yr) * plot_h) for x, y in points]
-    line = " ".join(f"{cx:.1f},{cy:.1f}" for cx, cy in coords)
-    dots = "".join(f'<circle cx="{cx:.1f}" cy="{cy:.1f}" r="2"/>' for cx, cy in coords)
-    esc = html.escape
-    return (
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-        f'aria-label="{esc(title)}" font-family="sans-serif" font-size="11">'
-        f'<text x="{pad_l}" y="14" font-size="13" font-weight="bold">{esc(title)}</text>'
-        f'<rect x="{pad_l}" y="{pad_t}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#999"/>'
-        f'<text x="{pad_l - 4}" y="{pad_t + 4}" text-anchor="end">{y1:.4g}</text>'
-        f'<text x="{pad_l - 4}" y="{pad_t + plot_h}" text-anchor="end">{y0:.4g}</text>'
-        f'<text x="{pad_l}" y="{height - 12}">{x0:g}</text>'
-        f'<text x="{pad_l + plot_w}" y="{height - 12}" text-anchor="end">{x1:g}</text>'
-        f'<text x="{pad_l + plot_w / 2}" y="{height - 4}" text-anchor="middle">step</text>'
-        f'<polyline points="{line}" fill="none" stroke="#1f77b4" stroke-width="1.5"/>'
-        f'<g fill="#1f77b4">{dots}</g></svg>'
-    )
+def label(key: str) -> str:
+    """How a logged key reads on an axis: ``LABELS``, else ``rewards/<term>/mean`` as "mean <term> reward"."""
+    if key in LABELS:
+        return LABELS[key]
+    parts = key.split("/")
+    if len(parts) == 3 and parts[0] == "rewards" and parts[2] == "mean":
+        return f"mean {parts[1].replace('_', ' ')} reward"
+    return key.replace("_", " ")
 
 
 def curves(log_history: list[dict[str, Any]], key: str) -> list[tuple[float, float]]:
     """``(step, value)`` for every training log entry holding ``key``."""
-    import math
-
     return [
         (float(e["step"]), float(e[key]))
         for e in log_history
@@ -61,24 +59,34 @@ def curves(log_history: list[dict[str, Any]], key: str) -> list[tuple[float, flo
     ]
 
 
-def report_html(
+def report_body(
     stage: str, log_history: list[dict[str, Any]], keys: Sequence[str], summary: dict[str, Any]
 ) -> str:
-    """A self-contained HTML page: the run's summary table and one SVG plot per logged key."""
-    esc = html.escape
-    rows = "".join(f"<tr><th>{esc(str(k))}</th><td>{esc(str(v))}</td></tr>" for k, v in summary.items())
-    plots = []
+    """The summary table and one chart per logged key (the page without its frame)."""
+    charts = []
     for key in keys:
         points = curves(log_history, key)
         if points:
-            plots.append(f"<figure>{_svg_plot(points, key)}</figure>")
-    body = "".join(plots) or "<p>No training values were logged.</p>"
-    return (
-        f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>distilflow {esc(stage)} report</title>'
-        "<style>body{font-family:sans-serif;margin:1em}th{text-align:left;padding-right:1em}"
-        "figure{display:inline-block;margin:0.5em}</style></head>"
-        f"<body><h1>distilflow <code>{esc(stage)}</code></h1><table>{rows}</table>{body}</body></html>\n"
-    )
+            name = label(key)
+            chart_id = f"curve-{key.replace('/', '-')}"
+            chart = rs.line_chart({name: points}, name, "optimizer step", name, chart_id, aria=key)
+            charts.append(rs.figure(chart, f"{len(points)} logged points"))
+    body = "".join(charts) or '<p class="note">No training values were logged.</p>'
+    flat = {k.replace("_", " "): v for k, v in summary.items() if not isinstance(v, (dict, list))}
+    charts_div = f'<div class="charts">{body}</div>'
+    return f"<h2>Summary</h2>{rs.kv_table(flat, 'summary')}<h2>Curves</h2>{charts_div}"
+
+
+def report_html(
+    stage: str,
+    log_history: list[dict[str, Any]],
+    keys: Sequence[str],
+    summary: dict[str, Any],
+    extra: str = "",
+) -> str:
+    """A self-contained HTML page: the run's summary table, one chart per logged key, then ``extra``."""
+    body = report_body(stage, log_history, keys, summary) + extra
+    return rs.page(f"distilflow {stage} report", body, f"{stage}: what training logged")
 
 
 def write_report(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import hashlib
+import re
 import threading
 import uuid
 from typing import Any
@@ -61,8 +62,22 @@ class OssObject:
         return hashlib.md5(self.data).hexdigest().upper()
 
 
+def key_id(authorization: str) -> str | None:
+    """The AccessKey id an ``Authorization`` header signs with: ``OSS <id>:<signature>`` (V1) or
+    ``OSS4-HMAC-SHA256 Credential=<id>/<date>/<region>/oss/aliyun_v4_request,...`` (V4)."""
+    found = re.match(r"OSS (\S+?):", authorization) or re.search(r"Credential=([^/,\s]+)/", authorization)
+    return found.group(1) if found else None
+
+
 class FakeOss(LoopbackServer):
-    def __init__(self, buckets: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, buckets: tuple[str, ...] = (), access_keys: dict[str, tuple[str, ...]] | None = None
+    ) -> None:
+        """``access_keys``: AccessKey id -> the buckets it may use; None checks no access (as before).
+        With it, a request to an existing bucket is AccessDenied unsigned, InvalidAccessKeyId with an
+        unknown id and AccessDenied outside the id's buckets, each a 403 as OSS answers them (a missing
+        bucket is NoSuchBucket first)."""
+        self.access_keys = access_keys
         self.buckets: dict[str, dict[str, OssObject]] = {b: {} for b in buckets}
         self.uploads: dict[str, dict[str, Any]] = {}
         self.requests: list[dict[str, Any]] = []
@@ -75,6 +90,20 @@ class FakeOss(LoopbackServer):
         parts = path.lstrip("/").split("/", 1)
         bucket = unquote(parts[0])
         key = unquote(parts[1]) if len(parts) > 1 else ""
+        if self.access_keys is not None and bucket in self.buckets:  # OSS names a missing bucket first
+            signer = key_id(headers.get("Authorization", ""))
+            if signer is None:
+                return self._error(
+                    403, "AccessDenied", "You have no right to access this object because of bucket acl."
+                )
+            if signer not in self.access_keys:
+                return self._error(
+                    403,
+                    "InvalidAccessKeyId",
+                    "The OSS Access Key Id you provided does not exist in our records.",
+                )
+            if bucket not in self.access_keys[signer]:
+                return self._error(403, "AccessDenied", "You have no right to access this object.")
         if bucket not in self.buckets:
             return self._error(404, "NoSuchBucket", f"The specified bucket does not exist: {bucket}")
         objects = self.buckets[bucket]

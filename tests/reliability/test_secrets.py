@@ -153,3 +153,114 @@ def test_nothing_the_suite_wrote_holds_a_key(rel_root, s3_server):
         hits=len(found),
         **kinds,
     )
+
+
+def _env_paths(cls, prefix: tuple = ()) -> list[tuple[tuple, object]]:
+    """``(path, annotation)`` of every ``*_env`` field reachable from a config class; a path step is a
+    field name, or ``0`` for the first item of a list of configs. Found by walking, not listed by hand."""
+    from distilflow.components import _nested_models
+    from distilflow.secrets import is_env_field
+
+    paths = []
+    for name, info in cls.model_fields.items():
+        if is_env_field(name):
+            paths.append(((*prefix, name), info.annotation))
+            continue
+        listed = "list[" in str(info.annotation)
+        for nested in _nested_models(info.annotation):
+            paths.extend(_env_paths(nested, (*prefix, name, 0) if listed else (*prefix, name)))
+    return paths
+
+
+def _paste(paths: list[tuple[tuple, object]], key: str) -> dict:
+    """A config section with ``key`` pasted into every one of ``paths`` (as a name, a list item, a dict key)."""
+    section: dict = {}
+    for path, annotation in paths:
+        node: dict | list = section
+        for step, after in zip(path[:-1], path[1:], strict=True):
+            if step == 0:
+                node = node[0] if node else (node.append({}) or node[0])
+            else:
+                node = node.setdefault(step, [] if after == 0 else {})
+        text = str(annotation)
+        node[path[-1]] = (
+            [key] if text.startswith("list[") else {key: "s/k"} if "dict[" in text or "Map" in text else key
+        )
+    return section
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+@pytest.mark.unit
+def test_keys_pasted_into_every_env_field_of_every_stage_leak_nowhere(tmp_path, caplog):
+    """Keys of several providers' shapes pasted into every ``*_env`` field of every stage: ``stage``,
+    ``validate`` and ``run --local`` refuse each with a line naming the field, exit 1, and neither the
+    terminal, the logs nor any file written holds the key (the configs we wrote aside)."""
+    import logging
+
+    from distilflow.components import STAGES, load_config_class
+    from tests.sdk.test_secrets import PASTED
+
+    caplog.set_level(logging.DEBUG)
+    runner = CliRunner()
+    stages = {s: _env_paths(load_config_class(s)) for s in STAGES}
+    stages = {s: p for s, p in stages.items() if p}
+    assert {"distill", "curate", "sft", "dpo", "evaluate", "deploy"} <= set(stages)
+    outputs, configs, named = [], set(), 0
+    for provider, key in PASTED.items():
+        pipeline = {}
+        for stage, paths in stages.items():
+            section = {**_paste(paths, key), "output_uri": str(tmp_path / provider / stage)}
+            configs.add(write_config(str(tmp_path / f"{provider}-{stage}.yaml"), section))
+            done = runner.invoke(
+                main, ["stage", stage, "--config", str(tmp_path / f"{provider}-{stage}.yaml")]
+            )
+            outputs.append(done.output + (done.stderr if hasattr(done, "stderr") else ""))
+            assert done.exit_code == 1, (stage, done.output[-1500:])
+            for path, _ in paths:
+                assert _dotted(path) in done.output, (stage, _dotted(path), done.output[-1500:])
+                named += 1
+            pipeline[stage] = {k: v for k, v in section.items() if k != "output_uri"}
+        lifecycle = write_config(str(tmp_path / f"{provider}-pipeline.yaml"), pipeline)
+        configs.add(lifecycle)
+        for args in (["validate", lifecycle, "--pipeline", "lifecycle"], ["run", "quickstart", "--local"]):
+            args = (
+                args if args[0] == "validate" else [*args, "--config", lifecycle, "--runs-dir", str(tmp_path)]
+            )
+            done = runner.invoke(main, args)
+            outputs.append(done.output)
+            assert done.exit_code == 1 and "api_key_env" in done.output, (args, done.output[-1500:])
+    files = {p: b for p, b in local_files(str(tmp_path)).items() if p not in configs}
+    logs = "\n".join(r.getMessage() for r in caplog.records)
+    blobs = {"terminal": "\n".join(outputs).encode(), "logs": logs.encode(), **files}
+    leaks = [(where, p) for where, data in blobs.items() for p, key in PASTED.items() if key.encode() in data]
+    assert not leaks, leaks[:5]
+    assert not any(p.endswith(("config.resolved.yaml", "_COMPLETE")) for p in files)
+    figure("secrets/pasted", providers=len(PASTED), stages=len(stages), fields_named=named, files=len(files))
+
+
+@pytest.mark.unit
+def test_an_unset_key_variable_stops_validate_and_the_stage_before_any_work(tmp_path, monkeypatch):
+    """ "TEACHER_API_KEY is not set", from validate and from the stage itself, before a request or a file."""
+    monkeypatch.delenv("DISTILFLOW_UNSET_KEY", raising=False)
+    with FaultServer() as url:
+        teacher = endpoint_teacher(url, key_env="DISTILFLOW_UNSET_KEY")
+        out = tmp_path / "distill"
+        section = {
+            "output_uri": str(out),
+            "problems_uri": problems(str(tmp_path / "p.jsonl"), 2),
+            "teacher": teacher,
+        }
+        runner = CliRunner()
+        done = runner.invoke(
+            main, ["stage", "distill", "--config", write_config(str(tmp_path / "d.yaml"), section)]
+        )
+        assert done.exit_code == 1
+        assert "DISTILFLOW_UNSET_KEY is not set (distill.teacher.api_key_env names it)" in done.output
+        assert not out.exists()  # nothing written, not even config.resolved.yaml
+        pipeline = {"distill": {k: v for k, v in section.items() if k != "output_uri"}}
+        done = runner.invoke(main, ["validate", write_config(str(tmp_path / "p.yaml"), pipeline)])
+        assert done.exit_code == 1 and "DISTILFLOW_UNSET_KEY is not set" in done.output, done.output
+        assert "HTTP 401" not in done.output  # the endpoint is not asked with a missing key

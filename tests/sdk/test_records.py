@@ -124,11 +124,20 @@ def test_utf8_bom_accepted(tmp_path):
 
 
 @pytest.mark.unit
-def test_problem_ignores_extra_keys_and_reads_numbers_as_text(tmp_path):
-    path = write_lines(tmp_path, [json.dumps({"id": 1, "problem": "1+41?", "answer": 42, "source": "gsm8k"})])
+def test_problem_ignores_extra_keys_and_refuses_numbers_for_text(tmp_path):
+    path = write_lines(
+        tmp_path, [json.dumps({"id": "1", "problem": "1+41?", "answer": "42", "source": "gsm8k"})]
+    )
     (p,) = read_jsonl(path, Problem)
     assert (p.id, p.answer, p.domain) == ("1", "42", None)
     assert "source" not in p.model_dump()
+    # a number where text is expected is not coerced to "42" and sent on: it names the line and field
+    path = write_lines(tmp_path, [json.dumps(PROBLEM), json.dumps({"id": "2", "problem": "x", "answer": 42})])
+    with pytest.raises(RecordError) as err:
+        read_jsonl(path, Problem)
+    assert str(err.value).splitlines()[1].strip() == (
+        f"{path}:2: Problem field 'answer': expected text (a JSON string), got a number"
+    )
 
 
 @pytest.mark.unit
@@ -183,7 +192,7 @@ def test_each_kind_of_bad_line_is_reported_with_file_and_line(tmp_path):
     assert errs[0].startswith(f"{path}:2: invalid JSON at column")
     assert errs[1] == f"{path}:3: expected a JSON object, got list"
     assert errs[2] == f"{path}:4: Problem field 'problem': Field required"
-    assert errs[3].startswith(f"{path}:5: Problem field 'problem': Input should be a valid string")
+    assert errs[3] == f"{path}:5: Problem field 'problem': expected text (a JSON string), got a list"
     assert errs[4].startswith(f"{path}:6: not UTF-8") and "re-encode the file as UTF-8" in errs[4]
     assert errs[5] == f"{path}:7: duplicate id 'p1'; ids must be unique"
     assert errs[6].startswith(f"{path}:9: Problem field 'id': String should have at least 1 character")
@@ -234,9 +243,9 @@ def test_wrong_types_and_ranges(tmp_path):
         ],
     )
     errs = errors_of(path, Scored)
-    assert errs[0].startswith(f"{path}:1: Scored field 'tokens': Input should be a valid integer")
+    assert errs[0] == f"{path}:1: Scored field 'tokens': expected a whole number, got text"
     assert errs[1].startswith(f"{path}:2: Scored field 'rv': Input should be less than or equal to 9")
-    assert errs[2].startswith(f"{path}:3: Scored field 'correct': Input should be a valid boolean")
+    assert errs[2] == f"{path}:3: Scored field 'correct': expected true or false, got text"
 
 
 @pytest.mark.unit
@@ -309,3 +318,79 @@ def test_s3_errors_name_the_uri(s3_bucket):
         read_jsonl(uri, Trace)
     with pytest.raises(RecordError, match=rf"s3://{s3_bucket}/prefix/none\.jsonl: file not found"):
         read_jsonl(f"s3://{s3_bucket}/prefix/none.jsonl", Trace)
+
+
+def _wrong_value(annotation) -> tuple[object, str]:
+    """A JSON value of the wrong type for a field, and how the error names what it got: text fields get
+    a number, numbers and booleans get text or a number (lax pydantic would coerce "3", "0.5" and 1)."""
+    import typing
+
+    text = str(annotation)
+    if typing.get_origin(annotation) is list or text.startswith("list["):
+        return "text", "text"
+    if "bool" in text:
+        return 1, "a number"
+    if "int" in text or "float" in text:
+        return "3", "text"
+    return 12345, "a number"
+
+
+def _field_paths(model, prefix: str = "") -> list[tuple[str, object]]:
+    """``(dotted path, annotation)`` of every field of ``model`` and of the messages inside it."""
+    paths = []
+    for name, info in model.model_fields.items():
+        paths.append((f"{prefix}{name}", info.annotation))
+        if "Message" in str(info.annotation):
+            paths.extend(_field_paths(Message, f"{prefix}{name}.0."))
+    return paths
+
+
+def _set(row: dict, path: str, value: object) -> dict:
+    row = json.loads(json.dumps(row))
+    node, parts = row, path.split(".")
+    for part in parts[:-1]:
+        node = node[int(part)] if part.isdigit() else node[part]
+    node[parts[-1]] = value
+    return row
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("model,sample", SAMPLES, ids=lambda x: getattr(x, "__name__", ""))
+def test_every_field_of_every_record_kind_refuses_a_wrong_type(tmp_path, model, sample):
+    """Each field of each record kind the stages read, given a value of the wrong JSON type, is an error
+    naming the file, the line and the field, and what was expected and got."""
+    paths = _field_paths(model)
+    assert len(paths) >= 4
+    for path, annotation in paths:
+        value, got = _wrong_value(annotation)
+        lines = [json.dumps(sample), json.dumps(_set(sample, path, value))]
+        uri = write_lines(tmp_path, lines, name=f"{model.__name__}.jsonl")
+        with pytest.raises(RecordError) as err:
+            read_jsonl(uri, model, unique_ids=False)
+        (line,) = [x.strip() for x in str(err.value).splitlines()[1:]]
+        assert line.startswith(f"{uri}:2: {model.__name__} field '{path}': "), (path, line)
+        if "Literal" not in str(annotation):
+            assert line.endswith(f"got {got}"), (path, line)
+
+
+@pytest.mark.unit
+def test_every_field_of_an_evaluation_problem_refuses_a_wrong_type(tmp_path):
+    """Your own evaluation file (benchmark ``jsonl``) is read as strictly, through ``load_benchmark``."""
+    from distilflow.components.evaluate.benchmarks import EvalProblem, load_benchmark
+    from distilflow.components.evaluate.config import BenchmarkConfig, EvaluateConfig
+
+    good = {"id": "e1", "problem": "1+1?", "answer": "2", "domain": "math", "difficulty": "easy"}
+    good |= {
+        "choices": ["2", "3"],
+        "tests": [{"input": "", "output": "2", "kind": "stdin"}],
+        "func_name": "f",
+    }
+    config = EvaluateConfig.from_dict({"output_uri": str(tmp_path / "out"), "benchmarks": ["math500"]})
+    for name, info in EvalProblem.model_fields.items():
+        value, got = _wrong_value(info.annotation)
+        uri = write_lines(tmp_path, [json.dumps(good), json.dumps({**good, "id": "e2", name: value})])
+        with pytest.raises(RecordError) as err:
+            load_benchmark(BenchmarkConfig(name="jsonl", source=uri), config)
+        message = str(err.value)
+        assert uri in message and "row 2:" in message and f"field '{name}': " in message, (name, message)
+        assert f"got {got}" in message, (name, message)

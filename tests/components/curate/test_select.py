@@ -323,8 +323,9 @@ def test_report_has_charts_and_counts(tmp_path):
     assert page.count('class="cell"') == 200
     # rows in, dropped, rows out of the per_bin filter (domain quotas come after it)
     out = stats.kept + stats.dropped["domain_quota"]
-    assert f"<td>per_bin</td><td>{out + 1}</td><td>1</td><td>{out}</td>" in page
-    assert "<td>judge_failures</td><td>1</td>" in page and "p1/t/0" in page
+    num = '<td class="num">{}</td>'.format
+    assert f"<td>per_bin</td>{num(out + 1)}{num(1)}{num(out)}" in page
+    assert f"<th>traces left unscored (unreadable judgment)</th>{num(1)}" in page and "p1/t/0" in page
     json.dumps(stats.to_dict())  # selection.json is plain JSON
     assert os.path.basename(__file__) == "test_select.py"
 

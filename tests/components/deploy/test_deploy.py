@@ -1,7 +1,8 @@
 """The ``deploy`` stage.
 
-target local: a real `transformers serve` subprocess on 127.0.0.1 serving the tiny Qwen3, smoke-tested
-(chat, streamed chat, thinking on/off) through the `openai` client. target kserve: the manifest checked
+target local: a real server subprocess (distilflow's own over transformers' generate, ``server.py``) on
+127.0.0.1 serving the tiny Qwen3, smoke-tested (chat, streamed chat token by token, thinking on/off)
+through the `openai` client, kept running and stopped with `distilflow stop`. target kserve: the manifest checked
 field by field against the InferenceService schema, applied with the `kubernetes` client to a loopback
 API server (tests/fakes/k8s_api_server.py) that plays KServe's controller. target pai-eas: the service
 description checked field by field, created and updated through the EAS SDK against a loopback EAS API
@@ -18,7 +19,9 @@ import socket
 import time
 
 import pytest
+from click.testing import CliRunner
 
+from distilflow.client.cli import main
 from distilflow.components.deploy.config import DeployConfig
 from distilflow.components.deploy.run import run
 from distilflow.errors import BackendError, ConfigError
@@ -105,7 +108,10 @@ def test_components_run_under_kfp_local(tiny_qwen3, problems_file, tmp_path):
     assert 0 < smoke["completion_tokens"] <= 8 and smoke["latency_s"] > 0 and smoke["tokens_per_s"] > 0
     stream = smoke["stream"]
     assert stream["chunks"] > 0 and 0 < stream["completion_tokens"] <= 8 and stream["tokens_per_s"] > 0
-    assert stream["time_to_first_token_s"] <= stream["latency_s"]
+    # token by token: one chunk per generated token (transformers serve sent the answer in one chunk)
+    assert stream["chunks"] == stream["completion_tokens"] and stream["tokens_from_usage"]
+    assert 0 < stream["time_to_first_token_s"] < stream["latency_s"]
+    assert smoke["listed_models"] == [info["served_model"]]  # /v1/models lists the served name
     # The tiny Qwen3's template honours enable_thinking: one chat each with thinking on and off.
     assert set(smoke["thinking"]) == {"on", "off"}
     assert all(0 < m["completion_tokens"] <= 8 for m in smoke["thinking"].values())
@@ -162,9 +168,19 @@ def test_keep_running_leaves_a_working_endpoint(tiny_qwen3, s3_bucket, tmp_path)
         assert result.stream_tokens_per_s > 0 and info["smoke"]["stream"]["chunks"] > 0
         # A rerun finds the kept server answering and returns it instead of starting another.
         assert run(cfg) == result
+        assert json.loads(uris.read_text(out + "/server.pid"))["pid"] == result.pid
+        stopped = CliRunner().invoke(main, ["stop", out])
+        assert stopped.exit_code == 0, stopped.output
+        assert stopped.output.strip() == (
+            f"stopped the server at {result.endpoint_url} (pid {result.pid}); removed {out}/server.pid"
+        )
+        assert _wait_gone(result.pid) and not uris.exists(out + "/server.pid")
+        again = CliRunner().invoke(main, ["stop", out])
+        assert again.exit_code == 1 and "no server.pid" in again.output
     finally:
-        os.killpg(result.pid, signal.SIGTERM)
-        assert _wait_gone(result.pid)
+        if _port_open(result.endpoint_url):
+            os.killpg(result.pid, signal.SIGTERM)
+            _wait_gone(result.pid)
     assert not _port_open(result.endpoint_url)
 
 

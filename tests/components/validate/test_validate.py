@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -146,3 +150,65 @@ def test_a_teacher_inside_a_settings_block_is_checked(tmp_path, problems_file, t
         run(make(tmp_path, config))
     config["sft"]["gkd"]["teacher"]["model"] = tiny_qwen3
     assert f"sft.gkd.teacher: model {tiny_qwen3}" in run(make(tmp_path, config)).checked
+
+
+def _validate_cli(*args: str):
+    from click.testing import CliRunner
+
+    from distilflow.client.cli import main
+
+    return CliRunner().invoke(main, ["validate", *args])
+
+
+@pytest.mark.unit
+def test_validate_lists_the_defaults_it_filled_in_and_prints_each_check_once(tmp_path, problems_file):
+    """A config with no teacher: the quickstart's SmolLM2 teacher is shown as the pipeline's default,
+    sections left out are named as running on defaults, the student is named but not built."""
+    import tempfile
+
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text(f"distill: {{problems_uri: {problems_file}, n: 3}}\n")
+    student = os.path.join(tempfile.gettempdir(), "distilflow-validate", "models", "student-tiny-qwen3")
+    shutil.rmtree(os.path.dirname(os.path.dirname(student)), ignore_errors=True)
+    done = _validate_cli(str(cfg))
+    assert done.exit_code == 0, done.output
+    lines = done.output.splitlines()
+    assert lines[0] == f"validating {cfg} for pipeline quickstart (the default; --pipeline NAME for another)"
+    filled = lines[lines.index("defaults filled in (not in your config):") + 1 :]
+    filled = [x.strip() for x in filled[: next(i for i, x in enumerate(filled) if not x.startswith("  "))]]
+    assert filled[0].startswith("distill.teacher = {backend: transformers, model: smollm2")
+    assert filled[0].endswith("(default of the pipeline, quickstart.yaml)")
+    assert "distill.n = 2" not in done.output  # the user's n=3 is no default
+    assert filled[1] == "distill.prompt = thought_solution (default of the pipeline, quickstart.yaml)"
+    assert [x.split(":")[0] for x in filled[2:]] == ["curate", "sft", "evaluate", "deploy"]
+    assert "model=a tiny Qwen3 student, built when the run starts" in filled[3]
+    checks = [x for x in lines if x.startswith("ok  ")]
+    assert len(checks) == len(set(checks)) >= 8
+    assert "[validate]" not in done.output  # the stage's own log lines are not printed a second time
+    assert not os.path.exists(student)  # named, not built
+
+
+@pytest.mark.unit
+def test_validate_never_invents_a_teacher_for_a_recipe(tmp_path, problems_file):
+    cfg = tmp_path / "mine.yaml"
+    sections = {"distill": {"problems_uri": problems_file}, "evaluate": {"problems_uri": problems_file}}
+    cfg.write_text(json.dumps(sections))
+    done = _validate_cli(str(cfg), "--pipeline", "thoughtx")
+    assert done.exit_code == 1
+    assert "give exactly one of teacher (one model) or teachers" in done.output
+    assert "smollm2" not in done.output and "the default;" not in done.output
+
+
+@pytest.mark.unit
+def test_validate_builds_no_model_and_imports_no_torch(tmp_path, problems_file):
+    """What made validate take 5-10 s: it built the quickstart's tiny student (torch, transformers)."""
+    cfg = tmp_path / "mine.yaml"
+    cfg.write_text(f"distill: {{problems_uri: {problems_file}}}\n")
+    code = (
+        "import sys; from distilflow.client.local import validate_config; "
+        f"v = validate_config('quickstart', {str(cfg)!r}); "
+        "print(len(v.checked), sorted(m for m in ('torch', 'transformers', 'deepspeed') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["10", "[]"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from distilflow.report_style import fmt
 from distilflow.teachers import make_teacher
 from distilflow.teachers.config import TeacherConfig
 from distilflow.teachers.endpoint import RAMP_CONNECTIONS, RAMP_HOLD_S, AsyncEndpoint
@@ -155,7 +156,8 @@ def test_distill_final_pass_loses_no_row_and_labels_both_rates(tmp_path):
     assert result.requests_per_s * result.wall_s == pytest.approx(result.requests, rel=0.01)
     assert result.traces_per_s * result.wall_s == pytest.approx(60, rel=0.01)
     report = Path(result.report_md).read_text()
-    assert f"{result.traces_per_s:.2f}, {result.requests_per_s:.2f}" in report
+    assert f"| requests sent per second (retries included) | {fmt(result.requests_per_s)} |" in report
+    assert f"| traces received per second | {fmt(result.traces_per_s)} |" in report
 
 
 def test_the_environments_proxy_is_looked_up_once_per_endpoint(monkeypatch):
