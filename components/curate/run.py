@@ -12,8 +12,9 @@ first (``crv.py``): verified rewrites replace the original trace and are scored 
 Every judge, critic and rewrite answer goes through the content-addressed teacher cache
 (``judging.CachedTeacher``, default ``<output_uri>/cache``) as it arrives: a rerun after a kill
 or a failed request re-sends none of the judgments already received. A judgment that cannot be
-read (generate mode: no ``<score>`` on the scale; logprobs mode: no score digit among the judge's
-top next tokens) leaves its trace unscored and is written to ``judge_failures``, never guessed.
+read (generate mode: no ``<score>`` on the scale; logprobs mode: the score digits carry less than
+``judge.min_digit_mass`` of the judge's next-token probability) leaves its trace unscored and is
+written to ``judge_failures`` with the reason, never guessed.
 
 Outputs, as shards ``<kind>-NNNNN-of-NNNNN.jsonl`` of at most ``shard_rows`` rows listed in the
 manifest (``result.shards``; read them with ``distilflow.records.iter_output_rows``) and, with
@@ -48,6 +49,7 @@ from distilflow.progress import Progress
 from distilflow.records import Scored, Trace, describe, template_tokens
 from distilflow.teachers.cache import TeacherCache
 from distilflow.teachers.cached import CachedTeacher
+from distilflow.teachers.protocol import Unreadable
 
 TRACES = "traces.jsonl"
 SELECTION, REPORT = "selection.json", "report.html"
@@ -187,7 +189,8 @@ def score_logprobs(
     judge: CachedTeacher, traces: list[Trace]
 ) -> tuple[list[dict[str, float] | None], list[dict]]:
     """Expected scores from the judge's next-token digit distribution (all kinds in one round of
-    requests); a trace with a judgment that has no score digit gets None and a failure row."""
+    requests); a trace with an unreadable judgment (``teachers.protocol.Unreadable``: too little of
+    the probability on the score digits) gets None and a failure row with the reason."""
     kinds = list(SCALES)
     chats = [chat for kind in kinds for chat in judge_chats(traces, kind, "logprobs")]
     probs = judge.digit_probs(chats, [SCALES[kind] for kind in kinds for _ in traces])
@@ -196,9 +199,8 @@ def score_logprobs(
     for k, kind in enumerate(kinds):
         for i, trace in enumerate(traces):
             p = probs[k * len(traces) + i]
-            if p is None:
-                reason = f"no score digit ({SCALE_TEXT[kind]}) among the judge's top next tokens"
-                failures.append(_failure(trace, kind, reason, "", None))
+            if isinstance(p, Unreadable):
+                failures.append(_failure(trace, kind, p.reason, "", None))
                 scores[i] = None
             elif scores[i] is not None:
                 # logic: P("1") over {"0","1"}, the judge's confidence that the reasoning is sound.

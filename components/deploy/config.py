@@ -164,8 +164,8 @@ class DeployConfig(BaseConfig):
     )
     served_model_name: str | None = Field(
         None,
-        description="The model id clients name (vLLM --served-model-name); None = the service name on "
-        "cluster targets, the model folder locally",
+        description="The model id clients name (--served-model-name of every server deploy starts); None = "
+        "service_name, else the model folder's name (<run>/sft/model serves as sft-model)",
     )
     image: str | None = Field(
         None, description="Cluster targets: the vLLM server image; None = distilflow's vllm image"

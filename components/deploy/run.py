@@ -37,7 +37,7 @@ from distilflow import uri as uris
 from distilflow.components.deploy import smoke as smoke_mod
 from distilflow.components.deploy.config import DeployConfig
 from distilflow.components.deploy.pidfile import write_pid_file
-from distilflow.components.deploy.vllm_server import served_name, thinking_model
+from distilflow.components.deploy.vllm_server import served_name, thinking_model, vllm_args
 from distilflow.errors import BackendError, ConfigError
 from distilflow.outputs import METRIC, StageOutput
 
@@ -108,10 +108,16 @@ SERVER_MODULES = {
 """The module each backend's server runs as (``stop_server`` checks a pid still runs one of them)."""
 
 
-def server_command(backend: str, model_dir: str, host: str, port: int, served: str) -> list[str]:
-    """The command line of the server; requests name the model ``served`` (``vllm_server.served_name``)."""
-    module = [SERVER_MODULES[backend], "--model", model_dir, "--served-model-name", served]
-    return [sys.executable, "-m", *module, "--host", host, "--port", str(port)]
+def server_command(
+    config: DeployConfig, backend: str, model_dir: str, port: int, thinking: bool
+) -> list[str]:
+    """The command line of the server; requests name the model ``vllm_server.served_name``. vLLM gets the
+    cluster targets' arguments (parallelism, length, reasoning parser, ``vllm_args``) from ``vllm_args``."""
+    if backend == "vllm":
+        args = vllm_args(config, model_dir, port, thinking, host=config.host)
+        return [sys.executable, "-m", SERVER_MODULES["vllm"], *args]
+    module = [SERVER_MODULES[backend], "--model", model_dir, "--served-model-name", served_name(config)]
+    return [sys.executable, "-m", *module, "--host", config.host, "--port", str(port)]
 
 
 def api_key(config: DeployConfig) -> str | None:
@@ -193,7 +199,7 @@ def endpoint_alive(endpoint_url: str) -> bool:
 
 
 def start_server(
-    config: DeployConfig, out: StageOutput, backend: str, model_dir: str, key: str | None
+    config: DeployConfig, out: StageOutput, backend: str, model_dir: str, key: str | None, thinking: bool
 ) -> tuple[subprocess.Popen, str, str, str]:
     """Start the server in its own process group; return it, its root URL, its log and a work folder."""
     port = config.port or free_port(config.host)
@@ -204,7 +210,7 @@ def start_server(
     os.makedirs(os.path.dirname(log_path), exist_ok=True)
     cache_dir = os.path.join(work_dir, "hf-cache")
     os.makedirs(cache_dir)
-    cmd = server_command(backend, model_dir, config.host, port, served_name(config))
+    cmd = server_command(config, backend, model_dir, port, thinking)
     print(f"[{STAGE}] starting {backend} server: {' '.join(cmd)}", flush=True)
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
@@ -244,17 +250,15 @@ def run_local(config: DeployConfig, out: StageOutput) -> DeployResult:
     backend = pick_backend(config.backend)
     key = api_key(config)
     out.begin(config)
-    thinking = config.smoke_thinking
-    if thinking is None:
-        thinking = smoke_mod.supports_thinking(model_dir)
-    proc, root_url, log_path, work_dir = start_server(config, out, backend, model_dir, key)
+    template_thinking = smoke_mod.supports_thinking(model_dir)
+    thinking = template_thinking if config.smoke_thinking is None else config.smoke_thinking
+    name = served_name(config)
+    proc, root_url, log_path, work_dir = start_server(config, out, backend, model_dir, key, template_thinking)
     base_url = root_url + "/v1"
     try:
         ready_s = wait_ready(proc, root_url, config.startup_timeout_s)
         print(f"[{STAGE}] server ready at {base_url} after {ready_s:.1f}s (pid {proc.pid})", flush=True)
-        smoke = smoke_mod.smoke_test(
-            base_url, served_name(config), config.smoke_prompt, config.max_tokens, key, thinking
-        )
+        smoke = smoke_mod.smoke_test(base_url, name, config.smoke_prompt, config.max_tokens, key, thinking)
     except BaseException as exc:
         # Never leave a half-started server behind; the log tail carries the server's own error.
         stop(proc)
@@ -281,7 +285,7 @@ def run_local(config: DeployConfig, out: StageOutput) -> DeployResult:
     endpoint = {
         "url": base_url,
         "model": model_dir,
-        "served_model": served_name(config),
+        "served_model": name,
         "backend": backend,
         "keep_running": config.keep_running,
         "pid": pid,
@@ -291,7 +295,7 @@ def run_local(config: DeployConfig, out: StageOutput) -> DeployResult:
     }
     result = DeployResult(
         endpoint_url=base_url,
-        served_model=served_name(config),
+        served_model=name,
         backend=backend,
         stopped=pid is None,
         pid=pid,

@@ -100,7 +100,10 @@ def _stream(client: Any, base_url: str, model: str, prompt: str, max_tokens: int
             for choice in chunk.choices:
                 events += 1
                 delta = choice.delta
-                piece = (delta.content or "") + (getattr(delta, "reasoning_content", None) or "")
+                # A reasoning parser streams the thinking apart, as reasoning_content (SGLang, older
+                # vLLM) or reasoning (vLLM 0.31); both are generated tokens.
+                thought = getattr(delta, "reasoning_content", None) or getattr(delta, "reasoning", None)
+                piece = (delta.content or "") + (thought or "")
                 if piece:
                     first = first if first is not None else time.monotonic() - started
                     chunks += 1

@@ -278,17 +278,20 @@ def sample_path(name: str) -> str:
     return os.path.join(SAMPLES_DIR, f"{name}.jsonl")
 
 
-def _read_rows(uri: str) -> list[dict[str, Any]]:
-    """Rows of a .jsonl/.json (JSON lines) or .parquet file, local or in object storage."""
+def _read_rows(uri: str) -> tuple[list[dict[str, Any]], str]:
+    """Rows of a .jsonl/.json (JSON lines) or .parquet file, local or in object storage, and the
+    sha256 of the file's bytes (what ``sha256sum`` prints for it)."""
+    data = uris.read_bytes(uri)
+    file_sha256 = hashlib.sha256(data).hexdigest()
     if uri.endswith(".parquet"):
         import datasets
 
         ds = datasets.load_dataset(
             "parquet", data_files=uri, split="train", storage_options=uris.storage_options(uri) or None
         )
-        return [dict(r) for r in ds]
+        return [dict(r) for r in ds], file_sha256
     rows = []
-    for n, line in enumerate(uris.read_text(uri).splitlines(), 1):
+    for n, line in enumerate(data.decode("utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -298,7 +301,7 @@ def _read_rows(uri: str) -> list[dict[str, Any]]:
         if not isinstance(value, dict):
             raise RecordError(f"{uri}:{n}: expected a JSON object, got {type(value).__name__}")
         rows.append(value)
-    return rows
+    return rows, file_sha256
 
 
 def _from_hub(cfg: BenchmarkConfig) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -332,7 +335,8 @@ def load_benchmark(cfg: BenchmarkConfig, config: EvaluateConfig) -> Benchmark:
         where = {"source": "hub", **where}
     else:
         path = sample_path(cfg.name) if cfg.source == "sample" else cfg.source
-        rows, where = _read_rows(path), {"source": cfg.source, "uri": path}
+        rows, file_sha256 = _read_rows(path)
+        where = {"source": cfg.source, "uri": path, "file_sha256": file_sha256}
     if cfg.name == "gpqa_diamond":
         where["shuffle_choices"] = cfg.shuffle_choices
     adapter = ADAPTERS[cfg.name]
@@ -357,19 +361,26 @@ def load_benchmark(cfg: BenchmarkConfig, config: EvaluateConfig) -> Benchmark:
     limit = cfg.max_problems or config.max_problems
     if limit is not None:
         items = items[:limit]
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update(json.dumps(row, sort_keys=True, default=str, ensure_ascii=False).encode())
-        digest.update(b"\n")
     return Benchmark(
         name=cfg.display,
         kind=cfg.name,
         items=items,
         source=where,
-        sha256=digest.hexdigest(),
+        sha256=rows_sha256(rows),
         prompt_template=prompt_template(cfg, config),
         samples=effective_samples(cfg, config),
     )
+
+
+def rows_sha256(rows: list[dict[str, Any]]) -> str:
+    """The data's identity in the protocol (``problems_sha256``): sha256 over every row as canonical JSON
+    (keys sorted, UTF-8, ``ensure_ascii=False``) followed by a newline, in file order, all rows before
+    ``max_problems`` is applied. A mirror of the hub data (.jsonl or .parquet) hashes alike."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update(json.dumps(row, sort_keys=True, default=str, ensure_ascii=False).encode())
+        digest.update(b"\n")
+    return digest.hexdigest()
 
 
 def prompt_template(cfg: BenchmarkConfig, config: EvaluateConfig) -> str:
@@ -389,9 +400,24 @@ def effective_samples(cfg: BenchmarkConfig, config: EvaluateConfig) -> int:
     return cfg.samples or config.samples or DEFAULT_SAMPLES.get(cfg.name, 1)
 
 
+def mirror_source(source: str, name: str) -> str:
+    """A benchmark's source under the stage's ``source``: hub and sample as they are; a folder, the
+    benchmark's mirror in it (``<name>.parquet`` when there is one, else ``<name>.jsonl``)."""
+    if source in ("hub", "sample"):
+        return source
+    parquet = uris.join(source, f"{name}.parquet")
+    return parquet if uris.exists(parquet) else uris.join(source, f"{name}.jsonl")
+
+
 def benchmark_configs(config: EvaluateConfig) -> list[BenchmarkConfig]:
-    """The configured benchmarks, with ``problems_uri`` as a ``jsonl`` benchmark named 'problems'."""
-    found = list(config.benchmarks)
+    """The configured benchmarks (those without a source of their own take the stage's ``source``), with
+    ``problems_uri`` as a ``jsonl`` benchmark named 'problems'."""
+    found = [
+        b.model_copy(update={"source": mirror_source(config.source, b.name)})
+        if config.source and "source" not in b.model_fields_set and b.name != "jsonl"
+        else b
+        for b in config.benchmarks
+    ]
     if config.problems_uri:
         found.insert(0, BenchmarkConfig(name="jsonl", source=config.problems_uri, label="problems"))
     return found

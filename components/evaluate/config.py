@@ -99,6 +99,9 @@ class ModelSpec(BaseConfig):
     tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs one vLLM engine spans (vllm)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory share vLLM may take")
     max_model_len: int | None = Field(None, ge=1, description="Longest prompt + answer vLLM plans for")
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="More vllm.LLM engine arguments (vllm), e.g. {enforce_eager: true}"
+    )
     concurrency: int = Field(32, ge=1, description="Requests in flight (openai)")
     timeout_s: float = Field(3600, gt=0, description="Per-request timeout in seconds (openai)")
 
@@ -134,6 +137,12 @@ class EvaluateConfig(BaseConfig):
         default_factory=list,
         description="Benchmarks to score, e.g. [aime2024, math500, gpqa_diamond, livecodebench] or "
         "[{name: math500, source: sample}]",
+    )
+    source: str | None = Field(
+        None,
+        description="Where the benchmarks that set no source of their own come from: hub (the Hugging Face "
+        "hub), sample (the few rows shipped with distilflow: local runs and tests, no download), or a folder "
+        "URI holding mirrors named <benchmark>.parquet or <benchmark>.jsonl in the hub's format; null: hub",
     )
     thinking_modes: list[bool] | None = Field(
         None,
@@ -185,6 +194,10 @@ class EvaluateConfig(BaseConfig):
     tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs one vLLM engine spans (vllm)")
     gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="GPU memory share vLLM may take")
     max_model_len: int | None = Field(None, ge=1, description="Longest prompt + answer vLLM plans for")
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More vllm.LLM engine arguments for the wired model (vllm), e.g. {enforce_eager: true}",
+    )
     model_hash: Literal["content", "sizes"] = Field(
         "content",
         description="Model identity: content (sha256 of every file) or sizes (names and sizes: cheap)",

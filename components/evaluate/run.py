@@ -141,6 +141,7 @@ def wired_spec(config: EvaluateConfig) -> ModelSpec | None:
         tensor_parallel_size=config.tensor_parallel_size,
         gpu_memory_utilization=config.gpu_memory_utilization,
         max_model_len=config.max_model_len,
+        vllm_engine_args=config.vllm_engine_args,
     )
 
 
@@ -172,6 +173,7 @@ def teacher_config(config: EvaluateConfig, spec: ModelSpec | None = None, enable
         tensor_parallel_size=spec.tensor_parallel_size,
         gpu_memory_utilization=spec.gpu_memory_utilization,
         max_model_len=spec.max_model_len,
+        vllm_engine_args=spec.vllm_engine_args,
         concurrency=spec.concurrency,
         timeout_s=spec.timeout_s,
     )

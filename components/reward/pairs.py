@@ -49,10 +49,12 @@ Answer 2:
 {second}
 
 {instruction}"""
-"""Version pairwise_v1 of the judge prompt (the answers' reasoning is shown inside <think> tags)."""
+"""Version pairwise_v2 of the judge prompt (the answers' reasoning is shown inside <think> tags; v2: the logprobs
+instruction says what each digit scores, read after the judge's answer_prefix)."""
 
 INSTRUCTIONS = {
-    "logprobs": "Which answer is better? Reply with the single digit 1 or 2.",
+    "logprobs": "Which answer is better? Score 1 if answer 1 is better, 2 if answer 2 is. Reply with the single "
+    "digit 1 or 2.",
     "generate": "Which answer is better? Explain briefly, then end with <choice>1</choice> or <choice>2</choice>.",
 }
 CHOICE_RE = re.compile(r"<choice>\s*([12])\s*</choice>")
@@ -189,9 +191,13 @@ def judge_chat(pair: PreferencePair, first: list[Message], second: list[Message]
 
 
 def first_probabilities(judge: Any, chats: list[list[dict]], mode: str) -> list[float | None]:
-    """For each chat, the probability that answer 1 is better (None: an unparseable verdict)."""
+    """For each chat, the probability that answer 1 is better (None: an unreadable verdict, e.g. a
+    logprobs verdict whose digits carry too little of the judge's probability)."""
+    from distilflow.teachers.protocol import Unreadable
+
     if mode == "logprobs":
-        return [probs["1"] for probs in judge.digit_probs(chats, "12")]
+        verdicts = judge.digit_probs(chats, "12")
+        return [None if isinstance(p, Unreadable) else p["1"] for p in verdicts]
     found: list[float | None] = []
     for (completion,) in judge.generate(chats, n=1):
         matches = CHOICE_RE.findall(completion.content) or CHOICE_RE.findall(completion.reasoning)

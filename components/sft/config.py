@@ -142,6 +142,14 @@ class SftConfig(TrainingConfig):
             raise ValueError("kd and gkd train on unpacked rows; set packing=false")
         return self
 
+    if_no_examples: Literal["fail", "skip"] = Field(
+        "fail",
+        description="When the data holds no example at all (e.g. curate kept no trace with a correct answer): "
+        "fail, or skip: train nothing and publish the starting model unchanged as this stage's model, with "
+        "trained false and the reason in the result, so a demonstration run (the quickstart) goes on and says "
+        "so instead of training on wrong answers",
+    )
+
 
 class SftResult(TokenThroughput, RowCounts, TrainingResult):
     """What an `sft` run produced (stored in its manifest, returned again on a rerun)."""
@@ -155,3 +163,8 @@ class SftResult(TokenThroughput, RowCounts, TrainingResult):
         description="kd: the divergence to the teacher per token (times T^2) at the last logged step",
         json_schema_extra=METRIC,
     )
+    trained: bool = Field(
+        True,
+        description="False when training was skipped (if_no_examples: skip): the model is the starting model",
+    )
+    skipped: str | None = Field(None, description="Why training was skipped (None: it was not)")

@@ -226,8 +226,12 @@ def run(config: SftConfig) -> SftResult:
         return SftResult.model_validate(stored["result"])
 
     data_file = config.data_uri
-    # kd reads distill's logits (streamed while training); the other losses read chats
-    examples = [] if config.kd is not None else read_rows(data_file, "sft", records.SftExample, "sft data")
+    skip = config.if_no_examples == "skip"
+    examples: list[records.SftExample] = []  # kd reads distill's logits (streamed while training)
+    if config.kd is None:
+        examples = read_rows(data_file, "sft", records.SftExample, "sft data", allow_empty=skip)
+        if not examples:
+            return skip_training(config, out, f"{data_file} holds no sft examples (curate kept no trace)")
     if torchrun.needs_launch(config):  # several GPUs: one process each, under torchrun
         return SftResult.model_validate(torchrun.launch(STAGE, config))
     was_complete = out.is_complete()
@@ -267,6 +271,34 @@ def chat_trainer(
     else:
         trainer = make_trainer(config, rows, tokenizer, model_path, scratch)
     return trainer, (len(examples), len(rows), dropped, rejected)
+
+
+def skip_training(config: SftConfig, out: StageOutput, reason: str) -> SftResult:
+    """``if_no_examples: skip``: train nothing; publish the starting model unchanged as this stage's
+    model, the result saying so (``trained`` false, ``skipped`` the reason)."""
+    from distilflow.models import resolve_model
+
+    print(
+        f"[{STAGE}] training skipped: {reason}; the model published is the starting model {config.model}, "
+        "unchanged (if_no_examples: skip)",
+        flush=True,
+    )
+    out.begin(config)
+    model_uri = uris.join(out.uri, "model")
+    uris.upload_dir(resolve_model(config.model), model_uri)
+    result = SftResult(
+        model_uri=model_uri,
+        first_loss=None,
+        final_loss=None,
+        steps=0,
+        rows_used=0,
+        rows_dropped=0,
+        seed=config.seed,
+        trained=False,
+        skipped=reason,
+    )
+    out.finish(result, inputs={"data": config.data_uri, "model": config.model}, outputs={"model": model_uri})
+    return result
 
 
 def train(

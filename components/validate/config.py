@@ -31,6 +31,12 @@ class ValidateConfig(BaseConfig):
         "built by a local run): named in the report, not checked",
     )
     check_endpoints: bool = Field(True, description="Call GET /models on every OpenAI-compatible endpoint")
+    probe_judges: bool = Field(
+        True,
+        description="Ask every logprobs judge on an endpoint (curate.judge, reward.judge) two calibration "
+        "judgments, an obviously low and an obviously high case, and fail unless both are readable and "
+        "ordered (needs check_endpoints)",
+    )
     endpoint_timeout_s: float = Field(10.0, gt=0, description="Timeout for each endpoint check, in seconds")
 
     @field_validator("stages")

@@ -225,6 +225,9 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
         where = f"{stage}.{name}"
         if any(line.startswith(f"{teacher.api_key_env} ") for line in unset):
             continue  # its key is missing (reported above): calling the endpoint would only say 401
+        if teacher.backend == "transformers" and teacher.model in config.pending_models:
+            checked.append(f"{where}: model {teacher.model} (made when the run starts; not checked now)")
+            continue
         try:
             if teacher.backend == "transformers" and config.check_models:
                 check_model(where, teacher.model, teacher.gguf_file)
@@ -237,6 +240,8 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
             problems.append(str(exc) if str(exc).startswith(where) else f"{where}: {exc}")
     if config.check_models:
         problems.extend(_check_logits_tokenizers(stage, cfg, checked))
+    if config.check_endpoints and config.probe_judges and not problems:
+        problems.extend(_probe_judge(stage, cfg, checked))
     return problems
 
 
@@ -263,3 +268,17 @@ def _check_logits_tokenizers(stage: str, cfg: BaseConfig, checked: list[str]) ->
                 "the served model's tokenizer: set it to a folder or URI holding its tokenizer files"
             )
     return problems
+
+
+def _probe_judge(stage: str, cfg: BaseConfig, checked: list[str]) -> list[str]:
+    """The calibration probe of the stage's logprobs judge on an endpoint (``judge_probe``), if any."""
+    from distilflow.components.validate import judge_probe
+
+    found = judge_probe.probed_judge(stage, cfg)
+    if found is None:
+        return []
+    problem = judge_probe.probe(stage, found[1])
+    if problem is None:
+        checked.append(f"{stage}.{found[0]}: calibration probe (an obviously low and an obviously high case)")
+        return []
+    return [problem]

@@ -30,6 +30,7 @@ class RunSummary:
     pipeline: str
     output_uri: str
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # the pipeline's own account (its summary_lines)
 
     def lines(self) -> list[str]:
         out = [f"pipeline {self.pipeline} finished; results under {self.output_uri}"]
@@ -41,7 +42,7 @@ class RunSummary:
                     shown[key] = result[key]
             text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
             out.append(f"  {stage:<9} {manifest.get('uri', '')}  {text}")
-        return out
+        return out + self.notes
 
 
 def _fmt(value: Any) -> str:
@@ -88,7 +89,10 @@ def run_local(
         module.pipeline(output_uri=output_uri, config=config, **arguments)
     except RuntimeError as exc:
         raise DistilflowError(f"pipeline {name!r} failed: {exc}; the failing task's log is above") from None
-    return summarize(name, output_uri, module.STAGES)
+    summary = summarize(name, output_uri, module.STAGES)
+    if hasattr(module, "summary_lines"):  # the pipeline's own account of the run (quickstart)
+        summary.notes = module.summary_lines(summary.stages)
+    return summary
 
 
 def summarize(name: str, output_uri: str, stages: list[str]) -> RunSummary:
@@ -149,9 +153,8 @@ def validate_config(
     )
     output_uri = config.pop("output_uri", None)
     run_dir = os.path.join(tempfile.gettempdir(), "distilflow-validate")  # named, never written
-    pending = []
+    pending, before = [], config
     if hasattr(module, "prepare"):
-        before = config
         config = module.prepare(config, run_dir, build=False)
         pending = [
             (section, key, value)
@@ -166,12 +169,22 @@ def validate_config(
             run_uri=output_uri or run_dir,
             stages=list(module.STAGES),
             pipeline_config=config,
-            pending_models=[v for s, k, v in pending if k == "model"],
+            pending_models=sorted(_models_in(config) - _models_in(before)),
         )
     )
     made = {f"{s}.{k}": getattr(module, "STUDENT", v) if k == "model" else v for s, k, v in pending}
     filled = defaults_filled(user, config, list(module.STAGES), getattr(module, "DEFAULT_CONFIG", None), made)
     return Validation(pipeline=name, checked=checked, filled=filled, configs=configs)
+
+
+def _models_in(tree: Any) -> set[str]:
+    """Every value of a ``model`` key anywhere in a config (sections, lists such as evaluate.models)."""
+    if isinstance(tree, list):
+        return set().union(*(_models_in(v) for v in tree)) if tree else set()
+    if not isinstance(tree, dict):
+        return set()
+    found = {tree["model"]} if isinstance(tree.get("model"), str) else set()
+    return found.union(*(_models_in(v) for v in tree.values()))
 
 
 def _brief(value: Any) -> str:

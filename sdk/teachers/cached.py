@@ -12,14 +12,15 @@ judge's ``retry_budget_s``. Once a request fails for good no new request is sent
 raised (the rerun resumes). An in-process judge (transformers, vLLM) is loaded only when something
 is missing from the cache, and answers the missing chats in one batch, stored as a batch.
 
-``digit_probs`` gives None for a chat whose judge put no probability on any of the digits among
-its top next tokens: an unusable judgment the caller counts, never a score.
+The cache keeps a judgment raw: the judge's top next-token probabilities (``top``), not yet read.
+``digit_probs`` reads them with ``teachers.protocol.read_digit_probs``: a chat whose score digits carry
+less than the judge's ``min_digit_mass`` of the probability gets ``Unreadable`` with the reason, an
+unusable judgment the caller counts, never a score.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,14 +32,17 @@ from distilflow.teachers.cache import TeacherCache, cache_key
 from distilflow.teachers.config import TeacherConfig
 from distilflow.teachers.protocol import (
     Completion,
+    Unreadable,
     answer_of_completion,
     completion_of,
-    normalise_digit_probs,
+    judge_body,
+    read_digit_probs,
     request_body,
 )
 
-TOP_LOGPROBS = 20
-NO_DIGIT = "none of the digits"  # how teacher.normalise_digit_probs says a judgment has no digit
+# Marks the raw probabilities a judgment's cache entry keeps (not renormalised over the digits), so an
+# entry of the older form (renormalised) is never read as one of them.
+TOP_FORM = "next-token probabilities"
 
 
 @dataclass
@@ -52,21 +56,6 @@ class Ask:
     sample: int = 0
     digits: str = ""
     answer: dict[str, Any] | None = field(default=None, repr=False)
-
-
-def logprobs_body(config: TeacherConfig, chat: list[dict]) -> dict[str, Any]:
-    """One greedy token with the top next-token logprobs (what OmniThought-style scoring reads)."""
-    body = request_body(config, chat, max_tokens=1, temperature=0, logprobs=True, top_logprobs=TOP_LOGPROBS)
-    body.pop("top_p")
-    body.pop("seed", None)
-    return body
-
-
-def _check_logprobs(reply: dict[str, Any]) -> None:
-    """Raise ValueError unless ``reply`` is a chat completion (else it is retried as malformed)."""
-    choices = reply.get("choices")
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-        raise ValueError("no choices in the reply")
 
 
 class CachedTeacher:
@@ -97,7 +86,7 @@ class CachedTeacher:
             self._teacher = None
 
     def _ask(self, chat: list[dict], body: dict[str, Any], sample: int = 0, digits: str = "") -> Ask:
-        request = body | ({"digits": digits} if digits else {})
+        request = body | ({"digits": digits, "top": TOP_FORM} if digits else {})
         key = cache_key(self.config.backend, self.config.model, request, sample)
         return Ask(chat, body, request, key, sample, digits)
 
@@ -159,75 +148,36 @@ class CachedTeacher:
 
     # ------------------------------------------------------------------ digit probabilities
 
-    def digit_probs(self, chats: list[list[dict]], digits: str | list[str]) -> list[dict[str, float] | None]:
-        """Per chat, the judge's normalised next-token probability of each digit (``digits``: one
-        string for all chats or one per chat); None where no digit is among its top next tokens."""
+    def digit_probs(
+        self, chats: list[list[dict]], digits: str | list[str]
+    ) -> list[dict[str, float] | Unreadable]:
+        """Per chat, the judge's next-token distribution over its score digits (``digits``: one string
+        for all chats or one per chat), or ``Unreadable`` (with the reason) where the digits carry
+        less than ``min_digit_mass`` of the probability."""
         per_chat = [digits] * len(chats) if isinstance(digits, str) else digits
-        asks = [
-            self._ask(chat, logprobs_body(self.config, chat), digits=d)
-            for chat, d in zip(chats, per_chat, strict=True)
-        ]
+        asks = []
+        for chat, d in zip(chats, per_chat, strict=True):
+            ask = self._ask(chat, judge_body(self.config, chat), digits=d)
+            asks.append(ask)
         missing = self._lookup(asks)
         if missing and self.config.backend == "openai":
-            self._ask_endpoint(missing, self._atop_logprobs)
+            self._ask_endpoint(missing, self.teacher.atop_probs)
         elif missing:
-            self._digits_in_process(missing)
+            self._tops_in_process(missing)
         self._share(asks, missing)
-        out: list[dict[str, float] | None] = []
-        for ask in asks:
-            try:
-                out.append(normalise_digit_probs(ask.answer["top"], ask.digits))  # type: ignore[index]
-            except BackendError:
-                out.append(None)
-        return out
+        mass = self.config.min_digit_mass
+        return [read_digit_probs(a.answer["top"], a.digits, mass) for a in asks]  # type: ignore[index]
 
-    async def _atop_logprobs(
-        self, ep: Any, body: dict[str, Any], deadline: float | None = None
-    ) -> dict[str, Any]:
-        """The top next-token probabilities of one logprobs request (cached raw: the digits are
-        picked out afterwards)."""
-        c = self.config
-        reply = await ep.post("chat/completions", body, check=_check_logprobs, deadline=deadline)
-        lp = reply["choices"][0].get("logprobs") or {}
-        if not lp.get("content"):
-            raise BackendError(
-                f"{c.base_url}: model {c.model!r} returned no logprobs; "
-                "use judge mode 'generate' or a server that supports top_logprobs (vLLM, SGLang)"
-            )
-        top: dict[str, float] = {}
-        for t in lp["content"][0].get("top_logprobs") or []:
-            top[t["token"]] = top.get(t["token"], 0.0) + math.exp(t["logprob"])
-        usage = reply.get("usage") or {}
-        return {
-            "top": top,
-            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
-            "completion_tokens": int(usage.get("completion_tokens") or 1),
-        }
-
-    def _digits_in_process(self, missing: list[Ask]) -> None:
+    def _tops_in_process(self, missing: list[Ask]) -> None:
         by_digits: dict[str, list[Ask]] = {}
         for ask in missing:
             by_digits.setdefault(ask.digits, []).append(ask)
         for digits, asks in by_digits.items():
-            try:
-                probs: list[dict[str, float]] = self.teacher.digit_probs([a.chat for a in asks], digits)
-            except BackendError as exc:
-                if NO_DIGIT not in str(exc):
-                    raise
-                # Some chat has no digit among the judge's top tokens: find which, one by one.
-                probs = [self._one_digit_probs(a) for a in asks]
-            for ask, p in zip(asks, probs, strict=True):
-                ask.answer = {"top": p, "prompt_tokens": 0, "completion_tokens": 1}
+            tops = self.teacher.top_probs([a.chat for a in asks], digits)
+            for ask, top in zip(asks, tops, strict=True):
+                ask.answer = {"top": top, "prompt_tokens": 0, "completion_tokens": 1}
                 self._received(ask.answer)
             self._store(asks)
-
-    def _one_digit_probs(self, ask: Ask) -> dict[str, float]:
-        try:
-            return self.teacher.digit_probs([ask.chat], ask.digits)[0]
-        except BackendError as exc:
-            if NO_DIGIT not in str(exc):
-                raise
-            return {}
 
     # ------------------------------------------------------------------ endpoint requests
 

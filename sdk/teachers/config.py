@@ -87,11 +87,34 @@ class TeacherConfig(BaseConfig):
     max_model_len: int | None = Field(
         None, ge=1, description="Longest prompt + answer vLLM plans for (vllm backend; None: the model's)"
     )
+    vllm_engine_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="More vllm.LLM engine arguments (vllm backend), applied last, e.g. {enforce_eager: true} "
+        "(no torch.compile: starts in seconds, decodes slower), {dtype: float32}, {enable_prefix_caching: true}",
+    )
     device: str = Field("auto", description="auto, cpu or cuda (transformers backend)")
     chat_template_kwargs: dict[str, Any] | None = Field(
         None,
         description="Extra chat-template arguments, e.g. {enable_thinking: false} for Qwen3 "
         "(sent as chat_template_kwargs to vLLM/SGLang/transformers serve; passed to apply_chat_template)",
+    )
+
+    answer_prefix: str | None = Field(
+        "Score: ",
+        description="Judging in logprobs mode: the judge's reply is opened with this text, which the model "
+        "continues (an assistant prefill: continue_final_message true and add_generation_prompt false on "
+        "vLLM/SGLang, the same in-process), with thinking switched off (chat_template_kwargs enable_thinking: "
+        "false), so its next token is the score even where the chat template opens a thinking block (QwQ, "
+        "DeepSeek-R1, Qwen3). null: the plain chat, for a server that rejects those fields (a reasoning judge "
+        "then needs mode: generate). Ignored when generating",
+    )
+    min_digit_mass: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Judging in logprobs mode: the score digits must carry at least this share of the judge's "
+        "next-token probability (summed over its top tokens); below it the judgment is unreadable (a judge "
+        "failure row with the reason, never a score renormalised from scraps). Ignored when generating",
     )
 
     @model_validator(mode="after")

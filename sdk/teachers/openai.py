@@ -14,7 +14,14 @@ from typing import Any
 
 from distilflow.errors import BackendError
 from distilflow.teachers.config import TeacherConfig
-from distilflow.teachers.protocol import Completion, completion_of, normalise_digit_probs, request_body
+from distilflow.teachers.protocol import (
+    Completion,
+    Unreadable,
+    completion_of,
+    judge_body,
+    read_digit_probs,
+    request_body,
+)
 
 
 class OpenAITeacher:
@@ -205,31 +212,42 @@ class OpenAITeacher:
             raise self.error(exc) from None
         return [flat[i * n : (i + 1) * n] for i in range(len(chats))]
 
-    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
+    async def atop_probs(
+        self, endpoint: Any, body: dict[str, Any], deadline: float | None = None
+    ) -> dict[str, Any]:
+        """Send one judgment body (``judge_body``); return its raw answer: the top next-token
+        probabilities (``top``, what the teacher cache stores) and the usage. Raises BackendError
+        when the server returns no logprobs (it cannot judge in logprobs mode). ``deadline`` as in
+        ``acomplete``."""
+        reply = await endpoint.post("chat/completions", body, check=_check_choices, deadline=deadline)
+        top = top_of_reply(reply)
+        if top is None:
+            c = self.config
+            raise BackendError(
+                f"{c.base_url}: model {c.model!r} {NO_LOGPROBS}; use judge mode 'generate' or a server that "
+                "returns top_logprobs (vLLM, SGLang)"
+            )
+        usage = reply.get("usage") or {}
+        return {
+            "top": top,
+            "prompt_tokens": int(usage.get("prompt_tokens") or 0),
+            "completion_tokens": int(usage.get("completion_tokens") or 1),
+        }
+
+    def top_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
         from distilflow.teachers.endpoint import RequestError
 
-        c = self.config
-
-        async def one(ep: Any, chat: list[dict]) -> dict[str, float]:
-            body = self.request(chat, max_tokens=1, temperature=0, logprobs=True, top_logprobs=20)
-            body.pop("top_p"), body.pop("seed", None)
-            reply = await ep.post("chat/completions", body, check=_check_chat)
-            lp = reply["choices"][0].get("logprobs") or {}
-            if not lp.get("content"):
-                raise BackendError(
-                    f"{c.base_url}: model {c.model!r} returned no logprobs; "
-                    "use judge mode 'generate' or a server that supports top_logprobs (vLLM, SGLang)"
-                )
-            top = {t["token"]: math.exp(t["logprob"]) for t in lp["content"][0].get("top_logprobs") or []}
-            return normalise_digit_probs(top, digits)
-
-        async def every(ep: Any) -> list[dict[str, float]]:
-            return await asyncio.gather(*(one(ep, chat) for chat in chats))
+        async def every(ep: Any) -> list[dict[str, Any]]:
+            return await asyncio.gather(*(self.atop_probs(ep, judge_body(self.config, c)) for c in chats))
 
         try:
-            return self._run(every)
+            return [answer["top"] for answer in self._run(every)]
         except RequestError as exc:
             raise self.error(exc) from None
+
+    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float] | Unreadable]:
+        mass = self.config.min_digit_mass
+        return [read_digit_probs(top, digits, mass) for top in self.top_probs(chats, digits)]
 
     def close(self) -> None:
         pass
@@ -248,13 +266,37 @@ def _check_completion(reply: dict[str, Any]) -> None:
         raise ValueError("no choices in the reply")
 
 
-def _check_chat(reply: dict[str, Any]) -> None:
-    """Raise ValueError unless ``reply`` is a chat completion with a message (else it is retried)."""
+NO_LOGPROBS = "returned no logprobs"  # how a judgment from a server without top logprobs fails
+
+
+def _check_choices(reply: dict[str, Any]) -> None:
+    """Raise ValueError unless ``reply`` is a chat completion with a choice (else it is retried)."""
     choices = reply.get("choices")
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise ValueError("no choices in the reply")
-    if not isinstance(choices[0].get("message"), dict):
+
+
+def _check_chat(reply: dict[str, Any]) -> None:
+    """Raise ValueError unless ``reply`` is a chat completion with a message (else it is retried)."""
+    _check_choices(reply)
+    if not isinstance(reply["choices"][0].get("message"), dict):
         raise ValueError("the first choice has no message")
+
+
+def top_of_reply(reply: dict[str, Any]) -> dict[str, float] | None:
+    """The first generated token's top next-token probabilities (token -> probability, tokens that
+    repeat summed) of a logprobs reply; None when the reply carries no logprobs."""
+    logprobs = reply["choices"][0].get("logprobs") or {}
+    content = logprobs.get("content") or []
+    if not content or not isinstance(content[0], dict):
+        return None
+    # Without top_logprobs (a server that ignores the field) the generated token is all there is.
+    candidates = content[0].get("top_logprobs") or [content[0]]
+    top: dict[str, float] = {}
+    for t in candidates:
+        if "token" in t and t.get("logprob") is not None:
+            top[t["token"]] = top.get(t["token"], 0.0) + math.exp(t["logprob"])
+    return top
 
 
 def answer_of(reply: dict[str, Any]) -> dict[str, Any]:

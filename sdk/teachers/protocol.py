@@ -4,6 +4,12 @@ A teacher answers chats (``generate``) and, for judging, gives the next-token pr
 each candidate score digit (``digit_probs``, OmniThought-style expected scores). A chat becomes one
 chat-completions request body (``request_body``: also what the teacher cache is keyed on); an answer
 is kept raw (what the cache stores) and read back as a ``Completion`` with its reasoning split off.
+
+A judgment read from next-token probabilities is safe with reasoning models: the judge's reply is
+opened with ``answer_prefix`` and thinking is switched off (``judge_chat``, ``judge_body``), so the
+next token is the score and not the first word of a chain of thought; and the score digits must
+carry at least ``min_digit_mass`` of the probability (``read_digit_probs``), else the judgment is
+``Unreadable`` (counted with its reason), never a score renormalised from the digits' scraps.
 """
 
 from __future__ import annotations
@@ -12,7 +18,6 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from distilflow.errors import BackendError
 from distilflow.teachers.config import TeacherConfig
 
 if TYPE_CHECKING:
@@ -42,8 +47,14 @@ class Teacher(Protocol):
         each Completion carries the teacher's top-k log-probabilities at every token it generated."""
         ...
 
-    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
-        """For each chat, the normalised next-token probability of each digit in ``digits``."""
+    def top_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
+        """For each chat, asked as a judgment (``judge_chat``), the next-token probability (not
+        renormalised) of each digit in ``digits`` and of the judge's likeliest next tokens."""
+        ...
+
+    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float] | Unreadable]:
+        """For each chat, ``read_digit_probs`` of ``top_probs``: the judge's distribution over
+        ``digits``, or why it cannot be read."""
         ...
 
     def close(self) -> None: ...
@@ -81,17 +92,76 @@ def split_reasoning(text: str, reasoning: str | None = None) -> tuple[str, str]:
     return "", text.strip()
 
 
-def normalise_digit_probs(top: dict[str, float], digits: str) -> dict[str, float]:
-    """Keep the probability mass on ``digits`` (tokens stripped of spaces) and renormalise."""
+TOP_LOGPROBS = 20  # next-token candidates a logprobs judgment asks for (OpenAI's and vLLM's default cap)
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A judgment whose score cannot be read, and why: counted as a judge failure, never a score."""
+
+    reason: str
+
+
+def read_digit_probs(top: dict[str, float], digits: str, min_mass: float) -> dict[str, float] | Unreadable:
+    """The judge's distribution over ``digits`` from its next-token probabilities ``top`` (token ->
+    probability, not renormalised; a token stripped of spaces counts for its digit), renormalised over
+    the digits; ``Unreadable`` when the digits carry less than ``min_mass`` of the probability (or none):
+    a reasoning model's first thinking token, or a judge answering off the scale, leaves only scraps on
+    the digits, and scraps renormalised would look like a confident score."""
     mass = {d: 0.0 for d in digits}
     for token, prob in top.items():
         key = token.strip()
         if key in mass:
             mass[key] += prob
     total = sum(mass.values())
-    if total <= 0:
-        raise BackendError(f"none of the digits {digits!r} is among the judge's top next tokens")
+    if total <= 0 or total < min_mass:
+        likeliest = sorted(top.items(), key=lambda tp: -tp[1])[:3]
+        shown = ", ".join(f"{t!r} {p:.2f}" for t, p in likeliest) or "none"
+        return Unreadable(
+            f"the score digits ({digits}) carry {total:.2f} of the judge's next-token probability, below "
+            f"min_digit_mass {min_mass}; its likeliest next tokens: {shown}"
+        )
     return {d: p / total for d, p in mass.items()}
+
+
+def judge_chat(config: TeacherConfig, chat: list[dict]) -> list[dict]:
+    """The chat a logprobs judgment sends: the judge's reply opened with ``answer_prefix`` (an
+    assistant turn the model continues), or ``chat`` itself without one."""
+    if config.answer_prefix is None:
+        return chat
+    return [*chat, {"role": "assistant", "content": config.answer_prefix}]
+
+
+def judge_template_kwargs(config: TeacherConfig) -> dict[str, Any]:
+    """Chat-template arguments of a judgment: the config's, with thinking off when the reply is
+    prefilled (Qwen3-style templates honour ``enable_thinking``; others ignore it)."""
+    kwargs = dict(config.chat_template_kwargs or {})
+    if config.answer_prefix is not None:
+        kwargs["enable_thinking"] = False
+    return kwargs
+
+
+def judge_body(config: TeacherConfig, chat: list[dict]) -> dict[str, Any]:
+    """The request of one logprobs judgment (also what the teacher cache keys it on): one greedy token
+    and the top next-token logprobs; with ``answer_prefix``, the prefilled reply is continued
+    (``continue_final_message``, ``add_generation_prompt: false``: vLLM's and SGLang's fields) with
+    thinking off."""
+    body = request_body(
+        config,
+        judge_chat(config, chat),
+        max_tokens=1,
+        temperature=0,
+        logprobs=True,
+        top_logprobs=TOP_LOGPROBS,
+    )
+    body.pop("top_p")
+    body.pop("seed", None)
+    body.pop("chat_template_kwargs", None)
+    if kwargs := judge_template_kwargs(config):
+        body["chat_template_kwargs"] = kwargs
+    if config.answer_prefix is not None:
+        body |= {"continue_final_message": True, "add_generation_prompt": False}
+    return body
 
 
 def request_body(

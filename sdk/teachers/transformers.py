@@ -9,8 +9,12 @@ from distilflow.teachers.config import TeacherConfig
 from distilflow.teachers.protocol import (
     THINK_CLOSE,
     THINK_OPEN,
+    TOP_LOGPROBS,
     Completion,
-    normalise_digit_probs,
+    Unreadable,
+    judge_chat,
+    judge_template_kwargs,
+    read_digit_probs,
     split_reasoning,
 )
 
@@ -50,11 +54,24 @@ class TransformersTeacher:
             ids.add(im_end)
         return ids - {None}
 
-    def _encode(self, chats: list[list[dict]], **template_kwargs: Any):
+    def _encode(self, chats: list[list[dict]], judging: bool = False):
+        """Left-padded prompts; ``judging``: the judgment chats (``judge_chat``), a prefilled reply
+        continued, with the judge's template arguments."""
         tok = self.tokenizer
-        kwargs = {**(self.config.chat_template_kwargs or {}), **template_kwargs}
+        if judging:
+            kwargs = judge_template_kwargs(self.config)
+            chats = [judge_chat(self.config, chat) for chat in chats]
+        else:
+            kwargs = dict(self.config.chat_template_kwargs or {})
+        prefilled = judging and self.config.answer_prefix is not None
         texts = [
-            tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True, **kwargs)
+            tok.apply_chat_template(
+                chat,
+                tokenize=False,
+                add_generation_prompt=not prefilled,
+                continue_final_message=prefilled,
+                **kwargs,
+            )
             for chat in chats
         ]
         tok.padding_side = "left"
@@ -161,9 +178,9 @@ class TransformersTeacher:
         ]
         return self.score([p for p, _ in pairs], [r for _, r in pairs], k)
 
-    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
-        """Next-token digit probabilities; thinking is switched off (Qwen3 ``enable_thinking=False``)
-        so the next token is the score, not ``<think>``."""
+    def top_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
+        """Next-token probabilities of the digits and of the likeliest tokens, from the whole softmax of
+        each judgment (its reply prefilled with ``answer_prefix``, thinking off)."""
         import torch
 
         tok = self.tokenizer
@@ -177,12 +194,17 @@ class TransformersTeacher:
             ids[d] = enc[0]
         out = []
         for start in range(0, len(chats), self.config.batch_size):
-            batch = self._encode(chats[start : start + self.config.batch_size], enable_thinking=False)
+            batch = self._encode(chats[start : start + self.config.batch_size], judging=True)
             with torch.no_grad():
                 logits = self.model(**batch).logits[:, -1, :].float()
-            probs = torch.softmax(logits, dim=-1)
-            for row in probs:
-                out.append(normalise_digit_probs({d: float(row[i]) for d, i in ids.items()}, digits))
+            for row in torch.softmax(logits, dim=-1):
+                top = {d: float(row[i]) for d, i in ids.items()}
+                values, indices = torch.topk(row, TOP_LOGPROBS)
+                for p, i in zip(values.tolist(), indices.tolist(), strict=True):
+                    if i not in ids.values():  # another token: a spaced digit counts, others show the reason
+                        token = tok.decode([i])
+                        top[token] = top.get(token, 0.0) + p
+                out.append(top)
         return out
 
     def fingerprint(self) -> dict[str, Any]:
@@ -190,6 +212,10 @@ class TransformersTeacher:
         from distilflow.teachers.logprobs import vocab_fingerprint
 
         return vocab_fingerprint(self.tokenizer)
+
+    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float] | Unreadable]:
+        mass = self.config.min_digit_mass
+        return [read_digit_probs(top, digits, mass) for top in self.top_probs(chats, digits)]
 
     def close(self) -> None:
         del self.model

@@ -8,7 +8,15 @@ from typing import TYPE_CHECKING, Any
 
 from distilflow.errors import BackendError
 from distilflow.teachers.config import TeacherConfig
-from distilflow.teachers.protocol import Completion, normalise_digit_probs, split_reasoning
+from distilflow.teachers.protocol import (
+    TOP_LOGPROBS,
+    Completion,
+    Unreadable,
+    judge_chat,
+    judge_template_kwargs,
+    read_digit_probs,
+    split_reasoning,
+)
 
 if TYPE_CHECKING:
     from distilflow.teachers.logprobs import TokenLogprobs
@@ -55,11 +63,24 @@ class VllmTeacher:
             kwargs["max_model_len"] = config.max_model_len
         if config.seed is not None:
             kwargs["seed"] = config.seed
+        kwargs.update(config.vllm_engine_args)
         self.llm = vllm.LLM(model=model, **kwargs)
 
-    def _chat(self, chats: list[list[dict]], params: Any, **template: Any) -> list[Any]:
-        kwargs = {**(self.config.chat_template_kwargs or {}), **template}
-        return self.llm.chat(chats, params, use_tqdm=False, chat_template_kwargs=kwargs or None)
+    def _chat(self, chats: list[list[dict]], params: Any) -> list[Any]:
+        kwargs = self.config.chat_template_kwargs or None
+        return self.llm.chat(chats, params, use_tqdm=False, chat_template_kwargs=kwargs)
+
+    def _judge(self, chats: list[list[dict]], params: Any) -> list[Any]:
+        """Judgments: the reply prefilled with ``answer_prefix`` and continued, thinking off."""
+        prefilled = self.config.answer_prefix is not None
+        return self.llm.chat(
+            [judge_chat(self.config, chat) for chat in chats],
+            params,
+            use_tqdm=False,
+            chat_template_kwargs=judge_template_kwargs(self.config) or None,
+            add_generation_prompt=not prefilled,
+            continue_final_message=prefilled,
+        )
 
     def generate(self, chats: list[list[dict]], n: int = 1, logprobs: int = 0) -> list[list[Completion]]:
         """Answer each chat ``n`` times; with ``logprobs`` = k, each answer carries vLLM's top-k logprobs
@@ -120,15 +141,22 @@ class VllmTeacher:
 
         return vocab_fingerprint(self.llm.get_tokenizer())
 
-    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
-        """Next-token digit probabilities from vLLM's top-20 logprobs (thinking switched off)."""
-        params = self._vllm.SamplingParams(max_tokens=1, temperature=0, logprobs=20)
+    def top_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
+        """Next-token probabilities of vLLM's top-20 logprobs of each judgment (tokens that decode
+        alike summed)."""
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0, logprobs=TOP_LOGPROBS)
         found = []
-        for request in self._chat(chats, params, enable_thinking=False):
-            first = request.outputs[0].logprobs[0]
-            top = {lp.decoded_token: math.exp(lp.logprob) for lp in first.values() if lp.decoded_token}
-            found.append(normalise_digit_probs(top, digits))
+        for request in self._judge(chats, params):
+            top: dict[str, float] = {}
+            for lp in request.outputs[0].logprobs[0].values():
+                if lp.decoded_token:
+                    top[lp.decoded_token] = top.get(lp.decoded_token, 0.0) + math.exp(lp.logprob)
+            found.append(top)
         return found
+
+    def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float] | Unreadable]:
+        mass = self.config.min_digit_mass
+        return [read_digit_probs(top, digits, mass) for top in self.top_probs(chats, digits)]
 
     def close(self) -> None:
         del self.llm

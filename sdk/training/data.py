@@ -43,14 +43,15 @@ def resolve_data(data_uri: str, default_name: str, what: str) -> tuple[str, dict
     return file_uri, manifest
 
 
-def read_rows(data_uri: str, kind: str, model: type[R], what: str) -> list[R]:
+def read_rows(data_uri: str, kind: str, model: type[R], what: str, allow_empty: bool = False) -> list[R]:
     """All ``kind`` rows (e.g. ``sft``) of an upstream stage output (the shards its manifest lists, or
-    its ``<kind>.jsonl``) or of a ``.jsonl`` file; an unfinished output or no rows at all is an error."""
+    its ``<kind>.jsonl``) or of a ``.jsonl`` file; an unfinished output, or no rows at all unless
+    ``allow_empty``, is an error."""
     try:
         rows = list(records.iter_output_rows(data_uri, kind, model))
     except ConfigError as exc:  # name the setting to change
         raise ConfigError(f"{what}: data_uri {exc}") from None
-    if not rows:
+    if not rows and not allow_empty:
         raise records.RecordError(f"{what}: {data_uri} holds no {kind} rows; nothing to train on")
     return rows
 

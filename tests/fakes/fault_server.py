@@ -43,11 +43,13 @@ def fingerprint(body: dict[str, Any]) -> str:
 
 
 def judge_logprobs(body: dict[str, Any]) -> dict[str, Any]:
-    """A one-token judgment with ``top_logprobs`` over the digits 0-9, deterministic in the request."""
+    """A one-token judgment with ``top_logprobs`` over the digits of the scale asked for (0-9, or 0 and
+    1 for a prompt asking for "0 or 1"), deterministic in the request."""
     import math
 
     digest = hashlib.sha256(json.dumps(body.get("messages"), sort_keys=True).encode()).digest()
-    weights = [1 + b % 7 for b in digest[:10]]
+    question = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
+    weights = [1 + b % 7 for b in digest[: 2 if "0 or 1" in question else 10]]
     total = sum(weights)
     top = [
         {"token": str(d), "logprob": math.log(w / total), "bytes": None}

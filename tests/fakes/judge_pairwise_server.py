@@ -69,7 +69,8 @@ class PairwiseJudgeServer(LoopbackServer):
                 if body.get("model") != server.served_name:
                     self._send(404, {"error": {"message": f"model {body.get('model')!r} is not served"}})
                     return
-                prompt = body["messages"][-1]["content"]
+                # the last user turn (a judge's reply may be prefilled as a final assistant turn)
+                prompt = next(m["content"] for m in reversed(body["messages"]) if m["role"] == "user")
                 with server._lock:
                     server.prompts.append(prompt)
                 self._send(200, server.reply(body, first_probability(prompt, server.position_bias)))

@@ -1,8 +1,9 @@
 """A small but real OpenAI-compatible HTTP server for tests: it runs a local model on CPU.
 
 It answers ``GET /v1/models`` and ``POST /v1/chat/completions`` (``n``, ``max_tokens``,
-``temperature``, ``top_p``, ``seed``, ``logprobs``/``top_logprobs``, ``chat_template_kwargs``)
-with the model's own output, checks a bearer key when given one, and splits ``<think>`` into
+``temperature``, ``top_p``, ``seed``, ``logprobs``/``top_logprobs``, ``chat_template_kwargs``, and
+vLLM's ``continue_final_message``/``add_generation_prompt``: a prefilled assistant turn continued,
+both true refused as vLLM refuses them) with the model's own output, checks a bearer key when given one, and splits ``<think>`` into
 ``reasoning_content`` as vLLM's reasoning parsers do. It uses transformers directly, not
 distilflow's teacher code, so tests of that code are not checked against themselves.
 ``transformers serve`` ignores ``n`` and ``logprobs``, which the judge needs.
@@ -72,6 +73,10 @@ class TinyOpenAIServer(LoopbackServer):
                 if body.get("model") != server.served_name:
                     self._send(404, {"error": {"message": f"model {body.get('model')!r} is not served"}})
                     return
+                if body.get("continue_final_message") and body.get("add_generation_prompt", True):
+                    message = "Cannot set both `continue_final_message` and `add_generation_prompt` to True."
+                    self._send(400, {"error": {"message": message, "type": "BadRequestError"}})
+                    return
                 with server._lock:
                     self._send(200, server.complete(body))
 
@@ -84,7 +89,8 @@ class TinyOpenAIServer(LoopbackServer):
         text = tok.apply_chat_template(
             body["messages"],
             tokenize=False,
-            add_generation_prompt=True,
+            add_generation_prompt=bool(body.get("add_generation_prompt", True)),
+            continue_final_message=bool(body.get("continue_final_message", False)),
             **(body.get("chat_template_kwargs") or {}),
         )
         ids = tok(text, return_tensors="pt", add_special_tokens=False)

@@ -75,6 +75,7 @@ def curate_config(out: str, data: str, judge: str, **overrides) -> CurateConfig:
         "max_new_tokens": 8,
         "temperature": 0,
         "batch_size": 4,
+        "min_digit_mass": 0,  # a random tiny judge's digits carry scraps: read them anyway (plumbing tests)
     }
     return CurateConfig.from_dict(
         {"output_uri": out, "data_uri": data, "judge": judge_cfg, "min_logic": 0} | overrides
@@ -237,7 +238,7 @@ def test_distill_and_curate_components_chain(tmp_path, problems_file, tiny_qwen3
     teacher = {"backend": "transformers", "model": tiny_qwen3, "max_new_tokens": 4, "temperature": 0}
     config = {
         "distill": {"problems_uri": problems_file, "teacher": teacher, "n": 1, "limit": 2},
-        "curate": {"judge": teacher, "require_correct": False, "min_logic": 0},
+        "curate": {"judge": teacher | {"min_digit_mass": 0}, "require_correct": False, "min_logic": 0},
     }
     root = str(tmp_path / "run")
     traces = dsl.Dataset(name="traces", uri=str(tmp_path / "kfp" / "traces"), metadata={})
@@ -379,7 +380,7 @@ def test_crv_rewrites_are_scored_again(tmp_path, tiny_qwen3):
         {"Add 3 and 4.": "easy"}, {"Add 3 and 4.": "<think>3, then 4 more: 7.</think>\\boxed{7}"}
     )
     judge = CachedTeacher(
-        TeacherConfig(backend="transformers", model=tiny_qwen3, batch_size=4),
+        TeacherConfig(backend="transformers", model=tiny_qwen3, batch_size=4, min_digit_mass=0),
         TeacherCache(str(tmp_path / "c")),
     )
     try:
@@ -509,7 +510,7 @@ class JudgeServer:
                     # the tiny model's whole next-token distribution (its top 20 may hold no digit), with
                     # the digits taken out for the prime problem: a judgment that cannot be read
                     reply = super().complete(body | {"top_logprobs": len(self.tokenizer)})
-                    if "Pick a prime" in body["messages"][-1]["content"]:
+                    if "Pick a prime" in body["messages"][0]["content"]:
                         first = reply["choices"][0]["logprobs"]["content"][0]
                         first["top_logprobs"] = [
                             t for t in first["top_logprobs"] if not t["token"].strip().isdigit()
@@ -543,6 +544,7 @@ def judge_server(tiny_qwen3):
 
 def endpoint_config(out: str, data: str, base_url: str, **overrides) -> CurateConfig:
     judge = {"backend": "openai", "base_url": base_url, "model": "judge", "concurrency": 2, "max_retries": 0}
+    judge["min_digit_mass"] = 0  # the tiny model's digits carry scraps: read them anyway (plumbing tests)
     judge |= overrides.pop("judge", {})
     fields = {"output_uri": out, "data_uri": data, "judge": judge, "min_logic": 0, "batch_size": 4}
     return CurateConfig.from_dict(fields | overrides)
@@ -563,7 +565,10 @@ def test_curate_scores_through_an_openai_endpoint_in_both_modes(tmp_path, distil
     assert all(b["max_tokens"] == 1 and b["logprobs"] and b["top_logprobs"] == 20 for b in bodies)
     assert result.judge_failures == 1 and result.judge_failures_by_kind == {"rv": 1, "cd": 1, "logic": 1}
     failures = read_failures(str(tmp_path / "lp"))
-    assert {(f["id"], f["reason"].split(" (")[0]) for f in failures} == {("p3/t/0", "no score digit")}
+    assert {f["id"] for f in failures} == {"p3/t/0"}
+    assert all(
+        f["reason"].startswith("the score digits (") and " carry 0.00 " in f["reason"] for f in failures
+    )
     scored = read_output(str(tmp_path / "lp"), "scored", Scored)
     assert len(scored) == result.scored == len(TRACES) - 1
     assert all(

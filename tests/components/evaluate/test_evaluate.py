@@ -245,6 +245,88 @@ def test_evaluate_reads_model_and_writes_outputs_on_s3(
 SAMPLE_BENCHMARKS = ["aime2024", "math500", "gpqa_diamond", "livecodebench"]
 
 
+SAMPLES = os.path.join(
+    os.path.dirname(__import__("distilflow.components.evaluate", fromlist=["x"]).__file__), "samples"
+)
+
+
+def file_sha256(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def canonical_rows_sha256(path: str) -> str:
+    """sha256 over the file's rows, each as JSON with sorted keys (UTF-8) and a newline: the protocol's
+    problems_sha256 as its documentation defines it, computed independently of the stage."""
+    import hashlib
+
+    with open(path, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    blob = "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def test_problems_hash_is_the_datas_not_the_files_format(tmp_path):
+    """A parquet mirror of a benchmark's rows gets the same problems_sha256 as the JSONL (comparable
+    protocols) and its own data_file_sha256 (the bytes read); one changed row changes the hash."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from distilflow.components.evaluate.benchmarks import load_benchmark
+    from distilflow.components.evaluate.config import BenchmarkConfig
+    from distilflow.components.evaluate.run import protocol
+
+    jsonl = os.path.join(SAMPLES, "math500.jsonl")
+    with open(jsonl, encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    mirror = str(tmp_path / "math500.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), mirror)
+    changed = str(tmp_path / "math500.jsonl")
+    with open(changed, "w", encoding="utf-8") as f:
+        for i, row in enumerate(rows):
+            f.write(json.dumps(row | ({"answer": "0"} if i == 1 else {})) + "\n")
+    config = EvaluateConfig.from_dict({"output_uri": str(tmp_path / "o"), "benchmarks": ["math500"]})
+    protos = {
+        source: protocol(config, load_benchmark(BenchmarkConfig(name="math500", source=source), config))
+        for source in ("sample", mirror, changed)
+    }
+    assert (
+        protos["sample"]["problems_sha256"]
+        == protos[mirror]["problems_sha256"]
+        == canonical_rows_sha256(jsonl)
+    )
+    assert protos[mirror]["data_file_sha256"] == file_sha256(mirror) != file_sha256(jsonl)
+    assert (
+        protos[changed]["problems_sha256"] == canonical_rows_sha256(changed) != canonical_rows_sha256(jsonl)
+    )
+
+
+@pytest.mark.unit
+def test_the_stage_source_applies_to_benchmarks_without_their_own(tmp_path):
+    """evaluate.source: sample, or a folder of mirrors (<name>.parquet, else <name>.jsonl); a benchmark
+    that names its own source keeps it."""
+    from distilflow.components.evaluate.benchmarks import benchmark_configs
+
+    (tmp_path / "math500.parquet").write_bytes(b"")
+    base = {
+        "output_uri": "/o",
+        "benchmarks": ["math500", "aime2024", {"name": "gpqa_diamond", "source": "hub"}],
+    }
+    folder = EvaluateConfig.from_dict(base | {"source": str(tmp_path)})
+    assert [b.source for b in benchmark_configs(folder)] == [
+        str(tmp_path / "math500.parquet"),
+        str(tmp_path / "aime2024.jsonl"),
+        "hub",
+    ]
+    sample = EvaluateConfig.from_dict(base | {"source": "sample", "problems_uri": "/p.jsonl"})
+    assert [(b.name, b.source) for b in benchmark_configs(sample)] == [
+        ("jsonl", "/p.jsonl"), ("math500", "sample"), ("aime2024", "sample"), ("gpqa_diamond", "hub"),
+    ]  # fmt: skip
+    assert [b.source for b in benchmark_configs(EvaluateConfig.from_dict(base))] == ["hub"] * 3
+
+
 def _content_sha(folder: str) -> str:
     import hashlib
 
@@ -316,6 +398,12 @@ def test_tiny_model_end_to_end_on_math_and_code_samples(tiny_qwen3, tmp_path):
         )
     assert by_bench["livecodebench"]["protocol"]["sandbox"]["timeout_s"] == cfg.code_timeout_s
     assert by_bench["math500"]["protocol"]["checker"] == "math: math-verify"
+    # the data's identity, computed here with hashlib from the shipped files themselves
+    for name in ("math500", "livecodebench"):
+        path = os.path.join(SAMPLES, f"{name}.jsonl")
+        proto = by_bench[name]["protocol"]
+        assert proto["data_uri"] == path and proto["data_file_sha256"] == file_sha256(path)
+        assert proto["problems_sha256"] == canonical_rows_sha256(path)  # all rows, before max_problems
     # One self-contained score file per model and benchmark: protocol and identity next to the numbers.
     score = json.loads(_read(out, "scores", "tiny", "livecodebench.json"))
     assert score["protocol"] == by_bench["livecodebench"]["protocol"] and score["model"] == identity
@@ -547,3 +635,30 @@ def test_config_defaults_follow_the_reports_and_stay_backward_compatible(tmp_pat
         EvaluateConfig.from_dict({"output_uri": str(tmp_path)})
     with pytest.raises(ConfigError, match="needs source"):
         EvaluateConfig.from_dict({"output_uri": str(tmp_path), "benchmarks": ["jsonl"]})
+
+
+@pytest.mark.unit
+def test_vllm_engine_settings_reach_each_models_teacher():
+    """The wired model's vLLM settings and each listed model's own reach the teacher that runs it."""
+    config = EvaluateConfig.from_dict(
+        {
+            "output_uri": "out",
+            "model": "m",
+            "backend": "vllm",
+            "problems_uri": "p.jsonl",
+            "max_model_len": 4096,
+            "vllm_engine_args": {"enforce_eager": True},
+            "models": [
+                {"name": "t", "model": "t", "backend": "vllm", "vllm_engine_args": {"dtype": "float32"}}
+            ],
+            "model_hash": "sizes",
+        }
+    )
+    wired = teacher_config(config)
+    assert (wired.backend, wired.max_model_len, wired.vllm_engine_args) == (
+        "vllm",
+        4096,
+        {"enforce_eager": True},
+    )
+    other = teacher_config(config, config.models[0])
+    assert other.vllm_engine_args == {"dtype": "float32"} and other.max_model_len is None

@@ -214,6 +214,29 @@ def test_gate_fails_a_reward_model_trained_on_shuffled_labels(tiny_qwen3, tmp_pa
     assert "FAILED" in uris.read_text(os.path.join(cfg.output_uri, "report.html"))
 
 
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("heldout", "agreement", "failures"),
+    [
+        (0.8, 0.6, []),  # at both thresholds: passes (>=)
+        (0.79, 0.9, ["held-out pairwise accuracy 0.79 < min_heldout_accuracy 0.8"]),
+        (0.9, 0.5, ["agreement with labels_uri 0.5 < min_label_agreement 0.6"]),
+        (None, None, ["held-out pairwise accuracy None < min_heldout_accuracy 0.8",
+                      "agreement with labels_uri None < min_label_agreement 0.6"]),
+    ],
+)  # fmt: skip
+def test_gate_verdict_holds_both_thresholds(heldout, agreement, failures):
+    """The calibration gate fails on either figure below its threshold, or missing, and says which."""
+    from distilflow.components.reward.run import gate_verdict
+
+    cfg = config("m", "d.jsonl", "o", min_heldout_accuracy=0.8, min_label_agreement=0.6, labels_uri="l.jsonl")
+    verdict = gate_verdict(cfg, heldout, agreement)
+    assert verdict["failures"] == failures and verdict["passed"] is (not failures)
+    assert (verdict["heldout_accuracy"], verdict["label_agreement"]) == (heldout, agreement)
+    off = gate_verdict(config("m", "d.jsonl", "o", min_heldout_accuracy=None), 0.1, 0.1)
+    assert off["passed"] is True  # no thresholds set: nothing to hold
+
+
 def test_reward_component_lora_from_reward_model(tiny_reward, tmp_path):
     """The component trains a LoRA adapter (and head) on a sequence-classification folder, merges it,
     and publishes URI, metrics and report."""
@@ -408,6 +431,37 @@ def test_judge_that_picks_by_position_is_dropped_and_counted(judge_server):
     candidates = [Pair(p, None, "curate", p.id) for p in carry_pairs(4)]
     kept, counts = judge_pairs(candidates, make_teacher(judge_config(url)), "logprobs", "label")
     assert kept == [] and counts.inconsistent == 4 and counts.judged == 4
+
+
+@pytest.mark.parametrize(
+    ("judge", "unparsed"), [({}, 0), ({"answer_prefix": None}, 6)], ids=["answers-first", "thinking-first"]
+)
+def test_pairwise_verdicts_of_a_reasoning_judge_through_the_teacher_cache(tmp_path, judge, unparsed):
+    """The reward stage's judging path (``CachedTeacher``, as ``run`` builds it) with a judge that behaves
+    like a reasoning model: prefilled, each verdict is P("1") of the server's rule (0.85 when only answer 1
+    is right, 0.15 the other way round) and every pair is labelled right; asked plainly, the judge starts
+    thinking, every verdict is unreadable and counted as unparsed, and nothing crashes or is labelled."""
+    from distilflow.components.reward.pairs import Pair, judge_pairs
+    from distilflow.teachers.cache import TeacherCache
+    from distilflow.teachers.cached import CachedTeacher
+    from distilflow.teachers.config import TeacherConfig
+    from tests.fakes.reasoning_judge_server import ReasoningJudgeServer
+
+    with ReasoningJudgeServer() as url:
+        config = TeacherConfig(backend="openai", base_url=url, model="reasoner", max_retries=0, **judge)
+        cached = CachedTeacher(config, TeacherCache(str(tmp_path / "cache")))
+        candidates = [Pair(p, None, "curate", p.id) for p in carry_pairs(6)]  # pairs 1, 3, 5 reversed
+        kept, counts = judge_pairs(candidates, cached, "logprobs", "label")
+    assert counts.judged == 6 and counts.unparsed == unparsed and counts.inconsistent == 0
+    if unparsed:
+        assert kept == [] and counts.first_probs == []
+        return
+    # curate's order first: right answer first on pairs 0, 2, 4 (0.85 then 0.15), wrong first on 1, 3, 5
+    assert counts.first_probs == pytest.approx([0.85, 0.15, 0.15, 0.85] * 3)
+    assert counts.disagreed == 3 and len(kept) == 6
+    for p in kept:
+        a, b = (int(x) for x in p.pair.prompt[0].content.removeprefix("What is ").rstrip("?").split(" + "))
+        assert f"\\boxed{{{a + b}}}" in p.pair.chosen[0].content
 
 
 def test_reward_stage_with_a_biased_judge(tiny_qwen3, judge_server, tmp_path):

@@ -483,3 +483,108 @@ def test_rl_vllm_rollouts_on_gpu(tiny_qwen3, problems_file, tmp_path, mode):
     )
     assert result.rollouts == "vllm" and result.steps == 2
     assert set(result.final_terms) == {"correctness", "format", "length"}
+
+
+def test_grpo_reward_is_the_weighted_sum_of_each_term_as_trl_calls_them(
+    tiny_qwen3, tiny_reward, problems_file, tmp_path, monkeypatch
+):
+    """Inside the rl stage's real GRPO training: every term TRL computes for the sampled completions is
+    the value computed here from its definition (README table) and the completion itself, TRL weighs
+    them with the config's weights, and the logged reward is the weighted sum: a term computed wrong, a
+    weight ignored or a term left out fails this."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import GRPOTrainer
+
+    from distilflow.components.rl.run import run
+
+    seen: list[dict] = []
+    original = GRPOTrainer._calculate_rewards
+
+    def observed(self, inputs, prompts, completions, completion_ids_list):
+        per_func = original(self, inputs, prompts, completions, completion_ids_list)
+        seen.append(
+            {
+                "names": list(self.reward_func_names),
+                "weights": self.reward_weights.tolist(),
+                "per_func": per_func.detach().cpu().clone(),
+                "inputs": inputs,
+                "prompts": prompts,
+                "completions": completions,
+                "ids": [list(ids) for ids in completion_ids_list],
+            }
+        )
+        return per_func
+
+    monkeypatch.setattr(GRPOTrainer, "_calculate_rewards", observed)
+    curate = str(tmp_path / "curate")
+    write_jsonl(os.path.join(curate, "scored.jsonl"), [scored("p1", "What is 3 + 4?", 6.0)])
+    StageOutput(curate, "curate").finish(result={})
+    weights = {"correctness": 1.0, "reward_model": 0.5, "format": 0.2, "length": 0.3}
+    cfg = RlConfig(
+        output_uri=str(tmp_path / "rl"),
+        model=tiny_qwen3,
+        problems_uri=problems_file,
+        reward_model_uri=reward_stage(str(tmp_path), tiny_reward),  # score mean 0.1, std 0.5
+        difficulty_uri=curate,
+        rewards=weights,
+        max_steps=2,
+        learning_rate=1e-3,
+        num_generations=4,
+        per_device_train_batch_size=4,
+        max_completion_length=12,
+        length_budget_min=8,
+        length_budget_max=20,
+        length_slack=2.0,
+        default_cd=0.0,
+        logging_steps=1,
+        save_steps=0,
+    )
+    result = run(cfg)
+    assert len(seen) == result.steps == 2
+
+    rm = AutoModelForSequenceClassification.from_pretrained(tiny_reward, num_labels=1).eval()
+    rm_tok = AutoTokenizer.from_pretrained(tiny_reward)
+    rm.config.pad_token_id = rm_tok.pad_token_id
+
+    def reward_model(prompt: list[dict], text: str) -> float:
+        rendered = rm_tok.apply_chat_template(
+            [*prompt, {"role": "assistant", "content": text}], tokenize=False
+        )
+        with torch.no_grad():
+            score = rm(**rm_tok(rendered, return_tensors="pt", add_special_tokens=False)).logits[0, 0].item()
+        return 1 / (1 + math.exp(-(score - 0.1) / 0.5))
+
+    def length(tokens: int, cd: float | None) -> float:
+        budget = 8 + (20 - 8) * (0.0 if cd is None else cd) / 9  # README: linear in CD, DAPO's soft penalty
+        return 0.0 if tokens <= budget else -min(1.0, (tokens - budget) / (2.0 * budget))
+
+    def states(text: str, answer: str) -> float:
+        """The README's correctness: the final answer (the last \\boxed{}, else the last number after the
+        thinking block) equals the reference (integers here)."""
+        body = text.split("</think>")[-1]
+        found = re.findall(r"\\boxed\{([^{}]*)\}", body) or re.findall(r"-?\d+(?:\.\d+)?", body)
+        try:
+            return float(bool(found) and float(found[-1]) == float(answer))
+        except ValueError:
+            return 0.0
+
+    for batch in seen:
+        assert batch["names"] == ["correctness", "reward_model", "format", "length"]
+        assert batch["weights"] == pytest.approx([weights[n] for n in batch["names"]])
+        for j, (row, prompt, completion) in enumerate(
+            zip(batch["inputs"], batch["prompts"], batch["completions"], strict=True)
+        ):
+            text = completion[0]["content"] if isinstance(completion, list) else completion
+            terms = dict(zip(batch["names"], batch["per_func"][j].tolist(), strict=True))
+            assert terms["length"] == pytest.approx(length(len(batch["ids"][j]), row["cd"]), abs=1e-6)
+            if "<think>" not in text and "</think>" not in text:  # no thinking block: format 0, plain reply
+                assert terms["format"] == 0.0
+                assert terms["reward_model"] == pytest.approx(reward_model(prompt, text), abs=1e-5)
+            assert terms["correctness"] == states(text, row["answer"])
+            assert row["cd"] == (6.0 if row["answer"] == "7" else None)  # p1 has curate's CD, the others none
+    # the logged reward of each step is the mean weighted sum of that step's terms
+    logged = [sum(w * float(b["per_func"][:, i].mean()) for i, w in enumerate(b["weights"])) for b in seen]
+    assert (result.first_reward, result.final_reward) == pytest.approx(tuple(logged), abs=1e-5)
+    unweighted = [float(b["per_func"].sum(dim=1).mean()) for b in seen]
+    assert any(abs(a - b) > 1e-3 for a, b in zip(logged, unweighted, strict=True))  # the weights matter

@@ -996,3 +996,30 @@ def test_bench_gpu_model_and_training_config(tmp_path, monkeypatch):
     assert kwargs["bf16"] is True and kwargs["gradient_checkpointing"] is False
     assert kwargs["deepspeed"]["zero_optimization"]["stage"] == 2
     assert kwargs["save_strategy"] == "no" and kwargs["per_device_train_batch_size"] == 4
+
+
+def test_no_examples_fails_or_publishes_the_untrained_model_when_asked(tiny_qwen3, tmp_path):
+    """curate kept nothing (say, no trace had a correct answer): by default the stage fails naming the
+    data; with if_no_examples: skip it trains nothing and publishes the starting model byte for byte,
+    its result saying so, and a rerun reuses that output."""
+    from distilflow.components.sft.run import run
+    from distilflow.records import RecordError
+
+    data = curate_output(str(tmp_path), "sft.jsonl", [])
+    with pytest.raises(RecordError, match=r"holds no sft rows; nothing to train on"):
+        run(config(tiny_qwen3, data, str(tmp_path / "fail")))
+    assert not os.path.exists(tmp_path / "fail" / MARKER)
+
+    cfg = config(tiny_qwen3, data, str(tmp_path / "sft"), if_no_examples="skip")
+    result = run(cfg)
+    assert result.trained is False and result.steps == 0 and result.rows_used == 0
+    assert "holds no sft examples" in result.skipped and result.first_loss is None
+    for name in os.listdir(tiny_qwen3):
+        with (
+            open(os.path.join(tiny_qwen3, name), "rb") as a,
+            open(os.path.join(result.model_uri, name), "rb") as b,
+        ):
+            assert a.read() == b.read(), name
+    manifest = json.loads(uris.read_text(os.path.join(cfg.output_uri, MANIFEST)))
+    assert manifest["result"]["trained"] is False and os.path.exists(os.path.join(cfg.output_uri, MARKER))
+    assert run(cfg) == result

@@ -9,7 +9,7 @@ import pytest
 from distilflow.errors import BackendError
 from distilflow.teachers import make_teacher
 from distilflow.teachers.config import TeacherConfig
-from distilflow.teachers.protocol import normalise_digit_probs, split_reasoning
+from distilflow.teachers.protocol import Unreadable, read_digit_probs, split_reasoning
 from tests.conftest import free_port
 from tests.fakes.openai_server import TinyOpenAIServer
 
@@ -45,19 +45,34 @@ def test_split_reasoning(text, reasoning, expected):
 
 
 @pytest.mark.unit
-def test_normalise_digit_probs_merges_spaced_tokens_and_renormalises():
-    probs = normalise_digit_probs({"7": 0.3, " 7": 0.1, "3": 0.1, "x": 0.5}, "0123456789")
-    assert math.isclose(sum(probs.values()), 1.0)
-    assert math.isclose(probs["7"], 0.8) and math.isclose(probs["3"], 0.2) and probs["0"] == 0.0
-    with pytest.raises(BackendError, match="none of the digits '01'"):
-        normalise_digit_probs({"yes": 0.9, "no": 0.1}, "01")
-
-
-def test_transformers_digit_probs_are_a_distribution_and_generate_keeps_order(tiny_qwen3):
-    teacher = make_teacher(
-        TeacherConfig(backend="transformers", model=tiny_qwen3, max_new_tokens=4, temperature=0, batch_size=2)
+def test_read_digit_probs_renormalises_only_digits_that_carry_the_mass():
+    probs = read_digit_probs({"7": 0.5, " 7": 0.2, "3": 0.1, "x": 0.2}, "0123456789", 0.5)
+    assert isinstance(probs, dict) and math.isclose(sum(probs.values()), 1.0)
+    assert math.isclose(probs["7"], 0.7 / 0.8) and math.isclose(probs["3"], 0.1 / 0.8) and probs["0"] == 0.0
+    # a reasoning model's first token: the digits hold scraps (0.3 < 0.5), never renormalised into a score
+    scraps = read_digit_probs({"Okay": 0.7, "1": 0.2, "2": 0.1}, "0123456789", 0.5)
+    assert isinstance(scraps, Unreadable)
+    assert (
+        "carry 0.30" in scraps.reason
+        and "min_digit_mass 0.5" in scraps.reason
+        and "'Okay' 0.70" in scraps.reason
     )
+    assert read_digit_probs({"1": 0.5, "x": 0.5}, "01", 0.5) == {"0": 0.0, "1": 1.0}  # at the threshold
+    assert read_digit_probs({"Okay": 0.7, "1": 0.2, "2": 0.1}, "012", 0.25) == pytest.approx(
+        {"0": 0.0, "1": 2 / 3, "2": 1 / 3}
+    )
+    assert isinstance(read_digit_probs({"yes": 0.9, "no": 0.1}, "01", 0.0), Unreadable)  # no digit at all
+
+
+def test_transformers_judgments_are_prefilled_and_scraps_are_unreadable(tiny_qwen3):
+    config = TeacherConfig(
+        backend="transformers", model=tiny_qwen3, max_new_tokens=4, temperature=0, batch_size=2
+    )
+    teacher = make_teacher(config.model_copy(update={"min_digit_mass": 0.0}))
     chats = [[{"role": "user", "content": q}] for q in ("What is 3 + 4?", "What is 6 * 7?", "2 + 2?")]
+    # the judgment continues the judge's reply after the prefix, thinking off (the template's empty block)
+    prompt = teacher.tokenizer.decode(teacher._encode(chats[:1], judging=True)["input_ids"][0])
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\nScore: ")
     probs = teacher.digit_probs(chats, "0123456789")
     assert len(probs) == 3
     for row in probs:
@@ -65,6 +80,11 @@ def test_transformers_digit_probs_are_a_distribution_and_generate_keeps_order(ti
         assert all(0 <= p <= 1 for p in row.values())
     # Different prompts give different distributions: the model is really read, not a constant.
     assert probs[0] != probs[1]
+    # A random model's digits carry scraps of its probability: at the default threshold nothing is read.
+    tops = teacher.top_probs(chats, "0123456789")
+    assert all(sum(top[d] for d in "0123456789") < 0.5 for top in tops)
+    teacher.config = config
+    assert all(isinstance(p, Unreadable) for p in teacher.digit_probs(chats, "0123456789"))
     answers = teacher.generate(chats, n=2)
     assert [len(a) for a in answers] == [2, 2, 2]
     assert all(c.tokens > 0 and c.finish_reason in ("stop", "length") for a in answers for c in a)
@@ -138,10 +158,24 @@ def test_openai_reasoning_field_is_read_from_the_message():
     assert _reasoning_of(ChatCompletionMessage.model_validate({"role": "assistant", "content": "7"})) is None
 
 
+def top20_digits(probs, tokenizer, digits: str) -> dict[str, float] | None:
+    """The digits' share of a next-token distribution among its 20 likeliest tokens (a token that is a
+    digit once stripped of spaces counts for it), renormalised; None when none of them is a digit."""
+    import torch
+
+    mass = dict.fromkeys(digits, 0.0)
+    for i in torch.topk(probs, 20).indices.tolist():
+        key = tokenizer.decode([i]).strip()
+        if key in mass:
+            mass[key] += float(probs[i])
+    total = sum(mass.values())
+    return {d: p / total for d, p in mass.items()} if total else None
+
+
 @pytest.mark.parametrize("digits", ["0123456789", "01"])
 def test_openai_digit_probs_match_the_model_in_process(openai_server, tiny_qwen3, monkeypatch, digits):
-    """The endpoint's top-20 logprobs, read by the client, give the model's own digit distribution
-    restricted to the digits among those 20 (or a clear error when none is)."""
+    """The endpoint's top-20 logprobs of the prefilled judgment, read by the client, give the model's own
+    digit distribution restricted to the digits among those 20 (or an unreadable judgment when none is)."""
     import torch
 
     server, base_url = openai_server
@@ -150,27 +184,21 @@ def test_openai_digit_probs_match_the_model_in_process(openai_server, tiny_qwen3
     local = make_teacher(TeacherConfig(backend="transformers", model=tiny_qwen3, batch_size=1))
     remote = make_teacher(
         TeacherConfig(
-            backend="openai",
-            model=tiny_qwen3,
-            base_url=base_url,
-            api_key_env="TEACHER_KEY",
-            chat_template_kwargs={"enable_thinking": False},
+            backend="openai", model=tiny_qwen3, base_url=base_url, api_key_env="TEACHER_KEY", min_digit_mass=0
         )
     )
     with torch.no_grad():
-        logits = local.model(**local._encode(chats, enable_thinking=False)).logits[0, -1]
-    top20 = set(torch.topk(logits, 20).indices.tolist())
-    present = [d for d in digits if local.tokenizer.encode(d, add_special_tokens=False)[0] in top20]
-    if not present:
-        with pytest.raises(BackendError, match="none of the digits"):
-            remote.digit_probs(chats, digits)
-        return
-    full = local.digit_probs(chats, digits)[0]
-    mass = sum(full[d] for d in present)
+        probs = torch.softmax(local.model(**local._encode(chats, judging=True)).logits[0, -1], dim=-1)
+    want = top20_digits(probs, local.tokenizer, digits)
     got = remote.digit_probs(chats, digits)[0]
-    for d in digits:
-        assert got[d] == pytest.approx(full[d] / mass if d in present else 0.0, abs=1e-4)
-    assert server.requests[-1]["body"]["chat_template_kwargs"] == {"enable_thinking": False}
+    body = server.requests[-1]["body"]
+    assert body["messages"][-1] == {"role": "assistant", "content": "Score: "}
+    assert body["continue_final_message"] is True and body["add_generation_prompt"] is False
+    assert body["chat_template_kwargs"] == {"enable_thinking": False}
+    if want is None:
+        assert isinstance(got, Unreadable)
+        return
+    assert got == pytest.approx(want, abs=1e-4)
 
 
 # --- The async endpoint client (distilflow.teachers.endpoint) against tests/fakes/fault_server.py ---------------
@@ -276,3 +304,38 @@ def test_retry_after_headers_and_backoff():
     assert backoff_s(0, 1.0, 60.0, 2.0) == 2.0  # the server's wish
     assert 0 <= backoff_s(10, 1.0, 8.0, None) <= 8.0  # capped full jitter
     assert 0 <= backoff_s(0, 1.0, 60.0, 3600.0) <= 1.0  # an absurd Retry-After falls back to backoff
+
+
+def test_vllm_judgments_are_prefilled_and_read_with_the_same_rule(tiny_qwen3, monkeypatch):
+    """The vllm backend's judging (vLLM's offline API, tests/fakes/vllm_module.py on the tiny model):
+    the judge's reply is continued after the prefix with thinking off, the digits are read from the
+    top-20 logprobs like an endpoint's, and scraps are unreadable at the default min_digit_mass."""
+    import sys
+
+    import torch
+
+    from tests.fakes import vllm_module
+
+    monkeypatch.setitem(sys.modules, "vllm", vllm_module)
+    monkeypatch.setattr(vllm_module.LLM, "calls", [])
+    chats = [[{"role": "user", "content": q}] for q in ("Rate 3 + 4 = 7 from 0 to 9.", "Rate 6 * 7 = 41.")]
+    config = TeacherConfig(backend="vllm", model=tiny_qwen3, min_digit_mass=0)
+    teacher = make_teacher(config)
+    probs = teacher.digit_probs(chats, "0123456789")
+    assert any(isinstance(p, dict) for p in probs)  # some digit is among the top 20: values to compare
+    (call,) = vllm_module.LLM.calls
+    assert call["add_generation_prompt"] is False and call["continue_final_message"] is True
+    assert call["chat_template_kwargs"] == {"enable_thinking": False}
+    assert all(m[-1] == {"role": "assistant", "content": "Score: "} for m in call["messages"])
+    # the same numbers as the model's own softmax over the judgment the transformers backend encodes
+    local = make_teacher(TeacherConfig(backend="transformers", model=tiny_qwen3, batch_size=1))
+    for chat, got in zip(chats, probs, strict=True):
+        with torch.no_grad():
+            full = torch.softmax(local.model(**local._encode([chat], judging=True)).logits[0, -1], dim=-1)
+        want = top20_digits(full, local.tokenizer, "0123456789")
+        if want is None:
+            assert isinstance(got, Unreadable)
+            continue
+        assert got == pytest.approx(want, abs=1e-4)
+    teacher.config = config.model_copy(update={"min_digit_mass": 0.5})
+    assert all(isinstance(p, Unreadable) for p in teacher.digit_probs(chats, "0123456789"))
