@@ -37,6 +37,12 @@ ARGS = """
             in the console."""
 
 
+CORPUS_ARG = """
+        corpus_uri: A corpus already scored in OmniThought's layout (RV, CD and logic per chain of thought),
+            e.g. hf://datasets/alibaba-pai/OmniThought/data/*.parquet: curate selects from its released
+            annotations and distill and the judge do not run. Empty: distill and judge."""
+
+
 def data_file(name: str) -> str:
     """Path of a file shipped with the pipelines package (default configs, presets, problems)."""
     return str(resources.files("distilflow.pipelines").joinpath(name))
@@ -100,38 +106,66 @@ def prepare_data(
     distill_name: str = "distill",
     curate_name: str = "curate",
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """The start every recipe with curated data shares, called first in its pipeline function with
-    ``locals()`` (its console parameters): configure -> validate -> distill (``prepare_teacher``) ->
-    curate. Returns the run's config (the ``configure`` output every stage reads), the curate task (its
-    ``curated`` output feeds the training stages) and the GPUs of each training stage's pod by stage
-    name (``gpu_count``, or 0 where the stage's launcher is trainjob or dlc)."""
+    """The start every recipe shares, called first in its pipeline function with ``locals()`` (its
+    console parameters): configure -> validate -> distill -> curate. Returns the run's config (the
+    ``configure`` output every stage reads), curate's ``curated`` output (it feeds the training
+    stages) and the GPUs of each training stage's pod by stage name (``gpu_count``, or 0 where the
+    stage's launcher is trainjob or dlc). ``lifecycle``'s switches (``with_dpo``, ...) leave the stages
+    they turn off out of the config and out of validate's checks. A recipe with a ``corpus_uri``
+    parameter (thoughtx, thoughty) runs distill and the judge only when it is empty; otherwise curate
+    selects from that scored corpus (``curate.corpus``) and no teacher is called."""
     from distilflow.components.curate.component import curate
+    from distilflow.components.distill.component import distill
 
-    cfg, distill_task, pod_gpus = prepare_teacher(recipe, stages, parameters, distill_name)
+    output_uri, teacher_key_secret = parameters["output_uri"], parameters["teacher_key_secret"]
+    cfg, validate_task, pod_gpus = configure_and_validate(recipe, stages, parameters)
+    if "corpus_uri" in parameters:
+        return cfg, judged_or_corpus(cfg, parameters, validate_task), pod_gpus
+    # Teacher chains of thought; distill's own request cache makes reruns free, KFP's would skip new data.
+    distill_task = distill(config=cfg, output_uri=output_uri).after(validate_task)
+    cpu_step(distill_task, distill_name, teacher_key_secret)
     # Judge RV/CD/logic, verify answers (CRV when configured), select, build preference pairs.
-    curate_task = curate(
-        config=cfg, output_uri=parameters["output_uri"], traces=distill_task.outputs["traces"]
-    )
-    cpu_step(curate_task, curate_name, parameters["teacher_key_secret"])
-    return cfg, curate_task, pod_gpus
+    curate_task = curate(config=cfg, output_uri=output_uri, traces=distill_task.outputs["traces"])
+    cpu_step(curate_task, curate_name, teacher_key_secret)
+    return cfg, curate_task.outputs["curated"], pod_gpus
 
 
 def prepare_teacher(
     recipe: str, stages: list[str], parameters: dict[str, Any], distill_name: str = "distill"
 ) -> tuple[Any, Any, dict[str, Any]]:
-    """configure -> validate -> distill, from a recipe's console parameters (``locals()``). Returns the
-    run's config, the distill task (its ``traces`` output: the distill folder) and the GPUs of each
-    training stage's pod. ``lifecycle``'s switches (``with_dpo``, ...) leave the stages they turn off
-    out of the config and out of validate's checks."""
+    """configure -> validate -> distill, from a recipe's console parameters (``locals()``), for a recipe
+    that trains on distill's output itself (``whitebox``: the teacher logits). Returns the run's config,
+    the distill task (its ``traces`` output: the distill folder) and the GPUs of each training stage's
+    pod."""
     from distilflow.components.distill.component import distill
+
+    cfg, validate_task, pod_gpus = configure_and_validate(recipe, stages, parameters)
+    # Teacher chains of thought; distill's own request cache makes reruns free, KFP's would skip new data.
+    distill_task = distill(config=cfg, output_uri=parameters["output_uri"]).after(validate_task)
+    cpu_step(distill_task, distill_name, parameters["teacher_key_secret"])
+    return cfg, distill_task, pod_gpus
+
+
+def configure_and_validate(
+    recipe: str, stages: list[str], parameters: dict[str, Any]
+) -> tuple[Any, Any, dict]:
+    """The ``configure`` step (the run's config and each training pod's GPUs) and ``validate`` after it."""
     from distilflow.components.validate.component import validate
     from distilflow.pipelines.params import SWITCHES
     from distilflow.pipelines.steps import configure
 
     output_uri, teacher_key_secret = parameters["output_uri"], parameters["teacher_key_secret"]
     # The run's whole config: recipe defaults < preset < parameters < config < overrides.
-    wanted = (*CONFIGURE_PARAMETERS, *(name for name in SWITCHES if name in parameters))
-    config_task = configure(recipe=recipe, stages=stages, **{name: parameters[name] for name in wanted})
+    optional = (*SWITCHES, "corpus_uri")
+    wanted = (*CONFIGURE_PARAMETERS, *(name for name in optional if name in parameters))
+    from kfp import dsl
+
+    config_task = configure(
+        recipe=recipe,
+        stages=stages,
+        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,  # names the tracked runs <pipeline run>/<stage>
+        **{name: parameters[name] for name in wanted},
+    )
     cpu_step(config_task, "configure", cache=True)  # a pure function of its inputs and the image
     cfg = config_task.outputs["config"]
     # GPUs of each training stage's pod: gpu_count, or none when its launcher runs the job elsewhere.
@@ -143,7 +177,28 @@ def prepare_teacher(
         "validate",
         teacher_key_secret,
     )
-    # Teacher chains of thought; distill's own request cache makes reruns free, KFP's would skip new data.
-    distill_task = distill(config=cfg, output_uri=output_uri).after(validate_task)
-    cpu_step(distill_task, distill_name, teacher_key_secret)
-    return cfg, distill_task, pod_gpus
+    return cfg, validate_task, pod_gpus
+
+
+def judged_or_corpus(cfg: Any, parameters: dict[str, Any], validate_task: Any) -> Any:
+    """Without ``corpus_uri``: distill -> curate with the judge (a sub-pipeline); with it: curate on the
+    scored corpus. Returns curate's ``curated`` output of the branch that ran."""
+    from kfp import dsl
+
+    from distilflow.components.curate.component import curate
+
+    # imported by the recipe's module first: a sub-pipeline cannot be defined while a pipeline is built
+    from distilflow.pipelines.branches import distill_and_judge
+
+    output_uri = parameters["output_uri"]
+    with dsl.If(parameters["corpus_uri"] == "", name="distill and judge"):
+        judged_task = distill_and_judge(
+            config=cfg, output_uri=output_uri, teacher_key_secret=parameters["teacher_key_secret"]
+        ).after(validate_task)
+        judged_task.set_display_name("distill -> curate (RV/CD)")
+    with dsl.Else(name="scored corpus"):
+        # The released RV/CD/logic annotations (OmniThought): selection only, no teacher is called.
+        corpus_task = cpu_step(
+            curate(config=cfg, output_uri=output_uri).after(validate_task), "curate (corpus)"
+        )
+    return dsl.OneOf(judged_task.output, corpus_task.outputs["curated"])

@@ -108,16 +108,16 @@ def lifecycle(
     with_deploy: bool = True,
 ):
     # locals(): the console parameters above, as configure and validate read them.
-    cfg, curate_task, pod_gpus = common.prepare_data(NAME, STAGES, locals())
+    cfg, curated, pod_gpus = common.prepare_data(NAME, STAGES, locals())
     # Curriculum SFT.
-    sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
+    sft_task = sft(config=cfg, output_uri=output_uri, data=curated)
     common.gpu_step(sft_task, "sft", gpu_type, pod_gpus["sft"], gpu_node_selector)
     # CogPO, or the SFT model handed on.
     with dsl.If(with_dpo == True, name="with dpo"):  # noqa: E712 - a KFP condition, not a Python comparison
         dpo_task = dpo_on_gpus(
             config=cfg,
             output_uri=output_uri,
-            data=curate_task.outputs["curated"],
+            data=curated,
             student=sft_task.outputs["model"],
             gpu_type=gpu_type,
             dpo_gpus=pod_gpus["dpo"],
@@ -133,7 +133,7 @@ def lifecycle(
         rl_task = reward_rl_on_gpus(
             config=cfg,
             output_uri=output_uri,
-            data=curate_task.outputs["curated"],
+            data=curated,
             student=policy,
             gpu_type=gpu_type,
             reward_gpus=pod_gpus["reward"],

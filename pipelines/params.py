@@ -94,6 +94,7 @@ def parameter_config(
     teacher_model: str = "",
     student_model: str = "",
     problems_uri: str = "",
+    corpus_uri: str = "",
 ) -> dict[str, Any]:
     """The config the top-level parameters stand for; empty parameters set nothing.
 
@@ -101,6 +102,9 @@ def parameter_config(
     teacher each, sharing the problems equally (multi-teacher distillation). The judge (and CRV
     rewriter) is the first of them. ``student_model`` is the student to train (and, in recipes with a
     reward model, the model the reward model starts from).
+    ``corpus_uri`` (thoughtx, thoughty) names a corpus already scored, in OmniThought's layout: curate
+    selects from it (``curate.corpus``, preset ``omnithought``; ``overrides`` can give another layout)
+    and no judge is configured, since none is called.
     """
     out: dict[str, Any] = {}
     models = [m.strip() for m in teacher_model.split(",") if m.strip()]
@@ -114,7 +118,10 @@ def parameter_config(
             endpoint["base_url"] = teacher_base_url
         teachers = [{**endpoint, **TEACHER_GENERATION, "model": m} for m in models]
         out["distill"] = {"teacher": teachers[0]} if len(teachers) == 1 else {"teachers": teachers}
-        out["curate"] = {"judge": {**endpoint, "model": models[0]}}
+        if not corpus_uri:
+            out["curate"] = {"judge": {**endpoint, "model": models[0]}}
+    if corpus_uri:
+        out["curate"] = {"corpus": {"uri": corpus_uri, "preset": "omnithought"}}
     if problems_uri:
         out.setdefault("distill", {})["problems_uri"] = problems_uri
         out["rl"] = {"problems_uri": problems_uri}
@@ -134,12 +141,13 @@ def resolve_config(
     teacher_model: str = "",
     student_model: str = "",
     problems_uri: str = "",
+    corpus_uri: str = "",
 ) -> dict[str, Any]:
     """The whole pipeline config of one run (see the module docstring for the precedence)."""
     layers = [
         recipe_defaults(recipe),
         load_preset(preset),
-        parameter_config(teacher_base_url, teacher_model, student_model, problems_uri),
+        parameter_config(teacher_base_url, teacher_model, student_model, problems_uri, corpus_uri),
         config or {},
         parse_overrides_json(overrides),
     ]
@@ -154,13 +162,34 @@ def resolve_config(
     return {k: v for k, v in merged.items() if k in stages}
 
 
-def running_stages(stages: list[str] | tuple[str, ...], **switches: bool) -> list[str]:
-    """The stages a run executes: ``stages`` less those a false switch (``SWITCHES``) turns off, so
-    validate and the config skip what will not run."""
+TRACKED_STAGES = ("sft", "dpo", "reward", "rl", "evaluate")
+"""Stages with a ``tracking`` block (distilflow.tracking)."""
+
+
+def with_pipeline_run(resolved: dict[str, Any], pipeline_run: str) -> dict[str, Any]:
+    """``resolved`` with ``tracking.pipeline_run`` set (unless given) in every stage that tracks its run,
+    so the runs of one pipeline run are named ``<pipeline run>/<stage>``. It is left out of the stages'
+    fingerprints: a rerun under another pipeline run still resumes."""
+    if not pipeline_run:
+        return resolved
+    out = dict(resolved)
+    for stage in TRACKED_STAGES:
+        section = out.get(stage)
+        tracking = section.get("tracking") if isinstance(section, dict) else None
+        if isinstance(tracking, dict) and tracking.get("backend", "none") != "none":
+            out[stage] = {**section, "tracking": {"pipeline_run": pipeline_run, **tracking}}
+    return out
+
+
+def running_stages(stages: list[str] | tuple[str, ...], corpus_uri: str = "", **switches: bool) -> list[str]:
+    """The stages a run executes: ``stages`` less those a false switch (``SWITCHES``) turns off, and
+    less distill when curate starts from a scored corpus, so validate and the config skip what will
+    not run."""
     unknown = sorted(set(switches) - set(SWITCHES))
     if unknown:
         raise ConfigError(f"unknown switch(es) {unknown}; switches are {', '.join(SWITCHES)}")
     off = {stage for name, on in switches.items() if not on for stage in SWITCHES[name]}
+    off |= {"distill"} if corpus_uri else set()
     return [stage for stage in stages if stage not in off]
 
 

@@ -47,12 +47,12 @@ def reward_rl(
     config: dict = {},  # noqa: B006
 ):
     # locals(): the console parameters above, as configure and validate read them.
-    cfg, curate_task, pod_gpus = common.prepare_data(NAME, STAGES, locals(), curate_name="curate (pairs)")
+    cfg, curated, pod_gpus = common.prepare_data(NAME, STAGES, locals(), curate_name="curate (pairs)")
     # Cold start of the policy.
-    sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
+    sft_task = sft(config=cfg, output_uri=output_uri, data=curated)
     common.gpu_step(sft_task, "sft", gpu_type, pod_gpus["sft"], gpu_node_selector)
     # Distilled reward model (Bradley-Terry on the judged pairs); fails unless calibrated on held-out pairs.
-    reward_task = reward(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
+    reward_task = reward(config=cfg, output_uri=output_uri, data=curated)
     common.gpu_step(reward_task, "reward (calibration gate)", gpu_type, pod_gpus["reward"], gpu_node_selector)
     # GRPO from the SFT student: correctness + reward model + CD-aware length.
     rl_task = rl(
@@ -60,7 +60,7 @@ def reward_rl(
         output_uri=output_uri,
         student=sft_task.outputs["model"],
         reward_model=reward_task.outputs["model"],
-        difficulty=curate_task.outputs["curated"],
+        difficulty=curated,
     )
     common.gpu_step(rl_task, "rl (GRPO)", gpu_type, pod_gpus["rl"], gpu_node_selector)
     # Accuracy, pass@k and tokens of the policy.

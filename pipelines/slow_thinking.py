@@ -45,15 +45,15 @@ def slow_thinking(
     config: dict = {},  # noqa: B006
 ):
     # locals(): the console parameters above, as configure and validate read them.
-    cfg, curate_task, pod_gpus = common.prepare_data(NAME, STAGES, locals())
+    cfg, curated, pod_gpus = common.prepare_data(NAME, STAGES, locals())
     # Fine-tune the student on the curated chains.
-    sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
+    sft_task = sft(config=cfg, output_uri=output_uri, data=curated)
     common.gpu_step(sft_task, "sft", gpu_type, pod_gpus["sft"], gpu_node_selector)
     # CogPO: DPO with per-pair beta on the curated preference pairs.
     dpo_task = dpo(
         config=cfg,
         output_uri=output_uri,
-        data=curate_task.outputs["curated"],
+        data=curated,
         student=sft_task.outputs["model"],
     )
     common.gpu_step(dpo_task, "dpo (CogPO)", gpu_type, pod_gpus["dpo"], gpu_node_selector)

@@ -32,17 +32,22 @@ def configure(
     with_dpo: bool = True,
     with_rl: bool = True,
     with_deploy: bool = True,
+    corpus_uri: str = "",
+    pipeline_run: str = "",
 ) -> NamedTuple(
     "Configured", config=dict, stages=list, sft_gpus=int, dpo_gpus=int, reward_gpus=int, rl_gpus=int
 ):
     """The run's config: recipe defaults < preset < top-level parameters < config < overrides, for the
-    stages that run (``lifecycle``'s switches turn some off); those stages; and the GPUs of each
-    training stage's pod (``pod_gpus``: none when it only follows a multi-node job)."""
+    stages that run (``lifecycle``'s switches turn some off, a ``corpus_uri`` distill); those stages; and the GPUs of each
+    training stage's pod (``pod_gpus``: none when it only follows a multi-node job). ``pipeline_run`` (the
+    KFP run's name) names the tracked runs (``tracking.pipeline_run``)."""
     import json
 
-    from distilflow.pipelines.params import pod_gpus, resolve_config, running_stages
+    from distilflow.pipelines.params import pod_gpus, resolve_config, running_stages, with_pipeline_run
 
-    running = running_stages(stages, with_dpo=with_dpo, with_rl=with_rl, with_deploy=with_deploy)
+    running = running_stages(
+        stages, corpus_uri=corpus_uri, with_dpo=with_dpo, with_rl=with_rl, with_deploy=with_deploy
+    )
     resolved = resolve_config(
         recipe,
         running,
@@ -53,7 +58,9 @@ def configure(
         teacher_model=teacher_model,
         student_model=student_model,
         problems_uri=problems_uri,
+        corpus_uri=corpus_uri,
     )
+    resolved = with_pipeline_run(resolved, pipeline_run)  # tracked runs are named <pipeline run>/<stage>
     print(f"[configure] {recipe} (preset {preset or 'none'}):\n{json.dumps(resolved, indent=2)}", flush=True)
     gpus = [pod_gpus(resolved, stage, gpu_count) for stage in ("sft", "dpo", "reward", "rl")]
     return (resolved, running, *gpus)  # in the order of the outputs

@@ -21,7 +21,10 @@ from kfp import dsl
 
 from distilflow.components.evaluate.component import evaluate
 from distilflow.components.sft.component import sft
-from distilflow.pipelines import common
+from distilflow.pipelines import (
+    branches,  # noqa: F401 - its sub-pipeline is defined before the recipe is built
+    common,
+)
 from distilflow.pipelines.common import data_file  # noqa: F401 - the SDK reads DEFAULT_CONFIG with it
 
 NAME = "thoughtx"
@@ -42,13 +45,14 @@ def thoughtx(
     preset: str = "7b-1node",
     overrides: str = "{}",
     config: dict = {},  # noqa: B006
+    corpus_uri: str = "",
 ):
     # locals(): the console parameters above, as configure and validate read them.
-    cfg, curate_task, pod_gpus = common.prepare_data(
+    cfg, curated, pod_gpus = common.prepare_data(
         NAME, STAGES, locals(), distill_name="distill (teachers)", curate_name="curate (RV/CD)"
     )
     # Curriculum SFT: curate's order, easiest CD bin first, no shuffling.
-    sft_task = sft(config=cfg, output_uri=output_uri, data=curate_task.outputs["curated"])
+    sft_task = sft(config=cfg, output_uri=output_uri, data=curated)
     common.gpu_step(sft_task, "sft (curriculum)", gpu_type, pod_gpus["sft"], gpu_node_selector)
     # Accuracy, pass@k and tokens spent.
     evaluate_task = evaluate(config=cfg, output_uri=output_uri, model=sft_task.outputs["model"])
@@ -56,7 +60,8 @@ def thoughtx(
 
 
 thoughtx.__doc__ = common.docstring(
-    "ThoughtX: multi-teacher chains of thought, RV/CD-judged, mixed as a curriculum for a Qwen2.5 student."
+    "ThoughtX: multi-teacher chains of thought, RV/CD-judged, mixed as a curriculum for a Qwen2.5 student.",
+    common.CORPUS_ARG,
 )
 pipeline = dsl.pipeline(
     name="thoughtx",

@@ -18,7 +18,10 @@ from kfp import dsl
 
 from distilflow.components.evaluate.component import evaluate
 from distilflow.components.sft.component import sft
-from distilflow.pipelines import common
+from distilflow.pipelines import (
+    branches,  # noqa: F401 - its sub-pipeline is defined before the recipe is built
+    common,
+)
 from distilflow.pipelines.common import data_file  # noqa: F401 - the SDK reads DEFAULT_CONFIG with it
 from distilflow.pipelines.steps import both_modes, variant
 
@@ -40,13 +43,14 @@ def thoughty(
     preset: str = "7b-1node",
     overrides: str = "{}",
     config: dict = {},  # noqa: B006
+    corpus_uri: str = "",
 ):
     # locals(): the console parameters above, as configure and validate read them.
-    cfg, curate_task, pod_gpus = common.prepare_data(
+    cfg, curated, pod_gpus = common.prepare_data(
         NAME, STAGES, locals(), distill_name="distill (teachers)", curate_name="curate (RV/CD)"
     )
     # Every example with thinking on and off.
-    modes_task = both_modes(output_uri=output_uri, curated=curate_task.outputs["curated"])
+    modes_task = both_modes(output_uri=output_uri, curated=curated)
     common.cpu_step(modes_task, "thinking on + off")
     # Curriculum SFT on both modes.
     sft_task = sft(config=cfg, output_uri=output_uri, data=modes_task.outputs["examples"])
@@ -68,7 +72,8 @@ def thoughty(
 
 
 thoughty.__doc__ = common.docstring(
-    "ThoughtY: thoughtx for Qwen3 students, trained and evaluated with thinking on and off."
+    "ThoughtY: thoughtx for Qwen3 students, trained and evaluated with thinking on and off.",
+    common.CORPUS_ARG,
 )
 pipeline = dsl.pipeline(
     name="thoughty",

@@ -51,3 +51,26 @@ def log_metrics(artifact: Any, stage_uri: str) -> dict[str, float]:
             logged[name] = float(value)
             artifact.log_metric(name, logged[name])
     return logged
+
+
+def publish_tensorboard(artifact: Any, stage_uri: str) -> bool:
+    """Expose a finished stage's TensorBoard event files (its manifest's ``tensorboard`` output) as a KFP
+    artifact: copied into the artifact's folder, which KFP stores under the pipeline root, with their
+    object-storage URI in its metadata. Without logs (tracking.backend is not tensorboard) the folder
+    holds a note saying so. Returns whether there were logs."""
+    import os
+
+    from distilflow import uri as uris
+
+    manifest = require_complete(stage_uri, "stage output")
+    logs = (manifest.get("outputs") or {}).get("tensorboard")
+    os.makedirs(artifact.path, exist_ok=True)
+    artifact.metadata["stage_uri"] = stage_uri
+    if not logs:
+        with open(os.path.join(artifact.path, "README.txt"), "w", encoding="utf-8") as f:
+            f.write("No TensorBoard logs: this stage ran with tracking.backend other than tensorboard.\n")
+        return False
+    fs, path = uris.filesystem(logs)
+    fs.get(path.rstrip("/") + "/", artifact.path.rstrip("/") + "/", recursive=True)
+    publish(artifact, uri=logs, stage_uri=stage_uri)
+    return True

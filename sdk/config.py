@@ -29,6 +29,10 @@ from distilflow.errors import ConfigError
 
 T = TypeVar("T", bound="BaseConfig")
 
+UNION_TAG = "~"
+"""Prefix of a tagged union member's label (``Tag("~mapping")``): pydantic puts the label into an error's
+location; messages and ``--set`` paths leave it out, so an error names the field as the user wrote it."""
+
 
 class BaseConfig(BaseModel):
     """Base of all distilflow configs: strict keys, documented fields, YAML/JSON round trip."""
@@ -59,7 +63,9 @@ class BaseConfig(BaseModel):
         # "--set name=2024" or "--set name=on" parses as a number or a bool; a text field gets the text
         raw = dict(item.split("=", 1) for item in overrides or [])
         retyped = [
-            e["loc"] for e in error.errors() if e["type"] == "string_type" and _dotted(e["loc"]) in raw
+            field_path(e["loc"])
+            for e in error.errors()
+            if e["type"] == "string_type" and _dotted(field_path(e["loc"])) in raw
         ]
         if retyped:
             for loc in retyped:
@@ -89,8 +95,16 @@ class BaseConfig(BaseModel):
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
     def fingerprint(self) -> str:
-        """A stable hash of the resolved config, used to decide whether an output can be reused."""
-        blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """A stable hash of the resolved config, used to decide whether an output can be reused. Fields
+        declared ``json_schema_extra={"fingerprint": False}`` (where a run is tracked) are left out."""
+        data = self.to_dict()
+        for name, info in type(self).model_fields.items():
+            if (
+                isinstance(info.json_schema_extra, dict)
+                and info.json_schema_extra.get("fingerprint") is False
+            ):
+                data.pop(name, None)
+        blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -103,7 +117,7 @@ def format_validation_error(
     lines = []
     for err in exc.errors():
         # a dict key is part of the location: a key pasted as a variable name must not be shown there
-        loc = ".".join("<not shown>" if redact(p) else str(p) for p in err["loc"]) or "(root)"
+        loc = ".".join("<not shown>" if redact(p) else str(p) for p in field_path(err["loc"])) or "(root)"
         origin = f"--set {loc}" if _from_override(loc, overridden) else where
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -125,6 +139,11 @@ def _shown(value: Any) -> str:
         return ""
     note = redact(value)
     return f" (got {note})" if note else f" (got {_short(value)})"
+
+
+def field_path(loc: tuple[Any, ...]) -> tuple[Any, ...]:
+    """An error's location as config keys: without tagged union labels (``UNION_TAG``)."""
+    return tuple(p for p in loc if not (isinstance(p, str) and p.startswith(UNION_TAG)))
 
 
 def _dotted(loc: tuple[Any, ...]) -> str:

@@ -246,13 +246,14 @@ def write_jsonl(uri: str, records: Iterable[BaseModel | dict[str, Any]]) -> int:
 def output_shards(stage_uri: str, kind: str) -> list[str]:
     """The JSONL files, in order, that hold output ``kind`` (e.g. ``sft``) of a finished stage output.
 
-    A ``.jsonl`` URI is its own single file. Otherwise the folder's completion marker is required
+    A ``.jsonl`` or ``.parquet`` URI is its own single file. Otherwise the folder's completion marker is required
     and the shards its manifest lists under ``result.shards[kind]`` are returned, or else (an output
     written before shards, or by hand) its ``<kind>.jsonl``.
     """
     from distilflow.outputs import require_complete
+    from distilflow.sources import is_record_file
 
-    if stage_uri.rstrip("/").endswith(".jsonl"):
+    if is_record_file(stage_uri):
         return [stage_uri]
     manifest = require_complete(stage_uri, f"{kind} data")
     names = ((manifest.get("result") or {}).get("shards") or {}).get(kind)
@@ -269,10 +270,13 @@ def output_shards(stage_uri: str, kind: str) -> list[str]:
 
 def iter_output_rows(stage_uri: str, kind: str, model: type[R], unique_ids: bool = True) -> Iterator[R]:
     """Validated ``model`` rows of output ``kind`` of a stage (``output_shards``), one shard in memory
-    at a time; ids are unique across shards unless ``unique_ids`` is False."""
+    at a time; ids are unique across shards unless ``unique_ids`` is False. A ``.parquet`` file of
+    distilflow's columns reads as its JSONL would (``distilflow.sources``)."""
+    from distilflow.sources import iter_records
+
     seen: set[str] = set()
     for uri in output_shards(stage_uri, kind):
-        for rec in iter_jsonl(uri, model, unique_ids=unique_ids):
+        for rec in iter_records(uri, model, unique_ids=unique_ids):
             rid = getattr(rec, "id", None)
             if unique_ids and rid is not None:
                 if rid in seen:

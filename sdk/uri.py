@@ -1,10 +1,16 @@
-"""Typed URIs over fsspec: plain paths, ``file://``, ``s3://``, ``oss://``, ``gs://``.
+"""Typed URIs over fsspec: plain paths, ``file://``, ``s3://``, ``oss://``, ``gs://`` and (to read)
+``hf://datasets/ORG/NAME[@REVISION]/PATH``.
 
 ``s3://`` talks to any S3-compatible store: the endpoint comes from ``DISTILFLOW_S3_ENDPOINT_URL``
 or the standard ``AWS_ENDPOINT_URL``; credentials from the usual AWS variables or a mounted
 Secret, never from a config. ``oss://`` needs ``ossfs`` (extra ``oss``): the endpoint comes from
 ``OSS_ENDPOINT``, the AccessKey from ``OSS_ACCESS_KEY_ID``/``OSS_ACCESS_KEY_SECRET`` (or the
 ``ALIBABA_CLOUD_*`` variables, plus an STS token when set). ``gs://`` needs ``gcsfs``.
+
+``hf://datasets/...`` reads a Hugging Face hub dataset through ``huggingface_hub``'s fsspec filesystem
+(``HfFileSystem``): the endpoint comes from ``HF_ENDPOINT`` (a mirror), the token from the environment
+variable ``DISTILFLOW_HF_TOKEN_ENV`` names (default ``HF_TOKEN``; a source's ``token_env`` overrides it),
+never from a config. distilflow only reads from the hub: writing there is refused.
 """
 
 from __future__ import annotations
@@ -25,7 +31,14 @@ from pydantic import AfterValidator
 from distilflow.errors import StorageError
 from distilflow.storage_errors import on_uri
 
-SCHEMES = ("file", "s3", "oss", "gs")
+SCHEMES = ("file", "s3", "oss", "gs", "hf")
+READ_ONLY_SCHEMES = ("hf",)
+"""Schemes distilflow reads from but never writes to."""
+
+HF_TOKEN_ENV = "HF_TOKEN"
+"""The environment variable holding the hub token unless ``DISTILFLOW_HF_TOKEN_ENV`` names another."""
+
+_HF_PATH = re.compile(r"datasets/[^/@\s]+/[^/@\s]+(@[^/\s]+)?(/.*)?$")
 
 
 def check_uri(value: str) -> str:
@@ -41,6 +54,12 @@ def check_uri(value: str) -> str:
         if scheme == "file":
             if not rest.strip():
                 raise ValueError(f"{value!r} names no path; write file:///ABSOLUTE/PATH or a plain path")
+        elif scheme == "hf":
+            if not _HF_PATH.match(rest):
+                raise ValueError(
+                    f"{value!r} is not a hub dataset path; write hf://datasets/ORG/NAME[@REVISION]/PATH "
+                    "(e.g. hf://datasets/alibaba-pai/OmniThought@main/data/train-00000-of-00135.parquet)"
+                )
         elif not rest.split("/", 1)[0].strip():
             # s3:///key has a key but an empty bucket name
             raise ValueError(f"{value!r} names no bucket; write {scheme}://BUCKET/PREFIX")
@@ -85,12 +104,29 @@ def storage_options(uri: str) -> dict[str, Any]:
         endpoint = os.environ.get("OSS_ENDPOINT")
         if endpoint:
             return {"endpoint": endpoint}
+    if scheme(uri) == "hf":
+        # read when the URI is opened, not when huggingface_hub was imported (its constants are)
+        endpoint = os.environ.get("HF_ENDPOINT")
+        if endpoint:
+            return {"endpoint": endpoint.rstrip("/")}
     return {}
 
 
-def _credentials(uri: str) -> dict[str, Any]:
+def hf_token(token_env: str | None = None) -> str | None:
+    """The hub token: the value of ``token_env``, else of the variable ``DISTILFLOW_HF_TOKEN_ENV`` names,
+    else of ``HF_TOKEN``; None when that variable is unset (public datasets need none)."""
+    name = token_env or os.environ.get("DISTILFLOW_HF_TOKEN_ENV") or HF_TOKEN_ENV
+    return os.environ.get(name) or None
+
+
+def _credentials(uri: str, token_env: str | None = None) -> dict[str, Any]:
     """Credentials a backend does not read from the environment itself: ossfs takes the AccessKey
-    only as arguments. Kept out of ``storage_options``, which keys the download cache."""
+    only as arguments, HfFileSystem its token. Kept out of ``storage_options``, which keys the
+    download cache."""
+    if scheme(uri) == "hf":
+        token = hf_token(token_env)
+        # False: no token at all, not the one huggingface_hub would find in ~/.cache/huggingface
+        return {"token": token if token else False}
     if scheme(uri) != "oss":
         return {}
     env = os.environ
@@ -103,15 +139,15 @@ def _credentials(uri: str) -> dict[str, Any]:
 
 
 @on_uri(0)
-def filesystem(uri: str):
-    """Return ``(fs, path)`` for ``uri``."""
+def filesystem(uri: str, token_env: str | None = None):
+    """Return ``(fs, path)`` for ``uri`` (``token_env``: the variable holding an ``hf://`` token)."""
     import fsspec
 
     check_uri(uri)
     if is_local(uri):
         return fsspec.filesystem("file"), local_path(uri)
     # a missing ossfs/gcsfs is an ImportError that ``on_uri`` turns into a line saying what to install
-    return fsspec.core.url_to_fs(uri, **storage_options(uri), **_credentials(uri))
+    return fsspec.core.url_to_fs(uri, **storage_options(uri), **_credentials(uri, token_env))
 
 
 def join(uri: str, *parts: str) -> str:
@@ -149,9 +185,20 @@ def _bucket_exists(fs: Any, uri: str) -> bool:
         return True
 
 
+def hf_not_found(uri: str, reason: str = "no such file") -> FileNotFoundError:
+    """A hub "not found" naming the URI, the endpoint asked and what to check."""
+    where = storage_options(uri).get("endpoint", "the Hugging Face hub")
+    return FileNotFoundError(
+        f"{uri}: {reason} at {where} (check the dataset name, the @revision and the path; a private or "
+        "gated dataset needs a token in HF_TOKEN or in the variable DISTILFLOW_HF_TOKEN_ENV names)"
+    )
+
+
 def _not_found(fs: Any, uri: str) -> Exception:
     """A store's bare "not found" turned into an error naming the URI, or the bucket when that is missing
     (for oss://, also a refused or missing key: ossfs says "not found" for those too)."""
+    if scheme(uri) == "hf":
+        return hf_not_found(uri)
     if scheme(uri) == "oss":
         from distilflow.storage_errors import oss_bucket_problem
 
@@ -176,9 +223,21 @@ def exists(uri: str) -> bool:
     return fs.exists(path)
 
 
+def _hf_reason(exc: Exception) -> str:
+    """What huggingface_hub's FileNotFoundError says was missing (repository, revision or file)."""
+    text = str(exc)
+    found = re.search(r"\((repository not found|revision not found|invalid repository id)\)", text)
+    return found.group(1) if found else "no such file"
+
+
 @on_uri(0)
 def read_bytes(uri: str) -> bytes:
-    fs, path = _fresh(uri)  # a cached listing would also give a stale size for a rewritten object
+    try:
+        fs, path = _fresh(uri)  # a cached listing would also give a stale size for a rewritten object
+    except FileNotFoundError as exc:
+        if scheme(uri) != "hf":
+            raise
+        raise hf_not_found(uri, _hf_reason(exc)) from None
     try:
         with fs.open(path, "rb") as f:
             return f.read()
@@ -197,10 +256,20 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+def refuse_read_only(uri: str) -> None:
+    """Raise StorageError when ``uri`` is on a store distilflow only reads (the hub)."""
+    if scheme(uri) in READ_ONLY_SCHEMES:
+        raise StorageError(
+            f"{uri}: distilflow reads from {scheme(uri)}:// but never writes there; write outputs to a local "
+            "path, s3://, oss:// or gs:// and publish to the hub yourself"
+        )
+
+
 @on_uri(0)
 def write_bytes(uri: str, data: bytes) -> None:
     """Write atomically: a local file is written beside its target and renamed; an object
     store PUT only becomes visible once complete."""
+    refuse_read_only(uri)
     fs, path = filesystem(uri)
     if is_local(uri):
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
@@ -230,6 +299,7 @@ def write_text(uri: str, text: str) -> None:
 
 @on_uri(0)
 def remove(uri: str, recursive: bool = False) -> None:
+    refuse_read_only(uri)
     fs, path = _fresh(uri)
     if fs.exists(path):
         fs.rm(path, recursive=recursive)
@@ -240,6 +310,7 @@ def upload_dir(local_dir: str, uri: str) -> None:
     """Copy a local folder to ``uri`` (a no-op when they are the same place)."""
     if not os.path.isdir(local_dir):
         raise FileNotFoundError(f"{local_dir}: no such folder to upload to {uri}")
+    refuse_read_only(uri)
     if is_local(uri):
         dest = local_path(uri)
         if os.path.abspath(local_dir) != dest:

@@ -114,3 +114,78 @@ def curate_output(root: str, filename: str, rows: list, complete: bool = True) -
     if complete:
         out.finish(result={}, counts={filename.removesuffix(".jsonl"): len(rows)})
     return out.uri
+
+
+@pytest.fixture
+def hf_hub(monkeypatch):
+    """A loopback Hugging Face hub (tests/fakes/hf_hub_server.py) that ``HF_ENDPOINT`` points at, as a
+    mirror would be; hub access is allowed for the test (the suite sets HF_HUB_OFFLINE=1) and the
+    cached HfFileSystem instances are dropped, so each test talks to its own server."""
+    import huggingface_hub.constants
+    from huggingface_hub import HfFileSystem
+
+    from tests.fakes.hf_hub_server import FakeHub
+
+    hub = FakeHub()
+    hub.start()
+    monkeypatch.setenv("HF_ENDPOINT", hub.url)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")  # for the subprocesses kfp.local starts
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    HfFileSystem.clear_instance_cache()
+    yield hub
+    HfFileSystem.clear_instance_cache()
+    hub.stop()
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """A real MLflow tracking server (``mlflow server``, SQLite store, artifacts in a local folder) on
+    127.0.0.1; yields its URL. Starting takes 20-50 s on two busy cores (database migrations)."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    log = open(root / "server.log", "wb")  # noqa: SIM115 - open for the server's lifetime
+    proc = subprocess.Popen(
+        [
+            os.path.join(os.path.dirname(sys.executable), "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{root}/mlflow.db",
+            "--default-artifact-root",
+            str(root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],  # fmt: skip
+        cwd=root,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while True:
+        try:
+            with urllib.request.urlopen(url + "/health", timeout=2) as resp:
+                if resp.status == 200:
+                    break
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+        time.sleep(0.5)
+    yield url
+    proc.terminate()
+    try:
+        proc.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

@@ -1,6 +1,7 @@
 """Importing the SDK (every package: client, teachers and their backends, training, launch), the
 components and pipelines, compiling every pipeline and the CLI's help must not load torch,
-transformers, trl, vllm or deepspeed (they live in the stage images)."""
+transformers, trl, vllm or deepspeed (they live in the stage images), nor mlflow, tensorboard, wandb,
+pyarrow or huggingface_hub (loaded when a stage tracks its run or reads Parquet or hf://)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import subprocess
 import sys
 
 HEAVY = ("torch", "transformers", "trl", "vllm", "deepspeed", "peft", "accelerate", "datasets")
+# tracking (issue 20): mlflow (and its sqlalchemy, pandas), tensorboard and wandb load only in a tracked stage
+HEAVY += ("mlflow", "tensorboard", "wandb", "pyarrow", "huggingface_hub")
 
 SCRIPT = """
 import sys, tempfile, os
@@ -16,6 +19,7 @@ import distilflow.teachers.openai, distilflow.teachers.transformers, distilflow.
 import distilflow.training.fields, distilflow.training.data, distilflow.training.arguments, distilflow.training.callbacks
 import distilflow.training.checkpointing, distilflow.training.report, distilflow.training.save
 import distilflow.launch.torchrun, distilflow.launch.trainjob, distilflow.launch.dlc
+import distilflow.tracking, distilflow.sources, distilflow.components.evaluate.registry
 from distilflow.components import STAGES, load_component, load_config_class
 from distilflow.pipelines import PIPELINES
 from distilflow.client.pipelines import compile_pipeline

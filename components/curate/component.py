@@ -1,6 +1,8 @@
 """The ``curate`` KFP component: a shell around ``distilflow.components.curate.run.run``."""
 
 # No `from __future__ import annotations` here: KFP reads the real annotation objects.
+from typing import Optional
+
 from kfp import dsl
 
 from distilflow.images import stage_image
@@ -10,17 +12,18 @@ from distilflow.images import stage_image
 def curate(
     config: dict,
     output_uri: str,
-    traces: dsl.Input[dsl.Dataset],
     curated: dsl.Output[dsl.Dataset],
     metrics: dsl.Output[dsl.Metrics],
     report: dsl.Output[dsl.HTML],
+    traces: Optional[dsl.Input[dsl.Dataset]] = None,  # noqa: UP045 - KFP reads typing.Optional
 ):
     """Judge, verify and select the teacher's traces; write SFT examples and preference pairs.
 
     Args:
         config: The whole pipeline config; this stage reads its ``curate`` section (judge, selection, ...).
         output_uri: Root folder or URI of the run; this stage writes under ``<output_uri>/curate``.
-        traces: The distill output (its metadata carries the distill folder's URI).
+        traces: The distill output (its metadata carries the distill folder's URI); none when the
+            ``curate`` section names a scored ``corpus`` instead.
         curated: Output dataset; its metadata carries the URI of the curate output folder.
         metrics: Rows in and out overall and per filter, judge failures (per quantity), judge requests,
             cache hits and tokens, correctness rate.
@@ -32,7 +35,8 @@ def curate(
 
     section = artifacts.section(config, "curate")
     section["output_uri"] = uri.join(output_uri, "curate")
-    section["data_uri"] = artifacts.consume(traces, "curate input 'traces'")
+    if traces is not None:
+        section["data_uri"] = artifacts.consume(traces, "curate input 'traces'")
     result = run(CurateConfig.from_dict(section, where="config section 'curate'"))
     artifacts.publish(
         curated,

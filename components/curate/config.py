@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from distilflow.config import BaseConfig
+from distilflow.sources import Source
 from distilflow.teachers.config import TeacherConfig
 from distilflow.uri import Uri
 
@@ -174,11 +175,20 @@ class CurateConfig(SelectConfig):
     """Score traces with an LLM judge (RV, CD, logic), verify answers, select rows, build SFT and DPO data."""
 
     output_uri: Uri = Field(description="Folder or URI this stage writes scored/sft/preference JSONL to")
-    data_uri: Uri = Field(
-        description="The distill output folder (holds traces.jsonl and a completion marker)"
+    data_uri: Uri | None = Field(
+        None,
+        description="The distill output folder (holds traces.jsonl and a completion marker); or give corpus",
     )
-    judge: TeacherConfig = Field(
-        description="The model that scores traces (temperature is ignored in logprobs mode)"
+    corpus: Source | None = Field(
+        None,
+        description="Traces already scored (rv, cd, logic present), instead of data_uri: a file, folder or glob "
+        "of Scored records (.jsonl/.parquet, also hf://datasets/...) or a source mapping, e.g. {uri: ..., "
+        "preset: omnithought}; selection runs on the given scores without a judge call",
+    )
+    judge: TeacherConfig | None = Field(
+        None,
+        description="The model that scores traces (temperature is ignored in logprobs mode); needed with "
+        "data_uri, unused with corpus",
     )
     mode: Literal["logprobs", "generate"] = Field(
         "logprobs",
@@ -228,6 +238,21 @@ class CurateConfig(SelectConfig):
         "judge_failures.jsonl) beside its shards, for tools that read one file by name (twice the disk); "
         "the stages read the shards (distilflow.records.iter_output_rows)",
     )
+
+    @model_validator(mode="after")
+    def _check_input(self) -> CurateConfig:
+        if (self.data_uri is None) == (self.corpus is None):
+            given = "both" if self.data_uri else "neither"
+            raise ValueError(
+                f"give data_uri (a distill output to judge) or corpus (traces already scored), got {given}"
+            )
+        if self.data_uri is not None and self.judge is None:
+            raise ValueError("data_uri needs a judge to score its traces (or give a scored corpus instead)")
+        if self.corpus is not None and self.crv:
+            raise ValueError(
+                "crv=true rewrites and re-judges traces, which a scored corpus is not; set crv=false"
+            )
+        return self
 
     def selection(self) -> SelectConfig:
         """The selection part of this config."""

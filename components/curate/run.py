@@ -42,11 +42,13 @@ from distilflow import uri as uris
 from distilflow.components.curate import report, shards
 from distilflow.components.curate.columnar import select_file
 from distilflow.components.curate.config import FORMAT_TEMPLATES, JUDGE_TEMPLATES, CurateConfig
+from distilflow.components.curate.corpus import annotator, load_corpus
 from distilflow.components.curate.select import filter_flow, iter_lines
 from distilflow.errors import RecordError
 from distilflow.outputs import COUNT, METRIC, StageOutput, require_complete
 from distilflow.progress import Progress
 from distilflow.records import Scored, Trace, describe, template_tokens
+from distilflow.sources import source_uri
 from distilflow.teachers.cache import TeacherCache
 from distilflow.teachers.cached import CachedTeacher
 from distilflow.teachers.protocol import Unreadable
@@ -451,6 +453,8 @@ def _publish_outputs(
 
 def templates_used(config: CurateConfig) -> list[str]:
     """The versioned prompt templates a run with ``config`` sends (recorded in the manifest)."""
+    if config.corpus is not None:
+        return []  # a scored corpus: no judge prompt is sent
     used = [*JUDGE_TEMPLATES.values(), FORMAT_TEMPLATES[config.mode]]
     if config.crv:
         used += CRV_TEMPLATES if config.crv_critic == "judge" else CRV_TEMPLATES[1:]
@@ -460,6 +464,8 @@ def templates_used(config: CurateConfig) -> list[str]:
 def run(config: CurateConfig) -> CurateResult:
     """Judge every trace, verify answers, select rows and write scored, SFT and preference shards.
 
+    With ``corpus`` (traces already scored, e.g. OmniThought's release) it reads the given RV/CD/logic
+    scores instead of judging (``corpus.py``) and selects from them without any judge call.
     Refuses a ``data_uri`` without a completion marker. A rerun of a finished output with the
     same config returns the stored result without loading the judge; a rerun of an interrupted
     one takes every judgment it had received from the teacher cache and asks only for the rest.
@@ -469,12 +475,16 @@ def run(config: CurateConfig) -> CurateResult:
     if manifest is not None:
         print(f"[curate] {out.uri} is complete for this config; nothing to do", flush=True)
         return CurateResult.model_validate(manifest["result"])
-    require_complete(config.data_uri, "curate data_uri")
-    traces_uri = uris.join(config.data_uri, TRACES)
+    if config.corpus is None:
+        require_complete(config.data_uri, "curate data_uri")
+    traces_uri = uris.join(config.data_uri, TRACES) if config.data_uri else source_uri(config.corpus)
     out.begin(config)
     work = _workdir(config.output_uri)
     judged_path = os.path.join(work, "judged.jsonl")
-    judged = judge_all(config, traces_uri, judged_path, work)
+    if config.corpus is None:
+        judged = judge_all(config, traces_uri, judged_path, work)
+    else:  # scores given: selection without a judge call
+        judged = load_corpus(config, judged_path, Judged(failures_by_kind=dict.fromkeys(SCALES, 0)))
     result = select_and_publish(config, out, work, judged_path, judged)
     log_summary(result, judged.failures_by_kind)
     out.finish(
@@ -482,7 +492,7 @@ def run(config: CurateConfig) -> CurateResult:
         inputs={
             "traces": traces_uri,
             "judge_templates": ",".join(result.templates),
-            "cache": judged.cache_uri,
+            **({"cache": judged.cache_uri} if judged.cache_uri else {}),
         }
         | {f"decontaminate_{i}": u for i, u in enumerate(config.decontaminate_uris)},
         outputs={k: v for k, v in single_files(result).items() if v}
@@ -558,7 +568,7 @@ def write_outputs(
         dropped=stats.dropped,
         mean_rv=round(stats.sum_rv / stats.rows_in, 4) if stats.rows_in else None,
         mean_cd=round(stats.sum_cd / stats.rows_in, 4) if stats.rows_in else None,
-        judge=config.judge.display_name,
+        judge=annotator(config) if config.corpus is not None else config.judge.display_name,
         templates=templates_used(config),
         answer_checker=answers.checker(),
     )

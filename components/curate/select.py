@@ -129,6 +129,20 @@ def _ngram_hashes(words: list[str], n: int) -> set[int]:
     return {int.from_bytes(hashlib.blake2b(g.encode(), digest_size=8).digest(), "little") for g in grams}
 
 
+def _evaluation_problems(uri: str) -> Iterator[Problem]:
+    """The problems of an evaluation file: JSONL line by line, Parquet through ``distilflow.sources``."""
+    from distilflow.sources import file_format, iter_records
+
+    if file_format(uri) == "parquet":
+        yield from iter_records(uri, Problem, unique_ids=False)
+        return
+    for _, line in iter_lines(uri):
+        try:
+            yield Problem.model_validate_json(line)
+        except ValueError as exc:
+            raise RecordError(f"{uri}: evaluation problem {line[:80]!r}: {exc}") from None
+
+
 class Contamination:
     """Word n-gram hashes of evaluation problems; a problem shorter than n words counts as one n-gram."""
 
@@ -138,11 +152,7 @@ class Contamination:
         self.grams: set[str] = set()  # the same n-grams as text (columnar.py compares them directly)
         self.problems = 0
         for uri in uris:
-            for _, line in iter_lines(uri):
-                try:
-                    problem = Problem.model_validate_json(line)
-                except ValueError as exc:
-                    raise RecordError(f"{uri}: evaluation problem {line[:80]!r}: {exc}") from None
+            for problem in _evaluation_problems(uri):
                 words = normalise_text(problem.problem).split()
                 self.ngrams |= _ngram_hashes(words, n)
                 self.grams.update(_ngrams(words, n))

@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from distilflow.config import BaseConfig
+from distilflow.sources import Source
 from distilflow.teachers.config import TeacherConfig
 from distilflow.uri import Uri
 
@@ -48,7 +49,10 @@ class DistillConfig(BaseConfig):
     output_uri: Uri = Field(
         description="Folder or URI this stage writes traces.jsonl, manifest and marker to"
     )
-    problems_uri: Uri = Field(description="JSONL of problems: {id, problem, answer?, domain?} per line")
+    problems_uri: Source = Field(
+        description="Problems: a .jsonl/.parquet file of {id, problem, answer?, domain?} records (local, object "
+        "storage or hf://datasets/...), or a source mapping {uri, preset | columns, ...} (distilflow.sources)"
+    )
     teacher: TeacherConfig | None = Field(
         None, description="The model that writes the chains of thought, and how it samples (or use teachers)"
     )

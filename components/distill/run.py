@@ -44,6 +44,7 @@ from distilflow.errors import BackendError, DistilflowError, RecordError
 from distilflow.outputs import COUNT, METRIC, StageOutput
 from distilflow.progress import Progress
 from distilflow.records import Problem, Trace, read_jsonl, template_tokens, write_jsonl
+from distilflow.sources import read_records, source_uri
 from distilflow.teachers.cache import TeacherCache, cache_key
 from distilflow.teachers.protocol import request_body
 
@@ -596,7 +597,7 @@ def run(config: DistillConfig) -> DistillResult:
     if manifest is not None:
         print(f"[distill] {out.uri} is complete for this config; nothing to do", flush=True)
         return DistillResult.model_validate(manifest["result"])
-    problems = read_jsonl(config.problems_uri, Problem)[: config.limit]
+    problems = read_records(config.problems_uri, Problem)[: config.limit]
     if config.num_shards > 1:
         problems = shard_of(problems, config.shard_index, config.num_shards)
     problems, rejected = reject_hostile(problems)
@@ -879,7 +880,7 @@ def publish(config: DistillConfig, out: StageOutput, result: DistillResult, trac
     out.finish(
         result,
         inputs={
-            "problems": config.problems_uri,
+            "problems": source_uri(config.problems_uri),
             "prompt_template": result.prompt_template or "native",
             "prompt_templates": {
                 name: PROMPT_TEMPLATES[prompt_of(config, name)] or "native" for name in names

@@ -15,6 +15,7 @@ def dpo(
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
     report: dsl.Output[dsl.HTML],
+    tensorboard: dsl.Output[dsl.Artifact],
 ):
     """Preference-optimise the student on curate's preference.jsonl; publish the model folder's URI.
 
@@ -27,6 +28,8 @@ def dpo(
         metrics: The manifest's counts and metrics: rows read, used, dropped and rejected; losses, reward
             accuracy and margin, steps, the betas trained with.
         report: HTML report: loss, reward margin/accuracy and learning-rate curves.
+        tensorboard: TensorBoard event files of the run (tracking.backend: tensorboard), also at
+            ``<output_uri>/dpo/tensorboard``.
     """
     from distilflow import artifacts
     from distilflow import uri as uris
@@ -46,3 +49,5 @@ def dpo(
         with open(report.path, "w", encoding="utf-8") as f:
             f.write(uris.read_text(page))
         artifacts.publish(report, page, stage_uri=section["output_uri"])
+    # TensorBoard event files (tracking.backend: tensorboard), or a note that there are none
+    artifacts.publish_tensorboard(tensorboard, section["output_uri"])

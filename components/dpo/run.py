@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilflow import records
+from distilflow import records, tracking
 from distilflow import uri as uris
 from distilflow.components.dpo.config import DpoConfig, DpoResult
 from distilflow.errors import ConfigError
@@ -163,7 +163,8 @@ def run(config: DpoConfig) -> DpoResult:
         return DpoResult.model_validate(torchrun.launch(STAGE, config))
     was_complete = out.is_complete()
     out.begin(config)
-    return train(config, out, pairs, was_complete, built)
+    with tracking.training_run(config, STAGE, out.uri):  # MLflow / TensorBoard / W&B, when asked for
+        return train(config, out, pairs, was_complete, built)
 
 
 def rank_pairs(config: DpoConfig, out: StageOutput) -> Any:
@@ -278,7 +279,7 @@ def publish(
     out.finish(
         result,
         inputs={"data": config.data_uri, "model": config.model},
-        outputs={"model": result.model_uri, "report": report}
+        outputs={"model": result.model_uri, "report": report, **tracking.published(result)}
         | ({"rank_pairs": uris.join(out.uri, "rank_pairs.jsonl")} if config.rank else {}),
         metrics=betas,
     )

@@ -8,6 +8,7 @@ from pydantic import Field, field_validator, model_validator
 
 from distilflow.config import BaseConfig
 from distilflow.secrets import EnvName
+from distilflow.tracking import TRACKING_FIELD, TrackingConfig
 from distilflow.uri import Uri
 
 WIRED = ("output_uri", "model")
@@ -112,6 +113,17 @@ class ModelSpec(BaseConfig):
         return self
 
 
+class RegistryConfig(BaseConfig):
+    """Registering the evaluated model in MLflow's model registry (the tracking server of ``tracking``)."""
+
+    model_name: str | None = Field(
+        None,
+        description="Registered model name the evaluated model becomes a new version of (tags: its scores, "
+        "the protocol hash, the data and training run); null: no registration",
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="More tags on the model version")
+
+
 class EvaluateConfig(BaseConfig):
     """Accuracy (avg@k, pass@k) and tokens spent by one or more models on benchmarks, under a pinned protocol."""
 
@@ -211,6 +223,18 @@ class EvaluateConfig(BaseConfig):
     report_failures: int = Field(
         3, ge=0, description="Failed answers shown per model and benchmark in the report"
     )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="Log the scores to an experiment: {backend: mlflow, uri, experiment, ...} (the same "
+        "experiment as the training stages'); not part of the fingerprint",
+        json_schema_extra=TRACKING_FIELD,
+    )
+    registry: RegistryConfig = Field(
+        default_factory=RegistryConfig,
+        description="Register the evaluated model in MLflow's model registry: {model_name: ...} (needs "
+        "tracking.backend: mlflow); not part of the fingerprint",
+        json_schema_extra=TRACKING_FIELD,
+    )
 
     @field_validator("benchmarks", mode="before")
     @classmethod
@@ -244,6 +268,13 @@ class EvaluateConfig(BaseConfig):
             problems.append(f"model names repeat ({model_names})")
         if any(k < 1 for k in self.pass_k):
             problems.append(f"pass_k values must be >= 1, got {self.pass_k}")
+        if self.registry.model_name and self.tracking.backend != "mlflow":
+            problems.append(
+                f"registry.model_name={self.registry.model_name!r} registers in MLflow's model registry; set "
+                f"tracking.backend: mlflow (with tracking.uri or MLFLOW_TRACKING_URI), not {self.tracking.backend!r}"
+            )
+        if self.registry.model_name and not self.model:
+            problems.append("registry.model_name needs the evaluated model (model), which is not set")
         if problems:
             raise ValueError("; ".join(problems))
         return self

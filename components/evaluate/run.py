@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from distilflow import answers
 from distilflow import uri as uris
-from distilflow.components.evaluate import report
+from distilflow.components.evaluate import registry, report
 from distilflow.components.evaluate.benchmarks import (
     CODE_PROMPT,
     LCB_ANSWER,
@@ -96,6 +96,15 @@ class EvaluateResult(BaseModel):
     comparison_uri: str = Field("", description="Comparison table (Markdown)")
     report_md: str = Field(description="Markdown report")
     report_html: str = Field(description="HTML report")
+    protocol_sha256: str = Field(
+        "",
+        description="sha256 of the headline run's protocol (canonical JSON): equal hashes, same measurement",
+    )
+    tracking_run: str | None = Field(None, description="The MLflow run the scores went to (tracking: mlflow)")
+    registered_model: str | None = Field(
+        None, description="The MLflow registered model (registry.model_name)"
+    )
+    registered_version: str | None = Field(None, description="The model version registered for this model")
 
 
 @dataclass
@@ -405,6 +414,7 @@ def run(config: EvaluateConfig) -> EvaluateResult:
     runs = score_runs(config, benches, entries, rows)
     score_files = write_outputs(out, runs, rows, benches, generation_s)
     result = result_of(out, runs, score_files, benches, rows)
+    registry.hand_off(config, result)  # scores to the experiment, the model to the registry (as asked)
     out.finish(
         result,
         inputs={
@@ -580,6 +590,7 @@ def result_of(
         comparison_uri=out.path(COMPARISON_MD),
         report_md=out.path(REPORT_MD),
         report_html=out.path(REPORT_HTML),
+        protocol_sha256=registry.protocol_sha256(head["protocol"]),
     )
 
 

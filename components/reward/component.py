@@ -14,6 +14,7 @@ def reward(
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
     report: dsl.Output[dsl.HTML],
+    tensorboard: dsl.Output[dsl.Artifact],
 ):
     """Train a reward model on curate's pairs; publish its folder's URI only if the calibration gate passes.
 
@@ -29,6 +30,8 @@ def reward(
         metrics: Losses, pairwise accuracy (train before/after, held-out, per CD bin), label agreement, the
             gate verdict, score mean/std, judge and row counts.
         report: HTML report: loss/accuracy/margin curves, the gate's figures, held-out accuracy by CD bin.
+        tensorboard: TensorBoard event files of the run (tracking.backend: tensorboard), also at
+            ``<output_uri>/reward/tensorboard``.
     """
     from distilflow import artifacts
     from distilflow import uri as uris
@@ -47,3 +50,5 @@ def reward(
         with open(report.path, "w", encoding="utf-8") as f:
             f.write(uris.read_text(page))
         artifacts.publish(report, page, stage_uri=section["output_uri"])
+    # TensorBoard event files (tracking.backend: tensorboard), or a note that there are none
+    artifacts.publish_tensorboard(tensorboard, section["output_uri"])

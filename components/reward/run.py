@@ -12,7 +12,7 @@ import shutil
 from dataclasses import dataclass
 from typing import Any
 
-from distilflow import records
+from distilflow import records, sources, tracking
 from distilflow import uri as uris
 from distilflow.components.reward import report
 from distilflow.components.reward.config import RewardConfig, RewardResult
@@ -282,7 +282,7 @@ def run(config: RewardConfig) -> RewardResult:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return RewardResult.model_validate(stored["result"])
 
-    labels = records.read_jsonl(config.labels_uri, records.PreferencePair) if config.labels_uri else []
+    labels = sources.read_records(config.labels_uri, records.PreferencePair) if config.labels_uri else []
     was_complete = out.is_complete()
     if "LOCAL_RANK" in os.environ:  # under torchrun: the main process builds (and judges) the pairs once
         from accelerate import PartialState
@@ -295,7 +295,8 @@ def run(config: RewardConfig) -> RewardResult:
     if torchrun.needs_launch(config):  # several GPUs: one process each, under torchrun
         return RewardResult.model_validate(torchrun.launch(STAGE, config))
     out.begin(config)
-    return train(config, out, pairs, counts, data_file, labels, was_complete)
+    with tracking.training_run(config, STAGE, out.uri):  # MLflow / TensorBoard / W&B, when asked for
+        return train(config, out, pairs, counts, data_file, labels, was_complete)
 
 
 @dataclass
@@ -467,7 +468,12 @@ def publish(
             "model": config.model,
             **({"labels": config.labels_uri} if config.labels_uri else {}),
         },
-        outputs={"model": result.model_uri, "report": out.path("report.html"), "pairs": out.path(PAIRS)},
+        outputs={
+            "model": result.model_uri,
+            "report": out.path("report.html"),
+            "pairs": out.path(PAIRS),
+            **tracking.published(result),
+        },
         counts={k: v for k, v in counts.items() if isinstance(v, int)},
         metrics=gate_metrics(result),
     )

@@ -14,6 +14,7 @@ def rl(
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
     report: dsl.Output[dsl.HTML],
+    tensorboard: dsl.Output[dsl.Artifact],
     reward_model: dsl.Input[dsl.Model] = None,
     difficulty: dsl.Input[dsl.Dataset] = None,
 ):
@@ -27,6 +28,8 @@ def rl(
         model: The trained policy (metadata ``uri`` = ``<output_uri>/rl/model``).
         metrics: Total reward, accuracy, each reward term, KL, completion length, loss, steps, problem counts.
         report: HTML report: reward (total and per term), accuracy, KL, completion length and loss curves.
+        tensorboard: TensorBoard event files of the run (tracking.backend: tensorboard), also at
+            ``<output_uri>/rl/tensorboard``.
         reward_model: Optional: the reward stage's ``model`` output (its stage must have passed the
             calibration gate), for the ``reward_model`` term.
         difficulty: Optional: curate's output, whose scored.jsonl gives each problem's CD (length term).
@@ -54,3 +57,5 @@ def rl(
         with open(report.path, "w", encoding="utf-8") as f:
             f.write(uris.read_text(page))
         artifacts.publish(report, page, stage_uri=section["output_uri"])
+    # TensorBoard event files (tracking.backend: tensorboard), or a note that there are none
+    artifacts.publish_tensorboard(tensorboard, section["output_uri"])

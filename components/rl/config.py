@@ -7,6 +7,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from distilflow.outputs import COUNT, METRIC
+from distilflow.sources import Source
 from distilflow.training.fields import RESUME_NEUTRAL, TrainingConfig, TrainingResult
 from distilflow.uri import Uri
 
@@ -27,9 +28,10 @@ class RlConfig(TrainingConfig):
 
     output_uri: Uri = Field(description="This stage's output folder; the model goes to <output_uri>/model")
     model: Uri = Field(description="The policy to start from: the sft or dpo output model folder or URI")
-    problems_uri: Uri = Field(
-        description="Problems with reference answers: a .jsonl file of Problem records or a finished stage "
-        "output folder holding problems.jsonl; problems without an answer are skipped"
+    problems_uri: Source = Field(
+        description="Problems with reference answers: a .jsonl/.parquet file of Problem records, a source "
+        "mapping {uri, preset | columns} (distilflow.sources) or a finished stage output folder holding "
+        "problems.jsonl; problems without an answer are skipped"
     )
     system_prompt: str | None = Field(
         DEFAULT_SYSTEM_PROMPT, description="System message before each problem; null sends the problem alone"

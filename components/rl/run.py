@@ -6,7 +6,7 @@ import json
 import os
 from typing import Any
 
-from distilflow import records
+from distilflow import records, tracking
 from distilflow import uri as uris
 from distilflow.components.rl.config import RlConfig, RlResult
 from distilflow.components.rl.rewards import correctness
@@ -223,7 +223,6 @@ def run(config: RlConfig) -> RlResult:
     train on problems without a reference answer, or run multi-turn/tool rollouts.
     """
     from distilflow.launch import dispatch, torchrun
-    from distilflow.training.data import resolve_data
 
     # many nodes: a TrainJob or a PAI-DLC job trains, this process waits for its result
     launched = dispatch(STAGE, config)
@@ -235,8 +234,7 @@ def run(config: RlConfig) -> RlResult:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return RlResult.model_validate(stored["result"])
 
-    problems_file, _ = resolve_data(config.problems_uri, "problems.jsonl", "rl problems")
-    problems = records.read_jsonl(problems_file, records.Problem)
+    problems_file, problems = read_problems(config.problems_uri)
     # checked before any process starts: RL never begins on a reward model that failed its gate
     reward_model = (
         resolve_reward_model(config.reward_model_uri) if "reward_model" in config.weights() else None
@@ -258,7 +256,20 @@ def run(config: RlConfig) -> RlResult:
         f"rewards {config.weights()}",
         flush=True,
     )
-    return train(config, out, problems_file, problems, rows, reward_model, was_complete)
+    with tracking.training_run(config, STAGE, out.uri):  # MLflow / TensorBoard / W&B, when asked for
+        return train(config, out, problems_file, problems, rows, reward_model, was_complete)
+
+
+def read_problems(source: Any) -> tuple[str, list[records.Problem]]:
+    """The problems file (for messages and the manifest) and its problems: a source mapping, a
+    .jsonl/.parquet file, or a finished stage output holding problems.jsonl."""
+    from distilflow.sources import SourceSpec, read_records
+    from distilflow.training.data import resolve_data
+
+    if isinstance(source, SourceSpec):
+        return source.uri, read_records(source, records.Problem)
+    problems_file, _ = resolve_data(source, "problems.jsonl", "rl problems")
+    return problems_file, read_records(problems_file, records.Problem)
 
 
 def train(
@@ -321,5 +332,6 @@ def train(
         inputs["reward_model"] = reward_model[0]
     if config.difficulty_uri:
         inputs["difficulty"] = config.difficulty_uri
-    out.finish(result, inputs=inputs, outputs={"model": result.model_uri, "report": report})
+    outputs = {"model": result.model_uri, "report": report, **tracking.published(result)}
+    out.finish(result, inputs=inputs, outputs=outputs)
     return result

@@ -14,6 +14,7 @@ def sft(
     model: dsl.Output[dsl.Model],
     metrics: dsl.Output[dsl.Metrics],
     report: dsl.Output[dsl.HTML],
+    tensorboard: dsl.Output[dsl.Artifact],
 ):
     """Fine-tune the student on curate's sft.jsonl; publish the model folder's URI.
 
@@ -24,6 +25,8 @@ def sft(
         model: The fine-tuned model (metadata ``uri`` = ``<output_uri>/sft/model``).
         metrics: The manifest's counts and metrics: rows read, used, dropped and rejected; losses, steps.
         report: HTML report: loss and learning-rate curves (also at ``<output_uri>/sft/report.html``).
+        tensorboard: TensorBoard event files of the run (tracking.backend: tensorboard), also at
+            ``<output_uri>/sft/tensorboard``.
     """
     from distilflow import artifacts
     from distilflow import uri as uris
@@ -42,3 +45,5 @@ def sft(
         with open(report.path, "w", encoding="utf-8") as f:
             f.write(uris.read_text(page))
         artifacts.publish(report, page, stage_uri=section["output_uri"])
+    # TensorBoard event files (tracking.backend: tensorboard), or a note that there are none
+    artifacts.publish_tensorboard(tensorboard, section["output_uri"])

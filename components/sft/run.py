@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from distilflow import records
+from distilflow import records, tracking
 from distilflow import uri as uris
 from distilflow.components.sft.config import SftConfig, SftResult
 from distilflow.errors import ConfigError
@@ -236,7 +236,10 @@ def run(config: SftConfig) -> SftResult:
         return SftResult.model_validate(torchrun.launch(STAGE, config))
     was_complete = out.is_complete()
     out.begin(config)
-    return train(config, out, data_file, examples, was_complete)
+    with tracking.training_run(
+        config, STAGE, out.uri
+    ):  # MLflow / TensorBoard / W&B, when tracking asks for it
+        return train(config, out, data_file, examples, was_complete)
 
 
 def chat_trainer(
@@ -360,6 +363,6 @@ def train(
     out.finish(
         result,
         inputs={"data": data_file, "model": config.model},
-        outputs={"model": result.model_uri, "report": report},
+        outputs={"model": result.model_uri, "report": report, **tracking.published(result)},
     )
     return result

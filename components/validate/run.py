@@ -32,6 +32,8 @@ def stage_config(stage: str, section: dict[str, Any], run_uri: str) -> BaseConfi
     module = __import__(f"distilflow.components.{stage}.config", fromlist=["WIRED"])
     data = dict(section)
     for name in getattr(module, "WIRED", ("output_uri",)):
+        if stage == "curate" and name == "data_uri" and section.get("corpus"):
+            continue  # a scored corpus replaces distill's output: nothing upstream is wired in
         # Wired inputs are produced upstream; any well-formed URI stands in for them here.
         data[name] = uris.join(run_uri, stage) if name == "output_uri" else uris.join(run_uri, f"<{name}>")
     return cls.from_dict(data, where=f"config section {stage!r}")
@@ -190,8 +192,29 @@ def check_all(config: ValidateConfig) -> tuple[list[str], dict[str, dict[str, An
     return checked, configs
 
 
+def _check_corpus(where: str, corpus: Any, checked: list[str]) -> list[str]:
+    """A scored corpus is listed (its files exist) and its mapping can fill Scored records; its rows
+    are read by curate (a released corpus can hold millions)."""
+    from distilflow.records import Scored
+    from distilflow.sources import as_spec, check_mapping, describe, expand
+
+    spec = as_spec(corpus)
+    try:
+        files = expand(spec)
+        missing = [f for f in files[:1] if not uris.exists(f)]
+        if missing:
+            return [f"{where}: {missing[0]}: no such file"]
+        if spec.mapped():
+            check_mapping(spec, Scored)
+    except (DistilflowError, OSError) as exc:
+        return [f"{where}: {exc}"]
+    checked.append(f"{where}: {len(files)} file(s) of scored traces in {describe(spec)}")
+    return []
+
+
 def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: list[str]) -> list[str]:
-    from distilflow.records import Problem, read_jsonl
+    from distilflow.records import Problem
+    from distilflow.sources import describe, read_records
 
     problems = []
     wired = getattr(__import__(f"distilflow.components.{stage}.config", fromlist=["WIRED"]), "WIRED", ())
@@ -200,10 +223,13 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
         if value is None or name in wired or not config.check_data:
             continue
         try:
-            rows = read_jsonl(value, Problem)
-            checked.append(f"{stage}.{name}: {len(rows)} problems in {value}")
+            rows = read_records(value, Problem)
+            checked.append(f"{stage}.{name}: {len(rows)} problems in {describe(value)}")
         except (DistilflowError, OSError) as exc:
             problems.append(f"{stage}.{name}: {exc}")
+    corpus = getattr(cfg, "corpus", None)
+    if corpus is not None and config.check_data:
+        problems.extend(_check_corpus(f"{stage}.corpus", corpus, checked))
     for name in MODEL_FIELDS:
         value = getattr(cfg, name, None)
         if isinstance(value, str) and name not in wired and config.check_models:

@@ -35,7 +35,10 @@ def training_arguments(cls: type, config: TrainingConfig, output_dir: str, **ext
         output_dir: A local scratch folder for the trainer (``save_trained`` removes it).
         **extra: Stage-specific arguments (override the defaults).
     """
+    from distilflow import tracking
+
     gpu = on_gpu()
+    tracked = tracking.current()  # the stage's training_run: TRL's callbacks log to its backend
     if config.fsdp != "none" and not gpu:
         # accelerate applies FSDP to GPU processes only: on a CPU it would silently train unsharded (DDP)
         raise ConfigError(
@@ -60,7 +63,8 @@ def training_arguments(cls: type, config: TrainingConfig, output_dir: str, **ext
         "dataloader_num_workers": 0,
         # without it accelerate ignores torchrun's process group on a CPU and every rank trains alone
         "use_cpu": not gpu,
-        "report_to": "none",
+        "report_to": tracked.report_to if tracked else "none",
+        **({"run_name": tracked.run_name} if tracked else {}),
         "save_strategy": "no",
         "disable_tqdm": True,
         # fp32 master weights everywhere; on a GPU bf16 comes from autocast (mixed precision), as TRL intends

@@ -20,7 +20,7 @@ def resolve_data(data_uri: str, default_name: str, what: str) -> tuple[str, dict
 
     Args:
         data_uri: An upstream stage output folder (its completion marker is required) or a ``.jsonl``
-            file used as is.
+            or ``.parquet`` file used as is.
         default_name: File to read inside a stage output folder, e.g. ``sft.jsonl``.
         what: How error messages name this input, e.g. ``"sft data"``.
 
@@ -31,7 +31,9 @@ def resolve_data(data_uri: str, default_name: str, what: str) -> tuple[str, dict
         IncompleteOutputError: The folder has no completion marker.
         ConfigError: The folder is complete but holds no ``default_name``.
     """
-    if data_uri.rstrip("/").endswith(".jsonl"):
+    from distilflow.sources import is_record_file
+
+    if is_record_file(data_uri):  # a .jsonl or .parquet file of records
         return data_uri, None
     manifest = require_complete(data_uri, what)
     file_uri = uris.join(data_uri, default_name)

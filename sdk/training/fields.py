@@ -24,6 +24,7 @@ from distilflow.config import BaseConfig
 from distilflow.launch.dlc import DlcSettings
 from distilflow.outputs import COUNT, METRIC
 from distilflow.secrets import EnvName, EnvNameMap
+from distilflow.tracking import TRACKING_FIELD, TrackingConfig
 
 RESUME_NEUTRAL: dict[str, Any] = {"resume_neutral": True}
 """``json_schema_extra`` of a field that does not change what is trained (see ``resume_neutral``)."""
@@ -206,6 +207,12 @@ class TrainingConfig(LauncherFields, ScaleAndCheckpointFields):
         description="Log the loss every this many optimizer steps",
         json_schema_extra=RESUME_NEUTRAL,
     )
+    tracking: TrackingConfig = Field(
+        default_factory=TrackingConfig,
+        description="Experiment tracking: {backend: mlflow | tensorboard | wandb | none, uri, experiment, "
+        "run_name, ...} (TRL's report_to; distilflow.tracking); not part of the fingerprint",
+        json_schema_extra=TRACKING_FIELD,
+    )
 
     @model_validator(mode="after")
     def _check_steps(self) -> TrainingConfig:
@@ -233,6 +240,9 @@ class TrainingResult(BaseModel):
         None, description="Step of the checkpoint this run continued from; None when it started at step 0"
     )
     seed: int = Field(0, description="The seed the run used", json_schema_extra=METRIC)
+    tracking_run: str | None = Field(
+        None, description="The MLflow run id of this stage run (tracking.backend mlflow); None otherwise"
+    )
 
 
 class RowCounts(BaseModel):

@@ -51,7 +51,9 @@ def lineage(data_uri: str) -> dict[str, Any]:
             recipe = load_yaml(uris.read_text(uris.join(data_uri, RESOLVED_CONFIG))) or {}
             found["curate_recipe"] = {k: v for k, v in recipe.items() if k not in ("output_uri", "data_uri")}
         traces = (manifest.get("inputs") or {}).get("traces")
-        if traces:
+        if traces and not traces.endswith("traces.jsonl"):
+            found["corpus"] = traces  # curate selected from a scored corpus, not a distill output
+        elif traces:
             distill = traces.rsplit("/", 1)[0] if traces.endswith(".jsonl") else traces
             found["distill"] = distill
             resolved = uris.join(distill, RESOLVED_CONFIG)

@@ -22,7 +22,7 @@ SECRET = "sk-distilflow-test-secret-0123456789"
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RECIPES = sorted(set(PIPELINES) - {"quickstart"})
 HELPERS = {"configure", "variant", "both-modes", "same-model"}
-SUB_PIPELINES = {"dpo-on-gpus", "reward-rl-on-gpus", "deploy-on-gpu"}
+SUB_PIPELINES = {"dpo-on-gpus", "reward-rl-on-gpus", "deploy-on-gpu", "distill-and-judge"}
 TRAINING = {"sft", "dpo", "reward", "rl"}
 CONSOLE_PARAMETERS = [
     "output_uri",
@@ -231,7 +231,7 @@ def test_pull_secrets_from_the_environment_reach_every_task(tmp_path):
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
     with open(path) as f:
         platform = list(yaml.safe_load_all(f))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
-    assert len(platform) == 6  # configure + the five stages
+    assert len(platform) == 7  # configure, the five stages and curate on a scored corpus (corpus_uri)
     for ex in platform.values():
         assert [s["secretName"] for s in ex["imagePullSecret"]] == ["regcred", "other"]
 

@@ -65,6 +65,38 @@ def test_several_teacher_models_make_several_teachers_and_a_named_teacher_replac
 
 
 @pytest.mark.unit
+def test_a_corpus_uri_replaces_distill_and_the_judge():
+    from distilflow.pipelines.params import running_stages
+
+    uri = "hf://datasets/alibaba-pai/OmniThought/data/*.parquet"
+    stages = running_stages(THOUGHTX, corpus_uri=uri)
+    assert stages == [s for s in THOUGHTX if s != "distill"] and running_stages(THOUGHTX) == THOUGHTX
+    cfg = resolve_config(
+        "thoughtx", stages, teacher_model="r1", teacher_base_url="http://t/v1", corpus_uri=uri
+    )
+    assert cfg["curate"]["corpus"] == {"uri": uri, "preset": "omnithought"}
+    assert "judge" not in cfg["curate"] and "distill" not in cfg
+    judged = resolve_config("thoughtx", THOUGHTX, teacher_model="r1", teacher_base_url="http://t/v1")
+    assert "corpus" not in judged["curate"] and judged["curate"]["judge"]["model"] == "r1"
+
+
+@pytest.mark.unit
+def test_the_pipeline_run_names_every_tracked_stage():
+    from distilflow.pipelines.params import with_pipeline_run
+
+    resolved = {
+        "curate": {"preset": "7b"},
+        "sft": {"tracking": {"backend": "mlflow"}},
+        "dpo": {"tracking": {"backend": "none"}},
+        "evaluate": {"tracking": {"backend": "mlflow", "pipeline_run": "mine"}},
+    }
+    named = with_pipeline_run(resolved, "thoughtx-abc")
+    assert named["sft"]["tracking"] == {"backend": "mlflow", "pipeline_run": "thoughtx-abc"}
+    assert named["evaluate"]["tracking"]["pipeline_run"] == "mine"  # given: kept
+    assert named["dpo"] == resolved["dpo"] and named["curate"] == resolved["curate"]
+    assert with_pipeline_run(resolved, "") == resolved
+
+
 def test_bad_overrides_and_presets_are_named():
     with pytest.raises(ConfigError, match="overrides: not valid JSON at line 1"):
         parse_overrides_json('{"sft": ')
@@ -397,3 +429,74 @@ def test_reward_rl_end_to_end(tmp_path, tiny_qwen3, tiny_reward):
     with open(os.path.join(root, "rl", "config.resolved.yaml")) as f:
         resolved = f.read()
     assert "reward_model: 0.5" in resolved and os.path.join(root, "reward") in resolved
+
+
+def corpus_overrides(model: str, corpus_uri: str) -> list[str]:
+    """thoughtx from a scored corpus: no teacher, no judge; the tiny student trains on the selected mix."""
+    keep = ("sft.", "evaluate.")
+    return [f"corpus_uri={corpus_uri}"] + [o for o in tiny_thoughtx_overrides(model) if o.startswith(keep)]
+
+
+def test_thoughtx_starts_from_a_scored_corpus_and_tracks_it_in_mlflow(
+    tmp_path, tiny_qwen2, hf_hub, mlflow_server
+):
+    """corpus_uri: curate selects from OmniThought-layout Parquet on a (loopback) hub; distill and the judge
+    never run; sft trains on the released annotations' mix in curriculum order and logs to a real MLflow
+    server; evaluate logs its scores to the same experiment and registers the student, whose KFP Model
+    artifact carries the same metadata."""
+    import glob
+
+    from mlflow import MlflowClient
+
+    from distilflow.client.local import run_local
+    from distilflow.records import SftExample, iter_output_rows
+    from tests.corpora import omnithought_rows, parquet_bytes
+
+    rows = omnithought_rows(problems=6)
+    hf_hub.add("alibaba-pai/OmniThought", {"data/train-00000-of-00001.parquet": parquet_bytes(rows)})
+    root = str(tmp_path / "thoughtx-corpus")
+    corpus = "hf://datasets/alibaba-pai/OmniThought@main/data/train-00000-of-00001.parquet"
+    tracking = f"{{backend: mlflow, uri: '{mlflow_server}', experiment: thoughtx-corpus}}"
+    overrides = corpus_overrides(tiny_qwen2, corpus) + [
+        f"sft.tracking={tracking}",
+        f"evaluate.tracking={tracking}",
+        "evaluate.registry={model_name: thoughtx-student}",
+    ]
+    summary = run_local("thoughtx", overrides=overrides, output_uri=root)
+    assert list(summary.stages) == ["validate", "curate", "sft", "evaluate"]
+    assert not os.path.exists(os.path.join(root, "distill"))
+    with open(os.path.join(root, "curate", "manifest.json")) as f:
+        curate = json.load(f)
+    assert curate["counts"]["judge_requests"] == 0 and curate["counts"]["traces"] == 18
+    examples = list(iter_output_rows(os.path.join(root, "curate"), "sft", SftExample))
+    # the 7b-1node preset keeps two chains per question, closest to the bin's RV target, easiest bin first
+    stages = [e.curriculum_stage for e in examples]
+    assert len(examples) == 12 and stages == sorted(stages)
+    with open(os.path.join(root, "sft", "manifest.json")) as f:
+        sft = json.load(f)["result"]
+    assert sft["rows_used"] == 12
+    with open(os.path.join(root, "evaluate", "manifest.json")) as f:
+        evaluate = json.load(f)["result"]
+
+    client = MlflowClient(tracking_uri=mlflow_server)
+    experiment = client.get_experiment_by_name("thoughtx-corpus").experiment_id
+    runs = {r.info.run_name: r for r in client.search_runs([experiment])}
+    (job,) = os.listdir(os.path.join(root, "kfp"))  # kfp.local's folder is named after the pipeline run
+    assert set(runs) == {f"{job}/sft", f"{job}/evaluate"}  # <pipeline run>/<stage>, not the run folder's
+    pipeline_run = job
+    assert runs[f"{pipeline_run}/sft"].info.run_id == sft["tracking_run"]
+    assert runs[f"{pipeline_run}/sft"].data.params["config.curriculum"] == "true"
+    assert runs[f"{pipeline_run}/evaluate"].data.metrics["accuracy"] == pytest.approx(evaluate["accuracy"])
+    version = client.get_model_version("thoughtx-student", evaluate["registered_version"])
+    assert version.tags["distilflow.accuracy"] == str(evaluate["accuracy"])
+    assert version.tags["distilflow.protocol_sha256"] == evaluate["protocol_sha256"]
+    assert version.tags["distilflow.training_run"] == sft["tracking_run"]
+    (executed,) = glob.glob(os.path.join(root, "kfp", "*", "evaluate", "executor_output.json"))
+    with open(executed) as f:
+        (student,) = json.load(f)["artifacts"]["student"]["artifacts"]
+    meta = student["metadata"]
+    assert (meta["registered_version"], meta["protocol_sha256"]) == (
+        version.version,
+        evaluate["protocol_sha256"],
+    )
+    assert meta["accuracy"] == evaluate["accuracy"] and meta["uri"] == sft["model_uri"]

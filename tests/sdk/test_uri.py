@@ -41,7 +41,7 @@ def test_check_uri_accepts(value):
     [
         ("http://example.com/data", "unsupported URI scheme 'http://'"),
         ("ftp://host/file", "unsupported URI scheme 'ftp://'"),
-        ("hf://org/model", "unsupported URI scheme 'hf://'"),
+        ("hf://org/model", "is not a hub dataset path"),
         ("s3://", "names no bucket"),
         ("s3:///key", "names no bucket"),
         ("gs://", "names no bucket"),

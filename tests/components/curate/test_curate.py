@@ -622,8 +622,8 @@ def test_curate_resumes_a_failed_judging_run_without_resending_answered_judgment
     data = many_traces_output(str(tmp_path / "distill"), problems=4)  # 12 traces, 36 judgments
     out = str(tmp_path / "curate")
     server.fail_after, server.delay_s, server.answered = 13, 0.0, 0
-    with pytest.raises(BackendError, match="rerun to resume"):
-        run(endpoint_config(out, data, base_url))
+    with pytest.raises(BackendError, match="rerun to resume"):  # the server keeps failing: a short final pass
+        run(endpoint_config(out, data, base_url, judge={"retry_budget_s": 1}))
     assert not os.path.exists(os.path.join(out, MARKER))
     # every answer the server gave arrived and is cached, although two were in flight at the failure
     assert count_cache_entries(os.path.join(out, "cache")) == 13

@@ -150,6 +150,7 @@ def test_dpo_component_wires_student_and_data(tiny_qwen3, tmp_path):
     student = dsl.Model(name="student", uri="x", metadata={"uri": tiny_qwen3, "stage_uri": sft_out.uri})
     model = dsl.Model(name="model", uri=str(tmp_path / "artifact"))
     metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
+    tensorboard = dsl.Artifact(name="tensorboard", uri=str(tmp_path / "tensorboard"))
     dpo.python_func(
         config={"dpo": section},
         output_uri=root,
@@ -158,7 +159,9 @@ def test_dpo_component_wires_student_and_data(tiny_qwen3, tmp_path):
         model=model,
         metrics=metrics,
         report=dsl.HTML(name="report", uri=str(tmp_path / "report.html")),
+        tensorboard=tensorboard,
     )
+    assert os.listdir(tensorboard.path) == ["README.txt"]  # untracked: a note, no event files
     assert "rewards/margins" in (tmp_path / "report.html").read_text()
     assert model.metadata["uri"] == stored.model_uri
     assert metrics.metadata["steps"] == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 
@@ -171,15 +172,16 @@ def test_component_logs_metrics_and_writes_report(tiny_qwen3, problems_file, tmp
     metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"), metadata={})
     report = dsl.Markdown(name="report", uri=str(tmp_path / "report.md"), metadata={})
     page = dsl.HTML(name="report_html", uri=str(tmp_path / "report.html"), metadata={})
+    student = dsl.Model(name="student", uri=str(tmp_path / "student"), metadata={})
     config = {
         "evaluate": {"problems_uri": problems_file, "samples": 1, "temperature": 0.0, "max_new_tokens": 8}
     }
     with pytest.raises(IncompleteOutputError, match="completion marker"):
-        evaluate.python_func(config, str(tmp_path / "run"), model, metrics, report, page)
+        evaluate.python_func(config, str(tmp_path / "run"), model, metrics, report, page, student)
 
     (stage_dir / MARKER).write_text("done\n")
     (stage_dir / MANIFEST).write_text("{}")
-    evaluate.python_func(config, str(tmp_path / "run"), model, metrics, report, page)
+    evaluate.python_func(config, str(tmp_path / "run"), model, metrics, report, page, student)
     # the manifest's counts and metrics: 4 problems answered once each
     assert set(metrics.metadata) == {
         "accuracy",
@@ -194,6 +196,13 @@ def test_component_logs_metrics_and_writes_report(tiny_qwen3, problems_file, tmp
     assert "| pass@1 |" in _read(report.path)
     assert report.metadata["uri"].endswith(os.path.join("run", "evaluate", "report.md"))
     assert "<svg" in _read(page.path) and page.metadata["uri"].endswith("report.html")
+    # the scored student: the same model, its scores and the protocol's hash in the Model's metadata
+    manifest = json.loads(_read(os.path.join(tmp_path, "run", "evaluate", MANIFEST)))
+    assert student.metadata["uri"] == tiny_qwen3 and student.metadata["model_uri"] == tiny_qwen3
+    assert student.metadata["accuracy"] == metrics.metadata["accuracy"]
+    canonical = json.dumps(manifest["result"]["protocol"], sort_keys=True, separators=(",", ":"))
+    assert student.metadata["protocol_sha256"] == hashlib.sha256(canonical.encode()).hexdigest()
+    assert "mlflow_run" not in student.metadata  # untracked
 
 
 def test_problem_without_reference_is_refused(tiny_qwen3, tmp_path):

@@ -258,7 +258,9 @@ def test_reward_component_lora_from_reward_model(tiny_reward, tmp_path):
         model=model,
         metrics=metrics,
         report=report,
+        tensorboard=dsl.Artifact(name="tensorboard", uri=str(tmp_path / "tensorboard")),
     )
+    assert os.listdir(tmp_path / "tensorboard") == ["README.txt"]  # untracked: a note, no event files
     assert model.metadata == {
         "uri": os.path.join(root, "reward", "model"),
         "stage_uri": os.path.join(root, "reward"),

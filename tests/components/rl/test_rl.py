@@ -323,6 +323,7 @@ def test_rl_trains_every_term_checkpoints_reports_and_reuses(
         model=model,
         metrics=metrics,
         report=report,
+        tensorboard=dsl.Artifact(name="tensorboard", uri=str(tmp_path / "tensorboard")),
         reward_model=dsl.Model(
             name="rm", uri="x", metadata={"uri": os.path.join(reward_uri, "model"), "stage_uri": reward_uri}
         ),

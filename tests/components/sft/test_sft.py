@@ -125,6 +125,7 @@ def test_sft_component_publishes_uri_and_metrics(tiny_qwen3, tmp_path):
     metrics = dsl.Metrics(name="metrics", uri=str(tmp_path / "metrics"))
     upstream = dsl.Dataset(name="data", uri=str(tmp_path / "x"), metadata={"uri": data})
     report = dsl.HTML(name="report", uri=str(tmp_path / "report.html"))
+    tensorboard = dsl.Artifact(name="tensorboard", uri=str(tmp_path / "tensorboard"))
     sft.python_func(
         config={"sft": section, "curate": {"ignored": True}},
         output_uri=root,
@@ -132,7 +133,11 @@ def test_sft_component_publishes_uri_and_metrics(tiny_qwen3, tmp_path):
         model=model,
         metrics=metrics,
         report=report,
+        tensorboard=tensorboard,
     )
+    # untracked: the TensorBoard artifact holds a note, no event files
+    assert os.listdir(tensorboard.path) == ["README.txt"]
+    assert tensorboard.metadata == {"stage_uri": os.path.join(root, "sft")}
     page = (tmp_path / "report.html").read_text()
     assert page.count("<svg") == 3 and "learning_rate" in page  # loss, learning rate, grad norm
     assert report.metadata["uri"] == os.path.join(root, "sft", "report.html")

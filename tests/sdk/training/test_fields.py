@@ -70,6 +70,7 @@ def test_resume_neutral_fields_are_the_ones_a_checkpoint_ignores():
     neutral = {"save_steps", "save_total_limit", "logging_steps", "resume"}
     neutral |= {"use_liger_kernel"}  # the same computation in other kernels: a checkpoint stays usable
     neutral |= {"launcher", "runtime", "namespace", "env", "secret_env", "dlc"}
+    neutral |= {"tracking"}  # where the run is tracked: also left out of the stage's fingerprint
     assert resume_neutral(cfg) == neutral
     assert resume_neutral(RlConfig(**REQUIRED[RlConfig])) == neutral  # rl's own logging_steps too
     assert set(checkpoint_config(cfg)) == set(cfg.to_dict()) - neutral
@@ -78,3 +79,7 @@ def test_resume_neutral_fields_are_the_ones_a_checkpoint_ignores():
     assert checkpoint_fingerprint(cfg.model_copy(update={"use_liger_kernel": True})) == same
     assert checkpoint_fingerprint(cfg.model_copy(update={"learning_rate": 3e-5})) != same
     assert checkpoint_fingerprint(cfg.model_copy(update={"nodes": 2})) != same  # the world size changes
+    tracked = SftConfig(**REQUIRED[SftConfig], tracking={"backend": "mlflow", "pipeline_run": "run-2"})
+    assert tracked.fingerprint() == cfg.fingerprint()  # a rerun under another pipeline run reuses the output
+    assert checkpoint_fingerprint(tracked) == same
+    assert cfg.model_copy(update={"learning_rate": 3e-5}).fingerprint() != cfg.fingerprint()
