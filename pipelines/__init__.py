@@ -19,6 +19,7 @@ PIPELINES: dict[str, str] = {
     "thoughty": "ThoughtY: thoughtx for Qwen3 students, thinking on and off, evaluated in both modes",
     "reward_rl": "Distilled reward model, calibration gate, GRPO, evaluate",
     "lifecycle": "Every stage, with switches for dpo, reward + rl and deploy",
+    "whitebox": "White-box distillation: teacher top-k logprobs, KD sft (CE + KL), evaluate",
 }
 
 

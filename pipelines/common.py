@@ -130,6 +130,22 @@ def prepare_data(
     return cfg, curate_task.outputs["curated"], pod_gpus
 
 
+def prepare_teacher(
+    recipe: str, stages: list[str], parameters: dict[str, Any], distill_name: str = "distill"
+) -> tuple[Any, Any, dict[str, Any]]:
+    """configure -> validate -> distill, from a recipe's console parameters (``locals()``), for a recipe
+    that trains on distill's output itself (``whitebox``: the teacher logits). Returns the run's config,
+    the distill task (its ``traces`` output: the distill folder) and the GPUs of each training stage's
+    pod."""
+    from distilflow.components.distill.component import distill
+
+    cfg, validate_task, pod_gpus = configure_and_validate(recipe, stages, parameters)
+    # Teacher chains of thought; distill's own request cache makes reruns free, KFP's would skip new data.
+    distill_task = distill(config=cfg, output_uri=parameters["output_uri"]).after(validate_task)
+    cpu_step(distill_task, distill_name, parameters["teacher_key_secret"])
+    return cfg, distill_task, pod_gpus
+
+
 def configure_and_validate(
     recipe: str, stages: list[str], parameters: dict[str, Any]
 ) -> tuple[Any, Any, dict]:

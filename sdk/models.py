@@ -89,8 +89,9 @@ def require_finished_stage(model: str) -> None:
         )
 
 
-def resolve_model(model: str, gguf_file: str | None = None) -> str:
-    """A local folder for ``model`` (a path or URI; ``smollm2`` names the packaged SmolLM2)."""
+def resolve_model(model: str, gguf_file: str | None = None, tokenizer_only: bool = False) -> str:
+    """A local folder for ``model`` (a path or URI; ``smollm2`` names the packaged SmolLM2); with
+    ``tokenizer_only``, a folder with tokenizer files and no weights will do."""
     if model == "smollm2":
         return smollm2_cache()
     try:
@@ -108,15 +109,18 @@ def resolve_model(model: str, gguf_file: str | None = None) -> str:
     has_weights = gguf_file or any(
         f.endswith((".safetensors", ".bin")) or f.endswith(".index.json") for f in os.listdir(path)
     )
+    if tokenizer_only:
+        return path
     if not has_weights or not os.path.exists(os.path.join(path, "config.json")) and not gguf_file:
         raise BackendError(f"model {model!r}: folder has no config.json and weights (*.safetensors)")
     return path
 
 
 def load_tokenizer(model: str, gguf_file: str | None = None, need_chat_template: bool = True):
+    """The tokenizer of a model folder or URI (or of a folder holding only tokenizer files)."""
     from transformers import AutoTokenizer
 
-    path = resolve_model(model, gguf_file)
+    path = resolve_model(model, gguf_file, tokenizer_only=True)
     tok = (
         AutoTokenizer.from_pretrained(path, gguf_file=gguf_file)
         if gguf_file

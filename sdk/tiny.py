@@ -116,13 +116,16 @@ def build_tiny(
     corpus: list[str] | None = None,
     split_digits: bool = False,
     vocab_size: int = 512,
+    sharpness: float = 1.0,
 ) -> str:
     """Write a tiny model folder (config, safetensors, tokenizer, chat template) and return its path.
 
     The defaults make the fixture the tests use (2 layers, 2 heads of 32, MLP 2 x hidden, the built-in
     corpus). ``heads`` attention heads of 32 dimensions share ``heads // 2`` key/value heads (at least
     one); ``intermediate`` is the MLP width (default 2 x hidden); ``corpus``, ``split_digits`` and
-    ``vocab_size`` go to ``train_tokenizer``.
+    ``vocab_size`` go to ``train_tokenizer``. ``sharpness`` scales the (tied) embedding matrix: random
+    weights give a nearly uniform next-token distribution, and a factor of 10-30 makes it peaked like a
+    trained model's (a teacher with something to distil: most mass on a few tokens, a long tail).
     """
     import torch
     from transformers import (
@@ -155,15 +158,17 @@ def build_tiny(
     )
     auto = AutoModelForCausalLM if kind == "causal" else AutoModelForSequenceClassification
     model = auto.from_config(config)
+    if sharpness != 1.0:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.mul_(sharpness)
     model.save_pretrained(out_dir)
     if kind == "causal":
         model.generation_config.eos_token_id = tok.eos_token_id
         model.generation_config.pad_token_id = tok.pad_token_id
         model.generation_config.save_pretrained(out_dir)
     with open(os.path.join(out_dir, "distilflow_tiny.json"), "w") as f:
-        json.dump(
-            {"arch": arch, "kind": kind, "seed": seed, "hidden": hidden, "layers": layers, "heads": heads}, f
-        )
+        meta = {"arch": arch, "kind": kind, "seed": seed, "hidden": hidden, "layers": layers, "heads": heads}
+        json.dump(meta | {"sharpness": sharpness}, f)
     return out_dir
 
 

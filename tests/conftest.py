@@ -37,6 +37,15 @@ def tiny_qwen2(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_teacher(tmp_path_factory) -> str:
+    """A tiny Qwen3 causal LM with a peaked next-token distribution (``sharpness``: top-1 about 0.6,
+    top-20 about 0.7, a real tail), sharing ``tiny_qwen3``'s tokenizer: a white-box teacher."""
+    from distilflow.tiny import build_tiny
+
+    return build_tiny(str(tmp_path_factory.mktemp("tiny-teacher")), arch="qwen3", seed=1, sharpness=6.0)
+
+
+@pytest.fixture(scope="session")
 def tiny_reward(tmp_path_factory) -> str:
     """A tiny Qwen3 sequence-classification model with one label (a reward model)."""
     from distilflow.tiny import build_tiny

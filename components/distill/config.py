@@ -21,6 +21,28 @@ PROMPT_TEMPLATES: dict[str, str | None] = {
 }
 
 
+class LogitsConfig(BaseConfig):
+    """White-box distillation data: the teacher's top-k token log-probabilities at every position of
+    every answer, stored as Parquet shards beside the traces (``logits/``)."""
+
+    top_k: int = Field(
+        20,
+        ge=1,
+        le=128,
+        description="Log-probabilities kept per position: the teacher's k likeliest next tokens (20 is the "
+        "most an OpenAI-compatible endpoint or vLLM's default max_logprobs returns)",
+    )
+    dtype: Literal["float32", "float16"] = Field(
+        "float32", description="Storage type of the top-k log-probabilities; float16 halves their bytes"
+    )
+    answers_uri: Uri | None = Field(
+        None,
+        description="Score these answers instead of generating: a distill output folder or traces.jsonl "
+        "(Trace records, e.g. from an endpoint without logprobs); the teacher gives its top-k over each "
+        "answer as its chat template renders it. None: the teacher generates and scores its own answers",
+    )
+
+
 class DistillConfig(BaseConfig):
     """A teacher answers every problem with a chain of thought, ``n`` samples each."""
 
@@ -77,6 +99,11 @@ class DistillConfig(BaseConfig):
         1, ge=1, description="Split the problems into this many contiguous shards (a fan-out writes one each)"
     )
     shard_index: int = Field(0, ge=0, description="The shard this run answers, 0 <= shard_index < num_shards")
+    logits: LogitsConfig | None = Field(
+        None,
+        description="Also store the teacher's top-k log-probabilities of every answer token (white-box "
+        "distillation data for sft.kd); None: text only",
+    )
     min_success_ratio: float = Field(
         0.95,
         ge=0,
@@ -111,6 +138,15 @@ class DistillConfig(BaseConfig):
             raise ValueError(
                 f"prompts names teachers {unknown} that are not in this stage; teachers are {known}"
             )
+        if self.logits is not None:
+            bad = [
+                t.display_name for t in self.teacher_list if t.backend == "openai" and self.logits.top_k > 20
+            ]
+            if bad:
+                raise ValueError(
+                    f"logits.top_k={self.logits.top_k} is above 20, the most an OpenAI-compatible endpoint "
+                    f"returns (teachers {bad}); lower logits.top_k or use backend vllm/transformers"
+                )
         if self.shard_index >= self.num_shards:
             raise ValueError(f"shard_index={self.shard_index} must be below num_shards={self.num_shards}")
         return self

@@ -12,6 +12,12 @@ request, and sends only what was never answered (at most the requests in flight 
 sent again). The result is ``traces.jsonl`` (records.Trace, one per (problem, sample), in problem
 order), ``failures.jsonl`` (rows that failed after retries), a Markdown/HTML report and metrics.
 
+With ``logits`` each answer also carries the teacher's top-k log-probabilities at every token
+(``distilflow.teachers.logprobs``): asked for in the request (so cached apart from text-only answers),
+written as a Parquet part before each traces shard, and assembled into ``logits/`` for exactly the
+traces written, with the teachers' vocabulary fingerprint and sampling settings in the manifest
+(``components/distill/logits.py``). ``logits.answers_uri`` scores given answers instead of generating.
+
 It does not score, filter or deduplicate traces (``curate`` does).
 """
 
@@ -32,8 +38,9 @@ from pydantic import BaseModel, Field
 
 from distilflow import uri as uris
 from distilflow.components.distill import report
-from distilflow.components.distill.config import PROMPT_TEMPLATES, DistillConfig
-from distilflow.errors import BackendError, RecordError
+from distilflow.components.distill.config import PROMPT_TEMPLATES, DistillConfig, LogitsConfig
+from distilflow.components.distill.logits import LogitsSummary
+from distilflow.errors import BackendError, DistilflowError, RecordError
 from distilflow.outputs import COUNT, METRIC, StageOutput
 from distilflow.progress import Progress
 from distilflow.records import Problem, Trace, read_jsonl, template_tokens, write_jsonl
@@ -126,6 +133,19 @@ class DistillResult(BaseModel):
     )
     report_md: str | None = Field(None, description="Markdown report")
     report_html: str | None = Field(None, description="HTML report")
+    logits: LogitsSummary | None = Field(
+        None,
+        description="The teacher's top-k log-probabilities of every answer (with logits): files and contents",
+    )
+    logits_rows: int = Field(0, description="Traces stored with their logits", json_schema_extra=COUNT)
+    logits_tokens: int = Field(
+        0, description="Answer positions stored with their top-k logprobs", json_schema_extra=COUNT
+    )
+    logits_mb_per_million_tokens: float = Field(
+        0.0,
+        description="Megabytes (10^6 bytes) of Parquet logits per million answer tokens",
+        json_schema_extra=METRIC,
+    )
 
 
 def prompt_of(config: DistillConfig, teacher: str | None = None) -> str:
@@ -161,6 +181,8 @@ def generation_key(config: DistillConfig) -> str:
         spec = {"teacher": teachers[0], "prompt": spec["prompt"], "n": config.n} | (
             {"prompts": spec["prompts"]} if "prompts" in spec else {}
         )
+    if config.logits is not None:  # keys of text-only runs stay as they were
+        spec["logits"] = config.logits.model_dump(mode="json")
     blob = json.dumps(spec, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -174,6 +196,7 @@ class Job:
     request: dict[str, Any]
     key: str
     teacher: int = 0  # index into config.teacher_list
+    given: Trace | None = None  # the answer to score instead of generating (logits.answers_uri)
 
 
 def route(problem_id: str, sample: int, shares: list[float]) -> int:
@@ -197,9 +220,15 @@ def shard_of(problems: list[Problem], index: int, count: int) -> list[Problem]:
 class Shards:
     """Answered traces, written as numbered shards ``part-NNNNN.jsonl``, each once and atomically."""
 
-    def __init__(self, out: StageOutput, key: str, shard_size: int, flush_s: float):
+    def __init__(
+        self, out: StageOutput, key: str, shard_size: int, flush_s: float, logits: LogitsConfig | None = None
+    ):
         self.root, self.dir = out.path(PARTS), out.path(PARTS, key)
         self.key, self.shard_size, self.flush_s = key, shard_size, flush_s
+        self.logits_config = logits
+        self.logits: dict[
+            str, dict[str, Any]
+        ] = {}  # Parquet rows (logits.row_of) not yet written, by trace id
         self.rows: dict[tuple[str, int], Trace] = {}
         self.rejected: list[dict[str, Any]] = []
         self.buffer: list[Trace] = []
@@ -232,8 +261,8 @@ class Shards:
                 self.rows.setdefault((t.problem_id, t.sample), t)
         return len(self.rows)
 
-    def add(self, trace: Trace) -> list[Trace] | None:
-        """Record a trace; return the rows to write when a shard is due.
+    def add(self, trace: Trace, logits_row: dict[str, Any] | None = None) -> list[Trace] | None:
+        """Record a trace (and its logits row, with ``logits``); return the rows to write when a shard is due.
 
         An answer holding chat-template control tokens is rejected (listed in ``rejected``, never
         written): as text in a training example it would end the turn or the thinking block early.
@@ -245,6 +274,8 @@ class Shards:
             )
             return None
         self.rows[(trace.problem_id, trace.sample)] = trace
+        if logits_row is not None:
+            self.logits[trace.id] = logits_row
         self.buffer.append(trace)
         if len(self.buffer) >= self.shard_size or time.monotonic() - self.last >= self.flush_s:
             return self.take()
@@ -255,8 +286,15 @@ class Shards:
         return rows or None
 
     def write(self, rows: list[Trace] | None) -> None:
+        """Write ``rows`` as the next shard; with logits, their Parquet part first (the traces are the commit)."""
         if rows:
             index, self.next_index = self.next_index, self.next_index + 1
+            if self.logits_config is not None:
+                from distilflow.components.distill import logits
+
+                part = [self.logits.pop(t.id) for t in rows]
+                uri = uris.join(self.dir, f"logits-{index:05d}.parquet")
+                logits.write_part(uri, part, self.logits_config.top_k, self.logits_config.dtype)
             write_jsonl(uris.join(self.dir, f"part-{index:05d}.jsonl"), rows)
 
 
@@ -271,6 +309,20 @@ class Budget:
     @property
     def tripped(self) -> bool:
         return len(self.failures) > self.allowed
+
+
+def add_answer(shards: Shards, job: Job, answer: dict[str, Any], teacher: str) -> list[Trace] | None:
+    """Record the trace of an answer (the given trace when scoring) and, with logits, its Parquet row."""
+    from distilflow.teachers.protocol import completion_of
+
+    trace = job.given or trace_of(job, completion_of(answer), teacher)
+    if shards.logits_config is None:
+        return shards.add(trace)
+    from distilflow.components.distill.logits import row_of
+
+    if not answer.get("logits"):
+        raise BackendError(f"teacher {teacher} answered {trace.id} without the logits asked for")
+    return shards.add(trace, row_of(trace, job.request["messages"], answer["logits"]))
 
 
 def trace_of(job: Job, completion: Any, teacher: str) -> Trace:
@@ -309,7 +361,6 @@ async def ask_endpoint(
     ``retry_budget_s`` is spent, before its row counts as failed.
     """
     from distilflow.teachers.endpoint import RequestError
-    from distilflow.teachers.protocol import completion_of
 
     pending = iter(jobs)
     name = teacher.name
@@ -323,7 +374,7 @@ async def ask_endpoint(
         return fn(*args) if local else await asyncio.to_thread(fn, *args)
 
     async def record(job: Job, answer: dict[str, Any]) -> None:
-        rows = shards.add(trace_of(job, completion_of(answer), name))
+        rows = add_answer(shards, job, answer, name)
         if rows:
             await asyncio.to_thread(shards.write, rows)
         progress.update()
@@ -421,8 +472,9 @@ def ask_in_process(
     A problem with any sample missing from the cache is generated whole (``n`` samples in one call)
     and only its missing samples are used and cached; each batch is written as a shard.
     """
-    from distilflow.teachers.protocol import answer_of_completion, completion_of
+    from distilflow.teachers.protocol import answer_of_completion
 
+    logprobs = {"logprobs": config.logits.top_k} if config.logits else {}
     by_problem: dict[str, list[Job]] = collections.defaultdict(list)
     for job in jobs:
         by_problem[job.problem.id].append(job)
@@ -436,7 +488,9 @@ def ask_in_process(
         if missing:
             system = system_prompt(config, teacher.name)
             called = time.monotonic()
-            got = teacher.generate([build_chat(g[0].problem, system) for g in missing], n=config.n)
+            got = teacher.generate(
+                [build_chat(g[0].problem, system) for g in missing], n=config.n, **logprobs
+            )
             latency += (time.monotonic() - called) * len(missing) * config.n
             if len(got) != len(missing) or any(len(a) != config.n for a in got):
                 raise BackendError(
@@ -453,10 +507,66 @@ def ask_in_process(
                         cache.put(job.key, teacher.config.model, job.request, answers[job.key])
         for group in batch:
             for job in group:
-                shards.add(trace_of(job, completion_of(answers[job.key]), teacher.name))
+                # a shard can fall due inside the batch (shard_size, flush_s): write it, do not drop it
+                shards.write(add_answer(shards, job, answers[job.key], teacher.name))
             progress.update(len(group))
         shards.write(shards.take())
     return asked, spent, prompt_tokens, latency
+
+
+def ask_scoring(
+    config: DistillConfig,
+    teacher: Any,
+    jobs: list[Job],
+    cache: TeacherCache,
+    shards: Shards,
+    progress: Progress,
+) -> tuple[int, int, int, float]:
+    """Score given answers (``logits.answers_uri``) with the teacher, ``batch_size`` at a time: its top-k
+    log-probabilities over each answer as its chat template renders it. Each score is cached like a
+    generated answer; each batch is written as a shard. Returns what ``ask_in_process`` returns."""
+    k = config.logits.top_k  # type: ignore[union-attr]
+    asked = tokens = 0
+    latency = 0.0
+    for start in range(0, len(jobs), config.batch_size):
+        batch = jobs[start : start + config.batch_size]
+        answers = {job.key: cache.get(job.key) for job in batch}
+        missing = [job for job in batch if answers[job.key] is None]
+        if missing:
+            called = time.monotonic()
+            chats = [job.request["messages"] for job in missing]
+            given = [(job.given.reasoning, job.given.content) for job in missing]  # type: ignore[union-attr]
+            scored = teacher.score_answers(chats, given, k)
+            latency += (time.monotonic() - called) * len(missing)
+            for job, found in zip(missing, scored, strict=True):
+                answers[job.key] = {
+                    "content": job.given.content,  # type: ignore[union-attr]
+                    "reasoning": job.given.reasoning,  # type: ignore[union-attr]
+                    "split": True,
+                    "finish_reason": job.given.finish_reason,  # type: ignore[union-attr]
+                    "prompt_tokens": 0,
+                    "completion_tokens": len(found),
+                    "logits": found.to_json(),
+                }
+                cache.put(job.key, teacher.config.model, job.request, answers[job.key])
+            asked, tokens = asked + len(missing), tokens + sum(len(f) for f in scored)
+        for job in batch:
+            shards.write(add_answer(shards, job, answers[job.key], teacher.name))
+        progress.update(len(batch))
+        shards.write(shards.take())
+    return asked, tokens, 0, latency
+
+
+def given_answers(config: DistillConfig) -> dict[tuple[str, int], Trace]:
+    """The answers to score (``logits.answers_uri``: a distill output folder or a traces JSONL), by
+    (problem id, sample)."""
+    from distilflow.outputs import require_complete
+
+    source = config.logits.answers_uri  # type: ignore[union-attr]
+    if not source.rstrip("/").endswith(".jsonl"):
+        require_complete(source, "distill logits.answers_uri")
+        source = uris.join(source, TRACES)
+    return {(t.problem_id, t.sample): t for t in read_jsonl(source, Trace)}
 
 
 def reject_hostile(problems: list[Problem]) -> tuple[list[Problem], list[dict[str, Any]]]:
@@ -492,10 +602,13 @@ def run(config: DistillConfig) -> DistillResult:
         problems = shard_of(problems, config.shard_index, config.num_shards)
     problems, rejected = reject_hostile(problems)
     out.begin(config)
+    # with logits, the teachers' vocabulary first: a tokenizer that cannot be read fails before any request
+    vocab = teachers_fingerprint(config) if config.logits is not None else None
     plan = plan_jobs(config, out, problems, rejected)
     generated = generate(config, plan)
     traces = write_rows(config, out, plan, generated)
     result = result_of(config, out, plan, generated, traces)
+    result = with_logits(result, write_logits(config, out, plan, traces, vocab))
     publish(config, out, result, traces)
     uris.remove(out.path(PARTS), recursive=True)
     return result
@@ -524,20 +637,23 @@ def plan_jobs(
     key, n, specs = generation_key(config), config.n, config.teacher_list
     names = [t.display_name for t in specs]
     cache = TeacherCache(config.cache_uri or out.path("cache"))
-    shards = Shards(out, key, config.shard_size, config.flush_s)
+    shards = Shards(out, key, config.shard_size, config.flush_s, config.logits)
     shards.load()
     shards.rejected.extend(rejected)
-    wanted = {(p.id, s) for p in problems for s in range(n)}
+    given = given_answers(config) if config.logits and config.logits.answers_uri else None
+    wanted = {(p.id, s) for p in problems for s in range(n) if given is None or (p.id, s) in given}
     resumed = len(wanted & set(shards.rows))
     systems = [system_prompt(config, name) for name in names]
     shares = config.shares or [1.0] * len(specs)
     jobs: list[list[Job]] = [[] for _ in specs]
     for p in problems:
         for s in range(n):
-            if (p.id, s) not in shards.rows:
+            if (p.id, s) in wanted and (p.id, s) not in shards.rows:
                 i = route(p.id, s, shares) if len(specs) > 1 else 0
-                body = request_body(specs[i], build_chat(p, systems[i]), s)
-                jobs[i].append(Job(p, s, body, cache_key(specs[i].backend, specs[i].model, body, s), i))
+                answer = given[(p.id, s)] if given is not None else None
+                body = job_body(config, specs[i], build_chat(p, systems[i]), s, answer)
+                key_i = cache_key(specs[i].backend, specs[i].model, body, s)
+                jobs[i].append(Job(p, s, body, key_i, i, answer))
     todo = sum(len(j) for j in jobs)
     shard = f" (shard {config.shard_index} of {config.num_shards})" if config.num_shards > 1 else ""
     print(
@@ -546,6 +662,19 @@ def plan_jobs(
         flush=True,
     )
     return Plan(problems, names, key, cache, shards, jobs, len(wanted), resumed)
+
+
+def job_body(config: DistillConfig, spec: Any, chat: list[dict], sample: int, given: Trace | None) -> dict:
+    """What a (problem, sample) asks its teacher, also its cache key: the chat-completions body; with
+    logits, asking for token ids with their top-k logprobs; scoring, the given answer to score."""
+    if config.logits is None:
+        return request_body(spec, chat, sample)
+    if given is None:
+        from distilflow.teachers.openai import logits_body
+
+        return logits_body(spec, chat, sample, config.logits.top_k)
+    score = {"reasoning": given.reasoning, "content": given.content}
+    return request_body(spec, chat, sample, score=score, prompt_logprobs=config.logits.top_k)
 
 
 @dataclass
@@ -575,14 +704,18 @@ def generate(config: DistillConfig, plan: Plan) -> Generated:
     progress = Progress("distill", "traces", total=sum(len(j) for j in plan.jobs))
     start, asked, generated_tokens, prompt_tokens, latency = time.monotonic(), 0, 0, 0, 0.0
     try:
+        scoring = config.logits is not None and config.logits.answers_uri is not None
         endpoint_work = [
-            (t, j) for t, j in zip(teachers, plan.jobs, strict=True) if t and t.config.backend == "openai"
+            (t, j)
+            for t, j in zip(teachers, plan.jobs, strict=True)
+            if t and t.config.backend == "openai" and not scoring
         ]
         if endpoint_work:
             asyncio.run(ask_endpoints(config, endpoint_work, plan.cache, plan.shards, budget, progress))
         for t, j in zip(teachers, plan.jobs, strict=True):
-            if t is not None and t.config.backend != "openai":
-                got = ask_in_process(config, t, j, plan.cache, plan.shards, progress)
+            if t is not None and (t.config.backend != "openai" or scoring):
+                ask = ask_scoring if scoring else ask_in_process
+                got = ask(config, t, j, plan.cache, plan.shards, progress)
                 asked, generated_tokens = asked + got[0], generated_tokens + got[1]
                 prompt_tokens, latency = prompt_tokens + got[2], latency + got[3]
     except BudgetExceeded:
@@ -663,6 +796,82 @@ def result_of(
     )
 
 
+def write_logits(
+    config: DistillConfig, out: StageOutput, plan: Plan, traces: list[Trace], vocab: dict[str, Any] | None
+) -> LogitsSummary | None:
+    """With ``logits``: the Parquet shards of exactly the written traces (``logits.assemble``), the
+    teachers' vocabulary fingerprint (``vocab``) and sampling settings; None without."""
+    if config.logits is None or vocab is None:
+        return None
+    from distilflow.components.distill import logits
+
+    folder = out.path(logits.FOLDER)
+    if uris.exists(folder):  # an earlier finished run's shards
+        uris.remove(folder, recursive=True)
+    parts = logits.part_uris(plan.shards.dir)
+    files, rows, tokens, size = logits.assemble(parts, folder, [t.id for t in traces])
+    sampling = {
+        t.display_name: t.model_dump(
+            include={"temperature", "top_p", "max_new_tokens", "seed", "chat_template_kwargs"}
+        )
+        for t in config.teacher_list
+    }
+    summary = LogitsSummary(
+        files=files,
+        rows=rows,
+        tokens=tokens,
+        bytes=size,
+        top_k=config.logits.top_k,
+        dtype=config.logits.dtype,
+        tokenizer_fingerprint=vocab["fingerprint"],
+        vocab_size=vocab["vocab_size"],
+        sampling=sampling,
+        source="scored" if config.logits.answers_uri else "generated",
+    )
+    print(
+        f"[distill] logits: {rows} traces, {tokens} tokens, top-{summary.top_k}, {size / 1e6:.2f} MB "
+        f"({summary.bytes_per_million_tokens / 1e6:.1f} MB per million tokens) in {folder}",
+        flush=True,
+    )
+    return summary
+
+
+def teachers_fingerprint(config: DistillConfig) -> dict[str, Any]:
+    """The vocabulary fingerprint the teachers share (each tokenizer loaded from ``tokenizer`` or the
+    model); white-box data from teachers with different vocabularies cannot be mixed."""
+    from distilflow.models import load_tokenizer
+    from distilflow.teachers.logprobs import vocab_fingerprint
+
+    found = {
+        t.display_name: vocab_fingerprint(
+            load_tokenizer(
+                t.tokenizer or t.model, None if t.tokenizer else t.gguf_file, need_chat_template=False
+            )
+        )
+        for t in config.teacher_list
+    }
+    if len({f["fingerprint"] for f in found.values()}) > 1:
+        raise DistilflowError(
+            f"distill.logits: the teachers' tokenizers differ ({found}); top-k logprobs of different "
+            "vocabularies cannot be mixed. Use teachers of one tokenizer family, or one teacher"
+        )
+    return next(iter(found.values()))
+
+
+def with_logits(result: DistillResult, summary: LogitsSummary | None) -> DistillResult:
+    """``result`` with its logits summary and the counts the manifest lists."""
+    if summary is None:
+        return result
+    return result.model_copy(
+        update={
+            "logits": summary,
+            "logits_rows": summary.rows,
+            "logits_tokens": summary.tokens,
+            "logits_mb_per_million_tokens": round(summary.bytes_per_million_tokens / 1e6, 3),
+        }
+    )
+
+
 def publish(config: DistillConfig, out: StageOutput, result: DistillResult, traces: list[Trace]) -> None:
     """Write the reports, then the manifest."""
     uris.write_text(result.report_md, report.render_markdown(result, traces, config))
@@ -683,7 +892,8 @@ def publish(config: DistillConfig, out: StageOutput, result: DistillResult, trac
             "rejected": result.rejected_uri,
             "report_md": REPORT_MD,
             "report_html": REPORT_HTML,
-        },
+        }
+        | ({"logits": out.path("logits")} if result.logits else {}),
         metrics=per_trace(result),
     )
 
@@ -827,6 +1037,26 @@ def merged_result(
     )
 
 
+def merged_logits(results: list[DistillResult]) -> LogitsSummary | None:
+    """The shards' logits as one summary (their Parquet files in shard order, which stay where they are)."""
+    found = [r.logits for r in results if r.logits is not None]
+    if not found:
+        return None
+    if len(found) != len(results) or len({(f.tokenizer_fingerprint, f.top_k) for f in found}) != 1:
+        raise DistilflowError(
+            "distill shards disagree on logits (some have none, or different tokenizers or top_k); rerun the "
+            "fan-out with one config"
+        )
+    return found[0].model_copy(
+        update={
+            "files": [f for s in found for f in s.files],
+            "rows": sum(s.rows for s in found),
+            "tokens": sum(s.tokens for s in found),
+            "bytes": sum(s.bytes for s in found),
+        }
+    )
+
+
 def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
     """Merge the outputs of a fanned-out distill into one output at ``output_uri``.
 
@@ -841,7 +1071,7 @@ def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
     traces_uri, failures_uri = out.path(TRACES), out.path(FAILURES)
     write_jsonl(traces_uri, traces)
     write_jsonl(failures_uri, failures)
-    result = merged_result(results, traces, failures, out)
+    result = with_logits(merged_result(results, traces, failures, out), merged_logits(results))
     summary = [("merged shards", str(len(shard_uris)))]
     uris.write_text(result.report_md, report.render_markdown(result, traces, None, summary))
     uris.write_text(result.report_html, report.render_html(result, traces, None, summary))
@@ -853,7 +1083,8 @@ def merge(output_uri: str, shard_uris: list[str]) -> DistillResult:
             "failures": failures_uri,
             "report_md": REPORT_MD,
             "report_html": REPORT_HTML,
-        },
+        }
+        | ({"logits": ", ".join(result.logits.files)} if result.logits else {}),
         counts={"shards": len(shard_uris)},
         metrics=per_trace(result),
     )

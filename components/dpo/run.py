@@ -138,8 +138,9 @@ def run(config: DpoConfig) -> DpoResult:
     finished output returns the stored result). Loss, reward margin and accuracy and learning-rate
     curves go to ``<output_uri>/report.html``. With ``processes`` > 1 it starts itself under
     ``torchrun`` (see the sft stage); with ``launcher: trainjob`` or ``dlc`` a job of ``nodes`` nodes
-    trains and this process waits for its result. It does not precompute reference log-probabilities
-    or sync the reference model.
+    trains and this process waits for its result. With ``rank`` (rank-DPO) it builds the pairs itself
+    from curate's SFT examples, the start model's own answers rejected (``rank.py``). It does not
+    precompute reference log-probabilities or sync the reference model.
     """
     from distilflow.launch import dispatch, torchrun
     from distilflow.training.data import read_rows
@@ -154,17 +155,37 @@ def run(config: DpoConfig) -> DpoResult:
         print(f"[{STAGE}] reusing finished output {out.uri}", flush=True)
         return DpoResult.model_validate(stored["result"])
 
-    pairs = read_rows(config.data_uri, "preference", records.PreferencePair, "dpo data")
+    if config.rank is None:
+        pairs, built = read_rows(config.data_uri, "preference", records.PreferencePair, "dpo data"), None
+    else:  # rank-DPO: the student answers first (cached, so processes under torchrun only read them)
+        built = rank_pairs(config, out)
+        pairs = built.pairs
     if torchrun.needs_launch(config):  # several GPUs: one process each, under torchrun
         return DpoResult.model_validate(torchrun.launch(STAGE, config))
     was_complete = out.is_complete()
     out.begin(config)
     with tracking.training_run(config, STAGE, out.uri):  # MLflow / TensorBoard / W&B, when asked for
-        return train(config, out, pairs, was_complete)
+        return train(config, out, pairs, was_complete, built)
+
+
+def rank_pairs(config: DpoConfig, out: StageOutput) -> Any:
+    """Rank-DPO pairs (``rank.build``) from curate's SFT examples, also written to ``rank_pairs.jsonl``."""
+    from distilflow.components.dpo import rank
+    from distilflow.models import resolve_model
+    from distilflow.training.data import read_rows
+
+    examples = read_rows(config.data_uri, "sft", records.SftExample, "dpo.rank data")
+    built = rank.build(config, resolve_model(config.model), examples, out.path("cache"))
+    records.write_jsonl(rank.pairs_file(out.uri), built.pairs)
+    return built
 
 
 def train(
-    config: DpoConfig, out: StageOutput, pairs: list[records.PreferencePair], was_complete: bool = False
+    config: DpoConfig,
+    out: StageOutput,
+    pairs: list[records.PreferencePair],
+    was_complete: bool = False,
+    built: Any = None,
 ) -> DpoResult:
     """The training part of ``run``: rows, trainer, training, then the result, model, report and
     manifest (heavy imports live here)."""
@@ -192,6 +213,13 @@ def train(
     trainer = make_trainer(config, rows, tokenizer, model_path, ref_path)
     start_step = train_resumable(trainer, out.uri, config, STAGE, was_complete)
     result = result_of(trainer, out, config, (read, len(rows), dropped, rejected), use_beta, start_step)
+    if built is not None:
+        update = {
+            "rank_pairs": len(built.pairs),
+            "rank_ties": built.ties,
+            "student_accuracy": built.student_accuracy,
+        }
+        result = result.model_copy(update=update)
     betas = [row["beta"] for row in rows] if use_beta else [config.beta]
     publish(trainer, out, config, result, {"beta_min": min(betas), "beta_max": max(betas)})
     return result
@@ -252,7 +280,8 @@ def publish(
     out.finish(
         result,
         inputs={"data": config.data_uri, "model": config.model},
-        outputs={"model": result.model_uri, "report": report, **tracking.published(result)},
+        outputs={"model": result.model_uri, "report": report, **tracking.published(result)}
+        | ({"rank_pairs": uris.join(out.uri, "rank_pairs.jsonl")} if config.rank else {}),
         metrics=betas,
         student_prompt=recorded_prompt(config.data_uri),
     )

@@ -209,6 +209,9 @@ def run(config: SftConfig) -> SftResult:
     With ``launcher: trainjob`` (or ``dlc``) it trains nothing here: ``distilflow.launch.trainjob.launch``
     submits a Kubeflow TrainJob (``distilflow.launch.dlc.launch`` a PAI-DLC job) of ``nodes`` nodes that runs
     this stage with ``launcher: local`` and returns its result.
+    With ``kd`` it trains on the teacher logits of a distill output instead (``kd.py``: CE mixed with a
+    KL to the stored top-k; a student of another vocabulary is refused); with ``gkd``, on-policy
+    distillation from a live teacher (``gkd.py``, TRL's ``GKDTrainer``).
     It prints the tokens trained, their padding share and tokens/s, counted from the batches trained on.
     """
     from distilflow.launch import dispatch, torchrun
@@ -226,9 +229,11 @@ def run(config: SftConfig) -> SftResult:
 
     data_file = config.data_uri
     skip = config.if_no_examples == "skip"
-    examples = read_rows(data_file, "sft", records.SftExample, "sft data", allow_empty=skip)
-    if not examples:
-        return skip_training(config, out, f"{data_file} holds no sft examples (curate kept no trace)")
+    examples: list[records.SftExample] = []  # kd reads distill's logits (streamed while training)
+    if config.kd is None:
+        examples = read_rows(data_file, "sft", records.SftExample, "sft data", allow_empty=skip)
+        if not examples:
+            return skip_training(config, out, f"{data_file} holds no sft examples (curate kept no trace)")
     if torchrun.needs_launch(config):  # several GPUs: one process each, under torchrun
         return SftResult.model_validate(torchrun.launch(STAGE, config))
     was_complete = out.is_complete()
@@ -237,6 +242,40 @@ def run(config: SftConfig) -> SftResult:
         config, STAGE, out.uri
     ):  # MLflow / TensorBoard / W&B, when tracking asks for it
         return train(config, out, data_file, examples, was_complete)
+
+
+def chat_trainer(
+    config: SftConfig,
+    data_file: str,
+    examples: list[records.SftExample],
+    tokenizer: Any,
+    model_path: str,
+    scratch: str,
+) -> tuple[Any, tuple[int, int, int, int]]:
+    """The trainer over chats (plain SFT, or on-policy GKD with ``gkd``) and the row counts (read,
+    used, dropped for length, rejected for control tokens)."""
+    from distilflow.training.data import without_template_tokens
+
+    template = training_template(tokenizer, config)
+    kept, rejected = without_template_tokens(examples, STAGE)
+    if not kept:
+        raise ConfigError(
+            f"sft: every example of {data_file} holds chat-template control tokens; clean the data"
+        )
+    rows, dropped = build_rows(kept, tokenizer, config.max_length, template)
+    print(f"[{STAGE}] {len(rows)} examples, {dropped} dropped (> {config.max_length} tokens)", flush=True)
+    if not rows:
+        raise ConfigError(
+            f"sft: all {len(kept)} examples of {data_file} are longer than max_length={config.max_length} "
+            "tokens; raise sft.max_length"
+        )
+    if config.gkd is not None:
+        from distilflow.components.sft.gkd import make_gkd_trainer
+
+        trainer = make_gkd_trainer(config, rows, tokenizer, model_path, scratch)
+    else:
+        trainer = make_trainer(config, rows, tokenizer, model_path, scratch)
+    return trainer, (len(examples), len(rows), dropped, rejected)
 
 
 def skip_training(config: SftConfig, out: StageOutput, reason: str) -> SftResult:
@@ -277,43 +316,39 @@ def train(
     """The training part of ``run`` (heavy imports live here)."""
     from distilflow.models import load_tokenizer, resolve_model
     from distilflow.training.checkpointing import scratch_dir, train_resumable
-    from distilflow.training.data import without_template_tokens
     from distilflow.training.report import first_last, logged, write_report
     from distilflow.training.save import lineage, model_card, save_trained
     from distilflow.training.throughput import throughput
 
     model_path = resolve_model(config.model)
     tokenizer = load_tokenizer(model_path)
-    template = training_template(tokenizer, config)
-    examples, rejected = without_template_tokens(examples, STAGE)
-    if not examples:
-        raise ConfigError(
-            f"sft: every example of {data_file} holds chat-template control tokens; clean the data"
-        )
-    rows, dropped = build_rows(examples, tokenizer, config.max_length, template)
-    print(f"[{STAGE}] {len(rows)} examples, {dropped} dropped (> {config.max_length} tokens)", flush=True)
-    if not rows:
-        raise ConfigError(
-            f"sft: all {len(examples)} examples of {data_file} are longer than max_length={config.max_length} "
-            "tokens; raise sft.max_length"
-        )
+    scratch = scratch_dir(STAGE, out.uri)
+    if config.kd is not None:
+        from distilflow.components.sft.kd import make_kd_trainer
 
-    trainer = make_trainer(config, rows, tokenizer, model_path, scratch_dir(STAGE, out.uri))
+        trainer, read, dropped = make_kd_trainer(config, tokenizer, model_path, scratch)
+        counts = (read, read - dropped, dropped, 0)
+    else:
+        trainer, counts = chat_trainer(config, data_file, examples, tokenizer, model_path, scratch)
     start_step = train_resumable(trainer, out.uri, config, STAGE, was_complete)
 
     history = trainer.state.log_history
     first, final = first_last(logged(history, "loss"))
+    read, used, dropped, rejected = counts
     result = SftResult(
         model_uri=uris.join(out.uri, "model"),
         first_loss=first,
         final_loss=final,
         steps=trainer.state.global_step,
-        rows_read=len(examples) + rejected,
-        rows_used=len(rows),
+        rows_read=read,
+        rows_used=used,
         rows_dropped=dropped,
         rows_rejected=rejected,
         resumed_from_step=start_step or None,
         seed=config.seed,
+        loss="kd" if config.kd is not None else "gkd" if config.gkd is not None else "ce",
+        final_ce=first_last(logged(history, "ce"))[1],
+        final_divergence=first_last(logged(history, "divergence"))[1],
         **throughput(trainer),
     )
     card = model_card(
@@ -325,9 +360,8 @@ def train(
         origin=lineage(config.data_uri),
     )
     save_trained(trainer, result.model_uri, card)
-    report = write_report(
-        out.uri, STAGE, history, ("loss", "learning_rate", "grad_norm"), result.model_dump()
-    )
+    curves = ("loss", "ce", "divergence", "learning_rate", "grad_norm")
+    report = write_report(out.uri, STAGE, history, curves, result.model_dump())
     out.finish(
         result,
         inputs={"data": data_file, "model": config.model},

@@ -58,6 +58,8 @@ def _teachers(config: BaseModel) -> list[tuple[str, Any]]:
             found.extend((f"{name}[{i}]", v) for i, v in enumerate(value) if generates(v))
         elif generates(value):
             found.append((name, value))
+        elif isinstance(value, BaseConfig):  # a teacher inside a settings block, e.g. sft.gkd.teacher
+            found.extend((f"{name}.{inner}", v) for inner, v in _teachers(value))
     return found
 
 
@@ -262,8 +264,35 @@ def _check_inputs(stage: str, cfg: BaseConfig, config: ValidateConfig, checked: 
                 checked.append(f"{where}: endpoint {teacher.base_url}")
         except (DistilflowError, OSError) as exc:
             problems.append(str(exc) if str(exc).startswith(where) else f"{where}: {exc}")
+    if config.check_models:
+        problems.extend(_check_logits_tokenizers(stage, cfg, checked))
     if config.check_endpoints and config.probe_judges and not problems:
         problems.extend(_probe_judge(stage, cfg, checked))
+    return problems
+
+
+def _check_logits_tokenizers(stage: str, cfg: BaseConfig, checked: list[str]) -> list[str]:
+    """A stage storing teacher logits from an endpoint needs the served model's tokenizer here (to read
+    and check the token ids it returns): a folder or URI with tokenizer files."""
+    if getattr(cfg, "logits", None) is None:
+        return []
+    problems = []
+    for name, teacher in _teachers(cfg):
+        if teacher.backend != "openai":
+            continue
+        source = teacher.tokenizer or teacher.model
+        where = f"{stage}.{name}.tokenizer"
+        try:
+            found = uris.exists(uris.join(source, "tokenizer_config.json"))
+        except (OSError, ValueError):
+            found = False
+        if found:
+            checked.append(f"{where}: {source}")
+        else:
+            problems.append(
+                f"{where}: no tokenizer at {source!r} (no tokenizer_config.json); logits from an endpoint need "
+                "the served model's tokenizer: set it to a folder or URI holding its tokenizer files"
+            )
     return problems
 
 

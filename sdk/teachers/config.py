@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from distilflow.config import BaseConfig
 from distilflow.secrets import EnvName
+from distilflow.uri import Uri
 
 
 class TeacherConfig(BaseConfig):
@@ -30,6 +31,12 @@ class TeacherConfig(BaseConfig):
     )
     gguf_file: str | None = Field(
         None, description="GGUF file inside the model folder (transformers backend)"
+    )
+    tokenizer: Uri | None = Field(
+        None,
+        description="The served model's tokenizer, a model folder or URI with its tokenizer files (openai "
+        "backend asked for logits: it fingerprints the vocabulary and checks the token ids the endpoint "
+        "returns); None: model, taken as a folder or URI",
     )
     max_new_tokens: int = Field(512, ge=1, description="Maximum tokens generated per answer")
     temperature: float = Field(0.6, ge=0, le=2, description="Sampling temperature (0 = greedy)")

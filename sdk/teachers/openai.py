@@ -87,9 +87,103 @@ class OpenAITeacher:
         self, endpoint: Any, body: dict[str, Any], deadline: float | None = None
     ) -> dict[str, Any]:
         """Send one request body (``request``); return the raw answer (``answer_of``). Raises
-        RequestError. With ``deadline`` (``time.monotonic()``) it retries until then, not max_retries."""
+        RequestError. With ``deadline`` (``time.monotonic()``) it retries until then, not max_retries.
+
+        A body asking for token ids with their top logprobs (``logits_body``) gets them back as the
+        answer's ``logits`` (``TokenLogprobs.to_json``), checked against the teacher's tokenizer."""
         reply = await endpoint.post("chat/completions", body, check=_check_chat, deadline=deadline)
-        return answer_of(reply)
+        answer = answer_of(reply)
+        if body.get("return_tokens_as_token_ids") and body.get("top_logprobs"):
+            answer["logits"] = self._logits_of(reply, answer, int(body["top_logprobs"]))
+        return answer
+
+    @property
+    def where(self) -> str:
+        return f"{self.config.base_url}: model {self.config.model!r}"
+
+    @property
+    def tokenizer(self) -> Any:
+        """The served model's tokenizer (``tokenizer``, else ``model`` as a folder or URI), loaded once."""
+        if getattr(self, "_tokenizer", None) is None:
+            from distilflow.models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(
+                self.config.tokenizer or self.config.model, need_chat_template=False
+            )
+        return self._tokenizer
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The served model's vocabulary fingerprint, from its tokenizer (``logprobs.vocab_fingerprint``)."""
+        from distilflow.teachers.logprobs import vocab_fingerprint
+
+        return vocab_fingerprint(self.tokenizer)
+
+    def _logits_of(self, reply: dict[str, Any], answer: dict[str, Any], k: int) -> dict[str, Any]:
+        """The reply's token logprobs, after checking that the tokens decode (with the local tokenizer)
+        to the text the endpoint answered: else the tokenizer is not the served model's."""
+        from distilflow.teachers.logprobs import from_chat_logprobs
+
+        content = ((reply["choices"][0].get("logprobs") or {}).get("content")) or []
+        if not content:
+            raise BackendError(
+                f"{self.where} returned no logprobs; white-box logits need a server that returns "
+                f"top_logprobs={k} with token ids (vLLM)"
+            )
+        found = from_chat_logprobs(content, k, self.where)
+        text = self.tokenizer.decode(found.ids.tolist(), skip_special_tokens=True)
+        missing = [
+            p
+            for p in (answer.get("reasoning") or "", answer["content"])
+            if p.strip() and p.strip() not in text
+        ]
+        if missing:
+            raise BackendError(
+                f"{self.where}: the returned token ids decode to {text[:80]!r}, not to the answer "
+                f"{missing[0].strip()[:80]!r}; teacher.tokenizer ({self.config.tokenizer or self.config.model}) "
+                "is not the served model's tokenizer"
+            )
+        return found.to_json()
+
+    def score(self, prompts: list[list[int]], responses: list[list[int]], k: int) -> list[Any]:
+        """The served teacher's top-k logprobs at every token of each response after its prompt: one
+        ``/v1/completions`` request per sequence, the tokens as the prompt, ``prompt_logprobs=k`` (vLLM's
+        extension; one token is generated and unused)."""
+        from distilflow.teachers.endpoint import RequestError
+        from distilflow.teachers.logprobs import from_vllm_positions
+
+        async def one(ep: Any, prompt: list[int], response: list[int]) -> Any:
+            body = {
+                "model": self.config.model,
+                "prompt": list(prompt) + list(response),
+                "max_tokens": 1,
+                "temperature": 0,
+                "prompt_logprobs": k,
+            }
+            reply = await ep.post("completions", body, check=_check_completion)
+            positions = reply["choices"][0].get("prompt_logprobs")
+            if not positions:
+                raise BackendError(
+                    f"{self.where} returned no prompt_logprobs; scoring given tokens needs vLLM's "
+                    "/v1/completions with prompt_logprobs"
+                )
+            return from_vllm_positions(response, positions[len(prompt) :], k, self.where)
+
+        async def every(ep: Any) -> list[Any]:
+            return await asyncio.gather(*(one(ep, p, r) for p, r in zip(prompts, responses, strict=True)))
+
+        try:
+            return self._run(every)
+        except RequestError as exc:
+            raise self.error(exc) from None
+
+    def score_answers(self, chats: list[list[dict]], answers: list[tuple[str, str]], k: int) -> list[Any]:
+        """The served teacher's top-k logprobs over given answers ((reasoning, content) per chat),
+        rendered with the teacher's tokenizer and chat template as it would have generated them."""
+        from distilflow.teachers.logprobs import response_ids
+
+        tok, kwargs = self.tokenizer, self.config.chat_template_kwargs or {}
+        pairs = [response_ids(tok, chat, r, c, **kwargs) for chat, (r, c) in zip(chats, answers, strict=True)]
+        return self.score([p for p, _ in pairs], [r for _, r in pairs], k)
 
     def _run(self, coro_fn: Any) -> Any:
         """Run ``coro_fn(endpoint)`` to completion from synchronous code (also inside a notebook's loop)."""
@@ -157,6 +251,19 @@ class OpenAITeacher:
 
     def close(self) -> None:
         pass
+
+
+def logits_body(config: TeacherConfig, chat: list[dict], sample: int, k: int) -> dict[str, Any]:
+    """The chat-completions body of a sample whose tokens come back as ids with their top-k logprobs
+    (``return_tokens_as_token_ids`` is vLLM's extension; OpenAI caps ``top_logprobs`` at 20)."""
+    return request_body(config, chat, sample, logprobs=True, top_logprobs=k, return_tokens_as_token_ids=True)
+
+
+def _check_completion(reply: dict[str, Any]) -> None:
+    """Raise ValueError unless ``reply`` is a text completion with a choice (else it is retried)."""
+    choices = reply.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise ValueError("no choices in the reply")
 
 
 NO_LOGPROBS = "returned no logprobs"  # how a judgment from a server without top logprobs fails

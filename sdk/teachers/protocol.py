@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from distilflow.teachers.config import TeacherConfig
+
+if TYPE_CHECKING:
+    from distilflow.teachers.logprobs import TokenLogprobs
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 THINK_RE = re.compile(r"<think>(.*?)</think>", re.DOTALL)
@@ -33,13 +36,15 @@ class Completion:
     tokens: int
     finish_reason: str
     prompt_tokens: int = 0
+    logprobs: TokenLogprobs | None = None  # the teacher's top-k per token, when asked for (white-box)
 
 
 class Teacher(Protocol):
     name: str
 
-    def generate(self, chats: list[list[dict]], n: int = 1) -> list[list[Completion]]:
-        """Answer each chat ``n`` times; results keep the order of ``chats``."""
+    def generate(self, chats: list[list[dict]], n: int = 1, logprobs: int = 0) -> list[list[Completion]]:
+        """Answer each chat ``n`` times; results keep the order of ``chats``. With ``logprobs`` = k > 0
+        each Completion carries the teacher's top-k log-probabilities at every token it generated."""
         ...
 
     def top_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
@@ -179,8 +184,9 @@ def request_body(
 
 
 def answer_of_completion(c: Completion) -> dict[str, Any]:
-    """An in-process teacher's Completion as a raw answer (what the caches keep), already split."""
-    return {
+    """An in-process teacher's Completion as a raw answer (what the caches keep), already split; its
+    logprobs, when it has them, as ``logits`` (``TokenLogprobs.to_json``)."""
+    answer = {
         "content": c.content,
         "reasoning": c.reasoning,
         "split": True,
@@ -188,6 +194,9 @@ def answer_of_completion(c: Completion) -> dict[str, Any]:
         "prompt_tokens": c.prompt_tokens,
         "completion_tokens": c.tokens,
     }
+    if c.logprobs is not None:
+        answer["logits"] = c.logprobs.to_json()
+    return answer
 
 
 def completion_of(answer: dict[str, Any]) -> Completion:
@@ -197,10 +206,16 @@ def completion_of(answer: dict[str, Any]) -> Completion:
         reasoning, content = answer.get("reasoning") or "", answer["content"]
     else:
         reasoning, content = split_reasoning(answer["content"], answer.get("reasoning"))
+    logprobs = None
+    if answer.get("logits"):
+        from distilflow.teachers.logprobs import TokenLogprobs
+
+        logprobs = TokenLogprobs.from_json(answer["logits"])
     return Completion(
         reasoning,
         content,
         answer["completion_tokens"],
         answer["finish_reason"],
         prompt_tokens=answer.get("prompt_tokens", 0),
+        logprobs=logprobs,
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from distilflow.errors import BackendError
 from distilflow.teachers.config import TeacherConfig
 from distilflow.teachers.protocol import (
@@ -15,6 +17,9 @@ from distilflow.teachers.protocol import (
     read_digit_probs,
     split_reasoning,
 )
+
+if TYPE_CHECKING:
+    from distilflow.teachers.logprobs import TokenLogprobs
 
 
 class TransformersTeacher:
@@ -72,7 +77,9 @@ class TransformersTeacher:
         tok.padding_side = "left"
         return tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
 
-    def generate(self, chats: list[list[dict]], n: int = 1) -> list[list[Completion]]:
+    def generate(self, chats: list[list[dict]], n: int = 1, logprobs: int = 0) -> list[list[Completion]]:
+        """Answer each chat ``n`` times; with ``logprobs`` = k, each answer carries the teacher's top-k
+        log-probabilities at every token it generated (stop token included), from a forward pass."""
         import torch
 
         c, tok = self.config, self.tokenizer
@@ -101,8 +108,10 @@ class TransformersTeacher:
                 )
             gen = out[:, batch["input_ids"].shape[1] :]
             prompt_lengths = batch["attention_mask"].sum(dim=1).tolist()  # without the left padding
+            rows, scored = [], []
             for i in range(0, gen.shape[0], per_prompt):
                 prompt = int(prompt_lengths[i // per_prompt])
+                prompt_ids = batch["input_ids"][i // per_prompt][-prompt:].tolist()
                 row = []
                 for seq in gen[i : i + per_prompt].tolist() * (n // per_prompt):
                     length = next((j for j, t in enumerate(seq) if t in stop_ids), len(seq))
@@ -111,13 +120,63 @@ class TransformersTeacher:
                     for special in self._strip:
                         text = text.replace(special, "")
                     reasoning, content = split_reasoning(text)
-                    row.append(
-                        Completion(
-                            reasoning, content, length + (finish == "stop"), finish, prompt_tokens=prompt
-                        )
-                    )
-                results.append(row)
+                    spent = length + (finish == "stop")
+                    row.append(Completion(reasoning, content, spent, finish, prompt_tokens=prompt))
+                    scored.append((prompt_ids, seq[:spent]))
+                rows.append(row)
+            if logprobs:
+                found = iter(self.score([p for p, _ in scored], [r for _, r in scored], logprobs))
+                for completion in (c for row in rows for c in row):
+                    completion.logprobs = next(found)
+            results.extend(rows)
         return results
+
+    def score(self, prompts: list[list[int]], responses: list[list[int]], k: int) -> list[TokenLogprobs]:
+        """The teacher's top-k log-probabilities at every token of each response after its prompt
+        (teacher forcing, ``batch_size`` sequences per forward pass, temperature 1)."""
+        import torch
+
+        from distilflow.teachers.logprobs import topk_of
+
+        found: list[TokenLogprobs] = []
+        pairs = list(zip(prompts, responses, strict=True))
+        pad = self.tokenizer.pad_token_id or 0
+        for start in range(0, len(pairs), self.config.batch_size):
+            chunk = pairs[start : start + self.config.batch_size]
+            width = max(len(p) + len(r) for p, r in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for row, (p, r) in enumerate(chunk):  # right padding: positions stay those of the sequence
+                ids[row, : len(p) + len(r)] = torch.tensor(p + r)
+                mask[row, : len(p) + len(r)] = 1
+            with torch.no_grad():
+                logits = self.model(
+                    input_ids=ids.to(self.model.device), attention_mask=mask.to(self.model.device)
+                ).logits
+            for row, (p, r) in enumerate(chunk):
+                if not r:
+                    found.append(
+                        topk_of(torch.zeros((0, logits.shape[-1])), torch.zeros(0, dtype=torch.long), k)
+                    )
+                    continue
+                # logits at position j predict token j + 1: the response's tokens are predicted from len(p) - 1 on
+                log_probs = torch.log_softmax(logits[row, len(p) - 1 : len(p) + len(r) - 1].float(), dim=-1)
+                found.append(topk_of(log_probs, torch.tensor(r, device=log_probs.device), k))
+        return found
+
+    def score_answers(
+        self, chats: list[list[dict]], answers: list[tuple[str, str]], k: int
+    ) -> list[TokenLogprobs]:
+        """The teacher's top-k log-probabilities over given answers ((reasoning, content) per chat), each
+        rendered by the teacher's chat template as it would have generated it."""
+        from distilflow.teachers.logprobs import response_ids
+
+        kwargs = self.config.chat_template_kwargs or {}
+        pairs = [
+            response_ids(self.tokenizer, chat, r, c, **kwargs)
+            for chat, (r, c) in zip(chats, answers, strict=True)
+        ]
+        return self.score([p for p, _ in pairs], [r for _, r in pairs], k)
 
     def top_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
         """Next-token probabilities of the digits and of the likeliest tokens, from the whole softmax of
@@ -147,6 +206,12 @@ class TransformersTeacher:
                         top[token] = top.get(token, 0.0) + p
                 out.append(top)
         return out
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The teacher tokenizer's vocabulary fingerprint (``logprobs.vocab_fingerprint``)."""
+        from distilflow.teachers.logprobs import vocab_fingerprint
+
+        return vocab_fingerprint(self.tokenizer)
 
     def digit_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float] | Unreadable]:
         mass = self.config.min_digit_mass

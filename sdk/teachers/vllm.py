@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from distilflow.errors import BackendError
 from distilflow.teachers.config import TeacherConfig
@@ -17,6 +17,9 @@ from distilflow.teachers.protocol import (
     read_digit_probs,
     split_reasoning,
 )
+
+if TYPE_CHECKING:
+    from distilflow.teachers.logprobs import TokenLogprobs
 
 VLLM_MISSING = (
     "backend 'vllm' needs the vllm package, which is not installed here: run the stage in the "
@@ -79,10 +82,19 @@ class VllmTeacher:
             continue_final_message=prefilled,
         )
 
-    def generate(self, chats: list[list[dict]], n: int = 1) -> list[list[Completion]]:
+    def generate(self, chats: list[list[dict]], n: int = 1, logprobs: int = 0) -> list[list[Completion]]:
+        """Answer each chat ``n`` times; with ``logprobs`` = k, each answer carries vLLM's top-k logprobs
+        of every generated token (``SamplingParams(logprobs=k)``: the raw distribution by default)."""
+        from distilflow.teachers.logprobs import from_vllm_positions
+
         c = self.config
         params = self._vllm.SamplingParams(
-            n=n, temperature=c.temperature, top_p=c.top_p, max_tokens=c.max_new_tokens, seed=c.seed
+            n=n,
+            temperature=c.temperature,
+            top_p=c.top_p,
+            max_tokens=c.max_new_tokens,
+            seed=c.seed,
+            logprobs=logprobs or None,
         )
         results = []
         for request in self._chat(chats, params):
@@ -91,9 +103,43 @@ class VllmTeacher:
             for out in request.outputs:
                 reasoning, content = split_reasoning(out.text)
                 finish = out.finish_reason or "stop"
-                row.append(Completion(reasoning, content, len(out.token_ids), finish, prompt_tokens=prompt))
+                found = Completion(reasoning, content, len(out.token_ids), finish, prompt_tokens=prompt)
+                if logprobs:
+                    found.logprobs = from_vllm_positions(out.token_ids, out.logprobs, logprobs, self.name)
+                row.append(found)
             results.append(row)
         return results
+
+    def score(self, prompts: list[list[int]], responses: list[list[int]], k: int) -> list[TokenLogprobs]:
+        """vLLM's top-k logprobs at every token of each response after its prompt: the prompt and
+        response go in as one token prompt with ``prompt_logprobs=k`` (one token is generated, unused)."""
+        from distilflow.teachers.logprobs import from_vllm_positions
+
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0, prompt_logprobs=k)
+        inputs = [{"prompt_token_ids": list(p) + list(r)} for p, r in zip(prompts, responses, strict=True)]
+        found = []
+        for request, p, r in zip(
+            self.llm.generate(inputs, params, use_tqdm=False), prompts, responses, strict=True
+        ):
+            found.append(from_vllm_positions(r, request.prompt_logprobs[len(p) :], k, self.name))
+        return found
+
+    def score_answers(
+        self, chats: list[list[dict]], answers: list[tuple[str, str]], k: int
+    ) -> list[TokenLogprobs]:
+        """The top-k logprobs over given answers ((reasoning, content) per chat), rendered by the
+        teacher's chat template as it would have generated them."""
+        from distilflow.teachers.logprobs import response_ids
+
+        tok, kwargs = self.llm.get_tokenizer(), self.config.chat_template_kwargs or {}
+        pairs = [response_ids(tok, chat, r, c, **kwargs) for chat, (r, c) in zip(chats, answers, strict=True)]
+        return self.score([p for p, _ in pairs], [r for _, r in pairs], k)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The teacher tokenizer's vocabulary fingerprint (``logprobs.vocab_fingerprint``)."""
+        from distilflow.teachers.logprobs import vocab_fingerprint
+
+        return vocab_fingerprint(self.llm.get_tokenizer())
 
     def top_probs(self, chats: list[list[dict]], digits: str) -> list[dict[str, float]]:
         """Next-token probabilities of vLLM's top-20 logprobs of each judgment (tokens that decode

@@ -198,7 +198,9 @@ def test_placement_literal_values(tmp_path):
     assert "exec-step-2" not in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
 
 
-@pytest.mark.parametrize("recipe", ["slow_thinking", "thoughtx", "thoughty", "reward_rl", "lifecycle"])
+@pytest.mark.parametrize(
+    "recipe", ["slow_thinking", "thoughtx", "thoughty", "reward_rl", "lifecycle", "whitebox"]
+)
 def test_recipe_uploads_and_submits_with_console_parameters(recipe):
     """Against the loopback KFP API: the recipe uploads (its spec parses as a PipelineSpec with
     described parameters) and a run gets parameters by name, the rest in ``config``."""

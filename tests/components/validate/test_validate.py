@@ -122,6 +122,36 @@ def test_evaluate_models_are_checked(tmp_path, problems_file, tiny_qwen3):
     assert "models[0]" not in text and "2 problem(s)" in text
 
 
+def test_an_endpoint_teacher_storing_logits_needs_its_tokenizer_here(tmp_path, problems_file, tiny_qwen3):
+    """distill.logits from an endpoint: the served model's tokenizer must be a folder or URI here (it
+    reads the token ids); a hub name is refused before any GPU is claimed, a folder passes."""
+    config = good_config(problems_file, tiny_qwen3)
+    endpoint = {
+        "backend": "openai",
+        "base_url": "http://127.0.0.1:9/v1",
+        "model": "Qwen/Qwen2.5-72B-Instruct",
+    }
+    config["distill"] |= {"teacher": endpoint, "logits": {"top_k": 20}}
+    with pytest.raises(
+        ConfigError, match=r"distill.teacher.tokenizer: no tokenizer at 'Qwen/Qwen2.5-72B-Instruct'"
+    ):
+        run(make(tmp_path, config, check_endpoints=False))
+    config["distill"]["teacher"]["tokenizer"] = tiny_qwen3
+    result = run(make(tmp_path, config, check_endpoints=False))
+    assert f"distill.teacher.tokenizer: {tiny_qwen3}" in result.checked
+
+
+def test_a_teacher_inside_a_settings_block_is_checked(tmp_path, problems_file, tiny_qwen3):
+    """sft.gkd.teacher (on-policy distillation) is a model like any other: a missing folder is named
+    before any GPU is claimed."""
+    config = good_config(problems_file, tiny_qwen3)
+    config["sft"]["gkd"] = {"teacher": {"backend": "transformers", "model": str(tmp_path / "no-teacher")}}
+    with pytest.raises(ConfigError, match=r"sft.gkd.teacher: .*no-teacher"):
+        run(make(tmp_path, config))
+    config["sft"]["gkd"]["teacher"]["model"] = tiny_qwen3
+    assert f"sft.gkd.teacher: model {tiny_qwen3}" in run(make(tmp_path, config)).checked
+
+
 def _validate_cli(*args: str):
     from click.testing import CliRunner
 
