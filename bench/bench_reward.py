@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -82,40 +81,7 @@ def measure(opts: argparse.Namespace, work: str, batch: int) -> list[dict[str, A
 
 
 def main(argv: list[str] | None = None) -> None:
-    import torch
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--gpu", action="store_true", help="the 0.5B Qwen2 shape on a CUDA GPU, bf16")
-    parser.add_argument("--batches", default=None, help="pairs per step, comma-separated (GPU 4,16; CPU 1,4)")
-    parser.add_argument("--seq", type=int, default=None, help="longest side in tokens (GPU 1024; CPU 256)")
-    parser.add_argument("--fill", type=float, default=None, help="shortest side / seq (GPU 0.98; CPU 0.25)")
-    parser.add_argument("--steps", type=int, default=None, help="timed steps (GPU 10; CPU 6)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--peak-tflops", type=float, default=None)
-    opts = parser.parse_args(argv)
-    if opts.gpu and not torch.cuda.is_available():
-        raise SystemExit("--gpu needs a CUDA GPU (none is visible)")
-    batches = [int(b) for b in (opts.batches or ("4,16" if opts.gpu else "1,4")).split(",")]
-    opts.seq = opts.seq or (1024 if opts.gpu else 256)
-    opts.fill = opts.fill if opts.fill is not None else (0.98 if opts.gpu else 0.25)
-    opts.steps = opts.steps or (10 if opts.gpu else 6)
-    loops.threads(opts.gpu)
-    work = tempfile.mkdtemp(prefix="bench-reward-")
-    opts.model = os.path.join(work, "model")
-    opts.params = loops.build_model(opts.model, "0.5b" if opts.gpu else "small", opts.hidden)
-    opts.data = os.path.join(work, "preference.jsonl")
-    make_pairs(opts.data, opts.model, max(batches) * (opts.warmup + opts.steps), opts.seq, opts.fill)
-    device = torch.cuda.get_device_name(0) if opts.gpu else "cpu"
-    opts.peak = loops.peak_flops(device, opts.peak_tflops) if opts.gpu else None
-    print(
-        f"{device}: {opts.params / 1e6:.1f}M parameters, {int(opts.fill * opts.seq)}-{opts.seq} tokens a side",
-        flush=True,
-    )
-    rows = [row for b in batches for row in measure(opts, work, b)]
-    print("\nbatch = pairs a step; tokens = chosen + rejected")
-    ratios = loops.print_rows(rows, "bare")
-    loops.json_line("reward", device, rows, ratios, params=opts.params, seq=opts.seq, fill=opts.fill)
+    loops.pairs_main("reward", __doc__.split("\n")[0], "4,16", measure, make_pairs, argv)
 
 
 if __name__ == "__main__":
