@@ -166,6 +166,7 @@ def test_judge_prompts_keep_their_structure(hostile_run):
 def test_sft_examples_from_hostile_data_keep_the_template_structure(hostile_run, tiny_qwen3):
     from distilflow.components.sft.run import build_rows
     from distilflow.models import load_tokenizer
+    from distilflow.prompts import render
 
     work, _, _, _ = hostile_run
     examples = list(iter_output_rows(str(work / "curate"), "sft", SftExample))
@@ -175,7 +176,8 @@ def test_sft_examples_from_hostile_data_keep_the_template_structure(hostile_run,
     assert len(rows) == 3
     counts = [structure_counts(tok, row) for row in rows]
     assert all(got == own for got, own in counts), counts
-    inject = next(r for r in rows if r["messages"][-2]["content"] == INJECTION)
+    # curate writes the problem into the one student prompt (distilflow.prompts), verbatim
+    inject = next(r for r in rows if r["messages"][-2]["content"] == render(INJECTION))
     assert INJECTION in tok.apply_chat_template(inject["messages"], tokenize=False)
     figure("hostile/sft", rows=len(rows), dropped_too_long=dropped, special_ids=[c[0] for c in counts])
 
