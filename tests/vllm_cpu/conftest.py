@@ -150,7 +150,14 @@ def write_problems(path: str) -> str:
 
 def offline_jobs(root: str, model: str) -> list[dict[str, Any]]:
     """The offline work of the suite: a distill run, curate's judge questions, three evaluate runs."""
-    teacher = {"backend": "vllm", "model": model, "max_model_len": 2048, "vllm_engine_args": ENGINE_ARGS}
+    # min_digit_mass 0: a tiny judge's digits hold little of its mass; the tests compare the readings
+    teacher = {
+        "backend": "vllm",
+        "model": model,
+        "max_model_len": 2048,
+        "vllm_engine_args": ENGINE_ARGS,
+        "min_digit_mass": 0,
+    }
     problems = write_problems(os.path.join(root, "problems.jsonl"))
     distill = {
         "output_uri": os.path.join(root, "distill"),

@@ -21,7 +21,9 @@ def transformers_judgments(model: str, questions, **template) -> list[dict[str, 
     from distilflow.teachers.config import TeacherConfig
     from distilflow.teachers.transformers import TransformersTeacher
 
-    teacher = TransformersTeacher(TeacherConfig(backend="transformers", model=model, device="cpu"))
+    teacher = TransformersTeacher(
+        TeacherConfig(backend="transformers", model=model, device="cpu", min_digit_mass=0)
+    )
     try:
         if not template:
             return [teacher.digit_probs([chat], digits)[0] for chat, digits in questions]
@@ -95,6 +97,7 @@ def test_endpoint_judge_at_a_vllm_server_matches_transformers(deployed, referenc
             base_url=result["endpoint_url"],
             chat_template_kwargs={"enable_thinking": False},
             max_retries=0,
+            min_digit_mass=0,
         )
     )
     ordered = [teacher.digit_probs([chat], digits)[0] for chat, digits in judge_questions()]
