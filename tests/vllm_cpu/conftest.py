@@ -150,13 +150,17 @@ def write_problems(path: str) -> str:
 
 def offline_jobs(root: str, model: str) -> list[dict[str, Any]]:
     """The offline work of the suite: a distill run, curate's judge questions, three evaluate runs."""
-    # min_digit_mass 0: a tiny judge's digits hold little of its mass; the tests compare the readings
+    # The tests compare one reading across backends on a tiny random judge: asked without the "Score: "
+    # prefill (answer_prefix None; its digits then spread over the scale), thinking off as the prefilled
+    # judge asks, and read from any mass.
     teacher = {
         "backend": "vllm",
         "model": model,
         "max_model_len": 2048,
         "vllm_engine_args": ENGINE_ARGS,
         "min_digit_mass": 0,
+        "answer_prefix": None,
+        "chat_template_kwargs": {"enable_thinking": False},
     }
     problems = write_problems(os.path.join(root, "problems.jsonl"))
     distill = {

@@ -22,7 +22,14 @@ def transformers_judgments(model: str, questions, **template) -> list[dict[str, 
     from distilflow.teachers.transformers import TransformersTeacher
 
     teacher = TransformersTeacher(
-        TeacherConfig(backend="transformers", model=model, device="cpu", min_digit_mass=0)
+        TeacherConfig(
+            backend="transformers",
+            model=model,
+            device="cpu",
+            min_digit_mass=0,
+            answer_prefix=None,
+            chat_template_kwargs={"enable_thinking": False},
+        )
     )
     try:
         if not template:
@@ -98,6 +105,7 @@ def test_endpoint_judge_at_a_vllm_server_matches_transformers(deployed, referenc
             chat_template_kwargs={"enable_thinking": False},
             max_retries=0,
             min_digit_mass=0,
+            answer_prefix=None,
         )
     )
     ordered = [teacher.digit_probs([chat], digits)[0] for chat, digits in judge_questions()]
